@@ -1,0 +1,278 @@
+"""The Python API: train, evaluate and load runs. The CLI is a thin layer over this.
+
+Example:
+    >>> import graft
+    >>> run = graft.train("data/flowers", backbone="mobilenet_v2", strategy="hybrid",
+    ...                   out="runs/flowers")                              # doctest: +SKIP
+    >>> run.metrics["val_accuracy"]                                       # doctest: +SKIP
+    >>> graft.evaluate("runs/flowers", "data/flowers_test")["accuracy"]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from graft import backbones, data, runs
+from graft.config import TrainConfig
+from graft.errors import DataError, GraftError
+from graft.model import HeadConfig, build_model
+from graft.training import Trainer, TrainResult, make_optimizer
+
+
+@dataclass
+class Run:
+    """The outcome of :func:`train`."""
+
+    model: keras.Model
+    classes: list[str]
+    metrics: dict
+    history: list[dict]
+    config: TrainConfig
+    run_dir: Path | None = None
+    backbone: backbones.Backbone | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        acc = self.metrics.get("val_accuracy")
+        acc_text = f", val_accuracy={acc:.4f}" if acc is not None else ""
+        return f"Run(run_dir={str(self.run_dir)!r}, classes={len(self.classes)}{acc_text})"
+
+
+def _as_files(source, classes=None) -> data.LabelledFiles | tuple:
+    if isinstance(source, (str, os.PathLike)):
+        return data.scan_folder(source, classes)
+    if isinstance(source, data.LabelledFiles):
+        return source
+    if isinstance(source, tuple) and len(source) == 2:
+        x, y = (np.asarray(a) for a in source)
+        if len(x) != len(y):
+            raise DataError(f"Got {len(x)} images but {len(y)} labels.")
+        if x.ndim not in (3, 4):
+            raise DataError(f"Images must be an array (N, H, W[, C]), got shape {x.shape}.")
+        return (x if x.ndim == 4 else x[..., None], y.astype("int32"))
+    raise DataError(
+        f"Unsupported data: {type(source).__name__}.",
+        hint="pass a folder of class subfolders, or a tuple (images, integer_labels).",
+    )
+
+
+def _datasets(cfg: TrainConfig, train_src, val_src, bb, classes):
+    """(train_ds, val_ds, classes, counts) for folders or arrays."""
+    train_files = _as_files(train_src, None)
+    if isinstance(train_files, tuple):
+        x, y = train_files
+        classes = classes or [str(i) for i in range(int(y.max()) + 1)]
+        x = _fit_arrays(x, bb)
+        if val_src is None and cfg.val_split:
+            train_idx, val_idx = _split_indices(y, cfg.val_split, cfg.seed)
+            x, y, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+        elif val_src is not None:
+            x_val, y_val = _as_files(val_src)
+            x_val = _fit_arrays(x_val, bb)
+        else:
+            x_val = y_val = None
+        train_ds = data.array_pipeline(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        val_ds = None if x_val is None else data.array_pipeline(x_val, y_val, cfg.batch_size)
+        return train_ds, val_ds, classes, {"train": len(y), "val": 0 if y_val is None else len(y_val)}
+    classes = train_files.classes
+    if val_src is not None:
+        val_files = _as_files(val_src, classes)
+    elif cfg.val_split:
+        train_files, val_files = data.stratified_split(train_files, cfg.val_split, cfg.seed)
+    else:
+        val_files = None
+    size, ch = bb.image_size, bb.channels
+    train_ds = data.pipeline(train_files, size, ch, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    val_ds = None if val_files is None else data.pipeline(val_files, size, ch, cfg.batch_size)
+    counts = {"train": len(train_files), "val": 0 if val_files is None else len(val_files),
+              "per_class": train_files.counts()}
+    return train_ds, val_ds, classes, counts
+
+
+def _split_indices(y, fraction, seed):
+    classes = [str(i) for i in range(int(np.max(y)) + 1)]
+    index = data.LabelledFiles([str(i) for i in range(len(y))], np.asarray(y), classes)
+    train, val = data.stratified_split(index, fraction, seed)
+    return [int(p) for p in train.paths], [int(p) for p in val.paths]
+
+
+def _fit_arrays(x, bb):
+    x = np.asarray(x)
+    h, w = bb.image_size
+    if x.shape[-1] != bb.channels:
+        if x.shape[-1] == 1 and bb.channels == 3:
+            x = np.repeat(x, 3, axis=-1)
+        else:
+            raise DataError(f"Images have {x.shape[-1]} channels; the backbone takes {bb.channels}.")
+    if x.shape[1:3] != (h, w):
+        import tensorflow as tf
+
+        x = tf.image.resize(x.astype("float32"), (h, w)).numpy()
+    return x.astype("float32")
+
+
+def train(
+    data_source,
+    backbone: str,
+    out: str | os.PathLike | None = None,
+    *,
+    val=None,
+    classes: list[str] | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    verbose="auto",
+    safe_mode: bool = True,
+    **settings,
+) -> Run:
+    """Graft a pre-trained backbone into a new classifier and train it.
+
+    Args:
+        data_source: A folder with one subfolder per class, or ``(images, labels)``
+            arrays (raw 0-255 pixels, integer labels).
+        backbone: A registry name (``graft backbones``) or a ``.keras``/``.h5`` path.
+        out: Run folder for the artifacts (``None``: keep everything in memory).
+        val: Validation data like ``data_source``; default: ``val_split`` of it.
+        classes: Class names for array labels (default ``"0"``, ``"1"``, ...).
+        overwrite: Replace the files of an existing, non-empty run folder.
+        log: Receives one line of text per step (``print`` by default).
+        verbose: Keras ``fit`` verbosity.
+        safe_mode: Refuse model files whose loading could run code.
+        **settings: Any :class:`~graft.config.TrainConfig` field: ``weights``,
+            ``cut``, ``preprocess``, ``alpha``, ``image_size``, ``strategy``,
+            ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
+            ``train_bn``, ``optimizer``, ``head``, ``dropout``, ``batch_size``,
+            ``val_split``, ``seed``, or ``phases`` (a custom plan).
+
+    Returns:
+        A :class:`Run` with the trained model, metrics and history.
+    """
+    cfg = TrainConfig(backbone=str(backbone), **settings)
+    phases = cfg.resolved_plan()
+    run_dir = runs.prepare(out, overwrite) if out is not None else None
+    keras.utils.set_random_seed(cfg.seed)
+    bb = backbones.resolve(
+        cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, alpha=cfg.alpha,
+        cut=cfg.cut, preprocess=cfg.preprocess, safe_mode=safe_mode,
+    )
+    train_ds, val_ds, classes, counts = _datasets(cfg, data_source, val, bb, classes)
+    if len(classes) < 2:
+        raise DataError(f"Training needs at least 2 classes; found {len(classes)}: {classes}.")
+    log(
+        f"Backbone {bb.source} ({bb.weights} weights, {len(bb.blocks)} blocks, "
+        f"{bb.image_size[0]}x{bb.image_size[1]}, preprocess {bb.preprocess}); "
+        f"{len(classes)} classes, {counts['train']} train / {counts['val']} val images"
+    )
+    model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout))
+    trainer = Trainer(model, bb.blocks, log=log, verbose=verbose)
+    start = time.perf_counter()
+    result = trainer.fit(phases, train_ds, val_ds)
+    seconds = time.perf_counter() - start
+    _compile_for_shipping(model, phases[-1])
+    metrics = _metrics(result, counts, seconds)
+    run = Run(model, classes, metrics, result.history, cfg, run_dir, bb)
+    if run_dir is not None:
+        _write_run(run, bb)
+    return run
+
+
+def _compile_for_shipping(model: keras.Model, last_phase) -> None:
+    """Recompile with a plain, serialisable optimizer so model.keras loads anywhere."""
+    plain = type(last_phase)(**{**last_phase.as_dict(), "backbone_lr": None, "trainable": "none"})
+    model.compile(optimizer=make_optimizer(plain, model),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def _metrics(result: TrainResult, counts: dict, seconds: float) -> dict:
+    last = result.history[-1] if result.history else {}
+    metrics = {k: last[k] for k in ("val_accuracy", "val_loss", "accuracy", "loss") if k in last}
+    metrics.update(
+        train_images=counts["train"],
+        val_images=counts["val"],
+        epochs=len(result.history),
+        seconds=round(seconds, 2),
+        phases=[p.as_dict() for p in result.phases],
+    )
+    return metrics
+
+
+def _write_run(run: Run, bb: backbones.Backbone) -> None:
+    d = run.run_dir
+    runs.save_model(run.model, d / runs.MODEL_FILE)
+    runs.write_json(d / runs.LABELS_FILE, run.classes)
+    config = run.config.as_dict()
+    config["resolved_backbone"] = bb.describe()
+    config["classes"] = run.classes
+    config["versions"] = _versions()
+    runs.write_yaml(d / runs.CONFIG_FILE, config)
+    runs.write_csv(d / runs.HISTORY_FILE, run.history)
+    runs.write_json(d / runs.METRICS_FILE, run.metrics)
+
+
+def _versions() -> dict:
+    from graft import __version__
+
+    info = {"graft": __version__, "keras": keras.__version__, "python": platform.python_version(),
+            "backend": keras.backend.backend()}
+    try:
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def load(model_or_run: str | os.PathLike, safe_mode: bool = True) -> tuple[keras.Model, list[str]]:
+    """Load a trained model and its class names from a run folder or a ``.keras`` file."""
+    path = Path(model_or_run).expanduser()
+    model_file = path / runs.MODEL_FILE if path.is_dir() else path
+    if not model_file.is_file():
+        raise GraftError(
+            f"No model at {model_or_run}.",
+            hint="pass a run folder made by 'graft train' or a .keras file.",
+        )
+    try:
+        model = keras.saving.load_model(model_file, safe_mode=safe_mode)
+    except Exception as exc:
+        raise GraftError(f"Cannot load {model_file}: {str(exc).splitlines()[0]}") from None
+    labels_dir = model_file.parent
+    if (labels_dir / runs.LABELS_FILE).is_file():
+        classes = runs.read_labels(labels_dir)
+    else:
+        classes = [str(i) for i in range(model.output_shape[-1])]
+    return model, classes
+
+
+def evaluate(model_or_run, data_source, batch_size: int = 32) -> dict:
+    """Accuracy and loss of a trained model on labelled data.
+
+    Args:
+        model_or_run: A run folder or a ``.keras`` file (with ``labels.json`` beside it).
+        data_source: A folder of class subfolders (classes must be known to the model),
+            or ``(images, labels)`` arrays.
+        batch_size: Images per batch.
+
+    Returns:
+        ``{"accuracy", "loss", "images"}``.
+    """
+    model, classes = load(model_or_run)
+    _, h, w, ch = model.input_shape
+    files = _as_files(data_source, classes)
+    if isinstance(files, tuple):
+        x, y = files
+        ds = data.array_pipeline(x, y, batch_size)
+        n = len(y)
+    else:
+        ds = data.pipeline(files, (h, w), ch, batch_size)
+        n = len(files)
+    if not model.compiled:
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    values = model.evaluate(ds, verbose=0, return_dict=True)
+    return {"accuracy": float(values["accuracy"]), "loss": float(values["loss"]), "images": n}

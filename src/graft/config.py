@@ -1,0 +1,78 @@
+"""Every setting of a training run, resolved, validated and saved as ``config.yaml``.
+
+A :class:`TrainConfig` is what the CLI builds from its flags and what the Python API
+builds from keyword arguments; :func:`graft.api.train` runs one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from graft.errors import GraftError
+from graft.strategies import DEFAULT_UNFREEZE, STRATEGIES, Phase, plan
+
+
+@dataclass
+class TrainConfig:
+    """All settings of one run. ``None`` means "the backbone's/strategy's default"."""
+
+    backbone: str
+    weights: str | None = None
+    cut: str | None = None
+    preprocess: str | None = None
+    alpha: float | None = None
+    image_size: int | None = None
+    strategy: str = "hybrid"
+    epochs: int = 10
+    finetune_epochs: int = 10
+    unfreeze: str = DEFAULT_UNFREEZE
+    lr: float = 1e-3
+    finetune_lr: float = 1e-5
+    train_bn: bool = False
+    optimizer: str = "adam"
+    head: tuple[int, ...] = (128,)
+    dropout: float = 0.2
+    batch_size: int = 32
+    val_split: float = 0.2
+    seed: int = 0
+    phases: list[Phase] | None = field(default=None)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES and self.phases is None:
+            plan(self.strategy)  # raises the unknown-strategy error
+        if self.batch_size < 1:
+            raise GraftError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if not 0 <= self.val_split < 1:
+            raise GraftError(f"--val-split must be in [0, 1), got {self.val_split}.")
+        if not 0 <= self.dropout < 1:
+            raise GraftError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        self.head = tuple(int(u) for u in self.head)
+        if any(u < 1 for u in self.head):
+            raise GraftError(f"--head units must be positive, got {list(self.head)}.")
+
+    def resolved_plan(self) -> list[Phase]:
+        """The phases this config will run."""
+        if self.phases is not None:
+            return [p if isinstance(p, Phase) else Phase.from_dict(p) for p in self.phases]
+        return plan(
+            self.strategy,
+            epochs=self.epochs,
+            finetune_epochs=self.finetune_epochs,
+            lr=self.lr,
+            finetune_lr=self.finetune_lr,
+            unfreeze=self.unfreeze,
+            train_bn=self.train_bn,
+            optimizer=self.optimizer,
+        )
+
+    def as_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["head"] = list(self.head)
+        data["phases"] = [p.as_dict() for p in self.resolved_plan()]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

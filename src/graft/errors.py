@@ -1,0 +1,54 @@
+"""Exceptions for problems a user can cause and fix.
+
+Every error graft raises for bad input is a :class:`GraftError` whose message says
+what was wrong and what to do. The CLI prints it as one line and exits non-zero;
+the Python API lets it propagate like any other exception.
+"""
+
+from __future__ import annotations
+
+
+class GraftError(Exception):
+    """A problem with the user's input or environment, with a hint to fix it.
+
+    Args:
+        message: What was wrong, naming the bad value.
+        hint: What to do about it (appended after ``HINT:``).
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} HINT: {hint}" if hint else message)
+
+
+class UnknownNameError(GraftError, ValueError):
+    """An unknown backbone, strategy, layer, block or option value."""
+
+
+class SpecError(GraftError, ValueError):
+    """A trainability spec that is malformed or would change nothing."""
+
+
+class WeightsUnavailableError(GraftError):
+    """Pre-trained weights that cannot be found or downloaded."""
+
+
+class DataError(GraftError):
+    """Training or evaluation data that cannot be used as given."""
+
+
+class TrainingFailed(GraftError):
+    """Training started but could not finish (for example a NaN loss)."""
+
+    exit_code = 1
+
+
+def did_you_mean(name: str, choices) -> str:
+    """A short 'Did you mean ...?' suffix for an unknown name, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

@@ -1,0 +1,125 @@
+"""The run directory: every artifact of a run, each written atomically.
+
+Layout::
+
+    RUN_DIR/model.keras    the trained model (raw images in, probabilities out)
+    RUN_DIR/labels.json    class names in output order
+    RUN_DIR/config.yaml    every resolved setting; enough to reproduce the run
+    RUN_DIR/history.csv    one row per epoch, with the phase it belongs to
+    RUN_DIR/metrics.json   final metrics and, per phase, trainable/frozen counts
+
+Files are written to a temporary name in the same folder and renamed into place, so a
+crash never leaves a half-written artifact next to good ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from graft.errors import GraftError
+
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+CONFIG_FILE = "config.yaml"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path, obj) -> Path:
+    return atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=_plain) + "\n")
+
+
+def write_yaml(path, obj) -> Path:
+    return atomic_write(path, yaml.safe_dump(_plain_tree(obj), sort_keys=False))
+
+
+def write_csv(path, rows: list[dict]) -> Path:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write(path, buffer.getvalue())
+
+
+def save_model(model, path) -> Path:
+    """Save a Keras model atomically (Keras writes a zip; we rename it into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def prepare(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create ``run_dir``; refuse to reuse a non-empty one unless ``overwrite``."""
+    path = Path(run_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise GraftError(f"--out {run_dir} exists and is not a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise GraftError(
+            f"Run folder {run_dir} already exists and is not empty; refusing to overwrite it.",
+            hint="pass another --out, or --overwrite to replace its files.",
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def read_labels(run_dir: str | os.PathLike) -> list[str]:
+    path = Path(run_dir) / LABELS_FILE
+    if not path.is_file():
+        raise GraftError(f"{run_dir} has no {LABELS_FILE}; is it a graft run folder?")
+    return list(json.loads(path.read_text("utf-8")))
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _plain_tree(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain_tree(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        return obj.item()
+    return obj

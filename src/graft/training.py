@@ -1,0 +1,157 @@
+"""The trainer: runs a plan of phases on a grafted model. It knows no strategy names.
+
+For each phase it applies the phase's trainability (:func:`graft.freezing.apply`),
+compiles a fresh optimizer (a change of trainability always gets a recompile), fits,
+and records one history row per epoch with the phase it belongs to. When the backbone
+trains at another learning rate than the head, the optimizer is a
+``keras.optimizers.MultiOptimizer`` with one optimizer per group.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import keras
+
+from graft import freezing
+from graft.blocks import Block
+from graft.errors import TrainingFailed
+from graft.model import backbone_of
+from graft.strategies import Phase
+
+_OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+    "nadam": keras.optimizers.Nadam,
+}
+
+
+def make_optimizer(phase: Phase, model: keras.Model) -> keras.optimizers.Optimizer:
+    """The optimizer for one phase: one learning rate, or one for head and one for backbone."""
+    head_opt = _OPTIMIZERS[phase.optimizer](learning_rate=phase.lr)
+    if phase.backbone_frozen or phase.backbone_lr in (None, phase.lr):
+        return head_opt
+    backbone_opt = _OPTIMIZERS[phase.optimizer](learning_rate=phase.backbone_lr)
+    backbone_ids = {id(v) for v in backbone_of(model).weights}
+    return keras.optimizers.MultiOptimizer(
+        lambda variable: backbone_opt if id(variable) in backbone_ids else head_opt
+    )
+
+
+@dataclass
+class PhaseResult:
+    """What one phase did."""
+
+    phase: Phase
+    report: freezing.TrainabilityReport
+    epochs_run: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.phase.name,
+            **self.report.as_dict(),
+            "lr": self.phase.lr,
+            "backbone_lr": self.phase.backbone_lr,
+            "epochs": self.epochs_run,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+@dataclass
+class TrainResult:
+    """History rows (one per epoch) and per-phase results."""
+
+    history: list[dict] = field(default_factory=list)
+    phases: list[PhaseResult] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs plans of phases on one model.
+
+    Args:
+        model: A grafted model (:func:`graft.model.build_model`).
+        blocks: The backbone's blocks.
+        loss: Keras loss for the task.
+        metrics: Keras metrics.
+        log: Called with one line of text per phase (``print`` by default).
+        verbose: Keras ``fit`` verbosity (``"auto"``: a progress bar on a terminal).
+        callbacks: Extra Keras callbacks for every phase.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        blocks: list[Block],
+        loss: str = "sparse_categorical_crossentropy",
+        metrics=("accuracy",),
+        log: Callable[[str], None] = print,
+        verbose="auto",
+        callbacks=(),
+    ):
+        self.model = model
+        self.blocks = blocks
+        self.loss = loss
+        self.metrics = list(metrics)
+        self.log = log
+        self.verbose = verbose
+        self.callbacks = list(callbacks)
+
+    def __repr__(self) -> str:
+        return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
+
+    def prepare(self, phase: Phase) -> freezing.TrainabilityReport:
+        """Apply a phase's trainability and compile for it."""
+        report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
+        self.model.compile(
+            optimizer=make_optimizer(phase, self.model), loss=self.loss, metrics=self.metrics
+        )
+        return report
+
+    def fit(self, plan: list[Phase], train, val=None) -> TrainResult:
+        """Run every phase of ``plan`` in order on ``train`` (validating on ``val``)."""
+        result = TrainResult()
+        epoch = 0
+        for index, phase in enumerate(plan, start=1):
+            report = self.prepare(phase)
+            lr_text = f"lr {phase.lr:g}"
+            if not phase.backbone_frozen and phase.backbone_lr not in (None, phase.lr):
+                lr_text += f", backbone lr {phase.backbone_lr:g}"
+            self.log(
+                f"Phase {index}/{len(plan)} '{phase.name}': backbone {report.spec}"
+                f"{' (BN trains)' if phase.train_bn else ''}; "
+                f"trainable {report.trainable_params:,} / frozen {report.frozen_params:,} params; "
+                f"{lr_text}; {phase.epochs} epochs"
+            )
+            start = time.perf_counter()
+            history = self.model.fit(
+                train,
+                validation_data=val,
+                initial_epoch=epoch,
+                epochs=epoch + phase.epochs,
+                verbose=self.verbose,
+                callbacks=self.callbacks,
+            )
+            seconds = time.perf_counter() - start
+            epochs_run = len(history.epoch)
+            for i in range(epochs_run):
+                row = {"phase": phase.name, "phase_index": index, "epoch": epoch + i + 1,
+                       "phase_epoch": i + 1}
+                row.update({k: float(v[i]) for k, v in history.history.items()})
+                row["lr"] = phase.lr
+                row["backbone_lr"] = None if phase.backbone_frozen else (phase.backbone_lr or phase.lr)
+                result.history.append(row)
+                if not math.isfinite(row.get("loss", 0.0)):
+                    raise TrainingFailed(
+                        f"The loss became {row['loss']} in phase '{phase.name}' at epoch "
+                        f"{i + 1}.",
+                        hint="lower the learning rate (--lr / --finetune-lr).",
+                    )
+            epoch += epochs_run
+            result.phases.append(PhaseResult(phase, report, epochs_run, seconds))
+        return result
