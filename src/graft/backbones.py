@@ -148,6 +148,22 @@ _TABLE = [
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _TABLE}
 
 
+_BLOCK_COUNTS = Path(__file__).with_name("block_counts.json")
+
+
+def block_count(name: str) -> int | None:
+    """Number of blocks of a registry backbone at its default size, from a shipped table.
+
+    Building all forty architectures to count blocks takes minutes, so the counts are
+    generated once by ``python -m graft.backbones`` (tests check them against a build).
+    """
+    import json
+
+    if not _BLOCK_COUNTS.is_file():
+        return None
+    return json.loads(_BLOCK_COUNTS.read_text("utf-8")).get(get_spec(name).name)
+
+
 def get_spec(name: str) -> BackboneSpec:
     """The registry entry for ``name`` (case-insensitive), or a clear error."""
     key = name.lower().replace("-", "_")
@@ -432,3 +448,19 @@ def resolve(
     if preprocess is not None:
         bb.preprocess = check_mode(preprocess)
     return bb
+
+
+def _write_block_counts() -> None:  # python -m graft.backbones
+    import json
+
+    counts = {}
+    for spec in REGISTRY.values():
+        bb = load_backbone(spec.name, weights=None)
+        counts[spec.name] = len(bb.blocks)
+        print(spec.name, counts[spec.name], flush=True)
+        keras.backend.clear_session()
+    _BLOCK_COUNTS.write_text(json.dumps(counts, indent=1) + "\n", "utf-8")
+
+
+if __name__ == "__main__":
+    _write_block_counts()
