@@ -185,8 +185,10 @@ def train(
 def _compile_for_shipping(model: keras.Model, last_phase) -> None:
     """Recompile with a plain, serialisable optimizer so model.keras loads anywhere."""
     plain = type(last_phase)(**{**last_phase.as_dict(), "backbone_lr": None, "trainable": "none"})
-    model.compile(optimizer=make_optimizer(plain, model),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    optimizer = make_optimizer(plain, model)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
 
 
 def _metrics(result: TrainResult, counts: dict, seconds: float) -> dict:

@@ -136,6 +136,7 @@ class Trainer:
                 epochs=epoch + phase.epochs,
                 verbose=self.verbose,
                 callbacks=self.callbacks,
+                shuffle=False,  # the pipeline shuffles
             )
             seconds = time.perf_counter() - start
             epochs_run = len(history.epoch)
