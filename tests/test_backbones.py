@@ -19,7 +19,8 @@ from graft.preprocessing import preprocessing_layers
 
 def test_registry_covers_every_keras_application():
     constructors = {
-        name for name, obj in vars(keras.applications).items()
+        name
+        for name, obj in vars(keras.applications).items()
         if inspect.isfunction(obj) and name[0].isupper()
     }
     assert constructors, "keras.applications exposes no constructors?"
@@ -45,8 +46,9 @@ def test_preprocessing_matches_keras_preprocess_input(name):
 
 @pytest.mark.parametrize("name", ["vgg16", "mobilenet_v2", "densenet121", "efficientnet_b0"])
 def test_assembled_model_starts_with_the_backbones_preprocessing(name):
-    bb = load_backbone(name, weights=None, image_size=32,
-                       alpha=0.35 if name == "mobilenet_v2" else None)
+    bb = load_backbone(
+        name, weights=None, image_size=32, alpha=0.35 if name == "mobilenet_v2" else None
+    )
     model = build_model(bb, 2)
     raw = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3)).astype("uint8")
     from graft.model import preprocess_layers
@@ -76,11 +78,12 @@ EXPECTED_BLOCKS = {
 @pytest.mark.parametrize("name", sorted(EXPECTED_BLOCKS))
 def test_blocks_are_the_natural_units(name):
     size, first, last, count = EXPECTED_BLOCKS[name]
-    bb = load_backbone(name, weights=None, image_size=size,
-                       alpha=0.35 if name.startswith("mobilenet") else None)
+    bb = load_backbone(
+        name, weights=None, image_size=size, alpha=0.35 if name.startswith("mobilenet") else None
+    )
     names = [b.name for b in bb.blocks]
     assert names[: len(first)] == first
-    assert names[-len(last):] == last
+    assert names[-len(last) :] == last
     assert len(names) == count == backbones.block_count(name)
     every = [layer for b in bb.blocks for layer in b.layers]
     assert len(every) == len(bb.model.layers) - 1  # every layer but the input, once
@@ -104,14 +107,16 @@ def test_fallback_blocks_for_a_flat_unknown_model():
 
     blocks = group(keras.Model(inputs, x))
     assert [(b.name, [layer.name for layer in b.layers]) for b in blocks] == [
-        ("c1", ["c1", "n1", "r1"]), ("c2", ["c2", "p2"])
+        ("c1", ["c1", "n1", "r1"]),
+        ("c2", ["c2", "p2"]),
     ]
 
 
 def test_local_weights_file_loads_identically(tmp_path):
     keras.utils.set_random_seed(123)
-    original = keras.applications.MobileNetV2(weights=None, include_top=False,
-                                              input_shape=(32, 32, 3), alpha=0.35)
+    original = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(32, 32, 3), alpha=0.35
+    )
     path = tmp_path / "mobilenet_v2_notop.weights.h5"
     original.save_weights(path)
     keras.utils.set_random_seed(999)  # a different random init that the file must overwrite

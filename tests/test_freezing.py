@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import changed, snapshot
 
 import graft
+from conftest import changed, snapshot
 from graft import freezing
 from graft.backbones import resolve
 from graft.errors import SpecError
@@ -41,8 +41,9 @@ def test_feature_extraction_leaves_every_backbone_weight_bit_identical(small_arr
     backbone = {v.path for v in model.get_layer("backbone").weights}
     assert any("moving_mean" in p for p in backbone)  # BN statistics are part of the check
     assert not moved & backbone, f"frozen backbone weights changed: {sorted(moved & backbone)[:5]}"
-    head = {v.path for layer in model.layers if layer.name.startswith("head_")
-            for v in layer.weights}
+    head = {
+        v.path for layer in model.layers if layer.name.startswith("head_") for v in layer.weights
+    }
     assert head and head <= moved, "every head weight must have trained"
 
 
@@ -51,24 +52,34 @@ def test_finetune_changes_exactly_the_selected_layers(small_arrays, mobilenet, s
     model = build_model(mobilenet, 3)
     backbone = model.get_layer("backbone")
     selected = freezing.select(backbone, mobilenet.blocks, spec)
-    start, after, _ = _fit(model, mobilenet, graft.plan("finetune", epochs=2, unfreeze=spec,
-                                                         finetune_lr=1e-3), small_arrays)
+    start, after, _ = _fit(
+        model,
+        mobilenet,
+        graft.plan("finetune", epochs=2, unfreeze=spec, finetune_lr=1e-3),
+        small_arrays,
+    )
     moved = changed(start, after)
     bb_paths = {v.path for v in backbone.weights}
-    bn_paths = {v.path for layer in backbone._flatten_layers() if "BatchNorm" in type(layer).__name__
-                for v in layer.weights}
+    bn_paths = {
+        v.path
+        for layer in backbone._flatten_layers()
+        if "BatchNorm" in type(layer).__name__
+        for v in layer.weights
+    }
     expected = _layer_paths(selected) - bn_paths
     assert expected, "the spec must select trainable weights"
-    assert moved & bb_paths == expected, (
-        f"unexpected: {sorted((moved & bb_paths) ^ expected)[:6]}"
-    )
+    assert moved & bb_paths == expected, f"unexpected: {sorted((moved & bb_paths) ^ expected)[:6]}"
     assert not moved & bn_paths, "frozen BN statistics (and gamma/beta) must not move"
 
 
 def test_train_bn_lets_batchnorm_statistics_move(small_arrays, mobilenet):
     model = build_model(mobilenet, 3)
-    start, after, _ = _fit(model, mobilenet, graft.plan("finetune", epochs=1, unfreeze="blocks:1",
-                                                         train_bn=True), small_arrays)
+    start, after, _ = _fit(
+        model,
+        mobilenet,
+        graft.plan("finetune", epochs=1, unfreeze="blocks:1", train_bn=True),
+        small_arrays,
+    )
     moved = changed(start, after)
     assert any(p.startswith("Conv_1_bn/") and "moving_mean" in p for p in moved)
 
@@ -77,8 +88,7 @@ def test_hybrid_head_first_then_the_top(small_arrays, mobilenet):
     x, y = small_arrays
     model = build_model(mobilenet, 3)
     bb_paths = {v.path for v in model.get_layer("backbone").weights}
-    plan = graft.plan("hybrid", epochs=1, finetune_epochs=1, unfreeze="blocks:1",
-                      finetune_lr=1e-3)
+    plan = graft.plan("hybrid", epochs=1, finetune_epochs=1, unfreeze="blocks:1", finetune_lr=1e-3)
     start, mid, r1 = _fit(model, mobilenet, plan[:1], small_arrays)
     assert not changed(start, mid) & bb_paths
     _, end, r2 = _fit(model, mobilenet, plan[1:], small_arrays)
@@ -87,15 +97,28 @@ def test_hybrid_head_first_then_the_top(small_arrays, mobilenet):
     assert moved and moved <= top
     assert r1.phases[0].report.backbone_trainable_params == 0
     assert r2.phases[0].report.backbone_trainable_params == sum(
-        int(np.prod(v.shape)) for layer in mobilenet.blocks[-1].layers
+        int(np.prod(v.shape))
+        for layer in mobilenet.blocks[-1].layers
         for v in layer.trainable_weights
     )
 
 
 def test_hybrid_counts_in_metrics_json(tmp_path, digits_folder):
-    run = graft.train(digits_folder, "mobilenet_v2", tmp_path / "run", weights="none",
-                      image_size=32, alpha=0.35, strategy="hybrid", epochs=1, finetune_epochs=1,
-                      unfreeze="blocks:2", batch_size=8, verbose=0, log=lambda _: None)
+    run = graft.train(
+        digits_folder,
+        "mobilenet_v2",
+        tmp_path / "run",
+        weights="none",
+        image_size=32,
+        alpha=0.35,
+        strategy="hybrid",
+        epochs=1,
+        finetune_epochs=1,
+        unfreeze="blocks:2",
+        batch_size=8,
+        verbose=0,
+        log=lambda _: None,
+    )
     import json
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -119,8 +142,12 @@ def test_nested_user_model_freezes_and_unfreezes_correctly(small_arrays, nested_
     start, after, _ = _fit(model, bb, graft.plan("feature", epochs=1), small_arrays)
     assert not changed(start, after) & {v.path for v in backbone.weights}
     # Fine-tune the top two blocks: the middle model (with its inner model) trains, BN frozen.
-    start, after, result = _fit(model, bb, graft.plan("finetune", epochs=1, unfreeze="blocks:2",
-                                                       finetune_lr=1e-2), small_arrays)
+    start, after, result = _fit(
+        model,
+        bb,
+        graft.plan("finetune", epochs=1, unfreeze="blocks:2", finetune_lr=1e-2),
+        small_arrays,
+    )
     moved = changed(start, after) & {v.path for v in backbone.weights}
     assert any("inner_conv" in p for p in moved), "a conv two levels deep must train"
     assert any("middle_conv" in p for p in moved) and any("top_conv" in p for p in moved)
@@ -138,8 +165,9 @@ def test_outer_trainable_flag_cannot_silently_win(mobilenet):
     report = freezing.apply(model, mobilenet.blocks, "blocks:1")
     assert report.backbone_trainable_params > 0
     trainable = {id(v) for v in model.trainable_weights}
-    assert all(id(v) in trainable for layer in mobilenet.blocks[-1].layers
-               for v in layer.trainable_weights)
+    assert all(
+        id(v) in trainable for layer in mobilenet.blocks[-1].layers for v in layer.trainable_weights
+    )
 
 
 def test_spec_that_changes_nothing_is_an_error(mobilenet):
@@ -148,7 +176,9 @@ def test_spec_that_changes_nothing_is_an_error(mobilenet):
         freezing.apply(model, mobilenet.blocks, "layers:1")  # out_relu has no weights
     with pytest.raises(SpecError, match="would change nothing"):
         freezing.apply(model, mobilenet.blocks, "layers:2")  # Conv_1_bn only, BN frozen
-    assert freezing.apply(model, mobilenet.blocks, "layers:2", train_bn=True).backbone_trainable_params
+    assert freezing.apply(
+        model, mobilenet.blocks, "layers:2", train_bn=True
+    ).backbone_trainable_params
 
 
 def test_classic_no_op_unfreeze_loop_is_caught(mobilenet):

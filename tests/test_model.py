@@ -16,9 +16,20 @@ import graft
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, digits_folder):
     out = tmp_path_factory.mktemp("runs") / "hybrid"
-    graft.train(digits_folder, "mobilenet_v2", out, weights="none", image_size=32, alpha=0.35,
-                strategy="hybrid", epochs=1, finetune_epochs=1, batch_size=8, verbose=0,
-                log=lambda _: None)
+    graft.train(
+        digits_folder,
+        "mobilenet_v2",
+        out,
+        weights="none",
+        image_size=32,
+        alpha=0.35,
+        strategy="hybrid",
+        epochs=1,
+        finetune_epochs=1,
+        batch_size=8,
+        verbose=0,
+        log=lambda _: None,
+    )
     return out
 
 
@@ -35,9 +46,14 @@ def test_model_loads_and_predicts_in_a_python_that_never_imports_graft(trained_r
         assert "graft" not in sys.modules, "graft was imported"
         print(json.dumps(probs.tolist()))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=180, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
-                          cwd="/")
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+        cwd="/",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     theirs = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
     model, classes = graft.load(trained_run)
@@ -92,5 +108,15 @@ def test_evaluate_uses_the_runs_class_order(trained_run, digits_folder):
 
 def test_refuses_to_overwrite_a_run(trained_run, digits_folder):
     with pytest.raises(graft.GraftError, match="--overwrite"):
-        graft.train(digits_folder, "mobilenet_v2", trained_run, weights="none", image_size=32,
-                    alpha=0.35, strategy="feature", epochs=1, verbose=0, log=lambda _: None)
+        graft.train(
+            digits_folder,
+            "mobilenet_v2",
+            trained_run,
+            weights="none",
+            image_size=32,
+            alpha=0.35,
+            strategy="feature",
+            epochs=1,
+            verbose=0,
+            log=lambda _: None,
+        )

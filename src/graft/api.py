@@ -63,9 +63,8 @@ def _as_files(source, classes=None) -> data.LabelledFiles | tuple:
     )
 
 
-def _datasets(cfg: TrainConfig, train_src, val_src, bb, classes):
-    """(train_ds, val_ds, classes, counts) for folders or arrays."""
-    train_files = _as_files(train_src, None)
+def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes):
+    """(train_ds, val_ds, classes, counts) for scanned folders or arrays."""
     if isinstance(train_files, tuple):
         x, y = train_files
         classes = classes or [str(i) for i in range(int(y.max()) + 1)]
@@ -74,16 +73,21 @@ def _datasets(cfg: TrainConfig, train_src, val_src, bb, classes):
             train_idx, val_idx = _split_indices(y, cfg.val_split, cfg.seed)
             x, y, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
         elif val_src is not None:
-            x_val, y_val = _as_files(val_src)
+            x_val, y_val = val_src
             x_val = _fit_arrays(x_val, bb)
         else:
             x_val = y_val = None
         train_ds = data.array_pipeline(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
         val_ds = None if x_val is None else data.array_pipeline(x_val, y_val, cfg.batch_size)
-        return train_ds, val_ds, classes, {"train": len(y), "val": 0 if y_val is None else len(y_val)}
+        return (
+            train_ds,
+            val_ds,
+            classes,
+            {"train": len(y), "val": 0 if y_val is None else len(y_val)},
+        )
     classes = train_files.classes
     if val_src is not None:
-        val_files = _as_files(val_src, classes)
+        val_files = val_src
     elif cfg.val_split:
         train_files, val_files = data.stratified_split(train_files, cfg.val_split, cfg.seed)
     else:
@@ -91,8 +95,11 @@ def _datasets(cfg: TrainConfig, train_src, val_src, bb, classes):
     size, ch = bb.image_size, bb.channels
     train_ds = data.pipeline(train_files, size, ch, cfg.batch_size, shuffle=True, seed=cfg.seed)
     val_ds = None if val_files is None else data.pipeline(val_files, size, ch, cfg.batch_size)
-    counts = {"train": len(train_files), "val": 0 if val_files is None else len(val_files),
-              "per_class": train_files.counts()}
+    counts = {
+        "train": len(train_files),
+        "val": 0 if val_files is None else len(val_files),
+        "per_class": train_files.counts(),
+    }
     return train_ds, val_ds, classes, counts
 
 
@@ -110,7 +117,9 @@ def _fit_arrays(x, bb):
         if x.shape[-1] == 1 and bb.channels == 3:
             x = np.repeat(x, 3, axis=-1)
         else:
-            raise DataError(f"Images have {x.shape[-1]} channels; the backbone takes {bb.channels}.")
+            raise DataError(
+                f"Images have {x.shape[-1]} channels; the backbone takes {bb.channels}."
+            )
     if x.shape[1:3] != (h, w):
         import tensorflow as tf
 
@@ -155,11 +164,20 @@ def train(
     """
     cfg = TrainConfig(backbone=str(backbone), **settings)
     phases = cfg.resolved_plan()
+    # Cheap checks first: bad data paths fail before any backbone is built or downloaded.
+    data_source = _as_files(data_source)
+    if val is not None:
+        val = _as_files(val, None if isinstance(data_source, tuple) else data_source.classes)
     run_dir = runs.prepare(out, overwrite) if out is not None else None
     keras.utils.set_random_seed(cfg.seed)
     bb = backbones.resolve(
-        cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, alpha=cfg.alpha,
-        cut=cfg.cut, preprocess=cfg.preprocess, safe_mode=safe_mode,
+        cfg.backbone,
+        weights=cfg.weights,
+        image_size=cfg.image_size,
+        alpha=cfg.alpha,
+        cut=cfg.cut,
+        preprocess=cfg.preprocess,
+        safe_mode=safe_mode,
     )
     train_ds, val_ds, classes, counts = _datasets(cfg, data_source, val, bb, classes)
     if len(classes) < 2:
@@ -186,8 +204,7 @@ def _compile_for_shipping(model: keras.Model, last_phase) -> None:
     """Recompile with a plain, serialisable optimizer so model.keras loads anywhere."""
     plain = type(last_phase)(**{**last_phase.as_dict(), "backbone_lr": None, "trainable": "none"})
     optimizer = make_optimizer(plain, model)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
 
 
@@ -220,8 +237,12 @@ def _write_run(run: Run, bb: backbones.Backbone) -> None:
 def _versions() -> dict:
     from graft import __version__
 
-    info = {"graft": __version__, "keras": keras.__version__, "python": platform.python_version(),
-            "backend": keras.backend.backend()}
+    info = {
+        "graft": __version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "backend": keras.backend.backend(),
+    }
     try:
         import tensorflow as tf
 

@@ -91,9 +91,7 @@ _NASNET = BlockRule(
         (r"^stem_", "stem"),
     )
 )
-_EFFICIENTNET = BlockRule(
-    ((r"^(block\d+[a-z])_", "{0}"), (r"^stem_", "stem"), (r"^top_", "top"))
-)
+_EFFICIENTNET = BlockRule(((r"^(block\d+[a-z])_", "{0}"), (r"^stem_", "stem"), (r"^top_", "top")))
 _CONVNEXT = BlockRule(
     (
         (r"_(stage_\d+_block_\d+)_", "{0}"),
@@ -122,8 +120,14 @@ _TABLE = [
     _spec("mobilenet_v3_small", "MobileNetV3Small", 224, "none", _MOBILENET_V3, takes_alpha=True),
     _spec("mobilenet_v3_large", "MobileNetV3Large", 224, "none", _MOBILENET_V3, takes_alpha=True),
     _spec("inception_v3", "InceptionV3", 299, "symmetric", _INCEPTION_V3, min_size=75),
-    _spec("inception_resnet_v2", "InceptionResNetV2", 299, "symmetric", _INCEPTION_RESNET_V2,
-          min_size=75),
+    _spec(
+        "inception_resnet_v2",
+        "InceptionResNetV2",
+        299,
+        "symmetric",
+        _INCEPTION_RESNET_V2,
+        min_size=75,
+    ),
     _spec("xception", "Xception", 299, "symmetric", _XCEPTION, min_size=71),
     _spec("densenet121", "DenseNet121", 224, "torch", _DENSENET),
     _spec("densenet169", "DenseNet169", 224, "torch", _DENSENET),
@@ -136,8 +140,15 @@ _TABLE = [
     ],
     *[
         _spec(f"efficientnet_v2_{v.lower()}", f"EfficientNetV2{v}", size, "none", _EFFICIENTNET)
-        for v, size in (("B0", 224), ("B1", 240), ("B2", 260), ("B3", 300), ("S", 384),
-                        ("M", 480), ("L", 480))
+        for v, size in (
+            ("B0", 224),
+            ("B1", 240),
+            ("B2", 260),
+            ("B3", 300),
+            ("S", 384),
+            ("M", 480),
+            ("L", 480),
+        )
     ],
     _spec("convnext_tiny", "ConvNeXtTiny", 224, "none", _CONVNEXT),
     _spec("convnext_small", "ConvNeXtSmall", 224, "none", _CONVNEXT),
@@ -295,8 +306,9 @@ def _build_application(constructor, **kwargs) -> keras.Model:
         return constructor(**kwargs)
     except Exception as exc:
         text = str(exc)
-        if kwargs.get("weights") == "imagenet" and ("URL fetch failure" in text or
-                                                    "urlopen" in text.lower()):
+        if kwargs.get("weights") == "imagenet" and (
+            "URL fetch failure" in text or "urlopen" in text.lower()
+        ):
             url = _URL.search(text)
             where = url.group(0) if url else "the Keras applications weights bucket"
             cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
@@ -442,8 +454,10 @@ def resolve(
     if cut is not None:
         raise GraftError("--cut is for backbones loaded from a model file, not registry names.")
     bb = load_backbone(
-        backbone, weights="imagenet" if weights is None else weights,
-        image_size=image_size, alpha=alpha,
+        backbone,
+        weights="imagenet" if weights is None else weights,
+        image_size=image_size,
+        alpha=alpha,
     )
     if preprocess is not None:
         bb.preprocess = check_mode(preprocess)

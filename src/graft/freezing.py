@@ -80,16 +80,14 @@ def select(backbone: keras.Model, blocks: list[Block], spec) -> list:
     if spec.kind == "blocks":
         if spec.value > len(blocks):
             raise SpecError(
-                f"blocks:{spec.value} asks for more blocks than the backbone has "
-                f"({len(blocks)}).",
+                f"blocks:{spec.value} asks for more blocks than the backbone has ({len(blocks)}).",
                 hint="use 'all' to train the whole backbone; 'graft inspect' lists blocks.",
             )
         return [layer for block in blocks[-spec.value :] for layer in block.layers]
     if spec.kind == "layers":
         if spec.value > len(layers):
             raise SpecError(
-                f"layers:{spec.value} asks for more layers than the backbone has "
-                f"({len(layers)}).",
+                f"layers:{spec.value} asks for more layers than the backbone has ({len(layers)}).",
                 hint="use 'all' to train the whole backbone.",
             )
         return layers[-spec.value :]
@@ -176,7 +174,9 @@ class TrainabilityReport:
         }
 
 
-def apply(model: keras.Model, blocks: list[Block], spec, train_bn: bool = False) -> TrainabilityReport:
+def apply(
+    model: keras.Model, blocks: list[Block], spec, train_bn: bool = False
+) -> TrainabilityReport:
     """Set the trainability of a grafted model for one phase.
 
     The head always trains; the preprocessing never does; the backbone trains exactly
@@ -229,4 +229,3 @@ def apply(model: keras.Model, blocks: list[Block], spec, train_bn: bool = False)
         ],
         trainable_layers=[layer.name for layer in selected if layer.trainable_weights],
     )
-

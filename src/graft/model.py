@@ -69,7 +69,9 @@ def build_model(
     # Re-wrap so the nested model is always called "backbone" (same layers, same weights).
     source = backbone.model
     if len(source.outputs) != 1:
-        raise ValueError(f"A backbone needs exactly one output; {source.name} has {len(source.outputs)}.")
+        raise ValueError(
+            f"A backbone needs exactly one output; {source.name} has {len(source.outputs)}."
+        )
     bb_model = keras.Model(source.inputs[0], source.outputs[0], name=BACKBONE_NAME)
     x = bb_model(x)
     if len(x.shape) == 4:

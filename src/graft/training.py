@@ -141,16 +141,21 @@ class Trainer:
             seconds = time.perf_counter() - start
             epochs_run = len(history.epoch)
             for i in range(epochs_run):
-                row = {"phase": phase.name, "phase_index": index, "epoch": epoch + i + 1,
-                       "phase_epoch": i + 1}
+                row = {
+                    "phase": phase.name,
+                    "phase_index": index,
+                    "epoch": epoch + i + 1,
+                    "phase_epoch": i + 1,
+                }
                 row.update({k: float(v[i]) for k, v in history.history.items()})
                 row["lr"] = phase.lr
-                row["backbone_lr"] = None if phase.backbone_frozen else (phase.backbone_lr or phase.lr)
+                row["backbone_lr"] = (
+                    None if phase.backbone_frozen else (phase.backbone_lr or phase.lr)
+                )
                 result.history.append(row)
                 if not math.isfinite(row.get("loss", 0.0)):
                     raise TrainingFailed(
-                        f"The loss became {row['loss']} in phase '{phase.name}' at epoch "
-                        f"{i + 1}.",
+                        f"The loss became {row['loss']} in phase '{phase.name}' at epoch {i + 1}.",
                         hint="lower the learning rate (--lr / --finetune-lr).",
                     )
             epoch += epochs_run
