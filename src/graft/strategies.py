@@ -81,7 +81,8 @@ class Phase:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UnknownNameError(
-                f"Unknown phase field(s): {', '.join(unknown)}. Expected {', '.join(sorted(known))}."
+                f"Unknown phase field(s): {', '.join(unknown)}. "
+                f"Expected {', '.join(sorted(known))}."
             )
         return cls(**data)
 
