@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft import backbones, data, runs
+from graft import backbones, cache, data, runs
 from graft.config import TrainConfig
 from graft.errors import DataError, GraftError
 from graft.model import HeadConfig, build_model
@@ -79,12 +80,9 @@ def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes):
             x_val = y_val = None
         train_ds = data.array_pipeline(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
         val_ds = None if x_val is None else data.array_pipeline(x_val, y_val, cfg.batch_size)
-        return (
-            train_ds,
-            val_ds,
-            classes,
-            {"train": len(y), "val": 0 if y_val is None else len(y_val)},
-        )
+        counts = {"train": len(y), "val": 0 if y_val is None else len(y_val)}
+        splits = {"train": (x, y), "val": None if x_val is None else (x_val, y_val)}
+        return train_ds, val_ds, classes, counts, splits
     classes = train_files.classes
     if val_src is not None:
         val_files = val_src
@@ -100,7 +98,47 @@ def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes):
         "val": 0 if val_files is None else len(val_files),
         "per_class": train_files.counts(),
     }
-    return train_ds, val_ds, classes, counts
+    return train_ds, val_ds, classes, counts, {"train": train_files, "val": val_files}
+
+
+def _cached_datasets(cfg: TrainConfig, model, bb, splits, log, verbose):
+    """(train, val) datasets of cached backbone features for frozen-backbone phases."""
+    out = []
+    for name in ("train", "val"):
+        split = splits[name]
+        if split is None:
+            out.append(None)
+            continue
+        if isinstance(split, tuple):
+            images, labels = split
+            content = cache.content_fingerprint(images=images)
+            batches = (
+                images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size)
+            )
+        else:
+            labels = split.labels
+            content = cache.content_fingerprint(paths=split.paths)
+            ds = data.pipeline(split, bb.image_size, bb.channels, cfg.batch_size)
+            batches = (x for x, _ in ds.as_numpy_iterator())
+        key = cache.cache_key(model, bb.source, content)
+        features, stats = cache.load_or_compute(
+            model,
+            batches,
+            key,
+            len(labels),
+            cfg.cache_dir and Path(cfg.cache_dir),
+            verbose=1 if verbose else 0,
+        )
+        log(
+            f"Feature cache ({name}): {'reused' if stats.hit else 'computed'} "
+            f"{stats.images} images in {stats.seconds:.1f} s"
+        )
+        out.append(
+            data.array_pipeline(
+                features, labels, cfg.batch_size, shuffle=name == "train", seed=cfg.seed
+            )
+        )
+    return tuple(out)
 
 
 def _split_indices(y, fraction, seed):
@@ -170,16 +208,17 @@ def train(
         val = _as_files(val, None if isinstance(data_source, tuple) else data_source.classes)
     run_dir = runs.prepare(out, overwrite) if out is not None else None
     keras.utils.set_random_seed(cfg.seed)
-    bb = backbones.resolve(
-        cfg.backbone,
-        weights=cfg.weights,
-        image_size=cfg.image_size,
-        alpha=cfg.alpha,
-        cut=cfg.cut,
-        preprocess=cfg.preprocess,
-        safe_mode=safe_mode,
-    )
-    train_ds, val_ds, classes, counts = _datasets(cfg, data_source, val, bb, classes)
+    with _precision(cfg.precision):
+        bb = backbones.resolve(
+            cfg.backbone,
+            weights=cfg.weights,
+            image_size=cfg.image_size,
+            alpha=cfg.alpha,
+            cut=cfg.cut,
+            preprocess=cfg.preprocess,
+            safe_mode=safe_mode,
+        )
+    train_ds, val_ds, classes, counts, splits = _datasets(cfg, data_source, val, bb, classes)
     if len(classes) < 2:
         raise DataError(f"Training needs at least 2 classes; found {len(classes)}: {classes}.")
     log(
@@ -187,10 +226,14 @@ def train(
         f"{bb.image_size[0]}x{bb.image_size[1]}, preprocess {bb.preprocess}); "
         f"{len(classes)} classes, {counts['train']} train / {counts['val']} val images"
     )
-    model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout))
-    trainer = Trainer(model, bb.blocks, log=log, verbose=verbose)
+    with _precision(cfg.precision):
+        model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout))
+    trainer = Trainer(model, bb.blocks, log=log, verbose=verbose, jit_compile=_jit(cfg.jit))
     start = time.perf_counter()
-    result = trainer.fit(phases, train_ds, val_ds)
+    cached = None
+    if cfg.cache and any(p.backbone_frozen for p in phases):
+        cached = _cached_datasets(cfg, model, bb, splits, log, verbose)
+    result = trainer.fit(phases, train_ds, val_ds, cached=cached)
     seconds = time.perf_counter() - start
     _compile_for_shipping(model, phases[-1])
     metrics = _metrics(result, counts, seconds)
@@ -198,6 +241,37 @@ def train(
     if run_dir is not None:
         _write_run(run, bb)
     return run
+
+
+@contextlib.contextmanager
+def _precision(mode: str):
+    """Build layers under a mixed policy: float16 on GPUs, bfloat16 on CPUs.
+
+    The head's output layer is always float32 (see ``graft.model``).
+    """
+    if mode != "mixed":
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    gpu = any(d.device_type == "GPU" for d in _devices())
+    keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _devices():
+    try:
+        import tensorflow as tf
+
+        return tf.config.list_physical_devices()
+    except ImportError:
+        return []
+
+
+def _jit(mode: str):
+    return {"auto": "auto", "on": True, "off": False}[mode]
 
 
 def _compile_for_shipping(model: keras.Model, last_phase) -> None:

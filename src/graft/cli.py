@@ -121,6 +121,31 @@ def _log(line: str) -> None:
     help="Fraction of DATA held out for validation (stratified).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--cache/--no-cache",
+    default=True,
+    show_default=True,
+    help="Train frozen-backbone phases on cached backbone features.",
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    help="Feature cache folder (default: ~/.cache/keras-graft/features).",
+)
+@click.option(
+    "--jit",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="XLA compilation (auto: Keras's choice; off on CPU).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["float32", "mixed"]),
+    default="float32",
+    show_default=True,
+    help="mixed: float16 on GPU, bfloat16 on CPU; float32 output.",
+)
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty run folder.")
 @click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
 def train(data, backbone, out, val, overwrite, unsafe, head, **settings):

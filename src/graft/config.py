@@ -36,6 +36,10 @@ class TrainConfig:
     batch_size: int = 32
     val_split: float = 0.2
     seed: int = 0
+    cache: bool = True
+    cache_dir: str | None = None
+    jit: str = "auto"
+    precision: str = "float32"
     phases: list[Phase] | None = field(default=None)
 
     def __post_init__(self):
@@ -47,6 +51,10 @@ class TrainConfig:
             raise GraftError(f"--val-split must be in [0, 1), got {self.val_split}.")
         if not 0 <= self.dropout < 1:
             raise GraftError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.jit not in ("auto", "on", "off"):
+            raise GraftError(f"--jit must be auto, on or off, got {self.jit!r}.")
+        if self.precision not in ("float32", "mixed"):
+            raise GraftError(f"--precision must be float32 or mixed, got {self.precision!r}.")
         self.head = tuple(int(u) for u in self.head)
         if any(u < 1 for u in self.head):
             raise GraftError(f"--head units must be positive, got {list(self.head)}.")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import keras
 
-from graft import freezing
+from graft import cache, freezing
 from graft.blocks import Block
 from graft.errors import TrainingFailed
 from graft.model import backbone_of
@@ -82,6 +82,8 @@ class Trainer:
         log: Called with one line of text per phase (``print`` by default).
         verbose: Keras ``fit`` verbosity (``"auto"``: a progress bar on a terminal).
         callbacks: Extra Keras callbacks for every phase.
+        jit_compile: XLA compilation of the train step (``True``/``False``/``"auto"``:
+            Keras's choice, which is off on CPU-only TensorFlow).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         verbose="auto",
         callbacks=(),
+        jit_compile: bool | str = "auto",
     ):
         self.model = model
         self.blocks = blocks
@@ -101,24 +104,43 @@ class Trainer:
         self.log = log
         self.verbose = verbose
         self.callbacks = list(callbacks)
+        self.jit_compile = jit_compile
 
     def __repr__(self) -> str:
         return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
 
-    def prepare(self, phase: Phase) -> freezing.TrainabilityReport:
-        """Apply a phase's trainability and compile for it."""
+    def prepare(
+        self, phase: Phase, target: keras.Model | None = None
+    ) -> freezing.TrainabilityReport:
+        """Apply a phase's trainability and compile ``target`` (default: the model) for it."""
         report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
-        self.model.compile(
-            optimizer=make_optimizer(phase, self.model), loss=self.loss, metrics=self.metrics
+        (target or self.model).compile(
+            optimizer=make_optimizer(phase, self.model),
+            loss=self.loss,
+            metrics=self.metrics,
+            jit_compile=self.jit_compile,
         )
         return report
 
-    def fit(self, plan: list[Phase], train, val=None) -> TrainResult:
-        """Run every phase of ``plan`` in order on ``train`` (validating on ``val``)."""
+    def fit(self, plan: list[Phase], train, val=None, cached=None) -> TrainResult:
+        """Run every phase of ``plan`` in order on ``train`` (validating on ``val``).
+
+        Args:
+            plan: The phases.
+            train: Dataset of (raw image batch, label batch).
+            val: Optional validation dataset of the same kind.
+            cached: Optional ``(train_features_ds, val_features_ds_or_None)``: datasets of
+                (feature batch, label batch) computed by :mod:`graft.cache`. Phases that
+                leave the backbone frozen then train the head on them instead of running
+                the backbone on every image in every epoch.
+        """
         result = TrainResult()
         epoch = 0
+        head = cache.head_model(self.model) if cached is not None else None
         for index, phase in enumerate(plan, start=1):
-            report = self.prepare(phase)
+            on_cache = head is not None and phase.backbone_frozen
+            target = head if on_cache else self.model
+            report = self.prepare(phase, target)
             lr_text = f"lr {phase.lr:g}"
             if not phase.backbone_frozen and phase.backbone_lr not in (None, phase.lr):
                 lr_text += f", backbone lr {phase.backbone_lr:g}"
@@ -126,12 +148,12 @@ class Trainer:
                 f"Phase {index}/{len(plan)} '{phase.name}': backbone {report.spec}"
                 f"{' (BN trains)' if phase.train_bn else ''}; "
                 f"trainable {report.trainable_params:,} / frozen {report.frozen_params:,} params; "
-                f"{lr_text}; {phase.epochs} epochs"
+                f"{lr_text}; {phase.epochs} epochs{' on cached features' if on_cache else ''}"
             )
             start = time.perf_counter()
-            history = self.model.fit(
-                train,
-                validation_data=val,
+            history = target.fit(
+                cached[0] if on_cache else train,
+                validation_data=cached[1] if on_cache else val,
                 initial_epoch=epoch,
                 epochs=epoch + phase.epochs,
                 verbose=self.verbose,

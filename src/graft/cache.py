@@ -1,0 +1,182 @@
+"""The feature cache: run a frozen backbone once, train the head on what it computed.
+
+In a phase that leaves the whole backbone frozen (feature extraction, hybrid's first
+phase), the backbone's output for an image never changes, yet the classic recipe
+recomputes it for every image in every epoch. graft computes the head's input (the
+pooled backbone features) once in a streamed, batched pass in inference mode, stores it
+on disk, and trains the head alone on it. The head model reuses the very layer objects
+of the full model, so the trained weights are already in place afterwards: the saved
+model is the same plain Keras model as without the cache.
+
+A cache entry is keyed by everything that determines the features: the backbone's
+source, a fingerprint of all its weights, the preprocessing layers' weights, the image
+size and channels, the exact content of every image file (or array) in order, and the
+augmentation view. A changed file, other weights or another size never reuse stale
+features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from graft.model import BACKBONE_NAME, HEAD_PREFIX
+
+POOL_NAME = f"{HEAD_PREFIX}pool"
+FORMAT_VERSION = 1
+
+
+def default_dir() -> Path:
+    """``$GRAFT_CACHE/features`` or ``~/.cache/keras-graft/features``."""
+    root = os.environ.get("GRAFT_CACHE") or Path.home() / ".cache" / "keras-graft"
+    return Path(root) / "features"
+
+
+def _head_input_layer(model: keras.Model) -> str:
+    """Name of the layer whose output the cache stores (the pooled backbone output)."""
+    names = [layer.name for layer in model.layers]
+    for candidate in (POOL_NAME, f"{HEAD_PREFIX}flatten"):
+        if candidate in names:
+            return candidate
+    return BACKBONE_NAME
+
+
+def features_model(model: keras.Model) -> keras.Model:
+    """Raw images -> the head's input: preprocessing, backbone and pooling of ``model``."""
+    return keras.Model(
+        model.input, model.get_layer(_head_input_layer(model)).output, name="graft_features"
+    )
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """Features -> probabilities, through the *same* head layers as ``model``.
+
+    Training this model trains ``model``'s head: the layers (and weights) are shared.
+    """
+    start = _head_input_layer(model)
+    layers = model.layers[[layer.name for layer in model.layers].index(start) + 1 :]
+    if not all(layer.name.startswith(HEAD_PREFIX) for layer in layers):
+        raise ValueError("The model's head is not a simple chain of head_* layers.")
+    source = model.get_layer(start).output
+    inputs = keras.Input(tuple(source.shape[1:]), name="features")
+    x = inputs
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inputs, x, name="graft_head")
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    """A digest of every weight of ``model`` (shapes, dtypes and values, in order)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for variable in model.weights:
+        value = np.ascontiguousarray(np.asarray(variable))
+        digest.update(f"{variable.path}:{value.shape}:{value.dtype};".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_fingerprint(paths=None, images=None) -> str:
+    """A digest of the exact inputs, in order: file contents, or an image array."""
+    digest = hashlib.blake2b(digest_size=16)
+    if images is not None:
+        array = np.ascontiguousarray(images)
+        digest.update(f"array:{array.shape}:{array.dtype};".encode())
+        digest.update(array.tobytes())
+        return digest.hexdigest()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for item in pool.map(_file_digest, list(paths)):
+            digest.update(item.encode())
+    return digest.hexdigest()
+
+
+def cache_key(model: keras.Model, source: str, content: str, view: str = "plain") -> str:
+    """The cache key for the features of ``model`` on inputs with fingerprint ``content``."""
+    features = features_model(model)
+    description = {
+        "format": FORMAT_VERSION,
+        "source": source,
+        "input": list(model.input_shape[1:]),
+        "output": list(features.output_shape[1:]),
+        "weights": weights_fingerprint(features),
+        "content": content,
+        "view": view,
+        "keras": keras.__version__,
+    }
+    text = json.dumps(description, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """What the cache did for one dataset."""
+
+    key: str
+    hit: bool
+    images: int
+    seconds: float
+
+
+def compute(model: keras.Model, batches, total: int | None = None, verbose: int = 1) -> np.ndarray:
+    """Run ``features_model(model)`` over an iterable of image batches, in inference mode."""
+    extractor = features_model(model)
+    progress = keras.utils.Progbar(total, unit_name="image") if verbose else None
+    chunks, seen = [], 0
+    for images in batches:
+        out = extractor.predict_on_batch(images)
+        chunks.append(np.asarray(out, dtype="float32"))
+        seen += len(out)
+        if progress is not None:
+            progress.update(seen)
+    if not chunks:
+        return np.zeros((0, *extractor.output_shape[1:]), dtype="float32")
+    return np.concatenate(chunks)
+
+
+def load_or_compute(
+    model: keras.Model,
+    batches,
+    key: str,
+    total: int,
+    directory: Path | None = None,
+    verbose: int = 1,
+) -> tuple[np.ndarray, CacheStats]:
+    """Features from ``directory/<key>.npy`` if present, else computed and stored there."""
+    import time
+
+    from graft.runs import atomic_write
+
+    directory = Path(directory or default_dir())
+    path = directory / f"{key}.npy"
+    start = time.perf_counter()
+    if path.is_file():
+        try:
+            features = np.load(path, allow_pickle=False)
+            if len(features) == total:
+                return features, CacheStats(key, True, total, time.perf_counter() - start)
+        except (OSError, ValueError):
+            pass  # a damaged entry is recomputed and replaced
+    features = compute(model, batches, total, verbose)
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, features, allow_pickle=False)
+    try:
+        atomic_write(path, buffer.getvalue())
+    except OSError:
+        pass  # a read-only or full cache disk costs speed next time, not this run
+    return features, CacheStats(key, False, total, time.perf_counter() - start)
