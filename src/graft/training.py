@@ -43,6 +43,20 @@ def make_optimizer(phase: Phase, model: keras.Model) -> keras.optimizers.Optimiz
     )
 
 
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall time of every epoch (validation included), for history.csv."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
 @dataclass
 class PhaseResult:
     """What one phase did."""
@@ -151,13 +165,14 @@ class Trainer:
                 f"{lr_text}; {phase.epochs} epochs{' on cached features' if on_cache else ''}"
             )
             start = time.perf_counter()
+            timer = _EpochTimer()
             history = target.fit(
                 cached[0] if on_cache else train,
                 validation_data=cached[1] if on_cache else val,
                 initial_epoch=epoch,
                 epochs=epoch + phase.epochs,
                 verbose=self.verbose,
-                callbacks=self.callbacks,
+                callbacks=[*self.callbacks, timer],
                 shuffle=False,  # the pipeline shuffles
             )
             seconds = time.perf_counter() - start
@@ -170,6 +185,7 @@ class Trainer:
                     "phase_epoch": i + 1,
                 }
                 row.update({k: float(v[i]) for k, v in history.history.items()})
+                row["seconds"] = round(timer.seconds[i], 4)
                 row["lr"] = phase.lr
                 row["backbone_lr"] = (
                     None if phase.backbone_frozen else (phase.backbone_lr or phase.lr)
