@@ -28,12 +28,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from graft import runs
+from graft import _quiet, runs
 from graft.errors import GraftError
 
 FORMATS = ("keras", "savedmodel", "tflite")
@@ -335,14 +336,32 @@ def to_tflite(
     Returns:
         ``out``.
     """
+    import keras
     import tensorflow as tf
 
     _, h, w, ch = model.input_shape
-    serve = tf.function(lambda images: model(images, training=False))
-    concrete = serve.get_concrete_function(
-        tf.TensorSpec((None, h, w, ch), tf.float32, name="images")
+    # Through a SavedModel: the converter then freezes the variables into constants
+    # (a concrete function of a Keras 3 model would keep them as resource variables).
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec((None, h, w, ch), tf.float32, name="images")],
     )
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    saved = Path(tempfile.mkdtemp(prefix="graft-tflite-"))
+    try:
+        archive.write_out(str(saved), verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        flatbuffer = _convert(converter, quantize, calibration)
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
+    return runs.atomic_write(out, flatbuffer)
+
+
+def _convert(converter, quantize: str, calibration) -> bytes:
+    import tensorflow as tf
+
     if quantize in ("dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "int8":
@@ -356,11 +375,11 @@ def to_tflite(
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
-        flatbuffer = converter.convert()
+        with _quiet._fd2_captured():  # the converter's C++ log lines
+            return converter.convert()
     except Exception as exc:  # the converter raises many types; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GraftError(f"TFLite conversion failed: {first}") from exc
-    return runs.atomic_write(out, flatbuffer)
 
 
 def _interpreter(path: Path):
@@ -370,7 +389,9 @@ def _interpreter(path: Path):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         Interpreter = tf.lite.Interpreter
-    return Interpreter(model_path=str(path))
+    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+        warnings.simplefilter("ignore", UserWarning)
+        return Interpreter(model_path=str(path))
 
 
 def run_tflite(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
@@ -383,17 +404,19 @@ def run_tflite(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
     Returns:
         The model's output, float32 ``(n, classes)``.
     """
-    interpreter = _interpreter(Path(path))
-    (inp,) = interpreter.get_input_details()
-    (outp,) = interpreter.get_output_details()
-    interpreter.resize_tensor_input(inp["index"], list(images.shape))
-    interpreter.allocate_tensors()
+    with _quiet._fd2_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interpreter = _interpreter(Path(path))
+        (inp,) = interpreter.get_input_details()
+        (outp,) = interpreter.get_output_details()
+        interpreter.resize_tensor_input(inp["index"], list(images.shape))
+        interpreter.allocate_tensors()
     x = np.asarray(images, "float32")
     if inp["dtype"] in (np.int8, np.uint8):
         scale, zero = inp["quantization"]
         x = np.clip(np.round(x / scale + zero), *_limits(inp["dtype"]))
     interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-    interpreter.invoke()
+    with _quiet._fd2_captured():
+        interpreter.invoke()
     y = interpreter.get_tensor(outp["index"])
     if outp["dtype"] in (np.int8, np.uint8):
         scale, zero = outp["quantization"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -116,7 +117,8 @@ def load_image(path: str, image_size: tuple[int, int], channels: int) -> np.ndar
     try:
         image = tf.io.decode_image(data, channels=channels, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        raise ValueError(f"not a readable image ({exc.message.splitlines()[0]})") from None
+        detail = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", exc.message).strip()
+        raise ValueError(f"not a readable image: {detail.splitlines()[0]}") from None
     return tf.image.resize(image, image_size, method="bilinear").numpy()
 
 
