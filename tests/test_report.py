@@ -292,3 +292,41 @@ def test_graft_report_on_a_folder_that_is_not_a_run(tmp_path):
     from graft.cli import main
 
     assert main(["report", str(tmp_path)]) == 2
+
+
+def test_cli_evaluate_prints_the_new_metrics(run, digits_folder, capsys):
+    from graft.cli import main
+
+    _, out, _ = run
+    assert main(["evaluate", str(out), str(digits_folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "top-2" in printed and "macro F1" in printed and "ECE" in printed
+    assert "(36 images)" in printed and all(n in printed for n in ("five", "six", "seven"))
+
+
+def test_cli_train_passes_tensorboard_through(monkeypatch, tmp_path, capsys):
+    from graft import api
+    from graft.cli import main
+
+    seen = {}
+
+    def fake_train(*args, **kwargs):
+        seen.update(kwargs)
+        raise api.GraftError("stop here")
+
+    monkeypatch.setattr(api, "train", fake_train)
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path),
+                "-b",
+                "mobilenet_v2",
+                "--out",
+                str(tmp_path / "r"),
+                "--tensorboard",
+            ]
+        )
+        == 2
+    )
+    assert seen["tensorboard"] is True
