@@ -191,7 +191,9 @@ def train(
     )
     model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout))
     callbacks = []
-    if tensorboard and run_dir is not None:
+    if tensorboard and run_dir is None:
+        raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
+    if tensorboard:
         from graft import tensorboard as tb
 
         callbacks.append(tb.callback(run_dir))
