@@ -176,6 +176,7 @@ def train(
     log: Callable[[str], None] = print,
     verbose="auto",
     safe_mode: bool = True,
+    tensorboard: bool = False,
     **settings,
 ) -> Run:
     """Graft a pre-trained backbone into a new classifier and train it.
@@ -191,6 +192,7 @@ def train(
         log: Receives one line of text per step (``print`` by default).
         verbose: Keras ``fit`` verbosity.
         safe_mode: Refuse model files whose loading could run code.
+        tensorboard: Write TensorBoard logs under ``out/tensorboard`` (needs ``out``).
         **settings: Any :class:`~graft.config.TrainConfig` field: ``weights``,
             ``cut``, ``preprocess``, ``alpha``, ``image_size``, ``strategy``,
             ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
@@ -228,18 +230,36 @@ def train(
     )
     with _precision(cfg.precision):
         model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout))
-    trainer = Trainer(model, bb.blocks, log=log, verbose=verbose, jit_compile=_jit(cfg.jit))
+    callbacks = []
+    if tensorboard and run_dir is None:
+        raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
+    if tensorboard:
+        from graft import tensorboard as tb
+
+        callbacks.append(tb.callback(run_dir))
+    trainer = Trainer(
+        model, bb.blocks, log=log, verbose=verbose, callbacks=callbacks, jit_compile=_jit(cfg.jit)
+    )
     start = time.perf_counter()
     cached = None
     if cfg.cache and any(p.backbone_frozen for p in phases):
         cached = _cached_datasets(cfg, model, bb, splits, log, verbose)
     result = trainer.fit(phases, train_ds, val_ds, cached=cached)
     seconds = time.perf_counter() - start
+    if callbacks:
+        tb.write_phases(run_dir, result.history)
     _compile_for_shipping(model, phases[-1])
     metrics = _metrics(result, counts, seconds)
     run = Run(model, classes, metrics, result.history, cfg, run_dir, bb)
     if run_dir is not None:
         _write_run(run, bb)
+        from graft import report
+
+        evaluated = report.finish_run(
+            run_dir, model, classes, result.history, val_ds, counts, log=log
+        )
+        if evaluated is not None:
+            run.metrics["evaluation"] = evaluated
     return run
 
 
@@ -347,8 +367,29 @@ def load(model_or_run: str | os.PathLike, safe_mode: bool = True) -> tuple[keras
     return model, classes
 
 
+def labelled_batches(model: keras.Model, data_source, classes: list[str], batch_size: int = 32):
+    """Labelled ``(images, labels)`` batches of ``data_source`` sized for ``model``.
+
+    Args:
+        model: The model whose input size the images are resized to.
+        data_source: A folder of class subfolders (classes known to the model), or
+            ``(images, labels)`` arrays.
+        classes: The model's class names (fixes the label order).
+        batch_size: Images per batch.
+
+    Returns:
+        ``(dataset, number_of_images)``.
+    """
+    _, h, w, ch = model.input_shape
+    files = _as_files(data_source, classes)
+    if isinstance(files, tuple):
+        x, y = files
+        return data.array_pipeline(x, y, batch_size), len(y)
+    return data.pipeline(files, (h, w), ch, batch_size), len(files)
+
+
 def evaluate(model_or_run, data_source, batch_size: int = 32) -> dict:
-    """Accuracy and loss of a trained model on labelled data.
+    """Accuracy, loss, top-k, per-class precision/recall/F1, confusion and calibration.
 
     Args:
         model_or_run: A run folder or a ``.keras`` file (with ``labels.json`` beside it).
@@ -357,19 +398,12 @@ def evaluate(model_or_run, data_source, batch_size: int = 32) -> dict:
         batch_size: Images per batch.
 
     Returns:
-        ``{"accuracy", "loss", "images"}``.
+        ``{"accuracy", "loss", "images", "top_k_accuracy", "per_class", "macro_avg",
+        "weighted_avg", "confusion_matrix", "ece", ...}``
+        (see :func:`graft.evaluation.classification_metrics`).
     """
+    from graft import evaluation
+
     model, classes = load(model_or_run)
-    _, h, w, ch = model.input_shape
-    files = _as_files(data_source, classes)
-    if isinstance(files, tuple):
-        x, y = files
-        ds = data.array_pipeline(x, y, batch_size)
-        n = len(y)
-    else:
-        ds = data.pipeline(files, (h, w), ch, batch_size)
-        n = len(files)
-    if not model.compiled:
-        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    values = model.evaluate(ds, verbose=0, return_dict=True)
-    return {"accuracy": float(values["accuracy"]), "loss": float(values["loss"]), "images": n}
+    ds, _ = labelled_batches(model, data_source, classes, batch_size)
+    return evaluation.evaluate_model(model, ds, classes).as_dict()

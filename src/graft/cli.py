@@ -148,7 +148,10 @@ def _log(line: str) -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty run folder.")
 @click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
-def train(data, backbone, out, val, overwrite, unsafe, head, **settings):
+@click.option(
+    "--tensorboard", is_flag=True, help="Write TensorBoard logs under RUN_DIR/tensorboard."
+)
+def train(data, backbone, out, val, overwrite, unsafe, head, tensorboard, **settings):
     """Train a classifier on DATA (one subfolder of images per class) with a grafted backbone."""
     from graft import api
 
@@ -161,12 +164,14 @@ def train(data, backbone, out, val, overwrite, unsafe, head, **settings):
         log=_log,
         verbose=_fit_verbosity(),
         safe_mode=not unsafe,
+        tensorboard=tensorboard,
         head=_units(head),
         **settings,
     )
     acc = run.metrics.get("val_accuracy")
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
     _log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
+    _log(f"Report: {run.run_dir / 'report.html'}")
 
 
 def _units(text: str) -> tuple[int, ...]:
@@ -182,17 +187,88 @@ def _units(text: str) -> tuple[int, ...]:
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def evaluate(model, data, batch_size, as_json):
-    """Accuracy and loss of MODEL (a run folder or .keras file) on DATA."""
+    """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
     from graft import api
+    from graft.evaluation import summary_line
 
     result = api.evaluate(model, data, batch_size=batch_size)
     if as_json:
         print(json.dumps(result))
-    else:
-        _log(
-            f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-            f"({result['images']} images)"
+        return
+    _log(summary_line(result))
+    per_class = result.get("per_class") or result.get("per_label") or {}
+    table = Table("class", "precision", "recall", "F1", "support")
+    for name, v in per_class.items():
+        table.add_row(
+            name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])
         )
+    console.print(table)
+
+
+@app.command(context_settings=_CONTEXT)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--data", default=None, help="Re-evaluate on this labelled folder first.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
+def report(run_dir, data, batch_size):
+    """(Re)generate RUN_DIR/report.html, its plots and MODEL_CARD.md."""
+    from graft import report as report_mod
+
+    path = report_mod.regenerate(run_dir, data=data, batch_size=batch_size)
+    _log(f"Report: {path}")
+    _log(f"Model card: {path.parent / report_mod.MODEL_CARD_FILE}")
+
+
+@app.command(context_settings=_CONTEXT)
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top-k", type=int, default=1, show_default=True, help="Classes per image.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--out", "-o", default=None, help="Output file (default: stdout).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
+def predict(model, images, top_k, fmt, out, batch_size):
+    """Predict the classes of IMAGES (files or folders) with MODEL (a run folder or .keras)."""
+    from graft import predict as predict_mod
+
+    def skipped(item):
+        print(f"graft: skipped {item.path}: {item.reason}", file=sys.stderr)
+
+    summary = predict_mod.predict_to_file(
+        model, images, out, fmt=fmt, top_k=top_k, batch_size=batch_size, on_skip=skipped
+    )
+    where = f" to {out}" if out not in (None, "-") else ""
+    print(
+        f"graft: predicted {summary.predicted} image(s){where}; "
+        f"skipped {len(summary.skipped)} unreadable file(s)",
+        file=sys.stderr,
+    )
+
+
+@app.command(context_settings=_CONTEXT)
+@click.argument("model")
+@click.option(
+    "--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]), required=True
+)
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output path.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "dynamic", "int8"]),
+    default="none",
+    show_default=True,
+    help="TFLite quantization.",
+)
+@click.option("--calibration", default=None, help="Representative images (int8; the check).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def export(model, fmt, out, quantize, calibration, overwrite):
+    """Export MODEL (a run folder or .keras) and check it against the Keras model."""
+    from graft import export as export_mod
+
+    result = export_mod.export(
+        model, fmt, out, quantize=quantize, calibration=calibration, overwrite=overwrite
+    )
+    _log(f"Exported {fmt} to {result.path}")
+    _log(result.summary_line())
 
 
 @app.command(context_settings=_CONTEXT)

@@ -1,0 +1,443 @@
+"""Ship a trained model: Keras file, TensorFlow SavedModel (TF Serving) or TFLite, checked.
+
+After writing, every export is loaded back and run on sample images next to the Keras
+model, and the comparison is returned (and printed by ``graft export``):
+
+- float exports (``keras``, ``savedmodel``, ``tflite`` without quantization) must agree
+  within ``FLOAT_TOLERANCE`` (max absolute difference of the probabilities), otherwise
+  :class:`ExportCheckFailed` is raised;
+- quantized TFLite models (``dynamic``, ``int8``) report their top-1 agreement with the
+  Keras model and the max absolute difference.
+
+The SavedModel has two serving signatures, both returning ``probabilities`` (float32,
+one column per class) and ``label`` (the top class name):
+
+- ``serving_default``: ``images``, float32 ``(batch, H, W, C)`` raw pixels 0-255;
+- ``serving_bytes``: ``image_bytes``, a string batch of encoded JPEG/PNG/GIF/BMP files,
+  decoded and resized (bilinear) exactly as in training.
+
+Example:
+    >>> from graft import export
+    >>> result = export.export("runs/pets", "tflite", "pets.tflite", quantize="dynamic",
+    ...                        calibration="data/pets")           # doctest: +SKIP
+    >>> print(result.summary_line())                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graft import _quiet, runs
+from graft.errors import GraftError
+
+FORMATS = ("keras", "savedmodel", "tflite")
+QUANTIZE = ("none", "dynamic", "int8")
+FLOAT_TOLERANCE = 1e-4
+CHECK_IMAGES = 16
+MAX_CALIBRATION = 200
+
+
+class ExportCheckFailed(GraftError):
+    """The exported model's outputs do not match the Keras model's."""
+
+    exit_code = 1
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export` wrote and how its outputs compare with the Keras model.
+
+    Attributes:
+        path: The exported file or folder.
+        format: ``keras``, ``savedmodel`` or ``tflite``.
+        quantize: ``none``, ``dynamic`` or ``int8``.
+        check: ``{"images", "sample", "max_abs_diff", "top1_agreement", "tolerance",
+            "passed"}`` (and per-signature numbers for SavedModel).
+    """
+
+    path: Path
+    format: str
+    quantize: str = "none"
+    check: dict = field(default_factory=dict)
+
+    def summary_line(self) -> str:
+        """One line: the comparison with the Keras model."""
+        c = self.check
+        what = f"{self.format}" + (f" ({self.quantize})" if self.quantize != "none" else "")
+        text = (
+            f"check: {what} vs Keras on {c['images']} {c['sample']} images: "
+            f"max abs diff {c['max_abs_diff']:.2e}"
+        )
+        if c.get("tolerance") is not None:
+            text += f" (tolerance {c['tolerance']:.0e}, {'ok' if c['passed'] else 'FAILED'})"
+        agree = round(c["top1_agreement"] * c["images"])
+        text += f"; top-1 agreement {c['top1_agreement']:.3f} ({agree}/{c['images']})"
+        if "serving_bytes_max_abs_diff" in c:
+            text += f"; serving_bytes max abs diff {c['serving_bytes_max_abs_diff']:.2e}"
+        return text
+
+    def as_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "quantize": self.quantize,
+            "check": self.check,
+        }
+
+
+def export(
+    model_or_run,
+    fmt: str,
+    out: str | os.PathLike,
+    quantize: str = "none",
+    calibration=None,
+    overwrite: bool = False,
+    safe_mode: bool = True,
+) -> ExportResult:
+    """Export a trained model and check the export against the Keras model.
+
+    Args:
+        model_or_run: A run folder or a ``.keras`` file (``labels.json`` beside it).
+        fmt: ``"keras"`` (a ``.keras`` file), ``"savedmodel"`` (a folder) or
+            ``"tflite"`` (a ``.tflite`` file).
+        out: Where to write. ``labels.json`` is written beside the file (inside the
+            SavedModel folder).
+        quantize: TFLite only: ``"none"``, ``"dynamic"`` (int8 weights) or ``"int8"``
+            (full integer; needs ``calibration``).
+        calibration: Representative images (a folder, searched recursively, or a list
+            of files): int8 calibration, and the sample images of the check. Without
+            it the check uses random images.
+        overwrite: Replace an existing ``out``.
+        safe_mode: Refuse model files whose loading could run code.
+
+    Returns:
+        An :class:`ExportResult` with the comparison.
+
+    Raises:
+        ExportCheckFailed: A float export differs from the Keras model by more than
+            ``FLOAT_TOLERANCE``.
+    """
+    from graft import api
+
+    if fmt not in FORMATS:
+        raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")
+    if quantize not in QUANTIZE:
+        raise GraftError(f"Unknown --quantize {quantize!r}. Expected one of {', '.join(QUANTIZE)}.")
+    if quantize != "none" and fmt != "tflite":
+        raise GraftError(f"--quantize {quantize} applies to --format tflite only.")
+    if quantize == "int8" and calibration is None:
+        raise GraftError(
+            "--quantize int8 needs representative images to calibrate on.",
+            hint="pass --calibration DATA (a folder of typical input images, ~100 are enough).",
+        )
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise GraftError(f"{out} already exists.", hint="pass another --out, or --overwrite.")
+    if fmt == "keras" and out.suffix != ".keras":
+        raise GraftError(f"--out for --format keras must end in .keras, got {out}.")
+    model, classes = api.load(model_or_run, safe_mode=safe_mode)
+    _, h, w, ch = model.input_shape
+    if calibration is not None:
+        images = load_calibration(calibration, (h, w), ch)
+        sample = "calibration"
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.uniform(0, 255, (CHECK_IMAGES, h, w, ch)).astype("float32")
+        sample = "random"
+    check_images = images[:64]
+
+    if fmt == "keras":
+        to_keras(model, out)
+        expected = model.predict_on_batch(check_images)
+        check = compare(expected, _reload_keras(out).predict_on_batch(check_images))
+        labels_at = out.parent
+    elif fmt == "savedmodel":
+        to_savedmodel(model, classes, out)
+        check = check_savedmodel(out, model, check_images)
+        labels_at = out
+    else:
+        to_tflite(model, out, quantize, images if quantize == "int8" else None)
+        check = compare(model.predict_on_batch(check_images), run_tflite(out, check_images))
+        labels_at = out.parent
+    runs.write_json(labels_at / runs.LABELS_FILE, classes)
+    check.update(images=len(check_images), sample=sample)
+    if quantize == "none":
+        worst = max(check["max_abs_diff"], check.get("serving_bytes_max_abs_diff", 0.0))
+        check.update(tolerance=FLOAT_TOLERANCE, passed=bool(worst <= FLOAT_TOLERANCE))
+    else:
+        check.update(tolerance=None, passed=True)
+    result = ExportResult(out, fmt, quantize, check)
+    _record(model_or_run, result)
+    if not check["passed"]:
+        raise ExportCheckFailed(
+            f"The exported model differs from the Keras model: {result.summary_line()}.",
+            hint="report this with the model and versions (run with --debug for details).",
+        )
+    return result
+
+
+def compare(expected: np.ndarray, got: np.ndarray) -> dict:
+    """Max absolute difference and top-1 agreement of two probability batches."""
+    expected = np.asarray(expected, dtype="float64")
+    got = np.asarray(got, dtype="float64")
+    if expected.shape != got.shape:
+        raise ExportCheckFailed(
+            f"The exported model returns shape {got.shape}, the Keras model {expected.shape}."
+        )
+    return {
+        "max_abs_diff": float(np.max(np.abs(expected - got))) if expected.size else 0.0,
+        "top1_agreement": float(np.mean(expected.argmax(1) == got.argmax(1))),
+    }
+
+
+def load_calibration(source, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """Up to ``MAX_CALIBRATION`` images from a folder (or list of files), shuffled with a
+    fixed seed so every class is represented, decoded and resized as in training."""
+    from graft import predict
+
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    files = predict.expand(sources)
+    order = np.random.default_rng(0).permutation(len(files))[:MAX_CALIBRATION]
+    images = []
+    for i in order:
+        try:
+            images.append(predict.load_image(files[i], image_size, channels))
+        except (OSError, ValueError):
+            continue
+    if not images:
+        raise GraftError(f"No readable images in --calibration {source}.")
+    return np.stack(images).astype("float32")
+
+
+def _tmp_beside(out: Path, suffix: str = "") -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent))
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if out.is_dir() and not out.is_symlink():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
+    os.replace(tmp, out)
+
+
+def to_keras(model, out: str | os.PathLike) -> Path:
+    """Save as a ``.keras`` file (atomically)."""
+    return runs.save_model(model, out)
+
+
+def _reload_keras(path: Path):
+    import keras
+
+    return keras.saving.load_model(path, safe_mode=True)
+
+
+def to_savedmodel(model, classes: list[str], out: str | os.PathLike) -> Path:
+    """Write a TensorFlow SavedModel with ``serving_default`` and ``serving_bytes``.
+
+    Args:
+        model: The Keras model (raw 0-255 images in, probabilities out).
+        classes: Class names, returned as ``label`` by both signatures.
+        out: The SavedModel folder.
+
+    Returns:
+        ``out``.
+    """
+    import keras
+    import tensorflow as tf
+
+    out = Path(out)
+    _, h, w, ch = model.input_shape
+    names = tf.constant(classes)
+
+    def outputs(images):
+        probs = tf.cast(model(images, training=False), tf.float32)
+        return {"probabilities": probs, "label": tf.gather(names, tf.argmax(probs, axis=-1))}
+
+    def decode(data):
+        image = tf.io.decode_image(data, channels=ch, expand_animations=False)
+        image = tf.image.resize(image, (h, w), method="bilinear")
+        return tf.ensure_shape(image, (h, w, ch))
+
+    def serve_bytes(image_bytes):
+        images = tf.map_fn(
+            decode, image_bytes, fn_output_signature=tf.TensorSpec((h, w, ch), tf.float32)
+        )
+        return outputs(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        outputs,
+        input_signature=[tf.TensorSpec((None, h, w, ch), tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        "serving_bytes",
+        serve_bytes,
+        input_signature=[tf.TensorSpec((None,), tf.string, name="image_bytes")],
+    )
+    tmp = _tmp_beside(out)
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def check_savedmodel(path: Path, model, images: np.ndarray) -> dict:
+    """Run both serving signatures of a SavedModel and compare them with the Keras model.
+
+    ``serving_default`` gets ``images`` as they are; ``serving_bytes`` gets them rounded to
+    uint8 and PNG-encoded (lossless), and is compared with the Keras model on the same
+    rounded pixels.
+    """
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    missing = {"serving_default", "serving_bytes"} - set(loaded.signatures)
+    if missing:
+        raise ExportCheckFailed(f"The SavedModel lacks signature(s): {', '.join(sorted(missing))}.")
+    expected = model.predict_on_batch(images)
+    got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"]
+    check = compare(expected, got.numpy())
+    pixels = np.clip(np.round(images), 0, 255).astype("uint8")
+    encoded = tf.stack([tf.io.encode_png(p) for p in pixels])
+    got_bytes = loaded.signatures["serving_bytes"](image_bytes=encoded)["probabilities"]
+    bytes_check = compare(model.predict_on_batch(pixels.astype("float32")), got_bytes.numpy())
+    check["serving_bytes_max_abs_diff"] = bytes_check["max_abs_diff"]
+    check["serving_bytes_top1_agreement"] = bytes_check["top1_agreement"]
+    check["signatures"] = sorted(loaded.signatures)
+    return check
+
+
+def to_tflite(
+    model, out: str | os.PathLike, quantize: str = "none", calibration: np.ndarray | None = None
+) -> Path:
+    """Convert to a ``.tflite`` file with ``tf.lite.TFLiteConverter``.
+
+    Args:
+        model: The Keras model. Its input keeps a dynamic batch dimension.
+        out: The ``.tflite`` file.
+        quantize: ``"none"`` (float32), ``"dynamic"`` (int8 weights, float activations)
+            or ``"int8"`` (int8 weights and activations; float32 input and output).
+        calibration: Representative raw images ``(n, H, W, C)`` for ``"int8"``.
+
+    Returns:
+        ``out``.
+    """
+    import keras
+    import tensorflow as tf
+
+    _, h, w, ch = model.input_shape
+    # Through a SavedModel: the converter then freezes the variables into constants
+    # (a concrete function of a Keras 3 model would keep them as resource variables).
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda images: model(images, training=False),
+        input_signature=[tf.TensorSpec((None, h, w, ch), tf.float32, name="images")],
+    )
+    saved = Path(tempfile.mkdtemp(prefix="graft-tflite-"))
+    try:
+        archive.write_out(str(saved), verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+        flatbuffer = _convert(converter, quantize, calibration)
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
+    return runs.atomic_write(out, flatbuffer)
+
+
+def _convert(converter, quantize: str, calibration) -> bytes:
+    import tensorflow as tf
+
+    if quantize in ("dynamic", "int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "int8":
+        if calibration is None or not len(calibration):
+            raise GraftError("--quantize int8 needs calibration images.")
+
+        def representative():
+            for image in calibration:
+                yield [np.asarray(image, "float32")[None]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    try:
+        with _quiet._fd2_captured():  # the converter's C++ log lines
+            return converter.convert()
+    except Exception as exc:  # the converter raises many types; keep the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GraftError(f"TFLite conversion failed: {first}") from exc
+
+
+def _interpreter(path: Path):
+    import tensorflow as tf
+
+    try:  # LiteRT, where TensorFlow's own interpreter has been removed
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter
+    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
+        warnings.simplefilter("ignore", UserWarning)
+        return Interpreter(model_path=str(path))
+
+
+def run_tflite(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
+    """Run a ``.tflite`` model on a batch of raw images in the TFLite interpreter.
+
+    Args:
+        path: The ``.tflite`` file.
+        images: Raw images ``(n, H, W, C)``.
+
+    Returns:
+        The model's output, float32 ``(n, classes)``.
+    """
+    with _quiet._fd2_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interpreter = _interpreter(Path(path))
+        (inp,) = interpreter.get_input_details()
+        (outp,) = interpreter.get_output_details()
+        interpreter.resize_tensor_input(inp["index"], list(images.shape))
+        interpreter.allocate_tensors()
+    x = np.asarray(images, "float32")
+    if inp["dtype"] in (np.int8, np.uint8):
+        scale, zero = inp["quantization"]
+        x = np.clip(np.round(x / scale + zero), *_limits(inp["dtype"]))
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    with _quiet._fd2_captured():
+        interpreter.invoke()
+    y = interpreter.get_tensor(outp["index"])
+    if outp["dtype"] in (np.int8, np.uint8):
+        scale, zero = outp["quantization"]
+        y = (y.astype("float32") - zero) * scale
+    return np.asarray(y, "float32")
+
+
+def _limits(dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def _record(model_or_run, result: ExportResult) -> None:
+    """Note the export in the run folder's ``exports.json`` and refresh its model card."""
+    from graft import report
+
+    run_dir = Path(model_or_run).expanduser()
+    if not (run_dir.is_dir() and (run_dir / runs.METRICS_FILE).is_file()):
+        return
+    path = run_dir / report.EXPORTS_FILE
+    entries = report._read_json(path, [])
+    entries = [e for e in entries if e.get("path") != str(result.path)] + [result.as_dict()]
+    runs.write_json(path, entries)
+    report.write_model_card(run_dir)

@@ -1,0 +1,248 @@
+"""The run's pictures, drawn with matplotlib (Agg, no display needed) and saved as PNG.
+
+Each function draws one figure and writes it atomically; none touches pyplot's global
+state, so they are safe in servers and tests. :func:`write_all` draws every plot a run
+has data for into ``RUN_DIR/plots/``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from graft import runs
+
+PLOTS_DIR = "plots"
+CURVES = "training_curves.png"
+CONFUSION = "confusion_matrix.png"
+F1 = "per_class_f1.png"
+ERRORS = "worst_errors.png"
+DPI = 110
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return runs.atomic_write(path, buffer.getvalue())
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
+    """Loss and accuracy per epoch across all phases, phase boundaries marked, learning rates
+    on a second (log) axis.
+
+    Args:
+        history: Rows of ``history.csv`` (``epoch``, ``phase``, ``loss``, ``val_loss``,
+            ``accuracy``, ``val_accuracy``, ``lr``, ``backbone_lr``; strings or numbers).
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    epochs = np.array([_number(r.get("epoch")) for r in history])
+    series = {
+        key: np.array([_number(r.get(key)) for r in history])
+        for key in ("loss", "val_loss", "accuracy", "val_accuracy", "lr", "backbone_lr")
+    }
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(10, 3.8)
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+            if np.isfinite(series[key]).any():
+                ax.plot(epochs, series[key], style, markersize=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        if len(epochs) and np.isfinite(epochs).all():
+            ax.set_xlim(epochs.min() - 0.6, epochs.max() + 0.6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        _mark_phases(ax, history, epochs)
+    lr_ax = axes[0].twinx()
+    for key, color in (("lr", "tab:gray"), ("backbone_lr", "tab:purple")):
+        values = series[key]
+        if np.isfinite(values).any() and (values[np.isfinite(values)] > 0).all():
+            lr_ax.step(epochs, values, where="mid", color=color, alpha=0.6, label=key)
+    if lr_ax.lines:
+        lr_ax.set_yscale("log")
+        lr_ax.set_ylabel("learning rate")
+    handles, labels = axes[0].get_legend_handles_labels()
+    lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
+    axes[0].legend(handles + lr_handles, labels + lr_labels, fontsize=8, loc="best")
+    axes[1].legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def _mark_phases(ax, history: list[dict], epochs: np.ndarray) -> None:
+    """A dashed line where each new phase starts, with the phase's name."""
+    previous = None
+    for row, epoch in zip(history, epochs):
+        phase = str(row.get("phase", ""))
+        if previous is not None and phase != previous:
+            ax.axvline(epoch - 0.5, color="black", linestyle=":", alpha=0.7)
+        if phase != previous:
+            ax.annotate(
+                phase,
+                xy=(epoch - 0.5, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color="dimgray",
+            )
+        previous = phase
+
+
+def confusion_matrix(matrix, classes: list[str], path: str | os.PathLike) -> Path:
+    """The confusion matrix, normalised per true class (rows), with counts in each cell.
+
+    Args:
+        matrix: Counts, rows = true class, columns = predicted class.
+        classes: Class names.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    counts = np.asarray(matrix, dtype="int64")
+    totals = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    side = min(2.5 + 0.45 * len(classes), 16)
+    fig = _figure(side + 1.2, side)
+    ax = fig.subplots()
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of true class")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45 if len(classes) > 4 else 0, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (normalised per true class)")
+    if len(classes) <= 30:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(
+                    j,
+                    i,
+                    f"{normalised[i, j]:.2f}\n({counts[i, j]})",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if normalised[i, j] > 0.5 else "black",
+                )
+    return _save(fig, path)
+
+
+def per_class_f1(per_class: dict, path: str | os.PathLike) -> Path:
+    """Horizontal bars of each class's F1 score (with precision and recall as ticks).
+
+    Args:
+        per_class: ``{name: {"precision", "recall", "f1", "support"}}``.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    names = list(per_class)
+    f1 = np.array([per_class[n]["f1"] for n in names])
+    fig = _figure(7, min(1.5 + 0.3 * len(names), 20))
+    ax = fig.subplots()
+    y = np.arange(len(names))
+    ax.barh(y, f1, color="tab:blue", label="F1")
+    ax.plot([per_class[n]["precision"] for n in names], y, "k|", markersize=12, label="precision")
+    ax.plot([per_class[n]["recall"] for n in names], y, "rx", label="recall")
+    ax.set_yticks(y, [f"{n} (n={per_class[n]['support']})" for n in names])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("score")
+    ax.set_title("Per-class F1")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Path:
+    """A grid of the most confidently wrong images, each titled true / predicted (confidence).
+
+    Args:
+        worst: :class:`graft.evaluation.WorstError` items (with ``image`` pixels).
+        classes: Class names.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    columns = min(4, max(1, len(worst)))
+    rows = max(1, math.ceil(len(worst) / columns))
+    fig = _figure(2.3 * columns, 2.5 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    if not worst:
+        axes[0].text(0.5, 0.5, "no errors", ha="center", va="center")
+    for ax, item in zip(axes, worst):
+        ax.imshow(item.image, cmap="gray" if item.image.ndim == 2 else None)
+        ax.set_title(
+            f"true: {classes[item.true]}\npred: {classes[item.predicted]} ({item.confidence:.2f})",
+            fontsize=8,
+        )
+    fig.suptitle("Most confidently wrong predictions")
+    return _save(fig, path)
+
+
+def write_all(
+    run_dir: str | os.PathLike,
+    history: list[dict],
+    metrics: dict | None = None,
+    classes: list[str] | None = None,
+    worst: list | None = None,
+) -> dict[str, Path]:
+    """Draw every plot the run has data for into ``RUN_DIR/plots``.
+
+    Args:
+        run_dir: The run folder.
+        history: Rows of ``history.csv``.
+        metrics: Evaluation metrics (``metrics.json``'s ``"evaluation"``); without them
+            only the training curves are drawn.
+        classes: Class names (needed with ``metrics``).
+        worst: Confidently wrong predictions with pixels; ``None`` keeps an existing
+            error grid (its images are not stored elsewhere).
+
+    Returns:
+        ``{"curves" | "confusion" | "f1" | "errors": path}`` for the plots written.
+    """
+    folder = Path(run_dir) / PLOTS_DIR
+    written: dict[str, Path] = {}
+    if history:
+        written["curves"] = training_curves(history, folder / CURVES)
+    if metrics and metrics.get("images"):
+        if metrics.get("task") == "multi_label":
+            written["f1"] = per_class_f1(metrics["per_label"], folder / F1)
+        else:
+            written["confusion"] = confusion_matrix(
+                metrics["confusion_matrix"], classes, folder / CONFUSION
+            )
+            written["f1"] = per_class_f1(metrics["per_class"], folder / F1)
+            if worst is not None:
+                written["errors"] = worst_errors(worst, classes, folder / ERRORS)
+    return written

@@ -1,0 +1,283 @@
+"""Predictions for image files: batched, streamed, skipping (and reporting) unreadable files.
+
+Files are read and decoded exactly as in training (``tf.io.decode_image``, bilinear
+resize to the model's input size), a batch at a time, so any number of files can be
+predicted in constant memory. A file that cannot be read or decoded is skipped and
+reported; it never stops the run.
+
+Example:
+    >>> from graft import predict
+    >>> model, classes = graft.load("runs/pets")                       # doctest: +SKIP
+    >>> for row in predict.predict_files(model, classes, ["a.jpg"], top_k=2):  # doctest: +SKIP
+    ...     print(row.path, row.top[0])
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from graft.data import IMAGE_EXTENSIONS
+from graft.errors import DataError, GraftError
+
+FORMATS = ("csv", "json")
+DECIMALS = 4  # probabilities are rounded to this many decimals
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, most probable first: ``[(label, probability)]``."""
+
+    path: str
+    top: list[tuple[str, float]]
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.top[0][1]
+
+
+@dataclass
+class Skipped:
+    """A file that could not be predicted, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Summary:
+    """Counts of a prediction run."""
+
+    predicted: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def expand(sources: Iterable[str | os.PathLike]) -> list[str]:
+    """Image files named by ``sources``: files as given, folders searched recursively.
+
+    In folders, only files with an image extension (``.jpg``, ``.png``, ...) are taken,
+    hidden files and folders are ignored, and the order is sorted.
+
+    Raises:
+        DataError: A source does not exist, or nothing was found.
+    """
+    files: list[str] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            files += _images_in(path)
+        elif path.exists():
+            files.append(str(path))
+        else:
+            raise DataError(f"No such file or folder: {source}.")
+    if not files:
+        raise DataError(
+            "No images to predict.",
+            hint=f"pass image files or folders holding {', '.join(IMAGE_EXTENSIONS)} files.",
+        )
+    return files
+
+
+def _images_in(folder: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [
+            os.path.join(dirpath, name)
+            for name in sorted(filenames)
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    return found
+
+
+def load_image(path: str, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read, decode and resize one image like the training pipeline (float32, 0-255).
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: The file is not a decodable image.
+    """
+    import tensorflow as tf
+
+    data = Path(path).read_bytes()
+    try:
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        detail = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", exc.message).strip()
+        raise ValueError(f"not a readable image: {detail.splitlines()[0]}") from None
+    return tf.image.resize(image, image_size, method="bilinear").numpy()
+
+
+def predict_files(
+    model,
+    classes: list[str],
+    files: Iterable[str],
+    top_k: int = 1,
+    batch_size: int = 32,
+    on_skip: Callable[[Skipped], None] | None = None,
+) -> Iterator[Prediction]:
+    """Predict image files a batch at a time, yielding one :class:`Prediction` per readable file.
+
+    Args:
+        model: A trained Keras model (raw images in, probabilities out).
+        classes: Class names in output order.
+        files: Image paths (an iterator is fine; it is consumed lazily).
+        top_k: How many classes to report per image.
+        batch_size: Images per model call.
+        on_skip: Called with a :class:`Skipped` for each unreadable file.
+
+    Yields:
+        Predictions, in the order of ``files``.
+    """
+    if top_k < 1:
+        raise GraftError(f"--top-k must be at least 1, got {top_k}.")
+    if batch_size < 1:
+        raise GraftError(f"--batch-size must be at least 1, got {batch_size}.")
+    top_k = min(top_k, len(classes))
+    _, h, w, ch = model.input_shape
+    paths: list[str] = []
+    images: list[np.ndarray] = []
+
+    def flush():
+        probs = np.asarray(model.predict_on_batch(np.stack(images)), dtype="float64")
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        for path, p, idx in zip(paths, probs, order):
+            yield Prediction(path, [(classes[i], round(float(p[i]), DECIMALS)) for i in idx])
+        paths.clear()
+        images.clear()
+
+    for path in files:
+        try:
+            images.append(load_image(path, (h, w), ch))
+        except (OSError, ValueError) as exc:
+            if on_skip is not None:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                on_skip(Skipped(str(path), reason))
+            continue
+        paths.append(str(path))
+        if len(images) == batch_size:
+            yield from flush()
+    if images:
+        yield from flush()
+
+
+def csv_header(top_k: int) -> list[str]:
+    """CSV columns: ``path,label,probability`` then ``label_2,probability_2``, ... up to k."""
+    header = ["path", "label", "probability"]
+    for rank in range(2, top_k + 1):
+        header += [f"label_{rank}", f"probability_{rank}"]
+    return header
+
+
+def csv_row(prediction: Prediction) -> list:
+    row: list = [prediction.path]
+    for label, probability in prediction.top:
+        row += [label, f"{probability:.{DECIMALS}f}"]
+    return row
+
+
+def json_record(prediction: Prediction) -> dict:
+    return {
+        "path": prediction.path,
+        "label": prediction.label,
+        "probability": prediction.probability,
+        "top_k": [{"label": label, "probability": p} for label, p in prediction.top],
+    }
+
+
+@contextmanager
+def _output(out: str | os.PathLike | None):
+    """A text stream for ``out`` (stdout for ``None``/``-``), renamed into place on success."""
+    if out is None or str(out) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path = Path(out).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with open(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def predict_to_file(
+    model_or_run,
+    sources: Iterable[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    fmt: str = "csv",
+    top_k: int = 1,
+    batch_size: int = 32,
+    on_skip: Callable[[Skipped], None] | None = None,
+    safe_mode: bool = True,
+) -> Summary:
+    """Predict files and folders with a run's model and write CSV or JSON.
+
+    CSV has one row per readable image (see :func:`csv_header`); JSON is one object
+    ``{"predictions": [{"path", "label", "probability", "top_k": [...]}, ...],
+    "skipped": [{"path", "reason"}, ...]}``. Rows are streamed to the file as batches
+    finish; the file appears under its name only once complete.
+
+    Args:
+        model_or_run: A run folder or a ``.keras`` file (class names from ``labels.json``).
+        sources: Image files and folders (searched recursively).
+        out: Output file; ``None`` or ``"-"`` writes to stdout.
+        fmt: ``"csv"`` or ``"json"``.
+        top_k: Classes per image.
+        batch_size: Images per model call.
+        on_skip: Called for each unreadable file.
+        safe_mode: Refuse model files whose loading could run code.
+
+    Returns:
+        A :class:`Summary` (number predicted, files skipped).
+    """
+    from graft import api
+
+    if fmt not in FORMATS:
+        raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")
+    files = expand(sources)
+    model, classes = api.load(model_or_run, safe_mode=safe_mode)
+    summary = Summary()
+
+    def skipped(item: Skipped) -> None:
+        summary.skipped.append(item)
+        if on_skip is not None:
+            on_skip(item)
+
+    predictions = predict_files(model, classes, files, top_k, batch_size, skipped)
+    with _output(out) as handle:
+        if fmt == "csv":
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(csv_header(min(top_k, len(classes))))
+            for prediction in predictions:
+                writer.writerow(csv_row(prediction))
+                summary.predicted += 1
+        else:
+            handle.write('{"predictions": [')
+            for prediction in predictions:
+                handle.write(("," if summary.predicted else "") + "\n  ")
+                handle.write(json.dumps(json_record(prediction)))
+                summary.predicted += 1
+            handle.write("\n],\n")
+            skipped_json = [{"path": s.path, "reason": s.reason} for s in summary.skipped]
+            handle.write(f'"skipped": {json.dumps(skipped_json)}}}\n')
+    return summary

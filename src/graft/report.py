@@ -1,0 +1,540 @@
+"""The run report: one self-contained ``report.html`` and a ``MODEL_CARD.md`` per run.
+
+Everything is read back from the run folder (``config.yaml``, ``metrics.json``,
+``history.csv``, ``labels.json``, ``plots/*.png``), so ``graft report RUN_DIR`` can
+regenerate both files at any time. The HTML has no scripts and no external resources:
+the plots are embedded as base64 PNG, so it opens offline, from e-mail or a CI artifact.
+
+:func:`finish_run` is what :func:`graft.train` calls at the end of a run: evaluate on the
+validation split, save the numbers in ``metrics.json``, draw the plots, write the report
+and the model card.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import yaml
+
+from graft import evaluation, plots, runs
+from graft.errors import GraftError
+
+REPORT_FILE = "report.html"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+EXPORTS_FILE = "exports.json"
+
+PLOT_TITLES = {
+    plots.CURVES: "Training curves",
+    plots.CONFUSION: "Confusion matrix",
+    plots.F1: "Per-class F1",
+    plots.ERRORS: "Most confidently wrong predictions",
+}
+
+
+def finish_run(
+    run_dir: str | os.PathLike,
+    model,
+    classes: list[str],
+    history: list[dict],
+    val_batches: Iterable | None = None,
+    data_summary: dict | None = None,
+    split: str = "validation",
+    log: Callable[[str], None] | None = None,
+) -> dict | None:
+    """Evaluate a freshly trained run and write its metrics, plots, report and model card.
+
+    Args:
+        run_dir: The run folder (already holding ``metrics.json`` and friends).
+        model: The trained model.
+        classes: Class names in output order.
+        history: The run's history rows.
+        val_batches: Labelled ``(images, labels)`` batches to evaluate on (``None``:
+            no evaluation, only curves, report and card).
+        data_summary: Image counts (``train``, ``val``, ``per_class``, ``skipped``...),
+            saved as ``metrics.json``'s ``"data"``.
+        split: Name of the evaluated split, recorded with the numbers.
+        log: Receives one line with the headline numbers.
+
+    Returns:
+        The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
+    """
+    run_dir = Path(run_dir)
+    metrics = _read_json(run_dir / runs.METRICS_FILE, {})
+    result = None
+    worst = None
+    if data_summary:
+        metrics["data"] = data_summary
+    if val_batches is not None:
+        start = time.perf_counter()
+        ev = evaluation.evaluate_model(model, val_batches, classes)
+        result = {"split": split, **ev.as_dict()}
+        result["seconds"] = round(time.perf_counter() - start, 2)
+        metrics["evaluation"] = result
+        worst = ev.worst
+        if log is not None:
+            log(f"Evaluation on the {split} split: {evaluation.summary_line(result)}")
+    runs.write_json(run_dir / runs.METRICS_FILE, metrics)
+    plots.write_all(run_dir, history, metrics.get("evaluation"), classes, worst)
+    write_report(run_dir)
+    write_model_card(run_dir)
+    return result
+
+
+def regenerate(
+    run_dir: str | os.PathLike, data=None, batch_size: int = 32, safe_mode: bool = True
+) -> Path:
+    """Rebuild plots, ``report.html`` and ``MODEL_CARD.md`` of a run folder.
+
+    Args:
+        run_dir: A run folder written by ``graft train``.
+        data: Optional labelled data (folder of class subfolders) to evaluate the run's
+            model on; its numbers replace the ``"evaluation"`` in ``metrics.json``.
+        batch_size: Images per batch for the evaluation.
+        safe_mode: Refuse model files whose loading could run code.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    run_dir = _check_run_dir(run_dir)
+    classes = runs.read_labels(run_dir)
+    history = _read_history(run_dir)
+    if data is not None:
+        from graft import api
+
+        model, classes = api.load(run_dir, safe_mode=safe_mode)
+        batches, _ = api.labelled_batches(model, data, classes, batch_size)
+        finish_run(run_dir, model, classes, history, batches, split=str(data))
+    else:
+        metrics = _read_json(run_dir / runs.METRICS_FILE, {})
+        plots.write_all(run_dir, history, metrics.get("evaluation"), classes, None)
+        write_report(run_dir)
+        write_model_card(run_dir)
+    return run_dir / REPORT_FILE
+
+
+def _check_run_dir(run_dir) -> Path:
+    path = Path(run_dir).expanduser()
+    if not path.is_dir() or not (path / runs.METRICS_FILE).is_file():
+        raise GraftError(
+            f"{run_dir} is not a graft run folder (no {runs.METRICS_FILE}).",
+            hint="pass the --out folder of 'graft train'.",
+        )
+    return path
+
+
+def _read_json(path: Path, default):
+    return json.loads(path.read_text("utf-8")) if path.is_file() else default
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / runs.HISTORY_FILE
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = run_dir / runs.CONFIG_FILE
+    return yaml.safe_load(path.read_text("utf-8")) or {} if path.is_file() else {}
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;padding:0 1rem;color:#222;line-height:1.4}
+h1{margin-bottom:.2rem}h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:left;vertical-align:top}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:1rem 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#666;font-size:.85rem}.muted{color:#777}
+.headline{display:flex;gap:1rem;flex-wrap:wrap}
+.headline div{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:6px;padding:.5rem 1rem}
+.headline b{display:block;font-size:1.3rem}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value and abs(value) < 1e-3:
+            return f"{value:.3g}"
+        return f"{value:.4f}".rstrip("0").rstrip(".")
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="num">{_e(_fmt(c))}</td>' if i in numeric else f"<td>{_e(_fmt(c))}</td>"
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _image(run_dir: Path, name: str) -> str:
+    path = run_dir / plots.PLOTS_DIR / name
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    title = PLOT_TITLES.get(name, name)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(title)}" '
+        f'data-plot="{_e(name)}"><figcaption>{_e(title)} ({_e(plots.PLOTS_DIR + "/" + name)})'
+        f"</figcaption></figure>"
+    )
+
+
+def render_html(run_dir: str | os.PathLike) -> str:
+    """The report of a run folder as one HTML string (images embedded)."""
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    metrics = _read_json(run_dir / runs.METRICS_FILE, {})
+    classes = _read_json(run_dir / runs.LABELS_FILE, [])
+    ev = metrics.get("evaluation") or {}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>graft run report: {_e(run_dir.resolve().name)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>graft run report: {_e(run_dir.resolve().name)}</h1>",
+        f'<p class="muted">{_e(_describe_model(config))}</p>',
+        _headline(metrics, ev),
+        '<h2 id="data">Data</h2>',
+        _data_section(metrics, ev, classes),
+        '<h2 id="plan">Plan of phases</h2>',
+        _plan_section(metrics),
+        '<h2 id="curves">Training curves</h2>',
+        _image(run_dir, plots.CURVES) or '<p class="muted">No training history.</p>',
+        '<h2 id="metrics">Metrics</h2>',
+        _metrics_section(ev),
+        _image(run_dir, plots.CONFUSION),
+        _image(run_dir, plots.F1),
+        '<h2 id="errors">Worst errors</h2>',
+        _errors_section(run_dir, ev),
+        '<h2 id="calibration">Calibration</h2>',
+        _calibration_section(ev),
+        '<h2 id="drift">Feature drift</h2>',
+        _drift_section(metrics),
+        '<h2 id="timing">Timing</h2>',
+        _timing_section(metrics),
+        '<h2 id="config">Configuration</h2>',
+        _config_section(config),
+        f'<p class="muted">Generated by graft at {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>',
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _describe_model(config: dict) -> str:
+    bb = config.get("resolved_backbone") or {}
+    if not config:
+        return "No config.yaml found."
+    return (
+        f"Backbone {bb.get('source', config.get('backbone'))} ({bb.get('weights', '?')} weights, "
+        f"preprocess {bb.get('preprocess', '?')}, input {bb.get('image_size', '?')}), "
+        f"strategy {config.get('strategy')}, {len(config.get('classes', []))} classes."
+    )
+
+
+def _headline(metrics: dict, ev: dict) -> str:
+    items = []
+    if ev.get("task") == "multi_label":
+        items += [("micro F1", ev.get("micro_f1")), ("macro F1", ev.get("macro_f1"))]
+    elif ev.get("images"):
+        items += [("accuracy", ev.get("accuracy")), ("macro F1", ev["macro_avg"]["f1"])]
+        items += [(f"top-{k}", v) for k, v in ev.get("top_k_accuracy", {}).items()]
+        items += [("ECE", ev.get("ece"))]
+    elif "val_accuracy" in metrics:
+        items += [("val accuracy", metrics["val_accuracy"])]
+    items += [("epochs", metrics.get("epochs")), ("seconds", metrics.get("seconds"))]
+    cells = "".join(f"<div><b>{_e(_fmt(v))}</b>{_e(k)}</div>" for k, v in items if v is not None)
+    html_out = f'<div class="headline">{cells}</div>'
+    if ev.get("split"):
+        html_out += (
+            f'<p class="muted">Evaluated on the {_e(ev["split"])} split '
+            f"({ev['images']} images).</p>"
+        )
+    return html_out
+
+
+def _data_section(metrics: dict, ev: dict, classes: list[str]) -> str:
+    data = metrics.get("data") or {}
+    train_counts = data.get("per_class") or {}
+    support = {k: v.get("support") for k, v in (ev.get("per_class") or {}).items()}
+    rows = [[name, train_counts.get(name, ""), support.get(name, "")] for name in classes]
+    out = [
+        f"<p>{_fmt(metrics.get('train_images', data.get('train', '?')))} training images, "
+        f"{_fmt(metrics.get('val_images', data.get('val', '?')))} validation images, "
+        f"{len(classes)} classes.</p>",
+        _table(["class", "train images", "evaluated images"], rows, {1, 2}),
+    ]
+    skipped = data.get("skipped") or data.get("skipped_files")
+    if skipped:
+        items = skipped if isinstance(skipped, list) else [skipped]
+        listed = "".join(f"<li>{_e(_fmt(s))}</li>" for s in items[:50])
+        more = f"<li>... and {len(items) - 50} more</li>" if len(items) > 50 else ""
+        out.append(f"<p>Skipped files ({len(items)}):</p><ul>{listed}{more}</ul>")
+    else:
+        out.append('<p class="muted">No files were skipped.</p>')
+    return "\n".join(out)
+
+
+def _plan_section(metrics: dict) -> str:
+    phases = metrics.get("phases") or []
+    if not phases:
+        return '<p class="muted">No phases recorded.</p>'
+    rows = [
+        [
+            i,
+            p.get("name"),
+            p.get("spec"),
+            p.get("epochs"),
+            p.get("lr"),
+            p.get("backbone_lr") if p.get("backbone_lr") is not None else "",
+            p.get("train_bn"),
+            p.get("trainable_params"),
+            p.get("frozen_params"),
+            ", ".join(p.get("trainable_blocks") or []) or "none",
+        ]
+        for i, p in enumerate(phases, start=1)
+    ]
+    header = ["#", "phase", "backbone trains", "epochs", "lr", "backbone lr", "BN trains"]
+    header += ["trainable params", "frozen params", "trainable blocks"]
+    return _table(header, rows, {0, 3, 4, 5, 7, 8})
+
+
+def _metrics_section(ev: dict) -> str:
+    if not ev.get("images"):
+        return '<p class="muted">No evaluation data (train with a validation split).</p>'
+    if ev.get("task") == "multi_label":
+        per = ev["per_label"]
+        summary = _table(
+            ["metric", "value"],
+            [[k, ev[k]] for k in ("subset_accuracy", "hamming_loss", "micro_f1", "macro_f1")],
+            {1},
+        )
+    else:
+        per = ev["per_class"]
+        rows = [["accuracy", ev["accuracy"]], ["loss", ev["loss"]]]
+        rows += [[f"top-{k} accuracy", v] for k, v in ev.get("top_k_accuracy", {}).items()]
+        rows += [["expected calibration error", ev["ece"]]]
+        for avg in ("macro_avg", "weighted_avg"):
+            rows += [[f"{avg.replace('_', ' ')} {k}", v] for k, v in ev[avg].items()]
+        summary = _table(["metric", "value"], rows, {1})
+    per_rows = [[n, v["precision"], v["recall"], v["f1"], v["support"]] for n, v in per.items()]
+    out = [
+        summary,
+        _table(["class", "precision", "recall", "F1", "support"], per_rows, {1, 2, 3, 4}),
+    ]
+    if "confusion_matrix" in ev:
+        names = list(per)
+        rows = [[names[i], *row, sum(row)] for i, row in enumerate(ev["confusion_matrix"])]
+        out.append("<p>Confusion matrix (rows: true class, columns: predicted class):</p>")
+        out.append(
+            _table(["true \\ predicted", *names, "total"], rows, set(range(1, len(names) + 2)))
+        )
+    return "\n".join(out)
+
+
+def _errors_section(run_dir: Path, ev: dict) -> str:
+    worst = ev.get("worst_errors")
+    if not ev.get("images") or ev.get("task") == "multi_label":
+        return '<p class="muted">No evaluation data.</p>'
+    if not worst:
+        return "<p>No wrong predictions on the evaluated images.</p>" + _image(
+            run_dir, plots.ERRORS
+        )
+    rows = [[w["index"], w["true"], w["predicted"], w["confidence"]] for w in worst]
+    return _image(run_dir, plots.ERRORS) + _table(
+        ["image # in split", "true", "predicted", "confidence"], rows, {0, 3}
+    )
+
+
+def _calibration_section(ev: dict) -> str:
+    bins = ev.get("calibration")
+    if not bins:
+        return '<p class="muted">Not measured.</p>'
+    rows = [
+        [f"{b['lower']:.2f}-{b['upper']:.2f}", b["count"], b["accuracy"], b["confidence"]]
+        for b in bins
+    ]
+    return f"<p>Expected calibration error (top-1, {evaluation.ECE_BINS} bins): " + (
+        f"{ev['ece']:.4f}.</p>"
+        + _table(["confidence bin", "images", "accuracy", "mean confidence"], rows, {1, 2, 3})
+    )
+
+
+def _drift_section(metrics: dict) -> str:
+    drift = metrics.get("feature_drift") or metrics.get("drift")
+    if not drift:
+        return '<p class="muted">Not measured for this run.</p>'
+    if isinstance(drift, dict):
+        return _table(["measure", "value"], [[k, v] for k, v in drift.items()], {1})
+    return f"<p>{_e(_fmt(drift))}</p>"
+
+
+def _timing_section(metrics: dict) -> str:
+    rows = [[p.get("name"), p.get("epochs"), p.get("seconds")] for p in metrics.get("phases", [])]
+    rows.append(["total training", metrics.get("epochs"), metrics.get("seconds")])
+    ev = metrics.get("evaluation") or {}
+    if "seconds" in ev:
+        rows.append(["evaluation", "", ev["seconds"]])
+    return _table(["step", "epochs", "seconds"], rows, {1, 2})
+
+
+def _config_section(config: dict) -> str:
+    if not config:
+        return '<p class="muted">No config.yaml.</p>'
+    skip = {"phases", "resolved_backbone", "classes", "versions"}
+    rows = [[k, v] for k, v in config.items() if k not in skip]
+    out = [_table(["setting", "value"], rows)]
+    if config.get("resolved_backbone"):
+        out.append("<p>Resolved backbone:</p>")
+        out.append(_table(["field", "value"], list(map(list, config["resolved_backbone"].items()))))
+    if config.get("versions"):
+        out.append("<p>Versions:</p>")
+        out.append(_table(["package", "version"], list(map(list, config["versions"].items()))))
+    return "\n".join(out)
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``RUN_DIR/report.html`` (self-contained) and return its path."""
+    run_dir = Path(run_dir)
+    return runs.atomic_write(run_dir / REPORT_FILE, render_html(run_dir))
+
+
+# ----------------------------------------------------------------------- model card
+
+
+def render_model_card(run_dir: str | os.PathLike) -> str:
+    """``MODEL_CARD.md`` of a run folder as Markdown text."""
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    metrics = _read_json(run_dir / runs.METRICS_FILE, {})
+    classes = _read_json(run_dir / runs.LABELS_FILE, [])
+    exports = _read_json(run_dir / EXPORTS_FILE, [])
+    ev = metrics.get("evaluation") or {}
+    bb = config.get("resolved_backbone") or {}
+    size = bb.get("image_size") or ["?", "?"]
+    lines = [
+        f"# Model card: {run_dir.resolve().name}",
+        "",
+        "## Model",
+        f"- Backbone: `{bb.get('source', config.get('backbone', '?'))}` with "
+        f"**{bb.get('weights', config.get('weights', '?'))}** weights "
+        f"({_fmt(bb.get('params', '?'))} parameters, {bb.get('blocks', '?')} blocks).",
+        f"- Strategy: {config.get('strategy', '?')}; head {config.get('head', '?')}, "
+        f"dropout {config.get('dropout', '?')}.",
+        f"- Classes ({len(classes)}), in output order: {', '.join(classes)}.",
+        "",
+        "## Intended input",
+        f"- RGB images resized to {size[0]}x{size[1]} pixels (bilinear), raw pixel values 0-255 "
+        f"(uint8 or float32), shape `(batch, {size[0]}, {size[1]}, {bb.get('channels', 3)})`.",
+        f"- Preprocessing (`{bb.get('preprocess', '?')}`) is built into the model; do not scale "
+        "the pixels yourself.",
+        "- Output: one probability per class (softmax), in the order above (`labels.json`).",
+        "",
+        "## Training",
+    ]
+    for i, p in enumerate(metrics.get("phases", []), start=1):
+        lines.append(
+            f"{i}. `{p.get('name')}`: backbone `{p.get('spec')}`, {p.get('epochs')} epochs, "
+            f"lr {p.get('lr')}"
+            + (f", backbone lr {p['backbone_lr']}" if p.get("backbone_lr") is not None else "")
+            + f"; {_fmt(p.get('trainable_params'))} trainable / "
+            f"{_fmt(p.get('frozen_params'))} frozen parameters."
+        )
+    lines += [
+        f"- Data: {metrics.get('train_images', '?')} training images, "
+        f"{metrics.get('val_images', '?')} validation images; seed {config.get('seed', '?')}.",
+        f"- Training time: {metrics.get('seconds', '?')} s.",
+        "",
+        "## Metrics",
+    ]
+    if ev.get("images") and ev.get("task") != "multi_label":
+        lines += [
+            f"On the {ev.get('split', 'validation')} split ({ev['images']} images):",
+            "",
+            "| metric | value |",
+            "|---|---:|",
+            f"| accuracy | {ev['accuracy']:.4f} |",
+            *(f"| top-{k} accuracy | {v:.4f} |" for k, v in ev.get("top_k_accuracy", {}).items()),
+            f"| macro F1 | {ev['macro_avg']['f1']:.4f} |",
+            f"| weighted F1 | {ev['weighted_avg']['f1']:.4f} |",
+            f"| expected calibration error | {ev['ece']:.4f} |",
+            "",
+            "| class | precision | recall | F1 | support |",
+            "|---|---:|---:|---:|---:|",
+            *(
+                f"| {n} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
+                f"{v['support']} |"
+                for n, v in ev["per_class"].items()
+            ),
+        ]
+    elif ev.get("images"):
+        lines.append(
+            f"Micro F1 {ev['micro_f1']:.4f}, macro F1 {ev['macro_f1']:.4f} at threshold "
+            f"{ev['threshold']} ({ev['images']} images)."
+        )
+    else:
+        lines.append("Not evaluated (no validation data).")
+    lines += [
+        "",
+        "Small validation sets give noisy numbers; evaluate on your own held-out data "
+        "(`graft evaluate`) before relying on them.",
+        "",
+        "## Export formats",
+        "- Keras: `model.keras` in this folder (`keras.saving.load_model`, no custom objects).",
+        "- `graft export RUN_DIR --format savedmodel --out DIR`: TF Serving signatures "
+        "`serving_default` (float32 image tensors) and `serving_bytes` (encoded image bytes).",
+        "- `graft export RUN_DIR --format tflite [--quantize none|dynamic|int8 "
+        "--calibration DATA] --out FILE.tflite`.",
+    ]
+    if exports:
+        lines += ["", "Exports made from this run:", ""]
+        lines += [f"- {_export_line(e)}" for e in exports]
+    versions = config.get("versions") or {}
+    if versions:
+        lines += ["", "## Versions", ", ".join(f"{k} {v}" for k, v in versions.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _export_line(entry: dict) -> str:
+    check = entry.get("check", {})
+    text = f"`{entry.get('path')}` ({entry.get('format')}, quantize {entry.get('quantize')})"
+    if "max_abs_diff" in check:
+        text += f": max abs diff {check['max_abs_diff']:.2e}"
+    if "top1_agreement" in check:
+        text += f", top-1 agreement {check['top1_agreement']:.3f}"
+    return text
+
+
+def write_model_card(run_dir: str | os.PathLike) -> Path:
+    """Write ``RUN_DIR/MODEL_CARD.md`` and return its path."""
+    run_dir = Path(run_dir)
+    return runs.atomic_write(run_dir / MODEL_CARD_FILE, render_model_card(run_dir))
