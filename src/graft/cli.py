@@ -42,6 +42,16 @@ def _log(line: str) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
+def _min_size_option(command):
+    return click.option(
+        "--min-size",
+        type=int,
+        default=16,
+        show_default=True,
+        help="Skip images whose width or height is below N pixels.",
+    )(command)
+
+
 @app.command(context_settings=_CONTEXT)
 @click.argument("data")
 @click.option("--backbone", "-b", required=True, help="Registry name or .keras/.h5 path.")
@@ -112,7 +122,8 @@ def _log(line: str) -> None:
 )
 @click.option("--image-size", type=int, default=None, help="Input side in pixels.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
-@click.option("--val", default=None, help="Validation folder (instead of --val-split).")
+@click.option("--val", default=None, help="Validation folder or .csv (instead of --val-split).")
+@click.option("--test", default=None, help="Test folder or .csv, evaluated once at the end.")
 @click.option(
     "--val-split",
     type=float,
@@ -121,10 +132,24 @@ def _log(line: str) -> None:
     help="Fraction of DATA held out for validation (stratified).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--augment",
+    default="none",
+    show_default=True,
+    help="Training-batch augmentation: none | light | standard.",
+)
+@click.option(
+    "--class-weight",
+    default="none",
+    show_default=True,
+    help="none | auto (balanced weights for imbalanced classes).",
+)
+@_min_size_option
+@click.option("--strict", is_flag=True, help="Fail on any data-check problem instead of skipping.")
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty run folder.")
 @click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
-def train(data, backbone, out, val, overwrite, unsafe, head, **settings):
-    """Train a classifier on DATA (one subfolder of images per class) with a grafted backbone."""
+def train(data, backbone, out, val, test, overwrite, unsafe, head, **settings):
+    """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv)."""
     from graft import api
 
     run = api.train(
@@ -132,6 +157,7 @@ def train(data, backbone, out, val, overwrite, unsafe, head, **settings):
         backbone,
         out,
         val=val,
+        test=test,
         overwrite=overwrite,
         log=_log,
         verbose=_fit_verbosity(),
@@ -141,6 +167,8 @@ def train(data, backbone, out, val, overwrite, unsafe, head, **settings):
     )
     acc = run.metrics.get("val_accuracy")
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
+    if "test_accuracy" in run.metrics:
+        summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
     _log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
 
 
@@ -166,7 +194,9 @@ def evaluate(model, data, batch_size, as_json):
     else:
         _log(
             f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-            f"({result['images']} images)"
+            f"({result['images']} images"
+            + (f", {result['skipped']} skipped by the data check" if result["skipped"] else "")
+            + ")"
         )
 
 
@@ -185,6 +215,27 @@ def backbones():
             str(block_count(spec.name)),
         )
     console.print(table)
+
+
+@app.group(context_settings=_CONTEXT)
+def data():
+    """Inspect datasets."""
+
+
+@data.command("check", context_settings=_CONTEXT)
+@click.argument("data_path", metavar="DATA")
+@click.option("--val", default=None, help="Validation folder or .csv to check with DATA.")
+@click.option("--test", default=None, help="Test folder or .csv to check with DATA.")
+@_min_size_option
+@click.option("--strict", is_flag=True, help="Exit 2 on any problem (converted images aside).")
+def data_check(data_path, val, test, min_size, strict):
+    """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images."""
+    from graft import api
+
+    report = api.check_data(data_path, val=val, test=test, min_size=min_size)
+    for line in report.lines():
+        _log(line)
+    report.raise_if_strict(strict)
 
 
 @app.command(context_settings=_CONTEXT)

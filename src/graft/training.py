@@ -82,6 +82,7 @@ class Trainer:
         log: Called with one line of text per phase (``print`` by default).
         verbose: Keras ``fit`` verbosity (``"auto"``: a progress bar on a terminal).
         callbacks: Extra Keras callbacks for every phase.
+        class_weight: ``{class_index: weight}`` for ``fit`` (e.g. balanced weights).
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         verbose="auto",
         callbacks=(),
+        class_weight: dict[int, float] | None = None,
     ):
         self.model = model
         self.blocks = blocks
@@ -101,6 +103,7 @@ class Trainer:
         self.log = log
         self.verbose = verbose
         self.callbacks = list(callbacks)
+        self.class_weight = class_weight
 
     def __repr__(self) -> str:
         return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
@@ -136,6 +139,7 @@ class Trainer:
                 epochs=epoch + phase.epochs,
                 verbose=self.verbose,
                 callbacks=self.callbacks,
+                class_weight=self.class_weight,
                 shuffle=False,  # the pipeline shuffles
             )
             seconds = time.perf_counter() - start
