@@ -27,8 +27,6 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from graft.data import LabelledFiles, display
 from graft.errors import DataError
 
@@ -137,6 +135,8 @@ class CheckReport:
         usable = sum(len(f) for f in self.splits.values())
         head = f"Data check: {sum(self.scanned.values())} files scanned ({scanned}); "
         head += f"{usable} usable, {self.skipped} skipped"
+        if self.count("leakage"):
+            head += f", {self.count('leakage')} leaked copies dropped from validation/test"
         converted = self.count("converted")
         if converted:
             head += f", {converted} converted"
@@ -240,18 +240,8 @@ def check_file(
         image.seek(0)
         result.use_path = os.path.join(convert_dir, f"{result.digest}.png")
         if not os.path.exists(result.use_path):
-            _to_rgb(image).save(result.use_path, "PNG")
+            image.convert("RGB").save(result.use_path, "PNG")
     return result
-
-
-def _to_rgb(image):
-    """Pillow image -> 8-bit RGB (16-bit scaled, not clipped as Pillow's convert does)."""
-    from PIL import Image
-
-    if image.mode.startswith("I;16") or image.mode == "I":
-        array = np.asarray(image, dtype=np.uint32) >> 8
-        return Image.fromarray(array.clip(0, 255).astype("uint8")).convert("RGB")
-    return image.convert("RGB")
 
 
 def check(
