@@ -157,7 +157,8 @@ def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes, augment=None)
         size, ch, bs = bb.image_size, bb.channels, cfg.batch_size
         train_ds = data.dataset_pipeline(train_files, size, ch, bs, augment)
         val_ds = None if val_src is None else _eval_pipeline(val_src, bb, bs)
-        return train_ds, val_ds, classes, {"train": "?", "val": "?" if val_ds else 0}, None
+        counts = {"train": "streamed", "val": "streamed" if val_ds else 0}
+        return train_ds, val_ds, classes, counts, None
     if isinstance(train_files, tuple):
         x, y = train_files
         classes = classes or [

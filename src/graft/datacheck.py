@@ -236,7 +236,8 @@ def check_file(
         notes.append(("animated", f"{frames} frames"))
     result.notes = tuple(notes)
     native = _TF_NATIVE.get(fmt, set())
-    if native is not None and mode not in native and convert_dir is not None:
+    needs_pillow = (native is not None and mode not in native) or (fmt == "WEBP" and frames > 1)
+    if needs_pillow and convert_dir is not None:
         image.seek(0)
         result.use_path = os.path.join(convert_dir, f"{result.digest}.png")
         if not os.path.exists(result.use_path):
