@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft import backbones, cache, data, runs
+from graft import backbones, cache, data, datacheck, runs
 from graft.config import TrainConfig
 from graft.errors import DataError, GraftError
 from graft.model import HeadConfig, build_model
@@ -48,8 +48,10 @@ class Run:
 
 def _as_files(source, classes=None) -> data.LabelledFiles | tuple:
     if isinstance(source, (str, os.PathLike)):
-        return data.scan_folder(source, classes)
+        return data.load_source(source, classes)
     if isinstance(source, data.LabelledFiles):
+        return source
+    if _is_tf_dataset(source):
         return source
     if isinstance(source, tuple) and len(source) == 2:
         x, y = (np.asarray(a) for a in source)
@@ -57,18 +59,112 @@ def _as_files(source, classes=None) -> data.LabelledFiles | tuple:
             raise DataError(f"Got {len(x)} images but {len(y)} labels.")
         if x.ndim not in (3, 4):
             raise DataError(f"Images must be an array (N, H, W[, C]), got shape {x.shape}.")
-        return (x if x.ndim == 4 else x[..., None], y.astype("int32"))
+        y = y.astype("float32") if y.ndim == 2 else y.astype("int32")
+        return (x if x.ndim == 4 else x[..., None], y)
     raise DataError(
         f"Unsupported data: {type(source).__name__}.",
-        hint="pass a folder of class subfolders, or a tuple (images, integer_labels).",
+        hint="pass a folder of class subfolders, a .csv manifest, a tuple "
+        "(images, integer_labels) or a tf.data.Dataset of (image, label).",
     )
 
 
-def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes):
-    """(train_ds, val_ds, classes, counts) for scanned folders or arrays."""
+def _is_tf_dataset(source) -> bool:
+    return type(source).__module__.startswith("tensorflow") and hasattr(source, "element_spec")
+
+
+def _checked(cfg: TrainConfig, train_files, val, test, log):
+    """Run the pre-flight check on file sources; log its summary; drop the bad files."""
+    files = {"train": train_files, "val": val, "test": test}
+    on_disk = {k: v for k, v in files.items() if isinstance(v, data.LabelledFiles)}
+    if "train" not in on_disk:
+        return train_files, val, test, None
+    report = datacheck.check(
+        on_disk["train"], on_disk.get("val"), on_disk.get("test"), min_size=cfg.min_size
+    )
+    for line in report.lines():
+        log(line)
+    report.raise_if_strict(cfg.strict)
+    for name, usable in report.splits.items():
+        files[name] = usable
+    empty = [c for c, n in files["train"].counts().items() if n == 0]
+    if empty:
+        raise DataError(
+            f"Class(es) without a single usable training image: {', '.join(empty)}.",
+            hint="add readable images to them or remove their folders.",
+        )
+    for name in ("val", "test"):
+        if isinstance(files[name], data.LabelledFiles) and not len(files[name]):
+            raise DataError(f"No usable images left in the {name} data after the check.")
+    return files["train"], files["val"], files["test"], report
+
+
+def _task(multi_label: bool) -> tuple[str, list]:
+    """Loss and metrics: softmax classes, or independent sigmoid labels."""
+    if multi_label:
+        return "binary_crossentropy", [keras.metrics.BinaryAccuracy(name="accuracy")]
+    return "sparse_categorical_crossentropy", ["accuracy"]
+
+
+def _is_multi_label(source) -> bool:
+    if isinstance(source, data.LabelledFiles):
+        return source.multi_label
+    if isinstance(source, tuple):
+        return np.asarray(source[1]).ndim == 2
+    if _is_tf_dataset(source):
+        return source.element_spec[1].shape.rank == (
+            2 if source.element_spec[0].shape.rank == 4 else 1
+        )
+    return False
+
+
+def _balance(cfg: TrainConfig, labels, classes, multi_label: bool, log) -> dict | None:
+    """Warn about a >= 10x class imbalance; balanced class weights for --class-weight auto."""
+    if labels is not None:
+        labels = np.asarray(labels)
+        if multi_label:
+            counts = labels.reshape(-1, len(classes)).sum(axis=0)
+        else:
+            counts = np.bincount(labels, minlength=len(classes))
+        found = data.imbalance({c: int(n) for c, n in zip(classes, counts)})
+        if found:
+            big, n, small, m = found
+            advice = "" if cfg.class_weight == "auto" else "; consider --class-weight auto"
+            log(
+                f"Warning: class imbalance: '{big}' has {n} training images, '{small}' only "
+                f"{m} ({n / m:.0f}x){advice}"
+            )
+    if cfg.class_weight != "auto":
+        return None
+    if labels is None:
+        raise DataError(
+            "--class-weight auto needs folder, CSV or array data, not a tf.data.Dataset."
+        )
+    weights = data.class_weights(labels, multi_label)
+    log(
+        "Class weights (balanced): "
+        + ", ".join(f"{classes[i]} {w:.2f}" for i, w in weights.items())
+    )
+    return weights
+
+
+def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes, augment=None):
+    """(train_ds, val_ds, classes, counts, train_labels) for files, arrays or tf.data."""
+    if _is_tf_dataset(train_files):
+        if not classes:
+            raise DataError(
+                "Training on a tf.data.Dataset needs the class names.",
+                hint="pass classes=[...] in label order.",
+            )
+        size, ch, bs = bb.image_size, bb.channels, cfg.batch_size
+        train_ds = data.dataset_pipeline(train_files, size, ch, bs, augment)
+        val_ds = None if val_src is None else _eval_pipeline(val_src, bb, bs)
+        counts = {"train": "streamed", "val": "streamed" if val_ds else 0}
+        return train_ds, val_ds, classes, counts, {"train": None, "val": None}
     if isinstance(train_files, tuple):
         x, y = train_files
-        classes = classes or [str(i) for i in range(int(y.max()) + 1)]
+        classes = classes or [
+            str(i) for i in range(y.shape[1] if y.ndim == 2 else int(y.max()) + 1)
+        ]
         x = _fit_arrays(x, bb)
         if val_src is None and cfg.val_split:
             train_idx, val_idx = _split_indices(y, cfg.val_split, cfg.seed)
@@ -78,7 +174,9 @@ def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes):
             x_val = _fit_arrays(x_val, bb)
         else:
             x_val = y_val = None
-        train_ds = data.array_pipeline(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed)
+        train_ds = data.array_pipeline(
+            x, y, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment
+        )
         val_ds = None if x_val is None else data.array_pipeline(x_val, y_val, cfg.batch_size)
         counts = {"train": len(y), "val": 0 if y_val is None else len(y_val)}
         splits = {"train": (x, y), "val": None if x_val is None else (x_val, y_val)}
@@ -91,7 +189,9 @@ def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes):
     else:
         val_files = None
     size, ch = bb.image_size, bb.channels
-    train_ds = data.pipeline(train_files, size, ch, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    train_ds = data.pipeline(
+        train_files, size, ch, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment
+    )
     val_ds = None if val_files is None else data.pipeline(val_files, size, ch, cfg.batch_size)
     counts = {
         "train": len(train_files),
@@ -141,6 +241,19 @@ def _cached_datasets(cfg: TrainConfig, model, bb, splits, log, verbose):
     return tuple(out)
 
 
+def _labels_of(split):
+    return split[1] if isinstance(split, tuple) else split.labels
+
+
+def _eval_pipeline(source, bb, batch_size: int):
+    """A pipeline for evaluation data: checked files, arrays or a tf.data.Dataset."""
+    if isinstance(source, data.LabelledFiles):
+        return data.pipeline(source, bb.image_size, bb.channels, batch_size)
+    if isinstance(source, tuple):
+        return data.array_pipeline(_fit_arrays(source[0], bb), source[1], batch_size)
+    return data.dataset_pipeline(source, bb.image_size, bb.channels, batch_size)
+
+
 def _split_indices(y, fraction, seed):
     classes = [str(i) for i in range(int(np.max(y)) + 1)]
     index = data.LabelledFiles([str(i) for i in range(len(y))], np.asarray(y), classes)
@@ -171,6 +284,7 @@ def train(
     out: str | os.PathLike | None = None,
     *,
     val=None,
+    test=None,
     classes: list[str] | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
@@ -182,12 +296,17 @@ def train(
     """Graft a pre-trained backbone into a new classifier and train it.
 
     Args:
-        data_source: A folder with one subfolder per class, or ``(images, labels)``
-            arrays (raw 0-255 pixels, integer labels).
+        data_source: A folder with one subfolder per class, a ``path,label`` CSV
+            manifest (``a|b`` labels make a multi-label task), ``(images, labels)``
+            arrays (raw 0-255 pixels, integer or multi-hot labels), or a
+            ``tf.data.Dataset`` of ``(image, label)`` (pass ``classes``). Files are
+            checked first (:mod:`graft.datacheck`); bad ones are skipped.
         backbone: A registry name (``graft backbones``) or a ``.keras``/``.h5`` path.
         out: Run folder for the artifacts (``None``: keep everything in memory).
         val: Validation data like ``data_source``; default: ``val_split`` of it.
-        classes: Class names for array labels (default ``"0"``, ``"1"``, ...).
+        test: Test data, evaluated once after training (``test_accuracy``,
+            ``test_loss`` in the metrics).
+        classes: Class names for array or tf.data labels (default ``"0"``, ``"1"``, ...).
         overwrite: Replace the files of an existing, non-empty run folder.
         log: Receives one line of text per step (``print`` by default).
         verbose: Keras ``fit`` verbosity.
@@ -197,7 +316,8 @@ def train(
             ``cut``, ``preprocess``, ``alpha``, ``image_size``, ``strategy``,
             ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
             ``train_bn``, ``optimizer``, ``head``, ``dropout``, ``batch_size``,
-            ``val_split``, ``seed``, or ``phases`` (a custom plan).
+            ``val_split``, ``seed``, ``augment`` (none/light/standard),
+            ``class_weight`` (none/auto), ``min_size``, ``strict``, or ``phases``.
 
     Returns:
         A :class:`Run` with the trained model, metrics and history.
@@ -206,8 +326,12 @@ def train(
     phases = cfg.resolved_plan()
     # Cheap checks first: bad data paths fail before any backbone is built or downloaded.
     data_source = _as_files(data_source)
-    if val is not None:
-        val = _as_files(val, None if isinstance(data_source, tuple) else data_source.classes)
+    known = data_source.classes if isinstance(data_source, data.LabelledFiles) else None
+    val = None if val is None else _as_files(val, known)
+    test = None if test is None else _as_files(test, known)
+    data_source, val, test, check = _checked(cfg, data_source, val, test, log)
+    multi_label = _is_multi_label(data_source)
+    augment = data.augmentation(cfg.augment, cfg.seed)
     run_dir = runs.prepare(out, overwrite) if out is not None else None
     keras.utils.set_random_seed(cfg.seed)
     with _precision(cfg.precision):
@@ -220,16 +344,21 @@ def train(
             preprocess=cfg.preprocess,
             safe_mode=safe_mode,
         )
-    train_ds, val_ds, classes, counts, splits = _datasets(cfg, data_source, val, bb, classes)
-    if len(classes) < 2:
+    train_ds, val_ds, classes, counts, splits = _datasets(
+        cfg, data_source, val, bb, classes, augment
+    )
+    labels = None if splits["train"] is None else _labels_of(splits["train"])
+    if len(classes) < 2 and not multi_label:
         raise DataError(f"Training needs at least 2 classes; found {len(classes)}: {classes}.")
+    class_weight = _balance(cfg, labels, classes, multi_label, log)
     log(
         f"Backbone {bb.source} ({bb.weights} weights, {len(bb.blocks)} blocks, "
         f"{bb.image_size[0]}x{bb.image_size[1]}, preprocess {bb.preprocess}); "
         f"{len(classes)} classes, {counts['train']} train / {counts['val']} val images"
     )
     with _precision(cfg.precision):
-        model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout))
+        model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout, multi_label))
+    loss, metrics_list = _task(multi_label)
     callbacks = []
     if tensorboard and run_dir is None:
         raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
@@ -238,18 +367,46 @@ def train(
 
         callbacks.append(tb.callback(run_dir))
     trainer = Trainer(
-        model, bb.blocks, log=log, verbose=verbose, callbacks=callbacks, jit_compile=_jit(cfg.jit)
+        model,
+        bb.blocks,
+        loss=loss,
+        metrics=metrics_list,
+        log=log,
+        verbose=verbose,
+        callbacks=callbacks,
+        class_weight=class_weight,
+        jit_compile=_jit(cfg.jit),
     )
     start = time.perf_counter()
     cached = None
     if cfg.cache and any(p.backbone_frozen for p in phases):
-        cached = _cached_datasets(cfg, model, bb, splits, log, verbose)
+        if augment is not None:
+            log(
+                "Feature cache off: augmentation changes every training image in every epoch; "
+                "frozen-backbone phases run the backbone on augmented images."
+            )
+        elif splits["train"] is None:
+            log("Feature cache off: a tf.data.Dataset source is not cached.")
+        else:
+            cached = _cached_datasets(cfg, model, bb, splits, log, verbose)
     result = trainer.fit(phases, train_ds, val_ds, cached=cached)
     seconds = time.perf_counter() - start
     if callbacks:
         tb.write_phases(run_dir, result.history)
-    _compile_for_shipping(model, phases[-1])
+    _compile_for_shipping(model, phases[-1], loss, metrics_list)
     metrics = _metrics(result, counts, seconds)
+    if check is not None:
+        metrics["data_check"] = check.counts()
+        counts["skipped"] = check.skipped
+    if class_weight is not None:
+        metrics["class_weight"] = {classes[i]: round(w, 4) for i, w in class_weight.items()}
+    if test is not None:
+        scores = model.evaluate(
+            _eval_pipeline(test, bb, cfg.batch_size), verbose=0, return_dict=True
+        )
+        metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
+        metrics["test_images"] = len(test[1]) if isinstance(test, tuple) else len(test)
+        log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
     run = Run(model, classes, metrics, result.history, cfg, run_dir, bb)
     if run_dir is not None:
         _write_run(run, bb)
@@ -294,11 +451,13 @@ def _jit(mode: str):
     return {"auto": "auto", "on": True, "off": False}[mode]
 
 
-def _compile_for_shipping(model: keras.Model, last_phase) -> None:
+def _compile_for_shipping(
+    model: keras.Model, last_phase, loss="sparse_categorical_crossentropy", metrics=("accuracy",)
+) -> None:
     """Recompile with a plain, serialisable optimizer so model.keras loads anywhere."""
     plain = type(last_phase)(**{**last_phase.as_dict(), "backbone_lr": None, "trainable": "none"})
     optimizer = make_optimizer(plain, model)
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
     optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
 
 
@@ -322,6 +481,7 @@ def _write_run(run: Run, bb: backbones.Backbone) -> None:
     config = run.config.as_dict()
     config["resolved_backbone"] = bb.describe()
     config["classes"] = run.classes
+    config["multi_label"] = _model_is_multi_label(run.model)
     config["versions"] = _versions()
     runs.write_yaml(d / runs.CONFIG_FILE, config)
     runs.write_csv(d / runs.HISTORY_FILE, run.history)
@@ -367,43 +527,97 @@ def load(model_or_run: str | os.PathLike, safe_mode: bool = True) -> tuple[keras
     return model, classes
 
 
-def labelled_batches(model: keras.Model, data_source, classes: list[str], batch_size: int = 32):
+def labelled_batches(
+    model: keras.Model,
+    data_source,
+    classes: list[str],
+    batch_size: int = 32,
+    min_size: int = datacheck.DEFAULT_MIN_SIZE,
+):
     """Labelled ``(images, labels)`` batches of ``data_source`` sized for ``model``.
+
+    Files go through the pre-flight check first; files it rejects are skipped.
 
     Args:
         model: The model whose input size the images are resized to.
-        data_source: A folder of class subfolders (classes known to the model), or
-            ``(images, labels)`` arrays.
+        data_source: A folder of class subfolders or a CSV manifest (classes known to
+            the model), ``(images, labels)`` arrays, or a ``tf.data.Dataset``.
         classes: The model's class names (fixes the label order).
         batch_size: Images per batch.
+        min_size: Smallest image side the check accepts.
 
     Returns:
-        ``(dataset, number_of_images)``.
+        ``(dataset, number_of_images_or_None, number_of_skipped_files)``.
     """
     _, h, w, ch = model.input_shape
     files = _as_files(data_source, classes)
     if isinstance(files, tuple):
         x, y = files
-        return data.array_pipeline(x, y, batch_size), len(y)
-    return data.pipeline(files, (h, w), ch, batch_size), len(files)
+        return data.array_pipeline(x, y, batch_size), len(y), 0
+    if _is_tf_dataset(files):
+        return data.dataset_pipeline(files, (h, w), ch, batch_size), None, 0
+    report = datacheck.check(files, min_size=min_size)
+    files, skipped = report.splits["train"], report.skipped
+    if not len(files):
+        raise DataError(f"No usable images in {files.source} (all {skipped} skipped).")
+    return data.pipeline(files, (h, w), ch, batch_size), len(files), skipped
 
 
-def evaluate(model_or_run, data_source, batch_size: int = 32) -> dict:
+def check_data(
+    data_source,
+    val=None,
+    test=None,
+    min_size: int = datacheck.DEFAULT_MIN_SIZE,
+    classes: list[str] | None = None,
+) -> datacheck.CheckReport:
+    """The pre-flight check of :func:`train`, on its own (nothing is converted or written).
+
+    Args:
+        data_source: A folder of class subfolders or a CSV manifest.
+        val: Validation data to check with it (for leakage across splits).
+        test: Test data to check with it.
+        min_size: Smallest allowed image side in pixels.
+        classes: Fix the class list (default: from ``data_source``).
+
+    Returns:
+        A :class:`graft.datacheck.CheckReport`.
+    """
+    files = data.load_source(data_source, classes)
+    val = None if val is None else data.load_source(val, files.classes)
+    test = None if test is None else data.load_source(test, files.classes)
+    return datacheck.check(files, val, test, min_size=min_size, convert=False)
+
+
+def _model_is_multi_label(model: keras.Model) -> bool:
+    try:
+        activation = model.get_layer("head_output").activation
+    except ValueError:
+        return False
+    return getattr(activation, "__name__", "") == "sigmoid"
+
+
+def evaluate(
+    model_or_run, data_source, batch_size: int = 32, min_size: int = datacheck.DEFAULT_MIN_SIZE
+) -> dict:
     """Accuracy, loss, top-k, per-class precision/recall/F1, confusion and calibration.
 
     Args:
         model_or_run: A run folder or a ``.keras`` file (with ``labels.json`` beside it).
-        data_source: A folder of class subfolders (classes must be known to the model),
-            or ``(images, labels)`` arrays.
+        data_source: A folder of class subfolders or a CSV manifest (classes must be
+            known to the model), ``(images, labels)`` arrays or a ``tf.data.Dataset``.
+            Files are checked first; unusable ones are skipped and counted.
         batch_size: Images per batch.
+        min_size: Smallest image side the check accepts.
 
     Returns:
-        ``{"accuracy", "loss", "images", "top_k_accuracy", "per_class", "macro_avg",
-        "weighted_avg", "confusion_matrix", "ece", ...}``
+        ``{"accuracy", "loss", "images", "skipped", "top_k_accuracy", "per_class",
+        "macro_avg", "weighted_avg", "confusion_matrix", "ece", ...}``
         (see :func:`graft.evaluation.classification_metrics`).
     """
     from graft import evaluation
 
     model, classes = load(model_or_run)
-    ds, _ = labelled_batches(model, data_source, classes, batch_size)
-    return evaluation.evaluate_model(model, ds, classes).as_dict()
+    ds, _, skipped = labelled_batches(model, data_source, classes, batch_size, min_size)
+    result = evaluation.evaluate_model(model, ds, classes).as_dict()
+    result["skipped"] = skipped
+    return result

@@ -42,6 +42,16 @@ def _log(line: str) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
+def _min_size_option(command):
+    return click.option(
+        "--min-size",
+        type=int,
+        default=16,
+        show_default=True,
+        help="Skip images whose width or height is below N pixels.",
+    )(command)
+
+
 @app.command(context_settings=_CONTEXT)
 @click.argument("data")
 @click.option("--backbone", "-b", required=True, help="Registry name or .keras/.h5 path.")
@@ -112,7 +122,8 @@ def _log(line: str) -> None:
 )
 @click.option("--image-size", type=int, default=None, help="Input side in pixels.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
-@click.option("--val", default=None, help="Validation folder (instead of --val-split).")
+@click.option("--val", default=None, help="Validation folder or .csv (instead of --val-split).")
+@click.option("--test", default=None, help="Test folder or .csv, evaluated once at the end.")
 @click.option(
     "--val-split",
     type=float,
@@ -146,13 +157,27 @@ def _log(line: str) -> None:
     show_default=True,
     help="mixed: float16 on GPU, bfloat16 on CPU; float32 output.",
 )
+@click.option(
+    "--augment",
+    default="none",
+    show_default=True,
+    help="Training-batch augmentation: none | light | standard.",
+)
+@click.option(
+    "--class-weight",
+    default="none",
+    show_default=True,
+    help="none | auto (balanced weights for imbalanced classes).",
+)
+@_min_size_option
+@click.option("--strict", is_flag=True, help="Fail on any data-check problem instead of skipping.")
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty run folder.")
 @click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
 @click.option(
     "--tensorboard", is_flag=True, help="Write TensorBoard logs under RUN_DIR/tensorboard."
 )
-def train(data, backbone, out, val, overwrite, unsafe, head, tensorboard, **settings):
-    """Train a classifier on DATA (one subfolder of images per class) with a grafted backbone."""
+def train(data, backbone, out, val, test, overwrite, unsafe, head, tensorboard, **settings):
+    """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv)."""
     from graft import api
 
     run = api.train(
@@ -160,6 +185,7 @@ def train(data, backbone, out, val, overwrite, unsafe, head, tensorboard, **sett
         backbone,
         out,
         val=val,
+        test=test,
         overwrite=overwrite,
         log=_log,
         verbose=_fit_verbosity(),
@@ -170,6 +196,8 @@ def train(data, backbone, out, val, overwrite, unsafe, head, tensorboard, **sett
     )
     acc = run.metrics.get("val_accuracy")
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
+    if "test_accuracy" in run.metrics:
+        summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
     _log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
     _log(f"Report: {run.run_dir / 'report.html'}")
 
@@ -195,7 +223,8 @@ def evaluate(model, data, batch_size, as_json):
     if as_json:
         print(json.dumps(result))
         return
-    _log(summary_line(result))
+    skipped = result.get("skipped")
+    _log(summary_line(result) + (f" ({skipped} skipped by the data check)" if skipped else ""))
     per_class = result.get("per_class") or result.get("per_label") or {}
     table = Table("class", "precision", "recall", "F1", "support")
     for name, v in per_class.items():
@@ -286,6 +315,27 @@ def backbones():
             str(block_count(spec.name)),
         )
     console.print(table)
+
+
+@app.group(context_settings=_CONTEXT)
+def data():
+    """Inspect datasets."""
+
+
+@data.command("check", context_settings=_CONTEXT)
+@click.argument("data_path", metavar="DATA")
+@click.option("--val", default=None, help="Validation folder or .csv to check with DATA.")
+@click.option("--test", default=None, help="Test folder or .csv to check with DATA.")
+@_min_size_option
+@click.option("--strict", is_flag=True, help="Exit 2 on any problem (converted images aside).")
+def data_check(data_path, val, test, min_size, strict):
+    """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images."""
+    from graft import api
+
+    report = api.check_data(data_path, val=val, test=test, min_size=min_size)
+    for line in report.lines():
+        _log(line)
+    report.raise_if_strict(strict)
 
 
 @app.command(context_settings=_CONTEXT)

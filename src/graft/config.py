@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from graft.errors import GraftError
+from graft.errors import GraftError, UnknownNameError, did_you_mean
 from graft.strategies import DEFAULT_UNFREEZE, STRATEGIES, Phase, plan
 
 
@@ -41,6 +41,10 @@ class TrainConfig:
     jit: str = "auto"
     precision: str = "float32"
     phases: list[Phase] | None = field(default=None)
+    augment: str = "none"
+    class_weight: str = "none"
+    min_size: int = 16
+    strict: bool = False
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES and self.phases is None:
@@ -55,6 +59,7 @@ class TrainConfig:
             raise GraftError(f"--jit must be auto, on or off, got {self.jit!r}.")
         if self.precision not in ("float32", "mixed"):
             raise GraftError(f"--precision must be float32 or mixed, got {self.precision!r}.")
+        _check_data_settings(self)
         self.head = tuple(int(u) for u in self.head)
         if any(u < 1 for u in self.head):
             raise GraftError(f"--head units must be positive, got {list(self.head)}.")
@@ -84,3 +89,19 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_data_settings(cfg: TrainConfig) -> None:
+    from graft.data import AUGMENT_LEVELS
+
+    if cfg.augment not in AUGMENT_LEVELS:
+        raise UnknownNameError(
+            f"Unknown --augment level: {cfg.augment!r}.{did_you_mean(cfg.augment, AUGMENT_LEVELS)}",
+            hint=f"expected one of {', '.join(AUGMENT_LEVELS)}.",
+        )
+    if cfg.class_weight not in ("none", "auto"):
+        raise UnknownNameError(
+            f"Unknown --class-weight: {cfg.class_weight!r}.", hint="expected none or auto."
+        )
+    if cfg.min_size < 1:
+        raise GraftError(f"--min-size must be at least 1, got {cfg.min_size}.")

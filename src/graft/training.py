@@ -98,6 +98,7 @@ class Trainer:
         callbacks: Extra Keras callbacks for every phase.
         jit_compile: XLA compilation of the train step (``True``/``False``/``"auto"``:
             Keras's choice, which is off on CPU-only TensorFlow).
+        class_weight: ``{class_index: weight}`` for ``fit`` (e.g. balanced weights).
     """
 
     def __init__(
@@ -110,6 +111,7 @@ class Trainer:
         verbose="auto",
         callbacks=(),
         jit_compile: bool | str = "auto",
+        class_weight: dict[int, float] | None = None,
     ):
         self.model = model
         self.blocks = blocks
@@ -119,6 +121,7 @@ class Trainer:
         self.verbose = verbose
         self.callbacks = list(callbacks)
         self.jit_compile = jit_compile
+        self.class_weight = class_weight
 
     def __repr__(self) -> str:
         return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
@@ -173,6 +176,7 @@ class Trainer:
                 epochs=epoch + phase.epochs,
                 verbose=self.verbose,
                 callbacks=[*self.callbacks, timer],
+                class_weight=self.class_weight,
                 shuffle=False,  # the pipeline shuffles
             )
             seconds = time.perf_counter() - start
