@@ -86,11 +86,11 @@ def _on_device(array):
     return tf.constant(array)
 
 
-def graft_run(name, size, batch, steps, spec, mixed, alpha=None, head_lr=1e-3):
+def graft_run(name, size, batch, steps, spec, mixed, alpha=None, head_lr=1e-3, preprocess=None):
     keras.mixed_precision.set_global_policy(_policy(mixed))
     try:
         keras.utils.set_random_seed(0)
-        bb = resolve(name, weights="none", image_size=size, alpha=alpha)
+        bb = resolve(name, weights="none", image_size=size, alpha=alpha, preprocess=preprocess)
         model = build_model(bb, 10)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -151,6 +151,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--models", default="mobilenet_v2,resnet50")
     parser.add_argument("--out", default=None, help="also write the table here (markdown)")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="only: classic vs graft with/without its preprocessing layer "
+        "and with/without MultiOptimizer",
+    )
     args = parser.parse_args()
     device = "GPU" if _has_gpu() else "CPU"
     lines = [
@@ -187,6 +193,32 @@ def main() -> None:
                 lambda: graft_run(name, args.size, args.batch, args.steps, "all", True),
             ),
         ]
+        if args.ablation:
+            b, sz, st = args.batch, args.size, args.steps
+            runs = [
+                (
+                    f"classic layers[-{n_layers}:], mixed",
+                    lambda: classic_run(name, sz, b, st, n_layers, True),
+                ),
+                (
+                    "graft blocks:2 one lr, own preprocessing",
+                    lambda: graft_run(name, sz, b, st, "blocks:2", True, head_lr=1e-5),
+                ),
+                (
+                    "graft blocks:2 one lr, preprocess none",
+                    lambda: graft_run(
+                        name, sz, b, st, "blocks:2", True, head_lr=1e-5, preprocess="none"
+                    ),
+                ),
+                (
+                    "graft blocks:2 two lrs, preprocess none",
+                    lambda: graft_run(name, sz, b, st, "blocks:2", True, preprocess="none"),
+                ),
+                (
+                    f"classic layers[-{n_layers}:], mixed (again)",
+                    lambda: classic_run(name, sz, b, st, n_layers, True),
+                ),
+            ]
         for label, fn in runs:
             try:
                 ips, trainable = fn()

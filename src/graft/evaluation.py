@@ -185,7 +185,7 @@ def multilabel_metrics(
         threshold: A label is predicted when its probability is at least this.
 
     Returns:
-        ``{"images", "threshold", "subset_accuracy", "hamming_loss", "micro_f1",
+        ``{"images", "threshold", "subset_accuracy", "hamming_loss", "accuracy", "micro_f1",
         "macro_f1", "micro_avg", "macro_avg", "per_label": {name: {"precision",
         "recall", "f1", "support"}}}``.
     """
@@ -204,6 +204,8 @@ def multilabel_metrics(
         return result
     result["subset_accuracy"] = _r(skm.accuracy_score(y_true, y_pred))
     result["hamming_loss"] = _r(skm.hamming_loss(y_true, y_pred))
+    # Per-label binary accuracy: what Keras's BinaryAccuracy reports while training.
+    result["accuracy"] = _r(1.0 - skm.hamming_loss(y_true, y_pred))
     for average in ("micro", "macro"):
         ap, ar, af, _ = skm.precision_recall_fscore_support(
             y_true, y_pred, average=average, zero_division=0

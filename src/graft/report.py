@@ -109,7 +109,7 @@ def regenerate(
         from graft import api
 
         model, classes = api.load(run_dir, safe_mode=safe_mode)
-        batches, _ = api.labelled_batches(model, data, classes, batch_size)
+        batches, _, _ = api.labelled_batches(model, data, classes, batch_size)
         finish_run(run_dir, model, classes, history, batches, split=str(data))
     else:
         metrics = _read_json(run_dir / runs.METRICS_FILE, {})
