@@ -23,6 +23,7 @@ import os
 import sys
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -169,55 +170,35 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         n_layers = layers_in_top_blocks(name, args.size, 2)
+        common = dict(name=name, size=args.size, batch=args.batch, steps=args.steps)
+        graft = partial(graft_run, **common)
+        classic = partial(classic_run, n_layers=n_layers, mixed=True, **common)
         runs = [
-            (
-                "graft finetune blocks:2, mixed",
-                lambda: graft_run(name, args.size, args.batch, args.steps, "blocks:2", True),
-            ),
-            (
-                f"classic layers[-{n_layers}:], mixed",
-                lambda: classic_run(name, args.size, args.batch, args.steps, n_layers, True),
-            ),
+            ("graft finetune blocks:2, mixed", partial(graft, spec="blocks:2", mixed=True)),
+            (f"classic layers[-{n_layers}:], mixed", classic),
             (
                 "graft finetune blocks:2, one lr (no MultiOptimizer), mixed",
-                lambda: graft_run(
-                    name, args.size, args.batch, args.steps, "blocks:2", True, head_lr=1e-5
-                ),
+                partial(graft, spec="blocks:2", mixed=True, head_lr=1e-5),
             ),
-            (
-                "graft finetune blocks:2, float32",
-                lambda: graft_run(name, args.size, args.batch, args.steps, "blocks:2", False),
-            ),
-            (
-                "graft finetune all, mixed",
-                lambda: graft_run(name, args.size, args.batch, args.steps, "all", True),
-            ),
+            ("graft finetune blocks:2, float32", partial(graft, spec="blocks:2", mixed=False)),
+            ("graft finetune all, mixed", partial(graft, spec="all", mixed=True)),
         ]
         if args.ablation:
-            b, sz, st = args.batch, args.size, args.steps
             runs = [
-                (
-                    f"classic layers[-{n_layers}:], mixed",
-                    lambda: classic_run(name, sz, b, st, n_layers, True),
-                ),
+                (f"classic layers[-{n_layers}:], mixed", classic),
                 (
                     "graft blocks:2 one lr, own preprocessing",
-                    lambda: graft_run(name, sz, b, st, "blocks:2", True, head_lr=1e-5),
+                    partial(graft, spec="blocks:2", mixed=True, head_lr=1e-5),
                 ),
                 (
                     "graft blocks:2 one lr, preprocess none",
-                    lambda: graft_run(
-                        name, sz, b, st, "blocks:2", True, head_lr=1e-5, preprocess="none"
-                    ),
+                    partial(graft, spec="blocks:2", mixed=True, head_lr=1e-5, preprocess="none"),
                 ),
                 (
                     "graft blocks:2 two lrs, preprocess none",
-                    lambda: graft_run(name, sz, b, st, "blocks:2", True, preprocess="none"),
+                    partial(graft, spec="blocks:2", mixed=True, preprocess="none"),
                 ),
-                (
-                    f"classic layers[-{n_layers}:], mixed (again)",
-                    lambda: classic_run(name, sz, b, st, n_layers, True),
-                ),
+                (f"classic layers[-{n_layers}:], mixed (again)", classic),
             ]
         for label, fn in runs:
             try:
