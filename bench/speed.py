@@ -1,6 +1,6 @@
 """Speed of graft against the classic Keras recipe, measured side by side in one process.
 
-    python bench/speed.py            # ~3-4 minutes on 2 CPU cores
+    python bench/speed.py            # ~4-5 minutes on 2 CPU cores
     python bench/speed.py --quick    # fewer images and epochs, a smoke run
 
 Prints a markdown table of ratios, each against a baseline measured in the same run on
@@ -95,7 +95,7 @@ def classic_datasets(train_dir: Path, val_dir: Path, size: int, batch: int, seed
 
 def bench_feature(train_dir, val_dir, args):
     start = time.perf_counter()
-    model, base = classic_model(args.size, 5, args.alpha, args.seed)
+    model, base = classic_model(args.size, 5, args.alpha, args.seed, args.weights)
     base.trainable = False
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -139,7 +139,7 @@ def bench_feature(train_dir, val_dir, args):
 
 
 def bench_finetune(train_dir, val_dir, args, n_layers: int):
-    model, base = classic_model(args.size, 5, args.alpha, args.seed)
+    model, base = classic_model(args.size, 5, args.alpha, args.seed, args.weights)
     base.trainable = True
     for layer in base.layers[:-n_layers]:
         layer.trainable = False
@@ -246,7 +246,7 @@ def cpu_peak(flops_per_cycle: int) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--per-class", type=int, default=100)
@@ -275,6 +275,9 @@ def main() -> None:
             target.mkdir(parents=True)
             for path in sorted(folder.iterdir())[args.per_class :]:
                 path.rename(target / path.name)
+        args.weights = backbone_weights(
+            train_dir, args.size, args.alpha, root / "mobilenet_v2_calibrated.weights.h5"
+        )
         n_train = 5 * args.per_class
         print(
             f"# graft speed benchmark: MobileNetV2 alpha={args.alpha} at {args.size}px, "

@@ -114,3 +114,23 @@ def test_key_depends_on_weights_and_content():
 def test_no_cache_writes_nothing(digits_folder, tmp_path):
     _train(digits_folder, tmp_path, strategy="feature", epochs=1, cache=False)
     assert not (tmp_path / "cache").exists()
+
+
+def test_augmented_views_are_cached_and_cycled(digits_folder, tmp_path):
+    run, lines = _train(digits_folder, tmp_path, strategy="feature", epochs=3,
+                        augment="light", cache_views=2)
+    views = [line for line in lines if "augmented view" in line]
+    assert len(views) == 2 and all("computed" in line for line in views)
+    assert any("on cached features" in line for line in lines)
+    # Two augmented training views and the plain validation features are stored.
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
+    assert len(run.history) == 3
+    # The augmentation is not part of the trained model.
+    assert not any("augment" in layer.name for layer in run.model.layers)
+
+
+def test_augmentation_without_views_falls_back_to_the_backbone(digits_folder, tmp_path):
+    _, lines = _train(digits_folder, tmp_path, strategy="feature", epochs=1, augment="light")
+    assert any(line.startswith("Feature cache off: augmentation") for line in lines)
+    assert not any("on cached features" in line for line in lines)
+    assert not (tmp_path / "cache").exists()

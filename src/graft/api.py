@@ -201,46 +201,6 @@ def _datasets(cfg: TrainConfig, train_files, val_src, bb, classes, augment=None)
     return train_ds, val_ds, classes, counts, {"train": train_files, "val": val_files}
 
 
-def _cached_datasets(cfg: TrainConfig, model, bb, splits, log, verbose):
-    """(train, val) datasets of cached backbone features for frozen-backbone phases."""
-    out = []
-    for name in ("train", "val"):
-        split = splits[name]
-        if split is None:
-            out.append(None)
-            continue
-        if isinstance(split, tuple):
-            images, labels = split
-            content = cache.content_fingerprint(images=images)
-            batches = (
-                images[i : i + cfg.batch_size] for i in range(0, len(images), cfg.batch_size)
-            )
-        else:
-            labels = split.labels
-            content = cache.content_fingerprint(paths=split.paths)
-            ds = data.pipeline(split, bb.image_size, bb.channels, cfg.batch_size)
-            batches = (x for x, _ in ds.as_numpy_iterator())
-        key = cache.cache_key(model, bb.source, content)
-        features, stats = cache.load_or_compute(
-            model,
-            batches,
-            key,
-            len(labels),
-            cfg.cache_dir and Path(cfg.cache_dir),
-            verbose=1 if verbose else 0,
-        )
-        log(
-            f"Feature cache ({name}): {'reused' if stats.hit else 'computed'} "
-            f"{stats.images} images in {stats.seconds:.1f} s"
-        )
-        out.append(
-            data.array_pipeline(
-                features, labels, cfg.batch_size, shuffle=name == "train", seed=cfg.seed
-            )
-        )
-    return tuple(out)
-
-
 def _labels_of(split):
     return split[1] if isinstance(split, tuple) else split.labels
 
@@ -380,15 +340,18 @@ def train(
     start = time.perf_counter()
     cached = None
     if cfg.cache and any(p.backbone_frozen for p in phases):
-        if augment is not None:
+        if augment is not None and not cfg.cache_views:
             log(
-                "Feature cache off: augmentation changes every training image in every epoch; "
-                "frozen-backbone phases run the backbone on augmented images."
+                "Feature cache off: augmentation changes every training image in every epoch, "
+                "so frozen-backbone phases run the backbone on augmented images "
+                "(--cache-views K caches K augmented views instead)."
             )
         elif splits["train"] is None:
             log("Feature cache off: a tf.data.Dataset source is not cached.")
         else:
-            cached = _cached_datasets(cfg, model, bb, splits, log, verbose)
+            cached = cache.cached_datasets(
+                model, bb, splits, cfg, augment=augment, log=log, verbose=1 if verbose else 0
+            )
     result = trainer.fit(phases, train_ds, val_ds, cached=cached)
     seconds = time.perf_counter() - start
     if callbacks:

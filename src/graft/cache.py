@@ -104,15 +104,20 @@ def content_fingerprint(paths=None, images=None) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model: keras.Model, source: str, content: str, view: str = "plain") -> str:
-    """The cache key for the features of ``model`` on inputs with fingerprint ``content``."""
+def cache_key(
+    model: keras.Model, source: str, content: str, view: str = "plain", weights: str | None = None
+) -> str:
+    """The cache key for the features of ``model`` on inputs with fingerprint ``content``.
+
+    ``weights`` is :func:`weights_fingerprint` of ``features_model(model)`` if already known.
+    """
     features = features_model(model)
     description = {
         "format": FORMAT_VERSION,
         "source": source,
         "input": list(model.input_shape[1:]),
         "output": list(features.output_shape[1:]),
-        "weights": weights_fingerprint(features),
+        "weights": weights or weights_fingerprint(features),
         "content": content,
         "view": view,
         "keras": keras.__version__,
@@ -131,25 +136,21 @@ class CacheStats:
     seconds: float
 
 
-def compute(model: keras.Model, batches, total: int | None = None, verbose: int = 1) -> np.ndarray:
-    """Run ``features_model(model)`` over an iterable of image batches, in inference mode."""
-    extractor = features_model(model)
-    progress = keras.utils.Progbar(total, unit_name="image") if verbose else None
-    chunks, seen = [], 0
-    for images in batches:
-        out = extractor.predict_on_batch(images)
-        chunks.append(np.asarray(out, dtype="float32"))
-        seen += len(out)
-        if progress is not None:
-            progress.update(seen)
-    if not chunks:
-        return np.zeros((0, *extractor.output_shape[1:]), dtype="float32")
-    return np.concatenate(chunks)
+def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
+    """Run a feature extractor (:func:`features_model`) over images in inference mode.
+
+    Args:
+        extractor: ``features_model(model)``; reuse one for several calls, since each
+            new model traces its predict function again.
+        inputs: A dataset of image batches, or an array of images.
+        verbose: Keras's progress bar (1) or silence (0).
+    """
+    return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
 
 
 def load_or_compute(
-    model: keras.Model,
-    batches,
+    extractor: keras.Model,
+    inputs,
     key: str,
     total: int,
     directory: Path | None = None,
@@ -170,7 +171,7 @@ def load_or_compute(
                 return features, CacheStats(key, True, total, time.perf_counter() - start)
         except (OSError, ValueError):
             pass  # a damaged entry is recomputed and replaced
-    features = compute(model, batches, total, verbose)
+    features = compute(extractor, inputs, verbose)
     import io
 
     buffer = io.BytesIO()
@@ -180,3 +181,88 @@ def load_or_compute(
     except OSError:
         pass  # a read-only or full cache disk costs speed next time, not this run
     return features, CacheStats(key, False, total, time.perf_counter() - start)
+
+
+def _images(split, bb, batch_size: int, augment=None):
+    """A dataset of the raw image batches of a split (files or arrays), in order."""
+    from graft import data
+
+    if isinstance(split, tuple):
+        ds = data.array_pipeline(split[0], split[1], batch_size)
+    else:
+        ds = data.pipeline(split, bb.image_size, bb.channels, batch_size)
+    if augment is None:
+        return ds.map(lambda x, y: x)
+    return ds.map(lambda x, y: augment(x, training=True))
+
+
+def _fingerprint(split) -> str:
+    if isinstance(split, tuple):
+        return content_fingerprint(images=split[0])
+    return content_fingerprint(paths=split.paths)
+
+
+def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbose: int = 1):
+    """Cached-feature datasets for the trainer's frozen-backbone phases.
+
+    Args:
+        model: The grafted model (its preprocessing, backbone and pooling are cached).
+        bb: Its :class:`graft.backbones.Backbone`.
+        splits: ``{"train": files_or_arrays, "val": files_or_arrays_or_None}``.
+        cfg: The run's :class:`graft.config.TrainConfig` (batch size, seed, cache dir,
+            ``cache_views`` and ``augment``).
+        augment: The training augmentation; with ``cfg.cache_views = K`` the training
+            features are cached for K augmented views of every image, and epoch ``e``
+            trains on view ``e mod K``.
+        log: Receives one line per cached split.
+        verbose: Show a progress bar while computing features.
+
+    Returns:
+        ``(train_dataset, val_dataset_or_None, steps_per_epoch_or_None)`` for
+        :meth:`graft.training.Trainer.fit`'s ``cached`` argument.
+    """
+    import math
+
+    from graft import data
+
+    directory = Path(cfg.cache_dir) if cfg.cache_dir else None
+    views = cfg.cache_views if augment is not None else 0
+    extractor = features_model(model)
+    weights = weights_fingerprint(extractor)
+
+    def features(split, name, view=None):
+        content = _fingerprint(split)
+        tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
+        key = cache_key(model, bb.source, content, view=tag, weights=weights)
+        n = len(split[1]) if isinstance(split, tuple) else len(split)
+        aug = None if view is None else augment
+        values, stats = load_or_compute(
+            extractor, _images(split, bb, cfg.batch_size, aug), key, n, directory, verbose
+        )
+        label = name if view is None else f"{name}, augmented view {view + 1}/{views}"
+        log(
+            f"Feature cache ({label}): {'reused' if stats.hit else 'computed'} "
+            f"{stats.images} images in {stats.seconds:.1f} s"
+        )
+        return values
+
+    train, val = splits["train"], splits["val"]
+    labels = train[1] if isinstance(train, tuple) else train.labels
+    bs = cfg.batch_size
+    if views:
+        per_view = [
+            data.array_pipeline(features(train, "train", v), labels, bs, True, cfg.seed + v)
+            for v in range(views)
+        ]
+        train_ds = per_view[0]
+        for ds in per_view[1:]:
+            train_ds = train_ds.concatenate(ds)
+        train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
+    else:
+        train_ds = data.array_pipeline(features(train, "train"), labels, bs, True, cfg.seed)
+        steps = None
+    val_ds = None
+    if val is not None:
+        val_labels = val[1] if isinstance(val, tuple) else val.labels
+        val_ds = data.array_pipeline(features(val, "val"), val_labels, bs)
+    return train_ds, val_ds, steps

@@ -144,6 +144,13 @@ def _min_size_option(command):
     help="Feature cache folder (default: ~/.cache/keras-graft/features).",
 )
 @click.option(
+    "--cache-views",
+    type=int,
+    default=0,
+    show_default=True,
+    help="With --augment: cache K augmented views per image (0: no cache, run the backbone).",
+)
+@click.option(
     "--jit",
     type=click.Choice(["auto", "on", "off"]),
     default="auto",

@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     cache: bool = True
     cache_dir: str | None = None
+    cache_views: int = 0
     jit: str = "auto"
     precision: str = "float32"
     phases: list[Phase] | None = field(default=None)
@@ -55,6 +56,8 @@ class TrainConfig:
             raise GraftError(f"--val-split must be in [0, 1), got {self.val_split}.")
         if not 0 <= self.dropout < 1:
             raise GraftError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.cache_views < 0:
+            raise GraftError(f"--cache-views must be 0 or more, got {self.cache_views}.")
         if self.jit not in ("auto", "on", "off"):
             raise GraftError(f"--jit must be auto, on or off, got {self.jit!r}.")
         if self.precision not in ("float32", "mixed"):

@@ -22,6 +22,8 @@ from graft.errors import TrainingFailed
 from graft.model import backbone_of
 from graft.strategies import Phase
 
+CACHED_STEPS_PER_EXECUTION = 64
+
 _OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
     "adamw": keras.optimizers.AdamW,
@@ -131,11 +133,14 @@ class Trainer:
     ) -> freezing.TrainabilityReport:
         """Apply a phase's trainability and compile ``target`` (default: the model) for it."""
         report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
+        on_features = target is not None and target is not self.model
         (target or self.model).compile(
             optimizer=make_optimizer(phase, self.model),
             loss=self.loss,
             metrics=self.metrics,
             jit_compile=self.jit_compile,
+            # A head step on cached features is tiny: run many per call to cut overhead.
+            steps_per_execution=CACHED_STEPS_PER_EXECUTION if on_features else 1,
         )
         return report
 
@@ -146,10 +151,10 @@ class Trainer:
             plan: The phases.
             train: Dataset of (raw image batch, label batch).
             val: Optional validation dataset of the same kind.
-            cached: Optional ``(train_features_ds, val_features_ds_or_None)``: datasets of
-                (feature batch, label batch) computed by :mod:`graft.cache`. Phases that
-                leave the backbone frozen then train the head on them instead of running
-                the backbone on every image in every epoch.
+            cached: Optional ``(train_features_ds, val_features_ds_or_None,
+                steps_per_epoch_or_None)`` from :func:`graft.cache.cached_datasets`.
+                Phases that leave the backbone frozen then train the head on these
+                features instead of running the backbone on every image in every epoch.
         """
         result = TrainResult()
         epoch = 0
@@ -172,6 +177,7 @@ class Trainer:
             history = target.fit(
                 cached[0] if on_cache else train,
                 validation_data=cached[1] if on_cache else val,
+                steps_per_epoch=cached[2] if on_cache else None,
                 initial_epoch=epoch,
                 epochs=epoch + phase.epochs,
                 verbose=self.verbose,
