@@ -70,11 +70,32 @@ class EpochTimes(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def classic_model(size: int, num_classes: int, alpha: float, seed: int):
+def backbone_weights(train_dir: Path, size: int, alpha: float, path: Path) -> Path:
+    """Stand-in "pre-trained" weights (no ImageNet offline): a random MobileNetV2 whose
+    BatchNormalization statistics are re-estimated on the training images, so that its
+    features carry information. Both sides of every comparison load this file."""
+    keras.utils.set_random_seed(1)
+    base = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(size, size, 3), alpha=alpha
+    )
+    norms = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        layer.momentum = 0.5
+    files = gdata.scan_folder(train_dir)
+    for _ in range(2):
+        for x, _ in gdata.pipeline(files, (size, size), 3, 64, shuffle=True):
+            base(x / 127.5 - 1.0, training=True)
+    for layer in norms:
+        layer.momentum = 0.99
+    base.save_weights(path)
+    return path
+
+
+def classic_model(size: int, num_classes: int, alpha: float, seed: int, weights):
     """The classic recipe, done as its authors would, with the right preprocessing."""
     keras.utils.set_random_seed(seed)
     base = keras.applications.MobileNetV2(
-        weights=None, include_top=False, input_shape=(size, size, 3), alpha=alpha
+        weights=str(weights), include_top=False, input_shape=(size, size, 3), alpha=alpha
     )
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
@@ -115,7 +136,7 @@ def bench_feature(train_dir, val_dir, args):
             "mobilenet_v2",
             None,
             val=str(val_dir),
-            weights="none",
+            weights=str(args.weights),
             alpha=args.alpha,
             image_size=args.size,
             strategy="feature",
@@ -158,7 +179,7 @@ def bench_finetune(train_dir, val_dir, args, n_layers: int):
         train_dir,
         "mobilenet_v2",
         None,
-        weights="none",
+        weights=str(args.weights),
         alpha=args.alpha,
         image_size=args.size,
         strategy="finetune",
