@@ -144,6 +144,11 @@ class Trainer:
         )
         return report
 
+    def phase_callbacks(self, phase: Phase, index: int, target: keras.Model) -> list:
+        """Keras callbacks for one phase; ``target`` is the model being fitted (the full
+        model, or the head alone on cached features). Per-phase policies hook in here."""
+        return []
+
     def fit(self, plan: list[Phase], train, val=None, cached=None) -> TrainResult:
         """Run every phase of ``plan`` in order on ``train`` (validating on ``val``).
 
@@ -181,7 +186,7 @@ class Trainer:
                 initial_epoch=epoch,
                 epochs=epoch + phase.epochs,
                 verbose=self.verbose,
-                callbacks=[*self.callbacks, timer],
+                callbacks=[*self.callbacks, *self.phase_callbacks(phase, index, target), timer],
                 class_weight=self.class_weight,
                 shuffle=False,  # the pipeline shuffles
             )
