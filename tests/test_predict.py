@@ -111,7 +111,8 @@ def test_predict_files_is_lazy_and_keeps_order(trained, images):
 
     stream = predict.predict_files(model, classes, files(), batch_size=4)
     first = next(stream)
-    assert first.path == paths[0] and len(consumed) == 4  # one batch read, not all 13
+    # Streamed: at most the batch being predicted plus one batch decoding ahead, not all 13.
+    assert first.path == paths[0] and 4 <= len(consumed) <= 9
     rest = list(stream)
     assert [p.path for p in [first, *rest]] == paths
 

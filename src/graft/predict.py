@@ -160,19 +160,51 @@ def predict_files(
         paths.clear()
         images.clear()
 
-    for path in files:
-        try:
-            images.append(load_image(path, (h, w), ch))
-        except (OSError, ValueError) as exc:
+    for path, image, error in _decoded(files, (h, w), ch, lookahead=batch_size):
+        if error is not None:
             if on_skip is not None:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                reason = (
+                    error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                )
                 on_skip(Skipped(str(path), reason))
             continue
+        images.append(image)
         paths.append(str(path))
         if len(images) == batch_size:
             yield from flush()
     if images:
         yield from flush()
+
+
+def _decoded(files: Iterable[str], image_size, channels: int, lookahead: int, workers: int = 4):
+    """``(path, image, error)`` in input order; decoding runs ahead in a thread pool.
+
+    At most ``lookahead`` files beyond the one being yielded are read ahead, so a batch
+    is decoded while the model predicts the previous one, and memory stays bounded.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    source = iter(files)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+
+        def submit() -> bool:
+            path = next(source, None)
+            if path is None:
+                return False
+            pending.append((path, pool.submit(load_image, path, image_size, channels)))
+            return True
+
+        while len(pending) < lookahead and submit():
+            pass
+        while pending:
+            path, future = pending.popleft()
+            submit()
+            try:
+                yield path, future.result(), None
+            except (OSError, ValueError) as exc:
+                yield path, None, exc
 
 
 def csv_header(top_k: int) -> list[str]:
