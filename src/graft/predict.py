@@ -19,7 +19,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft import runs
 from graft.data import IMAGE_EXTENSIONS
 from graft.errors import DataError, GraftError
 
@@ -238,18 +238,8 @@ def _output(out: str | os.PathLike | None):
         yield sys.stdout
         sys.stdout.flush()
         return
-    path = Path(out).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with open(fd, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with runs.atomic_open(Path(out).expanduser()) as handle:
+        yield handle
 
 
 def predict_to_file(

@@ -14,6 +14,7 @@ crash never leaves a half-written artifact next to good ones.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,22 +33,30 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file next to ``path``; on success it is synced and renamed to
+    ``path``, on failure it is removed. Readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    text = "b" not in mode
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+        with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if text else {})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)
 
 
 def write_json(path, obj) -> Path:
