@@ -200,3 +200,45 @@ def test_train_on_a_user_model_file(tmp_path, digits_folder, cnn_file):
     config = (out / "config.yaml").read_text()
     assert "cut: block3_pool" in config and "preprocess: unit" in config
     assert Path(out / "model.keras").is_file()
+
+
+def test_config_file_reproduces_a_run_and_flags_override(cli_run, digits_folder, tmp_path):
+    import yaml
+
+    out, _ = cli_run
+    again = tmp_path / "again"
+    assert (
+        main(
+            ["train", str(digits_folder), "--config", str(out / "config.yaml"), "--out", str(again)]
+        )
+        == 0
+    )
+    first = yaml.safe_load((out / "config.yaml").read_text())
+    second = yaml.safe_load((again / "config.yaml").read_text())
+    for key in ("backbone", "alpha", "image_size", "strategy", "unfreeze", "phases", "head"):
+        assert second[key] == first[key], key
+    # An explicit flag wins over the file, and plan flags rebuild the plan from the flags.
+    third = tmp_path / "third"
+    assert (
+        main(
+            [
+                "train",
+                str(digits_folder),
+                "--config",
+                str(out / "config.yaml"),
+                "--epochs",
+                "1",
+                "--out",
+                str(third),
+            ]
+        )
+        == 0
+    )
+    config = yaml.safe_load((third / "config.yaml").read_text())
+    assert config["epochs"] == 1 and config["phases"][0]["epochs"] == 1
+    assert config["unfreeze"] == "layers:12" and config["backbone"] == "mobilenet_v2"
+
+
+def test_missing_backbone_without_config(tmp_path, digits_folder, capsys):
+    assert main(["train", str(digits_folder), "--out", str(tmp_path / "r")]) == 2
+    assert "--backbone" in capsys.readouterr().err

@@ -54,7 +54,15 @@ def _min_size_option(command):
 
 @app.command(context_settings=_CONTEXT)
 @click.argument("data")
-@click.option("--backbone", "-b", required=True, help="Registry name or .keras/.h5 path.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start from the settings in this YAML file (e.g. an earlier run's config.yaml); "
+    "flags given on the command line override them.",
+)
+@click.option("--backbone", "-b", default=None, help="Registry name or .keras/.h5 path.")
 @click.option(
     "--out",
     "-o",
@@ -183,9 +191,30 @@ def _min_size_option(command):
 @click.option(
     "--tensorboard", is_flag=True, help="Write TensorBoard logs under RUN_DIR/tensorboard."
 )
-def train(data, backbone, out, val, test, overwrite, unsafe, head, tensorboard, **settings):
+@click.pass_context
+def train(
+    ctx,
+    data,
+    config_file,
+    backbone,
+    out,
+    val,
+    test,
+    overwrite,
+    unsafe,
+    head,
+    tensorboard,
+    **settings,
+):
     """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv)."""
     from graft import api
+
+    settings["backbone"], head = backbone, _units(head)
+    if config_file is not None:
+        settings, head = _with_config_file(ctx, config_file, settings, head)
+    backbone = settings.pop("backbone")
+    if not backbone:
+        raise GraftError("Missing --backbone.", hint="pass --backbone NAME|PATH or --config FILE.")
 
     run = api.train(
         data,
@@ -198,7 +227,7 @@ def train(data, backbone, out, val, test, overwrite, unsafe, head, tensorboard, 
         verbose=_fit_verbosity(),
         safe_mode=not unsafe,
         tensorboard=tensorboard,
-        head=_units(head),
+        head=head,
         **settings,
     )
     acc = run.metrics.get("val_accuracy")
@@ -207,6 +236,43 @@ def train(data, backbone, out, val, test, overwrite, unsafe, head, tensorboard, 
         summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
     _log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
     _log(f"Report: {run.run_dir / 'report.html'}")
+
+
+# Flags whose explicit use means "build the plan from the flags", not from the file's phases.
+_PLAN_FLAGS = {
+    "strategy",
+    "epochs",
+    "finetune_epochs",
+    "unfreeze",
+    "lr",
+    "finetune_lr",
+    "train_bn",
+    "optimizer",
+}
+
+
+def _with_config_file(ctx, path: Path, settings: dict, head: tuple) -> tuple[dict, tuple]:
+    """Settings from a TrainConfig YAML file, overridden by flags given explicitly."""
+    from click.core import ParameterSource
+
+    from graft.config import read_settings
+
+    loaded = read_settings(path)
+    explicit = {
+        name
+        for name in [*settings, "head"]
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+    }
+    merged = dict(settings)
+    for key, value in loaded.items():
+        if key == "head" and "head" not in explicit:
+            head = tuple(value)
+        elif key == "phases":
+            if not explicit & _PLAN_FLAGS:
+                merged["phases"] = value
+        elif key in merged and key not in explicit:
+            merged[key] = value
+    return merged, head
 
 
 def _units(text: str) -> tuple[int, ...]:

@@ -108,3 +108,23 @@ def _check_data_settings(cfg: TrainConfig) -> None:
         )
     if cfg.min_size < 1:
         raise GraftError(f"--min-size must be at least 1, got {cfg.min_size}.")
+
+
+def read_settings(path) -> dict:
+    """The TrainConfig fields stored in a YAML file (other keys, such as the
+    ``resolved_backbone`` or ``versions`` a run's config.yaml also holds, are ignored)."""
+    from pathlib import Path
+
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise GraftError(f"Config file not found: {path}.")
+    try:
+        loaded = yaml.safe_load(file.read_text("utf-8"))
+    except yaml.YAMLError as exc:
+        raise GraftError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise GraftError(f"{path} must hold a mapping of settings, e.g. 'backbone: resnet50'.")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return {k: v for k, v in loaded.items() if k in known}
