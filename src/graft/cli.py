@@ -419,13 +419,12 @@ def data_check(data_path, val, test, min_size, strict):
 @click.option("--layers", is_flag=True, help="List every layer of every block.")
 def inspect(backbone, image_size, alpha, cut, layers):
     """Show a backbone's blocks, layers, parameters, preprocessing and input size."""
-    from graft.backbones import resolve
+    from graft.backbones import is_model_path, resolve
 
+    # The structure does not depend on the weights: never download them to inspect.
     bb = resolve(
         backbone,
-        weights="none"
-        if "/" not in backbone and not backbone.endswith((".keras", ".h5"))
-        else None,
+        weights=None if is_model_path(backbone) else "none",
         image_size=image_size,
         alpha=alpha,
         cut=cut,
