@@ -75,7 +75,10 @@ def _min_size_option(command):
 )
 @click.option("--alpha", type=float, default=None, help="Width multiplier for MobileNets.")
 @click.option(
-    "--strategy", default="hybrid", show_default=True, help="feature | finetune | hybrid."
+    "--strategy",
+    default="hybrid",
+    show_default=True,
+    help="feature | finetune | hybrid | auto (searched, see --budget-trials).",
 )
 @click.option(
     "--epochs",
@@ -182,6 +185,22 @@ def _min_size_option(command):
 @click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
 @click.option(
     "--tensorboard", is_flag=True, help="Write TensorBoard logs under RUN_DIR/tensorboard."
+)
+@click.option(
+    "--source-eval",
+    default=None,
+    help="Labelled data of the backbone's original task: source accuracy before/after.",
+)
+@click.option(
+    "--source-model",
+    default=None,
+    help="The original classifier for --source-eval (default: the --backbone file).",
+)
+@click.option(
+    "--budget-trials",
+    type=int,
+    default=None,
+    help="--strategy auto: number of search trials (default 4).",
 )
 def train(data, backbone, out, val, test, overwrite, unsafe, head, tensorboard, **settings):
     """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv)."""
