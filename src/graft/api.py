@@ -292,6 +292,8 @@ def train(
     Returns:
         A :class:`Run` with the trained model, metrics and history.
     """
+    if budget_trials is not None and settings.get("strategy") != "auto":
+        raise GraftError("--budget-trials is for --strategy auto.")
     if settings.get("strategy") == "auto":
         from graft import autostrategy
 
