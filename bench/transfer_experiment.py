@@ -85,14 +85,23 @@ def draw(y: np.ndarray, target, budget_max: int, seed: int):
     }
 
 
+def skipped_lines(wanted) -> list[str]:
+    """What this graft cannot run of ``wanted`` (printed, and noted in the document)."""
+    _, skipped, l2sp = available(wanted)
+    lines = []
+    if skipped:
+        lines.append(f"Skipped (not in graft.strategies.STRATEGIES): {', '.join(skipped)}")
+    if l2sp is None:
+        lines.append("Skipped L2-SP variants (TrainConfig has no l2sp setting)")
+    return lines
+
+
 def run(args) -> list[dict]:
     from graft import api, demo
 
-    strategies, skipped, l2sp = available(args.strategies.split(","))
-    if skipped:
-        print(f"Skipped (not in graft.strategies.STRATEGIES): {', '.join(skipped)}")
-    if l2sp is None:
-        print("Skipped L2-SP variants (TrainConfig has no l2sp setting)")
+    strategies, _, l2sp = available(args.strategies.split(","))
+    for line in skipped_lines(args.strategies.split(",")):
+        print(line)
     source = demo.pretrained_backbone(log=print)
     x, y = demo.digits_rgb()
     target = demo.TARGET_CLASSES
@@ -215,10 +224,13 @@ architecture from random weights.
 Columns: test accuracy on digits 5-9; linear CKA and mean cosine similarity between the
 pre-trained and the trained backbone's pooled features on the validation images
 (1.0 = unchanged; for scratch: against its own random initialisation); source-task accuracy
-on {SOURCE_EVAL_PER_CLASS * 5} images of digits 0-4 with the original head re-attached to the
-trained backbone (before training: {before:.3f}). Mean ± sample std over seeds.
+on {SOURCE_EVAL_PER_CLASS * 5} images of digits 0-4 (from the pre-training set) with the original
+head re-attached to the trained backbone (before training: {before:.3f}). Mean ± sample std
+over seeds.
 
 {table(rows)}
+{" ".join(line + "." for line in skipped_lines(args.strategies.split(",")))}
+
 Raw per-run numbers: `docs/transfer_experiment.csv`.
 """
 
