@@ -21,10 +21,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft import backbones, cache, data, datacheck, runs
+from graft import backbones, cache, data, datacheck, drift, runs
 from graft.config import TrainConfig
 from graft.errors import DataError, GraftError
-from graft.model import HeadConfig, build_model
+from graft.model import HeadConfig, backbone_of, build_model
 from graft.training import Trainer, TrainResult, make_optimizer
 
 
@@ -251,6 +251,9 @@ def train(
     verbose="auto",
     safe_mode: bool = True,
     tensorboard: bool = False,
+    source_eval=None,
+    source_model: str | os.PathLike | None = None,
+    budget_trials: int | None = None,
     **settings,
 ) -> Run:
     """Graft a pre-trained backbone into a new classifier and train it.
@@ -272,6 +275,13 @@ def train(
         verbose: Keras ``fit`` verbosity.
         safe_mode: Refuse model files whose loading could run code.
         tensorboard: Write TensorBoard logs under ``out/tensorboard`` (needs ``out``).
+        source_eval: Labelled data of the backbone's original task: source-task
+            accuracy before and after training goes to ``metrics["source_task"]``
+            (see :class:`graft.drift.SourceTask`).
+        source_model: The original classifier (head included) for ``source_eval``;
+            default: the ``backbone`` file itself (with ``cut`` dropping its head).
+        budget_trials: With ``strategy="auto"``: trials of the search
+            (:mod:`graft.autostrategy`).
         **settings: Any :class:`~graft.config.TrainConfig` field: ``weights``,
             ``cut``, ``preprocess``, ``alpha``, ``image_size``, ``strategy``,
             ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
@@ -282,6 +292,17 @@ def train(
     Returns:
         A :class:`Run` with the trained model, metrics and history.
     """
+    if budget_trials is not None and settings.get("strategy") != "auto":
+        raise GraftError("--budget-trials is for --strategy auto.")
+    if settings.get("strategy") == "auto":
+        from graft import autostrategy
+
+        return autostrategy.train_auto(
+            data_source, backbone, out, val=val, test=test, classes=classes,
+            overwrite=overwrite, log=log, verbose=verbose, safe_mode=safe_mode,
+            tensorboard=tensorboard, source_eval=source_eval, source_model=source_model,
+            budget_trials=budget_trials, **settings,
+        )  # fmt: skip
     cfg = TrainConfig(backbone=str(backbone), **settings)
     phases = cfg.resolved_plan()
     # Cheap checks first: bad data paths fail before any backbone is built or downloaded.
@@ -307,6 +328,7 @@ def train(
     train_ds, val_ds, classes, counts, splits = _datasets(
         cfg, data_source, val, bb, classes, augment
     )
+    source_task = _source_task(source_eval, source_model, cfg, bb, safe_mode)
     labels = None if splits["train"] is None else _labels_of(splits["train"])
     if len(classes) < 2 and not multi_label:
         raise DataError(f"Training needs at least 2 classes; found {len(classes)}: {classes}.")
@@ -352,6 +374,7 @@ def train(
             cached = cache.cached_datasets(
                 model, bb, splits, cfg, augment=augment, log=log, verbose=1 if verbose else 0
             )
+    reference = drift.snapshot(model)
     result = trainer.fit(phases, train_ds, val_ds, cached=cached)
     seconds = time.perf_counter() - start
     if callbacks:
@@ -361,6 +384,15 @@ def train(
     if check is not None:
         metrics["data_check"] = check.counts()
         counts["skipped"] = check.skipped
+    train_eval = None
+    if splits["train"] is not None:
+        train_eval = lambda: _eval_pipeline(splits["train"], bb, cfg.batch_size)  # noqa: E731
+    feature_drift = drift.run_drift(model, reference, val_ds, train_eval, log)
+    if feature_drift is not None:
+        metrics["feature_drift"] = feature_drift
+    if source_task is not None:
+        metrics["source_task"] = source_task.accuracies(backbone_of(model))
+        log(drift.source_summary_line(metrics["source_task"]))
     if class_weight is not None:
         metrics["class_weight"] = {classes[i]: round(w, 4) for i, w in class_weight.items()}
     if test is not None:
@@ -381,6 +413,22 @@ def train(
         if evaluated is not None:
             run.metrics["evaluation"] = evaluated
     return run
+
+
+def _source_task(source_eval, source_model, cfg: TrainConfig, bb, safe_mode: bool):
+    """The checked source task (``--source-eval``), or ``None``."""
+    if source_eval is None:
+        if source_model is not None:
+            raise GraftError("--source-model needs --source-eval DATA (the source task's data).")
+        return None
+    if source_model is None:
+        if not backbones.is_model_path(cfg.backbone):
+            raise GraftError(
+                "--source-eval needs the original classifier with its head.",
+                hint="pass --source-model PATH (a .keras file whose outputs are DATA's classes).",
+            )
+        source_model = cfg.backbone
+    return drift.SourceTask.prepare(source_model, source_eval, bb.model, bb.preprocess, safe_mode)
 
 
 @contextlib.contextmanager

@@ -83,7 +83,10 @@ def _min_size_option(command):
 )
 @click.option("--alpha", type=float, default=None, help="Width multiplier for MobileNets.")
 @click.option(
-    "--strategy", default="hybrid", show_default=True, help="feature | finetune | hybrid."
+    "--strategy",
+    default="hybrid",
+    show_default=True,
+    help="feature | finetune | hybrid | auto (searched, see --budget-trials).",
 )
 @click.option(
     "--epochs",
@@ -191,6 +194,22 @@ def _min_size_option(command):
 @click.option(
     "--tensorboard", is_flag=True, help="Write TensorBoard logs under RUN_DIR/tensorboard."
 )
+@click.option(
+    "--source-eval",
+    default=None,
+    help="Labelled data of the backbone's original task: source accuracy before/after.",
+)
+@click.option(
+    "--source-model",
+    default=None,
+    help="The original classifier for --source-eval (default: the --backbone file).",
+)
+@click.option(
+    "--budget-trials",
+    type=int,
+    default=None,
+    help="--strategy auto: number of search trials (default 4).",
+)
 @click.pass_context
 def train(
     ctx,
@@ -280,6 +299,56 @@ def _units(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
         raise GraftError(f"--head must be comma-separated integers, got {text!r}.") from None
+
+
+@app.command(context_settings=_CONTEXT)
+@click.argument("data")
+@click.option(
+    "--strategies",
+    default="feature,finetune,hybrid",
+    show_default=True,
+    help="Comma-separated strategies (any of graft's, plus scratch).",
+)
+def compare(data, strategies, out, val, test, overwrite, unsafe, head, **settings):
+    """Train several strategies on DATA with the same split and seed; compare them.
+
+    Takes the options of 'graft train' (shared by every run); runs go to OUT/<strategy>.
+    """
+    import dataclasses
+
+    from graft import compare as compare_mod
+    from graft.config import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in [k for k in settings if k not in fields]:
+        if settings.pop(name) not in (None, False, ()):
+            raise GraftError(f"--{name.replace('_', '-')} is not supported by graft compare.")
+    rows = compare_mod.compare(
+        data,
+        out=out,
+        strategies=strategies,
+        val=val,
+        test=test,
+        overwrite=overwrite,
+        log=_log,
+        verbose=_fit_verbosity(),
+        safe_mode=not unsafe,
+        head=_units(head),
+        **settings,
+    )
+    table = Table(*compare_mod.COLUMNS)
+    for r in rows:
+        table.add_row(*(compare_mod.cell(r.get(c), c) for c in compare_mod.COLUMNS))
+    console.print(table)
+    _log(f"Comparison: {out / compare_mod.CSV_FILE}, .md and {compare_mod.PLOT_FILE}")
+
+
+# Every 'graft train' option that configures a run is shared by the compared runs.
+_NOT_FOR_COMPARE = {"data", "strategy", "tensorboard", "source_eval", "source_model"}
+_NOT_FOR_COMPARE |= {"budget_trials"}
+compare.params.extend(
+    p for p in train.params if p.name not in _NOT_FOR_COMPARE | {q.name for q in compare.params}
+)
 
 
 @app.command(context_settings=_CONTEXT)

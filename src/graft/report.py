@@ -391,11 +391,17 @@ def _calibration_section(ev: dict) -> str:
 
 def _drift_section(metrics: dict) -> str:
     drift = metrics.get("feature_drift") or metrics.get("drift")
+    source = metrics.get("source_task")
+    extra = ""
+    if isinstance(source, dict):
+        extra = "<p>Source task (original head on the fine-tuned backbone):</p>" + _table(
+            ["measure", "value"], [[k, v] for k, v in source.items()], {1}
+        )
     if not drift:
-        return '<p class="muted">Not measured for this run.</p>'
+        return '<p class="muted">Not measured for this run.</p>' + extra
     if isinstance(drift, dict):
-        return _table(["measure", "value"], [[k, v] for k, v in drift.items()], {1})
-    return f"<p>{_e(_fmt(drift))}</p>"
+        return _table(["measure", "value"], [[k, v] for k, v in drift.items()], {1}) + extra
+    return f"<p>{_e(_fmt(drift))}</p>" + extra
 
 
 def _timing_section(metrics: dict) -> str:

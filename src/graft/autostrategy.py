@@ -1,0 +1,311 @@
+"""``--strategy auto``: choose strategy, unfreeze depth and learning rates by measurement.
+
+A small KerasTuner search (``--budget-trials N``, default :data:`DEFAULT_TRIALS`) over
+
+- ``strategy``: the grafting strategies (``feature``, ``hybrid``, ``finetune``);
+- ``lr``: the head's learning rate;
+- ``unfreeze_blocks`` (``blocks:N``) and ``finetune_lr``: only for strategies that
+  unfreeze part of the backbone (KerasTuner conditional hyperparameters).
+
+Every trial is a short, in-memory :func:`graft.api.train` run on the same split and
+seed (:data:`TRIAL_EPOCHS` epochs, the feature cache makes frozen-backbone trials
+cheap), scored by validation accuracy (ties: lower validation loss, then the earlier
+trial). The chosen configuration is then trained with the full epoch budget into the
+run folder, and ``RUN_DIR/auto_search.json`` records the space, every trial and the choice.
+
+The classic guidance is the *prior*, not the decision: the first trial is the space's
+default, which is feature extraction with a shallow unfreeze depth for small datasets
+(fewer than :data:`SMALL_DATA` training images per class) and hybrid fine-tuning of
+two blocks with a higher backbone rate otherwise; the remaining trials sample the space
+at random, and the measured best wins whatever the prior said.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+
+from graft.errors import GraftError
+
+DEFAULT_TRIALS = 4
+TRIAL_EPOCHS = 3
+SMALL_DATA = 30
+AUTO_FILE = "auto_search.json"
+STRATEGY_ORDER_SMALL = ("feature", "hybrid", "finetune")
+STRATEGY_ORDER_LARGE = ("hybrid", "finetune", "feature")
+HEAD_LRS = (1e-3, 3e-3, 3e-4)
+BACKBONE_LRS = (1e-5, 1e-4, 1e-3)
+
+
+def search_space(images_per_class: float, blocks: int):
+    """The KerasTuner space; its defaults encode the classic guidance for this data size.
+
+    Args:
+        images_per_class: Training images per class.
+        blocks: Blocks of the backbone (the deepest unfreeze depth tried is ``min(4, blocks)``).
+
+    Returns:
+        A ``keras_tuner.HyperParameters``.
+    """
+    import keras_tuner as kt
+
+    from graft.strategies import STRATEGIES
+
+    small = images_per_class < SMALL_DATA
+    order = [
+        s for s in (STRATEGY_ORDER_SMALL if small else STRATEGY_ORDER_LARGE) if s in STRATEGIES
+    ]
+    hp = kt.HyperParameters()
+    hp.Choice("strategy", order, default=order[0])
+    hp.Choice("lr", list(HEAD_LRS), default=HEAD_LRS[0])
+    unfreezing = [s for s in order if s != "feature"]
+    if unfreezing:
+        with hp.conditional_scope("strategy", unfreezing):
+            deepest = max(1, min(4, blocks))
+            hp.Int("unfreeze_blocks", 1, deepest, default=1 if small else min(2, deepest))
+            hp.Choice("finetune_lr", list(BACKBONE_LRS), default=BACKBONE_LRS[0 if small else 1])
+    return hp
+
+
+def settings_of(values: dict, trial_epochs: int | None = None) -> dict:
+    """graft settings for a trial's hyperparameter values (short epochs if ``trial_epochs``)."""
+    settings = {"strategy": values["strategy"], "lr": float(values["lr"])}
+    if "unfreeze_blocks" in values:
+        settings["unfreeze"] = f"blocks:{int(values['unfreeze_blocks'])}"
+        settings["finetune_lr"] = float(values["finetune_lr"])
+    if trial_epochs is not None:
+        if values["strategy"] == "hybrid":  # the same total number of epochs as the others
+            settings["epochs"] = max(1, trial_epochs // 2)
+            settings["finetune_epochs"] = max(1, trial_epochs - trial_epochs // 2)
+        else:
+            settings["epochs"] = trial_epochs
+    return settings
+
+
+def _oracle_class():
+    import keras_tuner as kt
+    from keras_tuner.src.engine import trial as trial_module
+
+    class PriorFirstOracle(kt.oracles.RandomSearchOracle):
+        """Random search whose first trial is the space's defaults (the prior)."""
+
+        def populate_space(self, trial_id):
+            if not self.start_order:
+                space = self.get_space()
+                values = {hp.name: hp.default for hp in space.space if space.is_active(hp)}
+                return {"status": trial_module.TrialStatus.RUNNING, "values": values}
+            return super().populate_space(trial_id)
+
+    return PriorFirstOracle
+
+
+def _images_per_class(data_source, val, settings: dict) -> tuple[float, str]:
+    from graft import api
+
+    files = api._as_files(data_source)
+    if isinstance(files, tuple):
+        labels = files[1]
+        n, classes = len(labels), (labels.shape[1] if labels.ndim == 2 else len(set(labels)))
+    elif api._is_tf_dataset(files):
+        return float(SMALL_DATA), "unknown (tf.data)"
+    else:
+        n, classes = len(files), len(files.classes)
+    if val is None:
+        n *= 1 - float(settings.get("val_split", 0.2))
+    return n / max(1, classes), f"{n / max(1, classes):.1f}"
+
+
+def search(
+    data_source,
+    backbone: str,
+    *,
+    val=None,
+    classes=None,
+    budget_trials: int = DEFAULT_TRIALS,
+    trial_epochs: int = TRIAL_EPOCHS,
+    log: Callable[[str], None] = print,
+    safe_mode: bool = True,
+    **settings,
+) -> dict:
+    """Run the search; returns the record written to ``auto_search.json``.
+
+    Args:
+        data_source: Training data, as for :func:`graft.api.train`.
+        backbone: Registry name or model file.
+        val: Validation data (default: ``val_split`` of ``data_source``).
+        classes: Class names for array or tf.data labels.
+        budget_trials: Number of trials.
+        trial_epochs: Epochs per trial.
+        log: Receives one line per trial.
+        safe_mode: Refuse model files whose loading could run code.
+        **settings: Other :class:`~graft.config.TrainConfig` fields shared by all trials.
+
+    Returns:
+        ``{"objective", "budget_trials", "trial_epochs", "images_per_class", "prior",
+        "space", "trials": [{"trial", "settings", "val_accuracy", "val_loss",
+        "seconds"}], "chosen_trial", "chosen"}``.
+    """
+    import keras_tuner as kt
+
+    from graft import api, backbones
+
+    if budget_trials < 1:
+        raise GraftError(f"--budget-trials must be at least 1, got {budget_trials}.")
+    _check_validation(val, settings)
+    per_class, per_class_text = _images_per_class(data_source, val, settings)
+    bb = backbones.resolve(
+        backbone,
+        weights=settings.get("weights"),
+        image_size=settings.get("image_size"),
+        alpha=settings.get("alpha"),
+        cut=settings.get("cut"),
+        preprocess=settings.get("preprocess"),
+        safe_mode=safe_mode,
+    )
+    hp = search_space(per_class, len(bb.blocks))
+    prior = {p.name: p.default for p in hp.space if hp.is_active(p)}
+    records: list[dict] = []
+    failure: list[BaseException] = []
+
+    class Search(kt.engine.base_tuner.BaseTuner):
+        def run_trial(self, trial, *args, **kwargs):
+            values = dict(trial.hyperparameters.values)
+            trial_settings = {**settings, **settings_of(values, trial_epochs)}
+            start = time.perf_counter()
+            try:
+                run = api.train(
+                    data_source,
+                    backbone,
+                    None,
+                    val=val,
+                    classes=classes,
+                    log=lambda _line: None,
+                    verbose=0,
+                    safe_mode=safe_mode,
+                    **trial_settings,
+                )
+            except GraftError as exc:
+                failure.append(exc)
+                raise kt.errors.FatalError(str(exc)) from exc
+            metrics = run.metrics
+            record = {
+                "trial": len(records) + 1,
+                "settings": settings_of(values),
+                "val_accuracy": float(metrics["val_accuracy"]),
+                "val_loss": float(metrics["val_loss"]),
+                "feature_drift_cka": (metrics.get("feature_drift") or {}).get("cka"),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+            records.append(record)
+            log(
+                f"Auto trial {record['trial']}/{budget_trials}: {_describe(record['settings'])}"
+                f" -> val_accuracy {record['val_accuracy']:.4f}"
+            )
+            return {"val_accuracy": record["val_accuracy"]}
+
+    log(
+        f"Auto strategy: {budget_trials} trial(s) of {trial_epochs} epoch(s), "
+        f"{per_class_text} training images per class; "
+        f"first (prior): {_describe(settings_of(prior))}"
+    )
+    with tempfile.TemporaryDirectory(prefix="graft-auto-") as work:
+        oracle = _oracle_class()(
+            objective=kt.Objective("val_accuracy", "max"),
+            max_trials=budget_trials,
+            hyperparameters=hp,
+            seed=int(settings.get("seed", 0)),
+        )
+        tuner = Search(oracle=oracle, directory=work, project_name="search", overwrite=True)
+        try:
+            tuner.search(verbose=0)
+        except kt.errors.FatalError:
+            if failure:
+                raise failure[0] from None
+            raise
+    if not records:
+        raise GraftError("--strategy auto: no trial finished.")
+    best = min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
+    return {
+        "objective": "val_accuracy (ties: val_loss, then the earlier trial)",
+        "budget_trials": budget_trials,
+        "trial_epochs": trial_epochs,
+        "images_per_class": round(per_class, 2),
+        "prior": settings_of(prior),
+        "space": [p.get_config() for p in hp.space],
+        "trials": records,
+        "chosen_trial": best["trial"],
+        "chosen": best["settings"],
+    }
+
+
+def _check_validation(val, settings: dict) -> None:
+    if val is None and not settings.get("val_split", 0.2):
+        raise GraftError(
+            "--strategy auto chooses by validation accuracy and needs validation data.",
+            hint="pass --val DATA or a --val-split above 0.",
+        )
+
+
+def _describe(settings: dict) -> str:
+    text = f"{settings['strategy']} lr {settings['lr']:g}"
+    if "unfreeze" in settings:
+        text += f", {settings['unfreeze']} at {settings['finetune_lr']:g}"
+    return text
+
+
+def train_auto(
+    data_source,
+    backbone: str,
+    out: str | os.PathLike | None = None,
+    *,
+    budget_trials: int | None = None,
+    log: Callable[[str], None] = print,
+    **kwargs,
+):
+    """:func:`graft.api.train` with ``strategy="auto"``: search, then train the choice.
+
+    Args:
+        data_source: Training data.
+        backbone: Registry name or model file.
+        out: Run folder (``auto_search.json`` is written into it).
+        budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
+        log: Receives progress lines.
+        **kwargs: Everything else :func:`graft.api.train` takes.
+
+    Returns:
+        The :class:`graft.api.Run` of the chosen configuration, with
+        ``metrics["auto_search"]`` (chosen settings and trial count).
+    """
+    from graft import api, runs
+
+    kwargs.pop("strategy", None)
+    if kwargs.get("phases") is not None:
+        raise GraftError("--strategy auto chooses the phases itself; drop the custom plan.")
+    run_keys = {"test", "overwrite", "verbose", "tensorboard", "source_eval", "source_model"}
+    run_only = {k: kwargs.pop(k) for k in list(kwargs) if k in run_keys}
+    _check_validation(kwargs.get("val"), kwargs)
+    if out is not None:
+        runs.prepare(out, run_only.get("overwrite", False))  # fail before searching
+        run_only["overwrite"] = True
+    record = search(
+        data_source,
+        backbone,
+        budget_trials=budget_trials or DEFAULT_TRIALS,
+        trial_epochs=min(TRIAL_EPOCHS, int(kwargs.get("epochs", TRIAL_EPOCHS))),
+        log=log,
+        **kwargs,
+    )
+    chosen = record["chosen"]
+    log(
+        f"Auto strategy chose {_describe(chosen)} (trial {record['chosen_trial']}: val_accuracy "
+        f"{record['trials'][record['chosen_trial'] - 1]['val_accuracy']:.4f} over "
+        f"{len(record['trials'])} trial(s)); training it with the full epoch budget"
+    )
+    run = api.train(data_source, backbone, out, log=log, **run_only, **{**kwargs, **chosen})
+    run.metrics["auto_search"] = {"chosen": chosen, "trials": len(record["trials"])}
+    if run.run_dir is not None:
+        runs.write_json(run.run_dir / AUTO_FILE, record)
+        runs.write_json(run.run_dir / runs.METRICS_FILE, run.metrics)
+    return run

@@ -1,0 +1,55 @@
+"""--strategy auto: a KerasTuner search whose every trial is recorded and whose best wins."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from graft import autostrategy, cli
+
+
+def test_auto_records_trials_and_trains_the_best(tmp_path, digits_folder, cnn_file, capsys):
+    out = tmp_path / "auto"
+    code = cli.main(
+        ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
+         "--strategy", "auto", "--budget-trials", "2", "--epochs", "1", "--finetune-epochs", "1",
+         "--head", "", "--batch-size", "16", "-o", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    record = json.loads((out / autostrategy.AUTO_FILE).read_text())
+    trials = record["trials"]
+    assert len(trials) == 2 and [t["trial"] for t in trials] == [1, 2]
+    assert all(0.0 <= t["val_accuracy"] <= 1.0 for t in trials)
+    # 36 images, 3 classes, 20 % validation: small data, so the prior (trial 1) is
+    # feature extraction; the second trial is a different configuration.
+    assert trials[0]["settings"] == record["prior"] and record["prior"]["strategy"] == "feature"
+    assert trials[1]["settings"] != trials[0]["settings"]
+    best = max(trials, key=lambda t: (t["val_accuracy"], -t["val_loss"], -t["trial"]))
+    assert record["chosen"] == best["settings"] and record["chosen_trial"] == best["trial"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["strategy"] == record["chosen"]["strategy"]
+    assert config["lr"] == record["chosen"]["lr"]
+    if "unfreeze" in record["chosen"]:
+        assert config["unfreeze"] == record["chosen"]["unfreeze"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["auto_search"]["chosen"] == record["chosen"]
+    assert "Auto trial 2/2" in printed and "Auto strategy chose" in printed
+
+
+def test_auto_space_follows_the_data_size():
+    small = autostrategy.search_space(images_per_class=10, blocks=5)
+    large = autostrategy.search_space(images_per_class=500, blocks=5)
+    assert small.get("strategy") == "feature" and large.get("strategy") == "hybrid"
+    assert large.get("unfreeze_blocks") == 2 and large.get("finetune_lr") == 1e-4
+
+
+def test_auto_without_validation_is_a_one_line_error(tmp_path, digits_folder, cnn_file, capsys):
+    code = cli.main(
+        ["train", str(digits_folder), "-b", str(cnn_file), "--strategy", "auto",
+         "--val-split", "0", "-o", str(tmp_path / "x")]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "needs validation data" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

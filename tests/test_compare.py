@@ -1,0 +1,61 @@
+"""graft compare: same data and split for every strategy; CSV/markdown/PNG match the runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from PIL import Image
+
+from graft import cli
+from graft.demo import write_folder
+
+
+def test_compare_writes_table_matching_each_run(tmp_path, digits, digits_folder, cnn_file, capsys):
+    x, y = digits
+    idx = np.concatenate([np.flatnonzero(y == c)[20:26] for c in (5, 6, 7)])
+    test_dir = write_folder(tmp_path / "test", x[idx], y[idx], {5: "five", 6: "six", 7: "seven"})
+    out = tmp_path / "cmp"
+    code = cli.main(
+        ["compare", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
+         "--strategies", "feature,finetune,scratch", "--unfreeze", "all", "--finetune-lr", "0.01",
+         "--epochs", "1", "--head", "", "--batch-size", "16", "--test", str(test_dir),
+         "-o", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    with open(out / "compare.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["strategy"] for r in rows] == ["feature", "finetune", "scratch"]
+    splits = set()
+    for row in rows:
+        metrics = json.loads((out / row["strategy"] / "metrics.json").read_text())
+        assert float(row["val_accuracy"]) == metrics["val_accuracy"]
+        assert float(row["test_accuracy"]) == metrics["test_accuracy"]
+        assert float(row["feature_drift_cka"]) == metrics["feature_drift"]["cka"]
+        assert int(row["trainable_params"]) == max(p["trainable_params"] for p in metrics["phases"])
+        splits.add((metrics["train_images"], metrics["val_images"], metrics["test_images"]))
+        assert row["strategy"] in printed
+    assert splits == {(30, 6, 18)}  # the same split for every strategy
+    by_name = {r["strategy"]: r for r in rows}
+    assert float(by_name["feature"]["feature_drift_cka"]) == 1.0
+    assert float(by_name["finetune"]["feature_drift_cka"]) < 1.0
+    assert int(by_name["feature"]["trainable_params"]) < int(by_name["scratch"]["trainable_params"])
+    config = (out / "scratch" / "config.yaml").read_text()
+    assert "weights: none" in config
+    md = (out / "compare.md").read_text().splitlines()
+    assert md[0].startswith("| strategy | val_accuracy | test_accuracy | feature_drift_cka")
+    assert len(md) == 2 + 3 and md[3].startswith("| finetune | ")
+    with Image.open(out / "compare.png") as png:
+        assert png.format == "PNG" and png.size[0] > 300
+
+
+def test_compare_rejects_unknown_strategy_in_one_line(tmp_path, digits_folder, cnn_file, capsys):
+    code = cli.main(
+        ["compare", str(digits_folder), "-b", str(cnn_file), "--strategies", "feature,hybird",
+         "-o", str(tmp_path / "x")]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Unknown strategy: 'hybird'" in err and "hybrid" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
