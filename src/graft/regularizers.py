@@ -54,8 +54,13 @@ class L2SPOptimizer(keras.optimizers.MultiOptimizer):
             values = self._anchor_values.get(id(variable))
             if values is None:
                 continue
-            anchor = self.add_variable_from_reference(variable, "l2sp_anchor")
-            anchor.assign(values)
+            # Initialised with w0 (an assign here could run in Keras's stateless build scope).
+            anchor = self.add_variable(
+                shape=variable.shape,
+                initializer=_constant(values),
+                dtype=variable.dtype,
+                name=f"{variable.path.replace('/', '_')}_l2sp_anchor",
+            )
             self._anchor_vars[self._var_key(variable)] = anchor
 
     def apply(self, grads, trainable_variables=None):
@@ -80,6 +85,13 @@ class L2SPOptimizer(keras.optimizers.MultiOptimizer):
             "L2SPOptimizer is a training-time optimizer; graft recompiles the model with a "
             "plain optimizer before saving it."
         )
+
+
+def _constant(values):
+    def initializer(shape, dtype=None):
+        return ops.convert_to_tensor(np.asarray(values).reshape(shape), dtype=dtype)
+
+    return initializer
 
 
 def bn_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
