@@ -116,7 +116,7 @@ class _Sweep(keras.callbacks.Callback):
         self._avg, self._best = 0.0, math.inf
 
     def on_train_begin(self, logs=None):
-        self._opts = sub_optimizers(self.model.optimizer)
+        self._opts = sub_optimizers(self.model.optimizer, self.model.trainable_variables)
         self._ratios = [
             float(keras.ops.convert_to_numpy(o.learning_rate)) / self.base for o in self._opts
         ]

@@ -150,12 +150,18 @@ def build(
     return keras.optimizers.MultiOptimizer(select)
 
 
-def sub_optimizers(optimizer) -> list:
+def sub_optimizers(optimizer, variables=None) -> list:
     """The optimizers that hold learning rates (inside a MultiOptimizer or a
-    LossScaleOptimizer), in a stable order."""
+    LossScaleOptimizer), in a stable order.
+
+    A ``MultiOptimizer`` with a selector knows its sub-optimizers only once built:
+    pass the model's trainable ``variables`` to build it first if needed.
+    """
     inner = getattr(optimizer, "inner_optimizer", None)
     if inner is not None:
-        return sub_optimizers(inner)
+        return sub_optimizers(inner, variables)
     if isinstance(optimizer, keras.optimizers.MultiOptimizer):
+        if not optimizer.built and variables is not None:
+            optimizer.build(list(variables))
         return list(optimizer.optimizers)
     return [optimizer]

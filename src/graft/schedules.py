@@ -91,7 +91,7 @@ class PhaseSchedule(keras.callbacks.Callback):
         self._scale = 1.0
 
     def on_train_begin(self, logs=None):
-        self._opts = sub_optimizers(self.model.optimizer)
+        self._opts = sub_optimizers(self.model.optimizer, self.model.trainable_variables)
         self._base = [float(keras.ops.convert_to_numpy(o.learning_rate)) for o in self._opts]
         self._first = None
         self._best = math.inf
