@@ -277,7 +277,11 @@ def train(
             ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
             ``train_bn``, ``optimizer``, ``head``, ``dropout``, ``batch_size``,
             ``val_split``, ``seed``, ``augment`` (none/light/standard),
-            ``class_weight`` (none/auto), ``min_size``, ``strict``, or ``phases``.
+            ``class_weight`` (none/auto), ``min_size``, ``strict``, or ``phases``;
+            ``lr="auto"`` runs the LR finder first; per-phase options for named
+            strategies: ``lr_mult``, ``layer_decay``, ``schedule``, ``warmup_epochs``,
+            ``early_stop``, ``weight_decay``, ``l2sp``, ``recalibrate_bn``; ``gradual``
+            takes ``gradual_blocks``, ``gradual_step``, ``gradual_epochs``.
 
     Returns:
         A :class:`Run` with the trained model, metrics and history.
