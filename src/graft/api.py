@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft import backbones, cache, data, datacheck, drift, runs
+from graft import backbones, cache, data, datacheck, drift, runs, strategies
 from graft.config import TrainConfig
 from graft.errors import DataError, GraftError
 from graft.model import HeadConfig, backbone_of, build_model
@@ -287,7 +287,11 @@ def train(
             ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
             ``train_bn``, ``optimizer``, ``head``, ``dropout``, ``batch_size``,
             ``val_split``, ``seed``, ``augment`` (none/light/standard),
-            ``class_weight`` (none/auto), ``min_size``, ``strict``, or ``phases``.
+            ``class_weight`` (none/auto), ``min_size``, ``strict``, or ``phases``;
+            ``lr="auto"`` runs the LR finder first; per-phase options for named
+            strategies: ``lr_mult``, ``layer_decay``, ``schedule``, ``warmup_epochs``,
+            ``early_stop``, ``weight_decay``, ``l2sp``, ``recalibrate_bn``; ``gradual``
+            takes ``gradual_blocks``, ``gradual_step``, ``gradual_epochs``.
 
     Returns:
         A :class:`Run` with the trained model, metrics and history.
@@ -338,8 +342,10 @@ def train(
         f"{bb.image_size[0]}x{bb.image_size[1]}, preprocess {bb.preprocess}); "
         f"{len(classes)} classes, {counts['train']} train / {counts['val']} val images"
     )
+    plan_head = strategies.plan_head(phases)  # e.g. lp-ft's linear probe
+    head_units = cfg.head if plan_head is None else plan_head
     with _precision(cfg.precision):
-        model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout, multi_label))
+        model = build_model(bb, len(classes), HeadConfig(head_units, cfg.dropout, multi_label))
     loss, metrics_list = _task(multi_label)
     callbacks = []
     if tensorboard and run_dir is None:
@@ -360,8 +366,13 @@ def train(
         jit_compile=_jit(cfg.jit),
     )
     start = time.perf_counter()
+    lr_found = None
+    if cfg.lr == "auto":
+        phases, lr_found = _auto_lr(cfg, trainer, phases, train_ds, run_dir, log)
     cached = None
-    if cfg.cache and any(p.backbone_frozen for p in phases):
+    if cfg.cache and any(p.recalibrate_bn for p in phases):
+        log("Feature cache off: BN recalibration changes the backbone's features.")
+    elif cfg.cache and any(p.backbone_frozen for p in phases):
         if augment is not None and not cfg.cache_views:
             log(
                 "Feature cache off: augmentation changes every training image in every epoch, "
@@ -381,6 +392,8 @@ def train(
         tb.write_phases(run_dir, result.history)
     _compile_for_shipping(model, phases[-1], loss, metrics_list)
     metrics = _metrics(result, counts, seconds)
+    if lr_found is not None:
+        metrics["lr_find"] = lr_found
     if check is not None:
         metrics["data_check"] = check.counts()
         counts["skipped"] = check.skipped
@@ -429,6 +442,93 @@ def _source_task(source_eval, source_model, cfg: TrainConfig, bb, safe_mode: boo
             )
         source_model = cfg.backbone
     return drift.SourceTask.prepare(source_model, source_eval, bb.model, bb.preprocess, safe_mode)
+
+
+def _auto_lr(cfg: TrainConfig, trainer: Trainer, phases, train_ds, run_dir, log):
+    """``--lr auto``: run the LR finder on the first phase; the plan with its suggestion."""
+    from graft import lrfind
+
+    found = lrfind.sweep(trainer, phases[0], train_ds)
+    cfg.lr = float(f"{found.suggestion:.3g}")
+    log(
+        f"LR finder: suggested lr {cfg.lr:g} (valley of {len(found.lrs)} steps, "
+        f"{found.start_lr:g} to {found.end_lr:g})"
+    )
+    if run_dir is not None:
+        found.write(run_dir)
+    return cfg.resolved_plan(), {"suggestion": cfg.lr, "steps": len(found.lrs)}
+
+
+def lr_find(
+    data_source,
+    backbone: str,
+    out: str | os.PathLike | None = None,
+    *,
+    phase: int = 1,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    classes: list[str] | None = None,
+    log: Callable[[str], None] = print,
+    safe_mode: bool = True,
+    **settings,
+):
+    """Sweep the learning rate of one phase of a run's plan and suggest a value.
+
+    Builds the model exactly as :func:`train` would (same settings), trains the phases
+    before ``phase`` (if any), then runs :func:`graft.lrfind.sweep`, which leaves the
+    weights as they were before the sweep.
+
+    Args:
+        data_source: Training data, as for :func:`train`.
+        backbone: As for :func:`train`.
+        out: Folder for ``lr_find.csv`` and ``lr_find.png`` (``None``: write nothing).
+        phase: Which phase of the plan to sweep (1-based; default: the first, the head).
+        start_lr: First learning rate.
+        end_lr: Last learning rate.
+        steps: Batches in the sweep.
+        classes: Class names for array labels.
+        log: Receives one line per step.
+        safe_mode: Refuse model files whose loading could run code.
+        **settings: :class:`~graft.config.TrainConfig` fields (``strategy``,
+            ``unfreeze``, ``head``, ``batch_size``, ...).
+
+    Returns:
+        A :class:`graft.lrfind.LRFindResult`.
+    """
+    from graft import lrfind
+
+    settings.setdefault("val_split", 0.0)
+    cfg = TrainConfig(backbone=str(backbone), **settings)
+    phases = cfg.resolved_plan()
+    if not 1 <= phase <= len(phases):
+        raise GraftError(f"--phase must be 1..{len(phases)} for this plan, got {phase}.")
+    data_source = _as_files(data_source)
+    data_source, _, _, _ = _checked(cfg, data_source, None, None, log)
+    keras.utils.set_random_seed(cfg.seed)
+    bb = backbones.resolve(
+        cfg.backbone,
+        weights=cfg.weights,
+        image_size=cfg.image_size,
+        alpha=cfg.alpha,
+        cut=cfg.cut,
+        preprocess=cfg.preprocess,
+        safe_mode=safe_mode,
+    )
+    train_ds, _, classes, _, _ = _datasets(cfg, data_source, None, bb, classes)
+    multi_label = _is_multi_label(data_source)
+    head = strategies.plan_head(phases)
+    model = build_model(
+        bb, len(classes), HeadConfig(cfg.head if head is None else head, cfg.dropout, multi_label)
+    )
+    loss, metrics_list = _task(multi_label)
+    trainer = Trainer(model, bb.blocks, loss=loss, metrics=metrics_list, log=log, verbose=0)
+    if phase > 1:
+        trainer.fit(phases[: phase - 1], train_ds)
+    found = lrfind.sweep(trainer, phases[phase - 1], train_ds, start_lr, end_lr, steps)
+    if out is not None:
+        found.write(out)
+    return found
 
 
 @contextlib.contextmanager

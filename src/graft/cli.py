@@ -52,6 +52,102 @@ def _min_size_option(command):
     )(command)
 
 
+def _lr(value):
+    if value is None or isinstance(value, float) or value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise GraftError(f"--lr must be a number or 'auto', got {value!r}.") from None
+
+
+def _strategy_options(command):
+    """Options of the per-block rates, schedules and regularisers (train, lr-find)."""
+    options = [
+        click.option("--plan", "plan_file", default=None, help="A YAML list of phases."),
+        click.option(
+            "--print-plan", is_flag=True, help="Print the resolved plan and exit (no training)."
+        ),
+        click.option(
+            "--lr-mult",
+            type=float,
+            default=None,
+            help="Discriminative rates: block d below the top trainable one gets x F^d.",
+        ),
+        click.option(
+            "--layer-decay",
+            type=float,
+            default=None,
+            help="Layer-wise decay: block i from the backbone's top gets lr x D^i.",
+        ),
+        click.option(
+            "--schedule",
+            default=None,
+            help="Per-phase LR schedule: constant | cosine | onecycle | plateau.",
+        ),
+        click.option("--warmup-epochs", type=int, default=None, help="Warm-up epochs (cosine)."),
+        click.option(
+            "--early-stop",
+            type=int,
+            default=None,
+            metavar="PATIENCE",
+            help="Stop a phase after PATIENCE epochs without improvement; keep its best epoch.",
+        ),
+        click.option(
+            "--weight-decay",
+            type=float,
+            default=None,
+            help="Decoupled weight decay (never BN weights or biases).",
+        ),
+        click.option(
+            "--l2sp",
+            type=float,
+            default=None,
+            metavar="ALPHA",
+            help="L2-SP: pull backbone weights toward their pre-trained values.",
+        ),
+        click.option(
+            "--recalibrate-bn",
+            is_flag=True,
+            help="AdaBN: re-estimate BN statistics on the training images first.",
+        ),
+        click.option("--gradual-blocks", type=int, default=None, help="gradual: blocks in all."),
+        click.option(
+            "--gradual-step", type=int, default=1, show_default=True, help="gradual: per phase."
+        ),
+        click.option("--gradual-epochs", type=int, default=None, help="gradual: epochs/phase."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load_plan(path):
+    from graft import plans
+
+    return plans.load(path)
+
+
+def _print_plan(backbone: str, **settings) -> None:
+    from graft import plans
+    from graft.config import TrainConfig
+    from graft.strategies import plan_head
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(backbone=str(backbone), **{k: v for k, v in settings.items() if k in fields})
+    phases = cfg.resolved_plan()
+    rows = plans.rows(phases)
+    title = f"Plan: {cfg.strategy if cfg.phases is None else 'custom'}"
+    table = Table(*rows[0].keys(), title=title)
+    for row in rows:
+        table.add_row(*row.values())
+    Console(width=max(console.width, 160)).print(table)  # a plan is wide: never truncate it
+    head = plan_head(phases)
+    head = cfg.head if head is None else head
+    lr_note = " (lr auto: the LR finder replaces the head lr)" if cfg.lr == "auto" else ""
+    _log(f"Head: {list(head) or 'linear'} hidden units, dropout {cfg.dropout:g}{lr_note}")
+
+
 @app.command(context_settings=_CONTEXT)
 @click.argument("data")
 @click.option(
@@ -86,7 +182,7 @@ def _min_size_option(command):
     "--strategy",
     default="hybrid",
     show_default=True,
-    help="feature | finetune | hybrid | auto (searched, see --budget-trials).",
+    help="feature | finetune | hybrid | gradual | lp-ft | auto (searched, see --budget-trials).",
 )
 @click.option(
     "--epochs",
@@ -109,7 +205,11 @@ def _min_size_option(command):
     help="Backbone layers to fine-tune: all | blocks:N | layers:N | from:LAYER.",
 )
 @click.option(
-    "--lr", type=float, default=1e-3, show_default=True, help="Learning rate of the new head."
+    "--lr",
+    callback=lambda ctx, param, value: _lr(value),
+    default="1e-3",
+    show_default=True,
+    help="Learning rate of the new head; 'auto' runs the LR finder first.",
 )
 @click.option(
     "--finetune-lr",
@@ -210,6 +310,7 @@ def _min_size_option(command):
     default=None,
     help="--strategy auto: number of search trials (default 4).",
 )
+@_strategy_options
 @click.pass_context
 def train(
     ctx,
@@ -223,6 +324,8 @@ def train(
     unsafe,
     head,
     tensorboard,
+    plan_file,
+    print_plan,
     **settings,
 ):
     """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv)."""
@@ -234,6 +337,11 @@ def train(
     backbone = settings.pop("backbone")
     if not backbone:
         raise GraftError("Missing --backbone.", hint="pass --backbone NAME|PATH or --config FILE.")
+    if plan_file is not None:
+        settings["phases"] = _load_plan(plan_file)
+    if print_plan:
+        _print_plan(backbone, head=head, **settings)
+        return
 
     run = api.train(
         data,
@@ -299,6 +407,58 @@ def _units(text: str) -> tuple[int, ...]:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
         raise GraftError(f"--head must be comma-separated integers, got {text!r}.") from None
+
+
+@app.command("lr-find", context_settings=_CONTEXT)
+@click.argument("data")
+@click.option("--backbone", "-b", required=True, help="Registry name or .keras/.h5 path.")
+@click.option(
+    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Folder for CSV + PNG."
+)
+@click.option("--weights", default=None, help="imagenet | none | PATH.")
+@click.option("--cut", default=None, help="Cut a model file at this layer.")
+@click.option("--preprocess", default=None, help="Preprocessing mode (default: the backbone's).")
+@click.option("--alpha", type=float, default=None, help="Width multiplier for MobileNets.")
+@click.option("--image-size", type=int, default=None, help="Input side in pixels.")
+@click.option("--strategy", default="hybrid", show_default=True, help="Strategy of the plan.")
+@click.option("--unfreeze", default="blocks:2", show_default=True, help="Backbone to fine-tune.")
+@click.option("--optimizer", default="adam", show_default=True, help="Optimizer name.")
+@click.option("--head", default="128", show_default=True, help="Hidden units of the head.")
+@click.option("--dropout", type=float, default=0.2, show_default=True, help="Head dropout.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--plan", "plan_file", default=None, help="A YAML list of phases.")
+@click.option("--lr-mult", type=float, default=None, help="Discriminative-rate factor.")
+@click.option("--layer-decay", type=float, default=None, help="Layer-wise decay factor.")
+@click.option("--phase", type=int, default=1, show_default=True, help="Phase to sweep (1-based).")
+@click.option("--start-lr", type=float, default=1e-7, show_default=True, help="First LR.")
+@click.option("--end-lr", type=float, default=10.0, show_default=True, help="Last LR.")
+@click.option("--steps", type=int, default=100, show_default=True, help="Batches in the sweep.")
+@click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
+def lr_find(data, backbone, out, head, plan_file, unsafe, phase, start_lr, end_lr, steps, **kw):
+    """Sweep the learning rate on DATA, plot loss vs LR and suggest a value (valley rule)."""
+    from graft import api
+
+    if plan_file is not None:
+        kw["phases"] = _load_plan(plan_file)
+    if not 0 < start_lr < end_lr or steps < 2:
+        raise GraftError("Need 0 < --start-lr < --end-lr and --steps of at least 2.")
+    found = api.lr_find(
+        data,
+        backbone,
+        out,
+        phase=phase,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        steps=steps,
+        log=_log,
+        safe_mode=not unsafe,
+        head=_units(head),
+        **kw,
+    )
+    _log(f"Swept {len(found.lrs)} steps from {found.start_lr:g} to {found.lrs[-1]:.3g}")
+    _log(f"Loss vs LR: {out / 'lr_find.png'}; values: {out / 'lr_find.csv'}")
+    _log(f"Suggested lr (valley): {found.suggestion:.3g}")
 
 
 @app.command(context_settings=_CONTEXT)

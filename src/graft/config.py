@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from graft.errors import GraftError, UnknownNameError, did_you_mean
 from graft.strategies import DEFAULT_UNFREEZE, STRATEGIES, Phase, plan
 
+#: The head learning rate a plan shows before ``--lr auto`` has run the LR finder.
+AUTO_LR_PLACEHOLDER = 1e-3
+
 
 @dataclass
 class TrainConfig:
@@ -46,8 +49,21 @@ class TrainConfig:
     class_weight: str = "none"
     min_size: int = 16
     strict: bool = False
+    lr_mult: float | None = None
+    layer_decay: float | None = None
+    schedule: str | None = None
+    warmup_epochs: int | None = None
+    early_stop: int | None = None
+    weight_decay: float | None = None
+    l2sp: float | None = None
+    recalibrate_bn: bool = False
+    gradual_blocks: int | None = None
+    gradual_step: int = 1
+    gradual_epochs: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.lr, str) and self.lr != "auto":
+            raise GraftError(f"--lr must be a positive number or 'auto', got {self.lr!r}.")
         if self.strategy not in STRATEGIES and self.phases is None:
             plan(self.strategy)  # raises the unknown-strategy error
         if self.batch_size < 1:
@@ -69,17 +85,27 @@ class TrainConfig:
 
     def resolved_plan(self) -> list[Phase]:
         """The phases this config will run."""
+        from graft import plans
+
         if self.phases is not None:
             return [p if isinstance(p, Phase) else Phase.from_dict(p) for p in self.phases]
-        return plan(
+        phases = plan(
             self.strategy,
             epochs=self.epochs,
             finetune_epochs=self.finetune_epochs,
-            lr=self.lr,
+            lr=AUTO_LR_PLACEHOLDER if self.lr == "auto" else self.lr,
             finetune_lr=self.finetune_lr,
             unfreeze=self.unfreeze,
             train_bn=self.train_bn,
             optimizer=self.optimizer,
+            gradual_blocks=self.gradual_blocks,
+            gradual_step=self.gradual_step,
+            gradual_epochs=self.gradual_epochs,
+        )
+        return plans.with_options(
+            phases,
+            recalibrate_bn=self.recalibrate_bn,
+            **{k: getattr(self, k) for k in plans.PHASE_OPTIONS},
         )
 
     def as_dict(self) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import keras
 
-from graft import cache, freezing
+from graft import cache, freezing, optim, regularizers, schedules
 from graft.blocks import Block
 from graft.errors import TrainingFailed
 from graft.model import backbone_of
@@ -124,6 +124,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.jit_compile = jit_compile
         self.class_weight = class_weight
+        self.anchors = None  # L2-SP: backbone weights at the start of fit
+        self._callbacks_of_phase: list = []
 
     def __repr__(self) -> str:
         return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
@@ -134,8 +136,12 @@ class Trainer:
         """Apply a phase's trainability and compile ``target`` (default: the model) for it."""
         report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
         on_features = target is not None and target is not self.model
+        if optim.needs_custom(phase):
+            optimizer = optim.build(phase, self.model, self.blocks, self.anchors)
+        else:
+            optimizer = make_optimizer(phase, self.model)
         (target or self.model).compile(
-            optimizer=make_optimizer(phase, self.model),
+            optimizer=optimizer,
             loss=self.loss,
             metrics=self.metrics,
             jit_compile=self.jit_compile,
@@ -147,7 +153,8 @@ class Trainer:
     def phase_callbacks(self, phase: Phase, index: int, target: keras.Model) -> list:
         """Keras callbacks for one phase; ``target`` is the model being fitted (the full
         model, or the head alone on cached features). Per-phase policies hook in here."""
-        return []
+        self._callbacks_of_phase = schedules.callbacks(phase)
+        return list(self._callbacks_of_phase)
 
     def fit(self, plan: list[Phase], train, val=None, cached=None) -> TrainResult:
         """Run every phase of ``plan`` in order on ``train`` (validating on ``val``).
@@ -164,8 +171,13 @@ class Trainer:
         result = TrainResult()
         epoch = 0
         head = cache.head_model(self.model) if cached is not None else None
+        if any(p.l2sp for p in plan) and self.anchors is None:
+            self.anchors = optim.backbone_anchors(self.model)
         for index, phase in enumerate(plan, start=1):
             on_cache = head is not None and phase.backbone_frozen
+            if phase.recalibrate_bn:
+                n = regularizers.recalibrate_bn(self.model, train)
+                self.log(f"Recalibrated the statistics of {n} BatchNorm layers (AdaBN)")
             target = head if on_cache else self.model
             report = self.prepare(phase, target)
             lr_text = f"lr {phase.lr:g}"
@@ -192,6 +204,7 @@ class Trainer:
             )
             seconds = time.perf_counter() - start
             epochs_run = len(history.epoch)
+            lrs = schedules.epoch_lrs(phase, self._callbacks_of_phase, epochs_run)
             for i in range(epochs_run):
                 row = {
                     "phase": phase.name,
@@ -201,10 +214,7 @@ class Trainer:
                 }
                 row.update({k: float(v[i]) for k, v in history.history.items()})
                 row["seconds"] = round(timer.seconds[i], 4)
-                row["lr"] = phase.lr
-                row["backbone_lr"] = (
-                    None if phase.backbone_frozen else (phase.backbone_lr or phase.lr)
-                )
+                row["lr"], row["backbone_lr"] = lrs[i]
                 result.history.append(row)
                 if not math.isfinite(row.get("loss", 0.0)):
                     raise TrainingFailed(
