@@ -7,6 +7,7 @@ failure while working exits 1; ``--debug`` shows tracebacks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
