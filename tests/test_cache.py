@@ -117,8 +117,9 @@ def test_no_cache_writes_nothing(digits_folder, tmp_path):
 
 
 def test_augmented_views_are_cached_and_cycled(digits_folder, tmp_path):
-    run, lines = _train(digits_folder, tmp_path, strategy="feature", epochs=3,
-                        augment="light", cache_views=2)
+    run, lines = _train(
+        digits_folder, tmp_path, strategy="feature", epochs=3, augment="light", cache_views=2
+    )
     views = [line for line in lines if "augmented view" in line]
     assert len(views) == 2 and all("computed" in line for line in views)
     assert any("on cached features" in line for line in lines)
