@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import time
@@ -239,8 +240,8 @@ def _fit_arrays(x, bb):
 
 
 def train(
-    data_source,
-    backbone: str,
+    data_source=None,
+    backbone: str | None = None,
     out: str | os.PathLike | None = None,
     *,
     val=None,
@@ -251,6 +252,7 @@ def train(
     verbose="auto",
     safe_mode: bool = True,
     tensorboard: bool = False,
+    resume: str | os.PathLike | None = None,
     **settings,
 ) -> Run:
     """Graft a pre-trained backbone into a new classifier and train it.
@@ -272,17 +274,82 @@ def train(
         verbose: Keras ``fit`` verbosity.
         safe_mode: Refuse model files whose loading could run code.
         tensorboard: Write TensorBoard logs under ``out/tensorboard`` (needs ``out``).
+        resume: A run folder whose training was interrupted: reload its
+            ``config.yaml`` and last checkpoint and continue where it stopped
+            (``data_source``/``backbone``/settings come from the folder; pass the data
+            again only if it was in memory).
         **settings: Any :class:`~graft.config.TrainConfig` field: ``weights``,
             ``cut``, ``preprocess``, ``alpha``, ``image_size``, ``strategy``,
             ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
             ``train_bn``, ``optimizer``, ``head``, ``dropout``, ``batch_size``,
             ``val_split``, ``seed``, ``augment`` (none/light/standard),
-            ``class_weight`` (none/auto), ``min_size``, ``strict``, or ``phases``.
+            ``class_weight`` (none/auto), ``min_size``, ``strict``, ``deterministic``,
+            ``distribute`` (none/mirrored/multi-worker), ``devices``, or ``phases``.
 
     Returns:
         A :class:`Run` with the trained model, metrics and history.
     """
+    from graft import checkpoints
+
+    if resume is not None:
+        out = resume
+        saved = checkpoints.saved_config(resume)
+        source = saved.get("data") or {}
+        data_source = data_source if data_source is not None else source.get("train")
+        val = val if val is not None else source.get("val")
+        test = test if test is not None else source.get("test")
+        classes = classes or source.get("classes")
+        backbone = saved["backbone"]
+        safe_mode = bool(saved.get("safe_mode", safe_mode))
+        settings = {**TrainConfig.from_dict(saved).as_dict(), **settings}
+        settings.pop("backbone")
+        if data_source is None:
+            raise GraftError(
+                f"{resume} was trained on in-memory data, which a run folder cannot hold.",
+                hint="pass the same data again: graft.train(data, resume=...).",
+            )
+    if data_source is None or backbone is None:
+        raise GraftError("train needs data and a backbone (or resume=RUN_DIR).")
+    sources = {
+        "train": _source_path(data_source),
+        "val": _source_path(val),
+        "test": _source_path(test),
+        "classes": classes,
+    }
+    holder: dict = {}
+    try:
+        return _train(
+            data_source, backbone, out, val, test, classes, overwrite, log, verbose,
+            safe_mode, tensorboard, resume, sources, holder, settings,
+        )  # fmt: skip
+    except BaseException as exc:
+        if holder.get("run_dir") is not None:
+            status, details = checkpoints.describe_failure(exc)
+            checkpoints.write_status(holder["run_dir"], status, **details)
+        raise checkpoints.as_user_error(exc, settings.get("batch_size", 32)) from None
+    finally:
+        if holder.get("scope") is not None:
+            holder["scope"].close()  # leave the strategy scope even on failure
+
+
+def _source_path(source) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return str(Path(source).expanduser().resolve())
+    return None
+
+
+def _train(
+    data_source, backbone, out, val, test, classes, overwrite, log, verbose,
+    safe_mode, tensorboard, resume, sources, holder, settings,
+) -> Run:  # fmt: skip
+    """The body of :func:`train` (which adds resume arguments and failure status)."""
+    from graft import checkpoints, distribute
+
     cfg = TrainConfig(backbone=str(backbone), **settings)
+    if cfg.deterministic:
+        distribute.enable_determinism()
+    strategy = distribute.strategy(cfg.distribute, cfg.devices)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     phases = cfg.resolved_plan()
     # Cheap checks first: bad data paths fail before any backbone is built or downloaded.
     data_source = _as_files(data_source)
@@ -292,8 +359,19 @@ def train(
     data_source, val, test, check = _checked(cfg, data_source, val, test, log)
     multi_label = _is_multi_label(data_source)
     augment = data.augmentation(cfg.augment, cfg.seed)
-    run_dir = runs.prepare(out, overwrite) if out is not None else None
+    run_dir = runs.prepare(out, overwrite or resume is not None) if out is not None else None
+    holder["run_dir"] = run_dir
+    if run_dir is not None and resume is None:
+        config = {**cfg.as_dict(), "data": sources, "safe_mode": safe_mode}
+        runs.write_yaml(run_dir / runs.CONFIG_FILE, config)
+    if run_dir is not None:
+        checkpoints.write_status(run_dir, "running")
     keras.utils.set_random_seed(cfg.seed)
+    scope = holder["scope"] = contextlib.ExitStack()
+    if strategy is not None:
+        scope.enter_context(strategy.scope())
+        log(distribute.describe(strategy, cfg.batch_size))
+    data_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * replicas)
     with _precision(cfg.precision):
         bb = backbones.resolve(
             cfg.backbone,
@@ -305,8 +383,10 @@ def train(
             safe_mode=safe_mode,
         )
     train_ds, val_ds, classes, counts, splits = _datasets(
-        cfg, data_source, val, bb, classes, augment
+        data_cfg, data_source, val, bb, classes, augment
     )
+    if cfg.deterministic:
+        train_ds, val_ds = distribute.deterministic(train_ds), distribute.deterministic(val_ds)
     labels = None if splits["train"] is None else _labels_of(splits["train"])
     if len(classes) < 2 and not multi_label:
         raise DataError(f"Training needs at least 2 classes; found {len(classes)}: {classes}.")
@@ -319,6 +399,20 @@ def train(
     with _precision(cfg.precision):
         model = build_model(bb, len(classes), HeadConfig(cfg.head, cfg.dropout, multi_label))
     loss, metrics_list = _task(multi_label)
+    state = checkpoints.load_state(run_dir) if resume is not None else None
+    if state is not None:
+        checkpoints.restore_model(model, run_dir, state)
+        checkpoints.restore_rng(state.rng)
+        phase_index, phase_epoch = state.next_position()
+        log(
+            f"Resuming {run_dir} after epoch {state.epoch}: phase {phase_index}/{len(phases)}"
+            f", {phase_epoch} of its epochs done"
+        )
+    elif resume is not None:
+        log(f"Resuming {run_dir}: no epoch had finished, starting from the beginning")
+    checkpointer = checkpoints.Checkpointer(run_dir, log) if run_dir is not None else None
+    if state is not None:
+        checkpointer.resume_from(state)
     callbacks = []
     if tensorboard and run_dir is None:
         raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
@@ -336,6 +430,7 @@ def train(
         callbacks=callbacks,
         class_weight=class_weight,
         jit_compile=_jit(cfg.jit),
+        checkpoint=checkpointer,
     )
     start = time.perf_counter()
     cached = None
@@ -350,9 +445,17 @@ def train(
             log("Feature cache off: a tf.data.Dataset source is not cached.")
         else:
             cached = cache.cached_datasets(
-                model, bb, splits, cfg, augment=augment, log=log, verbose=1 if verbose else 0
+                model, bb, splits, data_cfg, augment=augment, log=log, verbose=1 if verbose else 0
             )
-    result = trainer.fit(phases, train_ds, val_ds, cached=cached)
+    if state is not None:
+        mid_phase = strategy is not None and state.next_position()[1] > 0
+        checkpoints.fast_forward(train_ds, state.passes.get("full", 0) - mid_phase)
+        if cached is not None:
+            checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
+    with checkpoints.stop_on_signals(checkpointer):
+        result = trainer.fit(
+            phases, train_ds, val_ds, cached=cached, resume=(state, run_dir) if state else None
+        )
     seconds = time.perf_counter() - start
     if callbacks:
         tb.write_phases(run_dir, result.history)
@@ -370,9 +473,11 @@ def train(
         metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
         metrics["test_images"] = len(test[1]) if isinstance(test, tuple) else len(test)
         log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
+    if strategy is not None:
+        metrics["distribute"] = distribute.summary(strategy, cfg.batch_size)
     run = Run(model, classes, metrics, result.history, cfg, run_dir, bb)
     if run_dir is not None:
-        _write_run(run, bb)
+        _write_run(run, bb, {"data": sources, "safe_mode": safe_mode})
         from graft import report
 
         evaluated = report.finish_run(
@@ -380,6 +485,7 @@ def train(
         )
         if evaluated is not None:
             run.metrics["evaluation"] = evaluated
+        checkpoints.write_status(run_dir, "completed")
     return run
 
 
@@ -437,7 +543,7 @@ def _metrics(result: TrainResult, counts: dict, seconds: float) -> dict:
     return metrics
 
 
-def _write_run(run: Run, bb: backbones.Backbone) -> None:
+def _write_run(run: Run, bb: backbones.Backbone, extra: dict | None = None) -> None:
     d = run.run_dir
     runs.save_model(run.model, d / runs.MODEL_FILE)
     runs.write_json(d / runs.LABELS_FILE, run.classes)
@@ -446,6 +552,7 @@ def _write_run(run: Run, bb: backbones.Backbone) -> None:
     config["classes"] = run.classes
     config["multi_label"] = _model_is_multi_label(run.model)
     config["versions"] = _versions()
+    config.update(extra or {})
     runs.write_yaml(d / runs.CONFIG_FILE, config)
     runs.write_csv(d / runs.HISTORY_FILE, run.history)
     runs.write_json(d / runs.METRICS_FILE, run.metrics)

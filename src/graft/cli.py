@@ -53,14 +53,37 @@ def _min_size_option(command):
 
 
 @app.command(context_settings=_CONTEXT)
-@click.argument("data")
-@click.option("--backbone", "-b", required=True, help="Registry name or .keras/.h5 path.")
+@click.argument("data", required=False)
+@click.option("--backbone", "-b", default=None, help="Registry name or .keras/.h5 path.")
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help="Run folder for model and reports.",
+)
+@click.option(
+    "--resume",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Continue an interrupted run from its folder's last checkpoint.",
+)
+@click.option(
+    "--deterministic", is_flag=True, help="TensorFlow op determinism: same seed, same weights."
+)
+@click.option(
+    "--distribute",
+    type=click.Choice(["none", "mirrored", "multi-worker"]),
+    default="none",
+    show_default=True,
+    help="tf.distribute strategy (multi-worker reads TF_CONFIG).",
+)
+@click.option(
+    "--devices",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Split the CPU into N logical devices (for --distribute mirrored without GPUs).",
 )
 @click.option(
     "--weights",
@@ -183,10 +206,21 @@ def _min_size_option(command):
 @click.option(
     "--tensorboard", is_flag=True, help="Write TensorBoard logs under RUN_DIR/tensorboard."
 )
-def train(data, backbone, out, val, test, overwrite, unsafe, head, tensorboard, **settings):
-    """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv)."""
+def train(data, backbone, out, resume, val, test, overwrite, unsafe, head, tensorboard, **settings):
+    """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv).
+
+    An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
     from graft import api
 
+    if resume is not None:
+        run = api.train(resume=resume, log=_log, verbose=_fit_verbosity())
+        _log(f"Done in {run.metrics['seconds']:.1f} s: saved to {run.run_dir}/")
+        return
+    if data is None or backbone is None or out is None:
+        raise GraftError(
+            "train needs DATA, --backbone and --out.",
+            hint="or --resume RUN_DIR to continue an interrupted run.",
+        )
     run = api.train(
         data,
         backbone,
