@@ -325,7 +325,8 @@ def train(
     except BaseException as exc:
         if holder.get("run_dir") is not None:
             status, details = checkpoints.describe_failure(exc)
-            checkpoints.write_status(holder["run_dir"], status, **details)
+            with contextlib.suppress(OSError):  # a full disk must not hide the real error
+                checkpoints.write_status(holder["run_dir"], status, **details)
         raise checkpoints.as_user_error(exc, settings.get("batch_size", 32)) from None
     finally:
         if holder.get("scope") is not None:
@@ -588,7 +589,13 @@ def load(model_or_run: str | os.PathLike, safe_mode: bool = True) -> tuple[keras
     try:
         model = keras.saving.load_model(model_file, safe_mode=safe_mode)
     except Exception as exc:
-        raise GraftError(f"Cannot load {model_file}: {str(exc).splitlines()[0]}") from None
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if safe_mode and ("safe_mode" in text or "Lambda" in text):
+            raise GraftError(
+                f"{model_file} contains code (a Lambda layer) that would run when loaded; refused.",
+                hint="only if you trust the file, pass --unsafe (safe_mode=False in Python).",
+            ) from None
+        raise GraftError(f"Cannot load {model_file}: {text}") from None
     labels_dir = model_file.parent
     if (labels_dir / runs.LABELS_FILE).is_file():
         classes = runs.read_labels(labels_dir)
@@ -667,7 +674,11 @@ def _model_is_multi_label(model: keras.Model) -> bool:
 
 
 def evaluate(
-    model_or_run, data_source, batch_size: int = 32, min_size: int = datacheck.DEFAULT_MIN_SIZE
+    model_or_run,
+    data_source,
+    batch_size: int = 32,
+    min_size: int = datacheck.DEFAULT_MIN_SIZE,
+    safe_mode: bool = True,
 ) -> dict:
     """Accuracy, loss, top-k, per-class precision/recall/F1, confusion and calibration.
 
@@ -678,6 +689,7 @@ def evaluate(
             Files are checked first; unusable ones are skipped and counted.
         batch_size: Images per batch.
         min_size: Smallest image side the check accepts.
+        safe_mode: Refuse model files whose loading could run code (Lambda layers).
 
     Returns:
         ``{"accuracy", "loss", "images", "skipped", "top_k_accuracy", "per_class",
@@ -686,7 +698,7 @@ def evaluate(
     """
     from graft import evaluation
 
-    model, classes = load(model_or_run)
+    model, classes = load(model_or_run, safe_mode=safe_mode)
     ds, _, skipped = labelled_batches(model, data_source, classes, batch_size, min_size)
     result = evaluation.evaluate_model(model, ds, classes).as_dict()
     result["skipped"] = skipped

@@ -255,12 +255,13 @@ def _units(text: str) -> tuple[int, ...]:
 @click.argument("data")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def evaluate(model, data, batch_size, as_json):
+@click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
+def evaluate(model, data, batch_size, as_json, unsafe):
     """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
     from graft import api
     from graft.evaluation import summary_line
 
-    result = api.evaluate(model, data, batch_size=batch_size)
+    result = api.evaluate(model, data, batch_size=batch_size, safe_mode=not unsafe)
     if as_json:
         print(json.dumps(result))
         return
@@ -297,7 +298,8 @@ def report(run_dir, data, batch_size):
 )
 @click.option("--out", "-o", default=None, help="Output file (default: stdout).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
-def predict(model, images, top_k, fmt, out, batch_size):
+@click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
+def predict(model, images, top_k, fmt, out, batch_size, unsafe):
     """Predict the classes of IMAGES (files or folders) with MODEL (a run folder or .keras)."""
     from graft import predict as predict_mod
 
@@ -305,7 +307,14 @@ def predict(model, images, top_k, fmt, out, batch_size):
         print(f"graft: skipped {item.path}: {item.reason}", file=sys.stderr)
 
     summary = predict_mod.predict_to_file(
-        model, images, out, fmt=fmt, top_k=top_k, batch_size=batch_size, on_skip=skipped
+        model,
+        images,
+        out,
+        fmt=fmt,
+        top_k=top_k,
+        batch_size=batch_size,
+        on_skip=skipped,
+        safe_mode=not unsafe,
     )
     where = f" to {out}" if out not in (None, "-") else ""
     print(
