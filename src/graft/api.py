@@ -453,7 +453,7 @@ def _train(
         checkpoints.fast_forward(train_ds, state.passes.get("full", 0) - mid_phase)
         if cached is not None:
             checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
-    with checkpoints.stop_on_signals(checkpointer):
+    with checkpoints.stop_on_signals(checkpointer), distribute.keras_workarounds(strategy):
         result = trainer.fit(
             phases, train_ds, val_ds, cached=cached, resume=(state, run_dir) if state else None
         )

@@ -10,6 +10,8 @@ multi-worker`` uses ``MultiWorkerMirroredStrategy`` configured by the standard
 
 from __future__ import annotations
 
+import contextlib
+
 from graft.errors import GraftError
 
 STRATEGIES = ("none", "mirrored", "multi-worker")
@@ -123,3 +125,73 @@ def summary(strategy, per_replica: int) -> dict:
         "per_replica_batch": per_replica,
         "global_batch": per_replica * replicas,
     }
+
+
+def _local_symbolic_build(self, iterator=None, data_batch=None):
+    """Keras's ``_maybe_symbolic_build`` without its cross-worker ``reduce``.
+
+    Keras 3 peeks at one distributed batch and averages it with ``strategy.reduce``
+    before building the optimizer and metrics symbolically; under
+    ``MultiWorkerMirroredStrategy`` that reduce fails ("Attempt to convert a value
+    (PerReplica...)", keras-team/keras#20585). Only the batch's shapes matter for a
+    symbolic build, so the first local replica's batch serves. The peek still makes one
+    iterator, as Keras's does (resume relies on that count).
+    """
+    import tensorflow as tf
+    from keras.src import tree
+
+    if self._distribute_strategy is None:
+        return
+    if iterator is not None:
+        for _, _, it in iterator:
+            data_batch = next(it)
+            break
+    strategy = self.distribute_strategy
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    data_batch = tree.map_structure(local, data_batch)
+    with strategy.scope():
+        self._symbolic_build(data_batch=data_batch)
+
+
+def _reduce_scalars(original):
+    """Keras's ``reduce_per_replica`` with a cross-worker mean that accepts scalars.
+
+    Under multi-worker Keras reduces every log with ``strategy.reduce("MEAN", v, axis=0)``,
+    which fails on the scalar loss ("Invalid reduction dimension 0 for input with 0
+    dimensions"); ``axis=None`` averages the replicas' values as intended.
+    """
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean"):
+            return original(values, strategy, reduction)
+        from keras.src import tree
+
+        return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+
+    return reduce_per_replica
+
+
+@contextlib.contextmanager
+def keras_workarounds(strategy):
+    """Patches Keras needs to train under ``strategy`` (only multi-worker needs any)."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    reduce = tf_trainer.reduce_per_replica
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _local_symbolic_build
+    tf_trainer.reduce_per_replica = _reduce_scalars(reduce)
+    try:
+        yield
+    finally:
+        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = build
+        tf_trainer.reduce_per_replica = reduce
