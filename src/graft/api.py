@@ -458,6 +458,9 @@ def _train(
             phases, train_ds, val_ds, cached=cached, resume=(state, run_dir) if state else None
         )
     seconds = time.perf_counter() - start
+    if strategy is not None:
+        scope.close()
+        model = distribute.undistributed(model)
     if callbacks:
         tb.write_phases(run_dir, result.history)
     _compile_for_shipping(model, phases[-1], loss, metrics_list)

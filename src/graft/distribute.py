@@ -195,3 +195,17 @@ def keras_workarounds(strategy):
     finally:
         tf_trainer.TensorFlowTrainer._maybe_symbolic_build = build
         tf_trainer.reduce_per_replica = reduce
+
+
+def undistributed(model):
+    """A copy of ``model`` with plain variables, made outside any strategy.
+
+    A model built under a strategy keeps it: ``predict_on_batch`` then returns one
+    output per replica and the saved model carries mirrored variables. The trained
+    values are copied into a clone built outside the scope for evaluation and saving.
+    """
+    import keras
+
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    return plain
