@@ -161,3 +161,37 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(reference, digits_folder):
     resumed = _graft("train", "--resume", out)
     assert resumed.returncode == 0, resumed.stderr
     _assert_same_run(out, ref)
+
+
+def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
+    tmp_path, capsys, monkeypatch, cnn_file, digits_folder
+):
+    from graft import cli
+    from graft.training import Trainer
+
+    class Terminate(keras.callbacks.Callback):
+        """SIGTERM arrives while the first epoch is being saved."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    original = Trainer.phase_callbacks
+    monkeypatch.setattr(
+        Trainer, "phase_callbacks", lambda self, *a: [*original(self, *a), Terminate()]
+    )
+    out = tmp_path / "run"
+    args = ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool"]
+    args += ["--epochs", "2", "--finetune-epochs", "1", "--batch-size", "8", "--out", str(out)]
+    assert cli.main(args) == 143
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "SIGTERM" in lines[0] and "--resume" in lines[0]
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
+    assert status["last_checkpoint"]["epoch"] == 1
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(out)]) == 0
+    assert [int(line.split(",")[2]) for line in _history(out)[1:]] == [1, 2, 3]
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(out)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
