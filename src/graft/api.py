@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import platform
 import time
@@ -239,8 +240,8 @@ def _fit_arrays(x, bb):
 
 
 def train(
-    data_source,
-    backbone: str,
+    data_source=None,
+    backbone: str | None = None,
     out: str | os.PathLike | None = None,
     *,
     val=None,
@@ -254,6 +255,7 @@ def train(
     source_eval=None,
     source_model: str | os.PathLike | None = None,
     budget_trials: int | None = None,
+    resume: str | os.PathLike | None = None,
     **settings,
 ) -> Run:
     """Graft a pre-trained backbone into a new classifier and train it.
@@ -282,6 +284,10 @@ def train(
             default: the ``backbone`` file itself (with ``cut`` dropping its head).
         budget_trials: With ``strategy="auto"``: trials of the search
             (:mod:`graft.autostrategy`).
+        resume: A run folder whose training was interrupted: reload its
+            ``config.yaml`` and last checkpoint and continue where it stopped
+            (``data_source``/``backbone``/settings come from the folder; pass the data
+            again only if it was in memory).
         **settings: Any :class:`~graft.config.TrainConfig` field: ``weights``,
             ``cut``, ``preprocess``, ``alpha``, ``image_size``, ``strategy``,
             ``epochs``, ``finetune_epochs``, ``unfreeze``, ``lr``, ``finetune_lr``,
@@ -291,7 +297,8 @@ def train(
             ``lr="auto"`` runs the LR finder first; per-phase options for named
             strategies: ``lr_mult``, ``layer_decay``, ``schedule``, ``warmup_epochs``,
             ``early_stop``, ``weight_decay``, ``l2sp``, ``recalibrate_bn``; ``gradual``
-            takes ``gradual_blocks``, ``gradual_step``, ``gradual_epochs``.
+            takes ``gradual_blocks``, ``gradual_step``, ``gradual_epochs``; and
+            ``deterministic``, ``distribute`` (none/mirrored/multi-worker), ``devices``.
 
     Returns:
         A :class:`Run` with the trained model, metrics and history.
@@ -307,7 +314,68 @@ def train(
             tensorboard=tensorboard, source_eval=source_eval, source_model=source_model,
             budget_trials=budget_trials, **settings,
         )  # fmt: skip
+    from graft import checkpoints
+
+    if resume is not None:
+        out = resume
+        saved = checkpoints.saved_config(resume)
+        source = saved.get("data") or {}
+        data_source = data_source if data_source is not None else source.get("train")
+        val = val if val is not None else source.get("val")
+        test = test if test is not None else source.get("test")
+        classes = classes or source.get("classes")
+        backbone = saved["backbone"]
+        safe_mode = bool(saved.get("safe_mode", safe_mode))
+        settings = {**TrainConfig.from_dict(saved).as_dict(), **settings}
+        settings.pop("backbone")
+        if data_source is None:
+            raise GraftError(
+                f"{resume} was trained on in-memory data, which a run folder cannot hold.",
+                hint="pass the same data again: graft.train(data, resume=...).",
+            )
+    if data_source is None or backbone is None:
+        raise GraftError("train needs data and a backbone (or resume=RUN_DIR).")
+    sources = {
+        "train": _source_path(data_source),
+        "val": _source_path(val),
+        "test": _source_path(test),
+        "classes": classes,
+    }
+    holder: dict = {}
+    try:
+        return _train(
+            data_source, backbone, out, val, test, classes, overwrite, log, verbose,
+            safe_mode, tensorboard, resume, sources, holder, settings, source_eval, source_model,
+        )  # fmt: skip
+    except BaseException as exc:
+        if holder.get("run_dir") is not None:
+            status, details = checkpoints.describe_failure(exc)
+            with contextlib.suppress(OSError):  # a full disk must not hide the real error
+                checkpoints.write_status(holder["run_dir"], status, **details)
+        raise checkpoints.as_user_error(exc, settings.get("batch_size", 32)) from None
+    finally:
+        if holder.get("scope") is not None:
+            holder["scope"].close()  # leave the strategy scope even on failure
+
+
+def _source_path(source) -> str | None:
+    if isinstance(source, (str, os.PathLike)):
+        return str(Path(source).expanduser().resolve())
+    return None
+
+
+def _train(
+    data_source, backbone, out, val, test, classes, overwrite, log, verbose,
+    safe_mode, tensorboard, resume, sources, holder, settings, source_eval=None, source_model=None,
+) -> Run:  # fmt: skip
+    """The body of :func:`train` (which adds resume arguments and failure status)."""
+    from graft import checkpoints, distribute
+
     cfg = TrainConfig(backbone=str(backbone), **settings)
+    if cfg.deterministic:
+        distribute.enable_determinism()
+    strategy = distribute.strategy(cfg.distribute, cfg.devices)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     phases = cfg.resolved_plan()
     # Cheap checks first: bad data paths fail before any backbone is built or downloaded.
     data_source = _as_files(data_source)
@@ -317,8 +385,19 @@ def train(
     data_source, val, test, check = _checked(cfg, data_source, val, test, log)
     multi_label = _is_multi_label(data_source)
     augment = data.augmentation(cfg.augment, cfg.seed)
-    run_dir = runs.prepare(out, overwrite) if out is not None else None
+    run_dir = runs.prepare(out, overwrite or resume is not None) if out is not None else None
+    holder["run_dir"] = run_dir
+    if run_dir is not None and resume is None:
+        config = {**cfg.as_dict(), "data": sources, "safe_mode": safe_mode}
+        runs.write_yaml(run_dir / runs.CONFIG_FILE, config)
+    if run_dir is not None:
+        checkpoints.write_status(run_dir, "running")
     keras.utils.set_random_seed(cfg.seed)
+    scope = holder["scope"] = contextlib.ExitStack()
+    if strategy is not None:
+        scope.enter_context(strategy.scope())
+        log(distribute.describe(strategy, cfg.batch_size))
+    data_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * replicas)
     with _precision(cfg.precision):
         bb = backbones.resolve(
             cfg.backbone,
@@ -330,9 +409,11 @@ def train(
             safe_mode=safe_mode,
         )
     train_ds, val_ds, classes, counts, splits = _datasets(
-        cfg, data_source, val, bb, classes, augment
+        data_cfg, data_source, val, bb, classes, augment
     )
     source_task = _source_task(source_eval, source_model, cfg, bb, safe_mode)
+    if cfg.deterministic:
+        train_ds, val_ds = distribute.deterministic(train_ds), distribute.deterministic(val_ds)
     labels = None if splits["train"] is None else _labels_of(splits["train"])
     if len(classes) < 2 and not multi_label:
         raise DataError(f"Training needs at least 2 classes; found {len(classes)}: {classes}.")
@@ -347,6 +428,20 @@ def train(
     with _precision(cfg.precision):
         model = build_model(bb, len(classes), HeadConfig(head_units, cfg.dropout, multi_label))
     loss, metrics_list = _task(multi_label)
+    state = checkpoints.load_state(run_dir) if resume is not None else None
+    if state is not None:
+        checkpoints.restore_model(model, run_dir, state)
+        checkpoints.restore_rng(state.rng)
+        phase_index, phase_epoch = state.next_position()
+        log(
+            f"Resuming {run_dir} after epoch {state.epoch}: phase {phase_index}/{len(phases)}"
+            f", {phase_epoch} of its epochs done"
+        )
+    elif resume is not None:
+        log(f"Resuming {run_dir}: no epoch had finished, starting from the beginning")
+    checkpointer = checkpoints.Checkpointer(run_dir, log) if run_dir is not None else None
+    if state is not None:
+        checkpointer.resume_from(state)
     callbacks = []
     if tensorboard and run_dir is None:
         raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
@@ -364,6 +459,7 @@ def train(
         callbacks=callbacks,
         class_weight=class_weight,
         jit_compile=_jit(cfg.jit),
+        checkpoint=checkpointer,
     )
     start = time.perf_counter()
     lr_found = None
@@ -383,11 +479,22 @@ def train(
             log("Feature cache off: a tf.data.Dataset source is not cached.")
         else:
             cached = cache.cached_datasets(
-                model, bb, splits, cfg, augment=augment, log=log, verbose=1 if verbose else 0
+                model, bb, splits, data_cfg, augment=augment, log=log, verbose=1 if verbose else 0
             )
     reference = drift.snapshot(model)
-    result = trainer.fit(phases, train_ds, val_ds, cached=cached)
+    if state is not None:
+        mid_phase = strategy is not None and state.next_position()[1] > 0
+        checkpoints.fast_forward(train_ds, state.passes.get("full", 0) - mid_phase)
+        if cached is not None:
+            checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
+    with checkpoints.stop_on_signals(checkpointer), distribute.keras_workarounds(strategy):
+        result = trainer.fit(
+            phases, train_ds, val_ds, cached=cached, resume=(state, run_dir) if state else None
+        )
     seconds = time.perf_counter() - start
+    if strategy is not None:
+        scope.close()
+        model = distribute.undistributed(model)
     if callbacks:
         tb.write_phases(run_dir, result.history)
     _compile_for_shipping(model, phases[-1], loss, metrics_list)
@@ -415,9 +522,11 @@ def train(
         metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
         metrics["test_images"] = len(test[1]) if isinstance(test, tuple) else len(test)
         log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
+    if strategy is not None:
+        metrics["distribute"] = distribute.summary(strategy, cfg.batch_size)
     run = Run(model, classes, metrics, result.history, cfg, run_dir, bb)
     if run_dir is not None:
-        _write_run(run, bb)
+        _write_run(run, bb, {"data": sources, "safe_mode": safe_mode})
         from graft import report
 
         evaluated = report.finish_run(
@@ -425,6 +534,7 @@ def train(
         )
         if evaluated is not None:
             run.metrics["evaluation"] = evaluated
+        checkpoints.write_status(run_dir, "completed")
     return run
 
 
@@ -585,7 +695,7 @@ def _metrics(result: TrainResult, counts: dict, seconds: float) -> dict:
     return metrics
 
 
-def _write_run(run: Run, bb: backbones.Backbone) -> None:
+def _write_run(run: Run, bb: backbones.Backbone, extra: dict | None = None) -> None:
     d = run.run_dir
     runs.save_model(run.model, d / runs.MODEL_FILE)
     runs.write_json(d / runs.LABELS_FILE, run.classes)
@@ -594,6 +704,7 @@ def _write_run(run: Run, bb: backbones.Backbone) -> None:
     config["classes"] = run.classes
     config["multi_label"] = _model_is_multi_label(run.model)
     config["versions"] = _versions()
+    config.update(extra or {})
     runs.write_yaml(d / runs.CONFIG_FILE, config)
     runs.write_csv(d / runs.HISTORY_FILE, run.history)
     runs.write_json(d / runs.METRICS_FILE, run.metrics)
@@ -629,7 +740,13 @@ def load(model_or_run: str | os.PathLike, safe_mode: bool = True) -> tuple[keras
     try:
         model = keras.saving.load_model(model_file, safe_mode=safe_mode)
     except Exception as exc:
-        raise GraftError(f"Cannot load {model_file}: {str(exc).splitlines()[0]}") from None
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if safe_mode and ("safe_mode" in text or "Lambda" in text):
+            raise GraftError(
+                f"{model_file} contains code (a Lambda layer) that would run when loaded; refused.",
+                hint="only if you trust the file, pass --unsafe (safe_mode=False in Python).",
+            ) from None
+        raise GraftError(f"Cannot load {model_file}: {text}") from None
     labels_dir = model_file.parent
     if (labels_dir / runs.LABELS_FILE).is_file():
         classes = runs.read_labels(labels_dir)
@@ -708,7 +825,11 @@ def _model_is_multi_label(model: keras.Model) -> bool:
 
 
 def evaluate(
-    model_or_run, data_source, batch_size: int = 32, min_size: int = datacheck.DEFAULT_MIN_SIZE
+    model_or_run,
+    data_source,
+    batch_size: int = 32,
+    min_size: int = datacheck.DEFAULT_MIN_SIZE,
+    safe_mode: bool = True,
 ) -> dict:
     """Accuracy, loss, top-k, per-class precision/recall/F1, confusion and calibration.
 
@@ -719,6 +840,7 @@ def evaluate(
             Files are checked first; unusable ones are skipped and counted.
         batch_size: Images per batch.
         min_size: Smallest image side the check accepts.
+        safe_mode: Refuse model files whose loading could run code (Lambda layers).
 
     Returns:
         ``{"accuracy", "loss", "images", "skipped", "top_k_accuracy", "per_class",
@@ -727,7 +849,7 @@ def evaluate(
     """
     from graft import evaluation
 
-    model, classes = load(model_or_run)
+    model, classes = load(model_or_run, safe_mode=safe_mode)
     ds, _, skipped = labelled_batches(model, data_source, classes, batch_size, min_size)
     result = evaluation.evaluate_model(model, ds, classes).as_dict()
     result["skipped"] = skipped

@@ -377,7 +377,7 @@ def load_user_backbone(
         if "safe_mode" in text or "Lambda" in text:
             raise GraftError(
                 f"{path} contains code (a Lambda layer) that would run when loaded; refused.",
-                hint="only if you trust the file, load it with safe_mode=False.",
+                hint="only if you trust the file, pass --unsafe (safe_mode=False in Python).",
             ) from None
         raise GraftError(f"Cannot load a Keras model from {path}: {text}") from None
     if not isinstance(model, keras.Model):

@@ -150,7 +150,7 @@ def _print_plan(backbone: str, **settings) -> None:
 
 
 @app.command(context_settings=_CONTEXT)
-@click.argument("data")
+@click.argument("data", required=False)
 @click.option(
     "--config",
     "config_file",
@@ -163,9 +163,32 @@ def _print_plan(backbone: str, **settings) -> None:
 @click.option(
     "--out",
     "-o",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help="Run folder for model and reports.",
+)
+@click.option(
+    "--resume",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Continue an interrupted run from its folder's last checkpoint.",
+)
+@click.option(
+    "--deterministic", is_flag=True, help="TensorFlow op determinism: same seed, same weights."
+)
+@click.option(
+    "--distribute",
+    type=click.Choice(["none", "mirrored", "multi-worker"]),
+    default="none",
+    show_default=True,
+    help="tf.distribute strategy (multi-worker reads TF_CONFIG).",
+)
+@click.option(
+    "--devices",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Split the CPU into N logical devices (for --distribute mirrored without GPUs).",
 )
 @click.option(
     "--weights",
@@ -319,6 +342,7 @@ def train(
     config_file,
     backbone,
     out,
+    resume,
     val,
     test,
     overwrite,
@@ -329,21 +353,31 @@ def train(
     print_plan,
     **settings,
 ):
-    """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv)."""
+    """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv).
+
+    An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
     from graft import api
 
+    if resume is not None:
+        run = api.train(resume=resume, log=_log, verbose=_fit_verbosity())
+        _log(f"Done in {run.metrics['seconds']:.1f} s: saved to {run.run_dir}/")
+        return
     settings["backbone"], head = backbone, _units(head)
     if config_file is not None:
         settings, head = _with_config_file(ctx, config_file, settings, head)
     backbone = settings.pop("backbone")
-    if not backbone:
-        raise GraftError("Missing --backbone.", hint="pass --backbone NAME|PATH or --config FILE.")
     if plan_file is not None:
         settings["phases"] = _load_plan(plan_file)
     if print_plan:
+        if not backbone:
+            raise GraftError("Missing --backbone.", hint="pass --backbone NAME or --config FILE.")
         _print_plan(backbone, head=head, **settings)
         return
-
+    if data is None or not backbone or out is None:
+        raise GraftError(
+            "train needs DATA, --backbone and --out.",
+            hint="or --config FILE for the settings, or --resume RUN_DIR to continue a run.",
+        )
     run = api.train(
         data,
         backbone,
@@ -517,12 +551,13 @@ compare.params.extend(
 @click.argument("data")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def evaluate(model, data, batch_size, as_json):
+@click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
+def evaluate(model, data, batch_size, as_json, unsafe):
     """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
     from graft import api
     from graft.evaluation import summary_line
 
-    result = api.evaluate(model, data, batch_size=batch_size)
+    result = api.evaluate(model, data, batch_size=batch_size, safe_mode=not unsafe)
     if as_json:
         print(json.dumps(result))
         return
@@ -559,7 +594,8 @@ def report(run_dir, data, batch_size):
 )
 @click.option("--out", "-o", default=None, help="Output file (default: stdout).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
-def predict(model, images, top_k, fmt, out, batch_size):
+@click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
+def predict(model, images, top_k, fmt, out, batch_size, unsafe):
     """Predict the classes of IMAGES (files or folders) with MODEL (a run folder or .keras)."""
     from graft import predict as predict_mod
 
@@ -567,7 +603,14 @@ def predict(model, images, top_k, fmt, out, batch_size):
         print(f"graft: skipped {item.path}: {item.reason}", file=sys.stderr)
 
     summary = predict_mod.predict_to_file(
-        model, images, out, fmt=fmt, top_k=top_k, batch_size=batch_size, on_skip=skipped
+        model,
+        images,
+        out,
+        fmt=fmt,
+        top_k=top_k,
+        batch_size=batch_size,
+        on_skip=skipped,
+        safe_mode=not unsafe,
     )
     where = f" to {out}" if out not in (None, "-") else ""
     print(

@@ -60,6 +60,9 @@ class TrainConfig:
     gradual_blocks: int | None = None
     gradual_step: int = 1
     gradual_epochs: int | None = None
+    deterministic: bool = False
+    distribute: str = "none"
+    devices: int = 0
 
     def __post_init__(self):
         if isinstance(self.lr, str) and self.lr != "auto":
@@ -79,6 +82,13 @@ class TrainConfig:
         if self.precision not in ("float32", "mixed"):
             raise GraftError(f"--precision must be float32 or mixed, got {self.precision!r}.")
         _check_data_settings(self)
+        if self.distribute not in ("none", "mirrored", "multi-worker"):
+            raise UnknownNameError(
+                f"Unknown --distribute: {self.distribute!r}.",
+                hint="expected none, mirrored or multi-worker.",
+            )
+        if self.devices < 0:
+            raise GraftError(f"--devices must be 0 (all) or more, got {self.devices}.")
         self.head = tuple(int(u) for u in self.head)
         if any(u < 1 for u in self.head):
             raise GraftError(f"--head units must be positive, got {list(self.head)}.")

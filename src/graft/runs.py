@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -25,6 +26,20 @@ from pathlib import Path
 import yaml
 
 from graft.errors import GraftError
+
+
+class DiskFullError(GraftError, OSError):
+    """The disk holding the run folder or cache is full (also an ``OSError``)."""
+
+
+def _disk_full(path: Path, exc: OSError) -> OSError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(
+            f"No space left on the device while writing {path}.",
+            hint="free some space, or pass another --out (or --cache-dir for the cache).",
+        )
+    return exc
+
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
@@ -47,6 +62,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _disk_full(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -87,6 +105,9 @@ def save_model(model, path) -> Path:
     try:
         model.save(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _disk_full(path, exc) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

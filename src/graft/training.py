@@ -101,6 +101,7 @@ class Trainer:
         jit_compile: XLA compilation of the train step (``True``/``False``/``"auto"``:
             Keras's choice, which is off on CPU-only TensorFlow).
         class_weight: ``{class_index: weight}`` for ``fit`` (e.g. balanced weights).
+        checkpoint: A :class:`graft.checkpoints.Checkpointer` that saves every epoch.
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class Trainer:
         callbacks=(),
         jit_compile: bool | str = "auto",
         class_weight: dict[int, float] | None = None,
+        checkpoint=None,
     ):
         self.model = model
         self.blocks = blocks
@@ -126,6 +128,7 @@ class Trainer:
         self.class_weight = class_weight
         self.anchors = None  # L2-SP: backbone weights at the start of fit
         self._callbacks_of_phase: list = []
+        self.checkpoint = checkpoint
 
     def __repr__(self) -> str:
         return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
@@ -154,9 +157,12 @@ class Trainer:
         """Keras callbacks for one phase; ``target`` is the model being fitted (the full
         model, or the head alone on cached features). Per-phase policies hook in here."""
         self._callbacks_of_phase = schedules.callbacks(phase)
-        return list(self._callbacks_of_phase)
+        callbacks = [keras.callbacks.TerminateOnNaN(), *self._callbacks_of_phase]
+        if self.checkpoint is not None:
+            callbacks += self.checkpoint.callbacks(self, phase, index, target)
+        return callbacks
 
-    def fit(self, plan: list[Phase], train, val=None, cached=None) -> TrainResult:
+    def fit(self, plan: list[Phase], train, val=None, cached=None, resume=None) -> TrainResult:
         """Run every phase of ``plan`` in order on ``train`` (validating on ``val``).
 
         Args:
@@ -167,19 +173,40 @@ class Trainer:
                 steps_per_epoch_or_None)`` from :func:`graft.cache.cached_datasets`.
                 Phases that leave the backbone frozen then train the head on these
                 features instead of running the backbone on every image in every epoch.
+            resume: ``(checkpoints.State, run_dir)`` of a checkpoint whose weights are
+                already in the model: skip the phases and epochs it has done, restore
+                the optimizer state, and start from its history rows.
         """
         result = TrainResult()
         epoch = 0
+        start_phase, done = 1, 0
+        if resume is not None:
+            state, run_dir = resume
+            start_phase, done = state.next_position()
+            epoch = state.epoch
+            result.history = list(state.history)
+            for index, phase in enumerate(plan[: start_phase - 1], start=1):
+                rows = [r for r in state.history if r["phase_index"] == index]
+                report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
+                seconds = sum(r.get("seconds", 0.0) for r in rows)
+                result.phases.append(PhaseResult(phase, report, len(rows), seconds))
         head = cache.head_model(self.model) if cached is not None else None
         if any(p.l2sp for p in plan) and self.anchors is None:
             self.anchors = optim.backbone_anchors(self.model)
         for index, phase in enumerate(plan, start=1):
+            if index < start_phase:
+                continue
+            skip = done if index == start_phase else 0
             on_cache = head is not None and phase.backbone_frozen
             if phase.recalibrate_bn:
                 n = regularizers.recalibrate_bn(self.model, train)
                 self.log(f"Recalibrated the statistics of {n} BatchNorm layers (AdaBN)")
             target = head if on_cache else self.model
             report = self.prepare(phase, target)
+            if skip:
+                from graft.checkpoints import restore_optimizer
+
+                restore_optimizer(target, run_dir, state)
             lr_text = f"lr {phase.lr:g}"
             if not phase.backbone_frozen and phase.backbone_lr not in (None, phase.lr):
                 lr_text += f", backbone lr {phase.backbone_lr:g}"
@@ -196,7 +223,7 @@ class Trainer:
                 validation_data=cached[1] if on_cache else val,
                 steps_per_epoch=cached[2] if on_cache else None,
                 initial_epoch=epoch,
-                epochs=epoch + phase.epochs,
+                epochs=epoch + phase.epochs - skip,
                 verbose=self.verbose,
                 callbacks=[*self.callbacks, *self.phase_callbacks(phase, index, target), timer],
                 class_weight=self.class_weight,
@@ -210,7 +237,7 @@ class Trainer:
                     "phase": phase.name,
                     "phase_index": index,
                     "epoch": epoch + i + 1,
-                    "phase_epoch": i + 1,
+                    "phase_epoch": skip + i + 1,
                 }
                 row.update({k: float(v[i]) for k, v in history.history.items()})
                 row["seconds"] = round(timer.seconds[i], 4)
@@ -218,9 +245,11 @@ class Trainer:
                 result.history.append(row)
                 if not math.isfinite(row.get("loss", 0.0)):
                     raise TrainingFailed(
-                        f"The loss became {row['loss']} in phase '{phase.name}' at epoch {i + 1}.",
-                        hint="lower the learning rate (--lr / --finetune-lr).",
+                        f"The loss became {row['loss']} in phase {index} '{phase.name}' at its "
+                        f"epoch {skip + i + 1} (epoch {epoch + i + 1} of the run); training stopped"
+                        f"{'; the last good checkpoint is kept' if self.checkpoint else ''}.",
+                        hint="lower the learning rate (--lr / --finetune-lr) or check the data.",
                     )
             epoch += epochs_run
-            result.phases.append(PhaseResult(phase, report, epochs_run, seconds))
+            result.phases.append(PhaseResult(phase, report, skip + epochs_run, seconds))
         return result

@@ -1,0 +1,211 @@
+"""Determinism and tf.distribute: the TensorFlow-specific parts of running a job.
+
+``--deterministic`` turns on TensorFlow's op determinism and deterministic tf.data.
+``--distribute mirrored`` trains on all local GPUs (or, with ``--devices N`` on a CPU-only
+machine, on N logical CPU devices, which is how it is tested); ``--distribute
+multi-worker`` uses ``MultiWorkerMirroredStrategy`` configured by the standard
+``TF_CONFIG`` environment variable. ``--batch-size`` is per replica: the global batch is
+``batch_size x replicas``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from graft.errors import GraftError
+
+STRATEGIES = ("none", "mirrored", "multi-worker")
+
+
+def enable_determinism() -> None:
+    """Make TensorFlow ops deterministic (same seed, same results, bit for bit)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+
+
+def deterministic(dataset):
+    """``dataset`` with deterministic element order (``None`` passes through)."""
+    if dataset is None:
+        return None
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options)
+
+
+def split_cpu(devices: int) -> None:
+    """Split the first CPU into ``devices`` logical devices (before TensorFlow starts).
+
+    Raises:
+        GraftError: when TensorFlow has already initialised its devices.
+    """
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == devices:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(devices)]
+        )
+    except RuntimeError:
+        raise GraftError(
+            f"--devices {devices}: TensorFlow has already started its devices in this process.",
+            hint="set devices before any TensorFlow work (a fresh process, e.g. the CLI).",
+        ) from None
+
+
+def strategy(name: str, devices: int = 0):
+    """The ``tf.distribute`` strategy for ``--distribute`` (``None`` for ``none``).
+
+    Args:
+        name: ``none``, ``mirrored`` or ``multi-worker``.
+        devices: Logical CPU devices to create when there is no GPU (0: do not split).
+
+    Returns:
+        A ``tf.distribute.Strategy`` or ``None``.
+    """
+    if name == "none":
+        if devices:
+            split_cpu(devices)
+        return None
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if devices and not gpus:
+        split_cpu(devices)
+    if name == "mirrored":
+        if gpus:
+            names = [f"/gpu:{i}" for i in range(devices or len(gpus))]
+        else:
+            cpus = tf.config.list_logical_devices("CPU")
+            names = [d.name for d in cpus[: devices or len(cpus)]]
+        return tf.distribute.MirroredStrategy(
+            devices=names, cross_device_ops=tf.distribute.ReductionToOneDevice()
+        )
+    if name == "multi-worker":
+        import json
+        import os
+
+        if "TF_CONFIG" not in os.environ:
+            raise GraftError(
+                "--distribute multi-worker needs the TF_CONFIG environment variable.",
+                hint='set TF_CONFIG=\'{"cluster": {"worker": [...]}, "task": '
+                '{"type": "worker", "index": I}}\' on every worker.',
+            )
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as exc:
+            raise GraftError(f"TF_CONFIG is not valid JSON: {exc}") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise GraftError(f"Unknown --distribute: {name!r}.", hint=f"expected {', '.join(STRATEGIES)}.")
+
+
+def describe(strategy, per_replica: int) -> str:
+    """One line for the run output: strategy, replicas and the global batch size."""
+    info = summary(strategy, per_replica)
+    return (
+        f"Distribution: {info['strategy']} over {info['replicas']} replica(s) "
+        f"({', '.join(info['devices'])}); global batch {info['global_batch']} = "
+        f"{per_replica} per replica x {info['replicas']}"
+    )
+
+
+def summary(strategy, per_replica: int) -> dict:
+    """The distribution facts recorded in ``metrics.json``."""
+    replicas = strategy.num_replicas_in_sync
+    devices = list(getattr(strategy.extended, "worker_devices", ()))
+    return {
+        "strategy": type(strategy).__name__,
+        "replicas": replicas,
+        "devices": devices,
+        "per_replica_batch": per_replica,
+        "global_batch": per_replica * replicas,
+    }
+
+
+def _local_symbolic_build(self, iterator=None, data_batch=None):
+    """Keras's ``_maybe_symbolic_build`` without its cross-worker ``reduce``.
+
+    Keras 3 peeks at one distributed batch and averages it with ``strategy.reduce``
+    before building the optimizer and metrics symbolically; under
+    ``MultiWorkerMirroredStrategy`` that reduce fails ("Attempt to convert a value
+    (PerReplica...)", keras-team/keras#20585). Only the batch's shapes matter for a
+    symbolic build, so the first local replica's batch serves. The peek still makes one
+    iterator, as Keras's does (resume relies on that count).
+    """
+    import tensorflow as tf
+    from keras.src import tree
+
+    if self._distribute_strategy is None:
+        return
+    if iterator is not None:
+        for _, _, it in iterator:
+            data_batch = next(it)
+            break
+    strategy = self.distribute_strategy
+
+    def local(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    data_batch = tree.map_structure(local, data_batch)
+    with strategy.scope():
+        self._symbolic_build(data_batch=data_batch)
+
+
+def _reduce_scalars(original):
+    """Keras's ``reduce_per_replica`` with a cross-worker mean that accepts scalars.
+
+    Under multi-worker Keras reduces every log with ``strategy.reduce("MEAN", v, axis=0)``,
+    which fails on the scalar loss ("Invalid reduction dimension 0 for input with 0
+    dimensions"); ``axis=None`` averages the replicas' values as intended.
+    """
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean"):
+            return original(values, strategy, reduction)
+        from keras.src import tree
+
+        return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+
+    return reduce_per_replica
+
+
+@contextlib.contextmanager
+def keras_workarounds(strategy):
+    """Patches Keras needs to train under ``strategy`` (only multi-worker needs any)."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        yield
+        return
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    build = tf_trainer.TensorFlowTrainer._maybe_symbolic_build
+    reduce = tf_trainer.reduce_per_replica
+    tf_trainer.TensorFlowTrainer._maybe_symbolic_build = _local_symbolic_build
+    tf_trainer.reduce_per_replica = _reduce_scalars(reduce)
+    try:
+        yield
+    finally:
+        tf_trainer.TensorFlowTrainer._maybe_symbolic_build = build
+        tf_trainer.reduce_per_replica = reduce
+
+
+def undistributed(model):
+    """A copy of ``model`` with plain variables, made outside any strategy.
+
+    A model built under a strategy keeps it: ``predict_on_batch`` then returns one
+    output per replica and the saved model carries mirrored variables. The trained
+    values are copied into a clone built outside the scope for evaluation and saving.
+    """
+    import keras
+
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    return plain
