@@ -119,7 +119,9 @@ def test_pickles_are_never_loaded(tmp_path):
 
 
 def test_full_disk_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch, digits_folder):
-    real_fdopen = runs.os.fdopen
+    import builtins
+
+    real_open = builtins.open
 
     class Full:
         def __init__(self, handle):
@@ -134,7 +136,10 @@ def test_full_disk_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch, di
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    # runs.atomic_open writes through open(fd, ...): make every such write fail.
+    monkeypatch.setattr(
+        runs, "open", lambda fd, mode, **kw: Full(real_open(fd, mode, **kw)), raising=False
+    )
     out = tmp_path / "run"
     code = cli.main(["train", str(digits_folder), "-b", "x.keras", "--out", str(out)])
     assert code == 2
