@@ -10,6 +10,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if "GRAFT_CACHE" not in os.environ:  # never read or fill the user's own caches
+    import tempfile
+
+    os.environ["GRAFT_CACHE"] = tempfile.mkdtemp(prefix="graft-test-cache-")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -26,7 +26,7 @@ def trained(tmp_path_factory, digits_folder, cnn_file):
         cut="block3_pool",
         preprocess="unit",
         strategy="feature",
-        epochs=3,
+        epochs=10,  # cheap on cached features; enough for the head to tell images apart
         lr=1e-2,
         batch_size=8,
         verbose=0,
