@@ -398,16 +398,7 @@ def _train(
         scope.enter_context(strategy.scope())
         log(distribute.describe(strategy, cfg.batch_size))
     data_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * replicas)
-    with _precision(cfg.precision):
-        bb = backbones.resolve(
-            cfg.backbone,
-            weights=cfg.weights,
-            image_size=cfg.image_size,
-            alpha=cfg.alpha,
-            cut=cfg.cut,
-            preprocess=cfg.preprocess,
-            safe_mode=safe_mode,
-        )
+    bb = _resolve_backbone(cfg, safe_mode)
     train_ds, val_ds, classes, counts, splits = _datasets(
         data_cfg, data_source, val, bb, classes, augment
     )
@@ -616,15 +607,7 @@ def lr_find(
     data_source = _as_files(data_source)
     data_source, _, _, _ = _checked(cfg, data_source, None, None, log)
     keras.utils.set_random_seed(cfg.seed)
-    bb = backbones.resolve(
-        cfg.backbone,
-        weights=cfg.weights,
-        image_size=cfg.image_size,
-        alpha=cfg.alpha,
-        cut=cfg.cut,
-        preprocess=cfg.preprocess,
-        safe_mode=safe_mode,
-    )
+    bb = _resolve_backbone(cfg, safe_mode)
     train_ds, _, classes, _, _ = _datasets(cfg, data_source, None, bb, classes)
     multi_label = _is_multi_label(data_source)
     head = strategies.plan_head(phases)
@@ -639,6 +622,20 @@ def lr_find(
     if out is not None:
         found.write(out)
     return found
+
+
+def _resolve_backbone(cfg: TrainConfig, safe_mode: bool) -> backbones.Backbone:
+    """The run's backbone, built under its precision policy."""
+    with _precision(cfg.precision):
+        return backbones.resolve(
+            cfg.backbone,
+            weights=cfg.weights,
+            image_size=cfg.image_size,
+            alpha=cfg.alpha,
+            cut=cfg.cut,
+            preprocess=cfg.preprocess,
+            safe_mode=safe_mode,
+        )
 
 
 @contextlib.contextmanager
