@@ -135,3 +135,15 @@ def test_augmentation_without_views_falls_back_to_the_backbone(digits_folder, tm
     assert any(line.startswith("Feature cache off: augmentation") for line in lines)
     assert not any("on cached features" in line for line in lines)
     assert not (tmp_path / "cache").exists()
+
+
+def test_key_depends_on_preprocessing_without_weights(cnn_file):
+    """Rescaling has no weights: the key must still tell x from x/255 apart."""
+    from graft.backbones import resolve
+    from graft.model import build_model
+
+    keys = set()
+    for mode in ("none", "unit", "symmetric"):
+        bb = resolve(str(cnn_file), cut="block3_pool", preprocess=mode)
+        keys.add(cache.cache_key(build_model(bb, 3), bb.source, "same-content"))
+    assert len(keys) == 3

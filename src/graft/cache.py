@@ -9,10 +9,10 @@ of the full model, so the trained weights are already in place afterwards: the s
 model is the same plain Keras model as without the cache.
 
 A cache entry is keyed by everything that determines the features: the backbone's
-source, a fingerprint of all its weights, the preprocessing layers' weights, the image
-size and channels, the exact content of every image file (or array) in order, and the
-augmentation view. A changed file, other weights or another size never reuse stale
-features.
+source, a fingerprint of all its weights, the preprocessing layers (their configuration
+and weights), the image size and channels, the exact content of every image file (or
+array) in order, and the augmentation view. A changed file, other weights, another
+preprocessing or another size never reuse stale features.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.model import BACKBONE_NAME, HEAD_PREFIX
+from graft.model import BACKBONE_NAME, HEAD_PREFIX, preprocess_layers
 
 POOL_NAME = f"{HEAD_PREFIX}pool"
 FORMAT_VERSION = 1
@@ -115,6 +115,11 @@ def cache_key(
     description = {
         "format": FORMAT_VERSION,
         "source": source,
+        # Preprocessing layers may have no weights (Rescaling): key them by their config.
+        "preprocessing": [
+            [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
+            for layer in preprocess_layers(model)
+        ],
         "input": list(model.input_shape[1:]),
         "output": list(features.output_shape[1:]),
         "weights": weights or weights_fingerprint(features),
@@ -122,7 +127,7 @@ def cache_key(
         "view": view,
         "keras": keras.__version__,
     }
-    text = json.dumps(description, sort_keys=True)
+    text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
 
