@@ -26,6 +26,22 @@ import keras  # noqa: E402
 
 IMAGE = 32
 
+# The smallest registry model for CLI tests: MobileNetV2 x0.35 at 32 px, random weights.
+SMALL_CLI = [
+    "--backbone",
+    "mobilenet_v2",
+    "--weights",
+    "none",
+    "--alpha",
+    "0.35",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+]
+# ... and one quick feature-extraction epoch.
+QUICK_CLI = [*SMALL_CLI, "--strategy", "feature", "--epochs", "1"]
+
 
 @pytest.fixture(scope="session")
 def digits():

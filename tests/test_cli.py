@@ -11,21 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SMALL_CLI
 from graft.cli import main
 
 GRAFT = [sys.executable, "-m", "graft.cli"]
-SMALL = [
-    "--backbone",
-    "mobilenet_v2",
-    "--weights",
-    "none",
-    "--alpha",
-    "0.35",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "8",
-]
 
 
 def _graft(*args, timeout=300):
@@ -42,7 +31,7 @@ def cli_run(tmp_path_factory, digits_folder):
     done = _graft(
         "train",
         digits_folder,
-        *SMALL,
+        *SMALL_CLI,
         "--strategy",
         "finetune",
         "--epochs",
@@ -94,7 +83,7 @@ def _one_line_error(done, *needles):
 
 
 def test_missing_data_folder(tmp_path):
-    done = _graft("train", tmp_path / "nope", *SMALL, "--out", tmp_path / "r")
+    done = _graft("train", tmp_path / "nope", *SMALL_CLI, "--out", tmp_path / "r")
     _one_line_error(done, "not found", "nope")
 
 
@@ -104,7 +93,9 @@ def test_unknown_backbone(tmp_path, digits_folder):
 
 
 def test_bad_unfreeze_spec(tmp_path, digits_folder):
-    done = _graft("train", digits_folder, *SMALL, "--unfreeze", "top:3", "--out", tmp_path / "r")
+    done = _graft(
+        "train", digits_folder, *SMALL_CLI, "--unfreeze", "top:3", "--out", tmp_path / "r"
+    )
     _one_line_error(done, "top:3")
 
 

@@ -11,27 +11,12 @@ import pytest
 from PIL import Image
 
 import graft
+from conftest import QUICK_CLI
 from graft import data
 from graft.cli import main
 from graft.errors import DataError
 
 TINY = dict(weights="none", alpha=0.35, image_size=32, batch_size=8, strategy="feature", epochs=1)
-SMALL = [
-    "--backbone",
-    "mobilenet_v2",
-    "--weights",
-    "none",
-    "--alpha",
-    "0.35",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "8",
-    "--strategy",
-    "feature",
-    "--epochs",
-    "1",
-]
 
 
 def _write(path: Path, seed: int, tint: int = 0) -> Path:
@@ -114,7 +99,7 @@ def test_csv_bad_lines_are_reported_with_line_numbers(manifest, capsys):
 
 def test_csv_missing_column_is_one_line_exit_2(manifest, capsys):
     (manifest / "nolabel.csv").write_text("path,kind\nimages/im 0.png,a\n")
-    assert main(["train", str(manifest / "nolabel.csv"), *SMALL, "--out", "unused"]) == 2
+    assert main(["train", str(manifest / "nolabel.csv"), *QUICK_CLI, "--out", "unused"]) == 2
     _one_line_error(capsys, "nolabel.csv", "label column")
 
 
@@ -142,7 +127,7 @@ def test_multi_label_training_uses_sigmoid_and_binary_crossentropy(manifest, tmp
 def test_unknown_class_in_validation_is_named(tmp_path, capsys):
     train = _folder(tmp_path / "train", {"a": 3, "b": 3})
     val = _folder(tmp_path / "val", {"a": 1, "zebra": 1}, offset=50)
-    code = main(["train", str(train), "--val", str(val), *SMALL, "--out", str(tmp_path / "r")])
+    code = main(["train", str(train), "--val", str(val), *QUICK_CLI, "--out", str(tmp_path / "r")])
     assert code == 2
     _one_line_error(capsys, "zebra")
     (tmp_path / "t.csv").write_text("path,label\nval/a/0.png,a\nval/zebra/0.png,zebra\n")
@@ -195,7 +180,7 @@ def test_test_set_is_evaluated_once_into_metrics(tmp_path, capsys):
     train = _folder(tmp_path / "train", {"a": 6, "b": 6})
     test = _folder(tmp_path / "test", {"a": 3, "b": 3}, offset=500)
     out = tmp_path / "run"
-    code = main(["train", str(train), "--test", str(test), *SMALL, "--out", str(out)])
+    code = main(["train", str(train), "--test", str(test), *QUICK_CLI, "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 6
@@ -243,7 +228,7 @@ def test_augmentation_changes_training_batches_only(tmp_path):
 def test_augmentation_is_not_part_of_the_saved_model(tmp_path, capsys):
     folder = _folder(tmp_path / "d", {"a": 4, "b": 4})
     out = tmp_path / "run"
-    code = main(["train", str(folder), *SMALL, "--augment", "standard", "--out", str(out)])
+    code = main(["train", str(folder), *QUICK_CLI, "--augment", "standard", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     assert "augment: standard" in (out / "config.yaml").read_text()
     model = keras.saving.load_model(out / "model.keras")

@@ -12,25 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import QUICK_CLI
 from graft import data, datacheck
 from graft.cli import main
 
-SMALL = [
-    "--backbone",
-    "mobilenet_v2",
-    "--weights",
-    "none",
-    "--alpha",
-    "0.35",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "8",
-    "--strategy",
-    "feature",
-    "--epochs",
-    "1",
-]
 NON_UTF8 = b"caf\xe9 photo.png"  # Latin-1 bytes: not valid UTF-8, and a space
 
 
@@ -183,7 +168,9 @@ def test_decompression_bomb_limit(tmp_path):
 
 def test_train_skips_bad_files_and_finishes(bad, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", str(bad["train"]), "--val", str(bad["val"]), *SMALL, "--out", str(out)])
+    code = main(
+        ["train", str(bad["train"]), "--val", str(bad["val"]), *QUICK_CLI, "--out", str(out)]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "Data check:" in captured.out and "skipped" in captured.out
@@ -195,7 +182,7 @@ def test_train_skips_bad_files_and_finishes(bad, tmp_path, capsys):
 
 def test_train_strict_fails_before_writing_anything(bad, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["train", str(bad["train"]), *SMALL, "--strict", "--out", str(out)])
+    code = main(["train", str(bad["train"]), *QUICK_CLI, "--strict", "--out", str(out)])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and "--strict" in err[0]
     assert not (out / "model.keras").exists()
