@@ -56,7 +56,7 @@ def peak_rss_of_train(
     folder: Path, out: Path, size: int, in_memory: bool = False
 ) -> tuple[float, float]:
     """(peak RSS in MiB, seconds) of one `graft train` subprocess."""
-    script = "import sys; from graft.cli import main; sys.exit(main(sys.argv[1:]))"
+    script = "import sys; from graft.cli.main import main; sys.exit(main(sys.argv[1:]))"
     if in_memory:
         script = IN_MEMORY
     args = [

@@ -32,10 +32,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from graft import freezing  # noqa: E402
-from graft.backbones import resolve  # noqa: E402
-from graft.model import build_model  # noqa: E402
-from graft.strategies import Phase  # noqa: E402
-from graft.training import Trainer  # noqa: E402
+from graft.config.strategies import Phase  # noqa: E402
+from graft.core.backbones import resolve  # noqa: E402
+from graft.core.model import build_model  # noqa: E402
+from graft.training.trainer import Trainer  # noqa: E402
 
 
 def _policy(mixed: bool) -> str:

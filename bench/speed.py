@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import graft  # noqa: E402
-from graft import data as gdata  # noqa: E402
-from graft.demo import TARGET_CLASSES, digits_rgb  # noqa: E402
+from graft.api.demo import TARGET_CLASSES, digits_rgb  # noqa: E402
+from graft.data.sources import sources as gdata  # noqa: E402
 
 
 def write_jpegs(root: Path, per_class: int, size: int) -> Path:
@@ -163,7 +163,7 @@ def bench_feature(train_dir, val_dir, args):
 
 def bench_predict(model, classes, train_dir, args):
     """Images/s of predicting files: one file at a time vs graft's batched, prefetched path."""
-    from graft import predict
+    from graft.reporting import predict
 
     paths = sorted(str(p) for p in Path(train_dir).rglob("*.jpg"))
     size = (args.size, args.size)

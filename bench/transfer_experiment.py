@@ -45,7 +45,7 @@ SOURCE_EVAL_PER_CLASS = 60
 
 def settings_for(strategy: str, scale: float) -> dict:
     """graft settings of one strategy with the shared epoch budget."""
-    from graft.strategies import Phase
+    from graft.config.strategies import Phase
 
     total = max(2, int(EPOCHS * scale))
     half = total // 2
@@ -64,8 +64,8 @@ def settings_for(strategy: str, scale: float) -> dict:
 
 def available(wanted) -> tuple[list[str], list[str], str | None]:
     """(strategies to run, skipped ones, the L2-SP setting's name or None)."""
-    from graft.config import TrainConfig
-    from graft.strategies import STRATEGIES
+    from graft.config.settings import TrainConfig
+    from graft.config.strategies import STRATEGIES
 
     run = [s for s in wanted if s == "scratch" or s in STRATEGIES]
     skipped = [s for s in wanted if s not in run]
@@ -97,7 +97,8 @@ def skipped_lines(wanted) -> list[str]:
 
 
 def run(args) -> list[dict]:
-    from graft import api, demo
+    from graft.api import demo
+    from graft.api import steps as api
 
     strategies, _, l2sp = available(args.strategies.split(","))
     for line in skipped_lines(args.strategies.split(",")):
@@ -254,7 +255,7 @@ def main(argv=None) -> int:
     print()
     print(table(rows))
     if not args.no_write:
-        from graft import runs
+        from graft.runs import files as runs
 
         command = "PYTHONPATH=src python bench/transfer_experiment.py " + " ".join(
             sys.argv[1:] if argv is None else argv

@@ -46,7 +46,7 @@ QUICK_CLI = [*SMALL_CLI, "--strategy", "feature", "--epochs", "1"]
 @pytest.fixture(scope="session")
 def digits():
     """scikit-learn's digits as 32x32 RGB uint8 images and labels."""
-    from graft.demo import digits_rgb
+    from graft.api.demo import digits_rgb
 
     return digits_rgb()
 
@@ -54,7 +54,7 @@ def digits():
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory, digits):
     """Digits 5, 6 and 7 written as PNG class folders: 12 images per class."""
-    from graft.demo import write_folder
+    from graft.api.demo import write_folder
 
     x, y = digits
     root = tmp_path_factory.mktemp("digits") / "train"

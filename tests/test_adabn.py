@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import changed, snapshot
-from graft import regularizers
-from graft.backbones import resolve
-from graft.data import array_pipeline
-from graft.model import backbone_of, build_model
+from graft.core import regularizers
+from graft.core.backbones import resolve
+from graft.core.model import backbone_of, build_model
+from graft.data.sources import array_pipeline
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ import keras
 import numpy as np
 import pytest
 
-from graft import backbones
-from graft.backbones import REGISTRY, load_backbone, resolve
+from graft.core import backbones
+from graft.core.backbones import REGISTRY, load_backbone, resolve
+from graft.core.model import build_model
+from graft.core.preprocessing import preprocessing_layers
 from graft.errors import GraftError, UnknownNameError, WeightsUnavailableError
-from graft.model import build_model
-from graft.preprocessing import preprocessing_layers
 
 
 def test_registry_covers_every_keras_application():
@@ -51,7 +51,7 @@ def test_assembled_model_starts_with_the_backbones_preprocessing(name):
     )
     model = build_model(bb, 2)
     raw = np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3)).astype("uint8")
-    from graft.model import preprocess_layers
+    from graft.core.model import preprocess_layers
 
     # The layers between the model's input and the backbone, in the model's own order:
     between = model.layers[1 : model.layers.index(model.get_layer("backbone"))]
@@ -103,7 +103,7 @@ def test_fallback_blocks_for_a_flat_unknown_model():
     x = keras.layers.ReLU(name="r1")(x)
     x = keras.layers.Conv2D(4, 3, name="c2")(x)
     x = keras.layers.MaxPooling2D(name="p2")(x)
-    from graft.blocks import group
+    from graft.core.blocks import group
 
     blocks = group(keras.Model(inputs, x))
     assert [(b.name, [layer.name for layer in b.layers]) for b in blocks] == [

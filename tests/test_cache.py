@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graft
-from graft import cache
+from graft.training import cache
 
 SMALL = dict(weights="none", image_size=32, alpha=0.35, batch_size=8, verbose=0)
 
@@ -59,7 +59,7 @@ def test_saved_model_on_raw_images_matches_head_on_cached_features(digits_folder
     from PIL import Image
 
     # The cache stores the training files in their scanned order: class folders sorted.
-    from graft.data import scan_folder
+    from graft.data.sources import scan_folder
 
     scanned = scan_folder(digits_folder)
     assert len(features) == len(scanned) == len(files)
@@ -99,8 +99,8 @@ def test_cache_is_reused_and_invalidated(digits_folder, tmp_path):
 
 
 def test_key_depends_on_weights_and_content():
-    from graft.backbones import resolve
-    from graft.model import build_model
+    from graft.core.backbones import resolve
+    from graft.core.model import build_model
 
     model = build_model(resolve("mobilenet_v2", weights="none", image_size=32, alpha=0.35), 2)
     a = cache.cache_key(model, "mobilenet_v2", "content-1")
@@ -139,8 +139,8 @@ def test_augmentation_without_views_falls_back_to_the_backbone(digits_folder, tm
 
 def test_key_depends_on_preprocessing_without_weights(cnn_file):
     """Rescaling has no weights: the key must still tell x from x/255 apart."""
-    from graft.backbones import resolve
-    from graft.model import build_model
+    from graft.core.backbones import resolve
+    from graft.core.model import build_model
 
     keys = set()
     for mode in ("none", "unit", "symmetric"):

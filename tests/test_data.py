@@ -12,8 +12,8 @@ from PIL import Image
 
 import graft
 from conftest import QUICK_CLI
-from graft import data
 from graft.cli import main
+from graft.data import sources as data
 from graft.errors import DataError
 
 TINY = dict(weights="none", alpha=0.35, image_size=32, batch_size=8, strategy="feature", epochs=1)

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from conftest import QUICK_CLI
-from graft import data, datacheck
 from graft.cli import main
+from graft.data import check as datacheck
+from graft.data import sources as data
 
 NON_UTF8 = b"caf\xe9 photo.png"  # Latin-1 bytes: not valid UTF-8, and a space
 

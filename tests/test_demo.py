@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from graft import demo
+from graft.api import demo
 
 
 def test_transfer_beats_scratch_with_two_labels_per_class(tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ import pytest
 
 import graft
 from conftest import make_cnn
-from graft import cli, drift
-from graft.demo import write_folder
+from graft.api.demo import write_folder
+from graft.cli import main as cli
 from graft.errors import GraftError
+from graft.reporting import drift
 
 
 def test_cka_identity_scaling_rotation():

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import graft
-from graft import export, report, runs
+from graft.reporting import export, report
+from graft.runs import files as runs
 
 
 @pytest.fixture(scope="module")

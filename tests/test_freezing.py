@@ -7,10 +7,10 @@ import pytest
 
 import graft
 from conftest import changed, snapshot
-from graft import freezing
-from graft.backbones import resolve
+from graft.core import freezing
+from graft.core.backbones import resolve
+from graft.core.model import build_model
 from graft.errors import SpecError
-from graft.model import build_model
 
 
 def _layer_paths(layers):
@@ -23,8 +23,8 @@ def mobilenet():
 
 
 def _fit(model, bb, plan, arrays):
-    from graft.data import array_pipeline
-    from graft.training import Trainer
+    from graft.data.sources import array_pipeline
+    from graft.training.trainer import Trainer
 
     x, y = arrays
     start = snapshot(model)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from conftest import snapshot
-from graft import lrfind
-from graft.backbones import resolve
 from graft.cli import main
-from graft.data import array_pipeline
-from graft.model import build_model
-from graft.strategies import Phase
-from graft.training import Trainer
+from graft.config.strategies import Phase
+from graft.core.backbones import resolve
+from graft.core.model import build_model
+from graft.data.sources import array_pipeline
+from graft.training import lrfind
+from graft.training.trainer import Trainer
 
 
 @pytest.fixture

@@ -94,7 +94,7 @@ def test_run_artifacts_have_the_right_content(trained_run, digits_folder):
 def test_config_yaml_reproduces_the_plan(trained_run):
     import yaml
 
-    from graft.config import TrainConfig
+    from graft.config.settings import TrainConfig
 
     config = yaml.safe_load((trained_run / "config.yaml").read_text())
     again = TrainConfig.from_dict(config)

@@ -6,12 +6,12 @@ import keras
 import numpy as np
 import pytest
 
-from graft import freezing, optim, regularizers
-from graft.backbones import resolve
-from graft.data import array_pipeline
-from graft.model import HeadConfig, backbone_of, build_model
-from graft.strategies import Phase
-from graft.training import Trainer
+from graft.config.strategies import Phase
+from graft.core import freezing, optim, regularizers
+from graft.core.backbones import resolve
+from graft.core.model import HeadConfig, backbone_of, build_model
+from graft.data.sources import array_pipeline
+from graft.training.trainer import Trainer
 
 
 @pytest.fixture

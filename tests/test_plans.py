@@ -7,13 +7,13 @@ import pytest
 
 import graft
 from conftest import changed, snapshot
-from graft.backbones import resolve
 from graft.cli import main
-from graft.data import array_pipeline
+from graft.config.strategies import Phase, plan_head
+from graft.core.backbones import resolve
+from graft.core.model import build_model
+from graft.data.sources import array_pipeline
 from graft.errors import GraftError, UnknownNameError
-from graft.model import build_model
-from graft.strategies import Phase, plan_head
-from graft.training import Trainer
+from graft.training.trainer import Trainer
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ PLAN = """\
 
 
 def test_yaml_plan_reads_every_field(tmp_path):
-    from graft import plans
+    from graft.config import plans
 
     path = tmp_path / "plan.yaml"
     path.write_text(PLAN)
@@ -151,7 +151,7 @@ def test_print_plan_shows_the_resolved_plan_and_writes_nothing(tmp_path, capsys)
 
 
 def test_run_wide_options_reach_every_phase():
-    from graft.config import TrainConfig
+    from graft.config.settings import TrainConfig
 
     cfg = TrainConfig(
         backbone="x",

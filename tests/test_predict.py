@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import graft
-from graft import predict
+from graft.reporting import predict
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,16 @@ def test_predict_files_is_lazy_and_keeps_order(trained, images):
 
 def test_cli_predict_reports_skipped_files_on_stderr(trained, images):
     done = subprocess.run(
-        [sys.executable, "-m", "graft.cli", "predict", str(trained), str(images), "--top-k", "2"],
+        [
+            sys.executable,
+            "-m",
+            "graft.cli",
+            "predict",
+            str(trained),
+            str(images),
+            "--top-k",
+            "2",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -17,8 +17,9 @@ import pytest
 from PIL import Image
 
 import graft
-from graft import evaluation, plots, report, runs
-from graft import tensorboard as tb
+from graft.reporting import evaluation, plots, report
+from graft.runs import files as runs
+from graft.training import tensorboard as tb
 
 PLOT_FILES = (plots.CURVES, plots.CONFUSION, plots.F1, plots.ERRORS)
 
@@ -305,7 +306,7 @@ def test_cli_evaluate_prints_the_new_metrics(run, digits_folder, capsys):
 
 
 def test_cli_train_passes_tensorboard_through(monkeypatch, tmp_path, capsys):
-    from graft import api
+    from graft.api import steps as api
     from graft.cli import main
 
     seen = {}

@@ -166,8 +166,8 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(reference, digits_folder):
 def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
     tmp_path, capsys, monkeypatch, cnn_file, digits_folder
 ):
-    from graft import cli
-    from graft.training import Trainer
+    from graft.cli import main as cli
+    from graft.training.trainer import Trainer
 
     class Terminate(keras.callbacks.Callback):
         """SIGTERM arrives while the first epoch is being saved."""

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE, conv_block, make_cnn
-from graft import api, backbones, cli, runs
+from graft.api import steps as api
+from graft.cli import main as cli
+from graft.core import backbones
 from graft.errors import GraftError, TrainingFailed
+from graft.runs import files as runs
 
 TINY = dict(cut="block3_pool", epochs=1, finetune_epochs=1, batch_size=8, verbose=0)
 
@@ -153,7 +156,7 @@ def test_out_of_memory_suggests_a_smaller_batch(
 ):
     import tensorflow as tf
 
-    from graft import training
+    from graft.training import trainer as training
 
     def oom(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")

@@ -9,13 +9,13 @@ import keras
 import numpy as np
 import pytest
 
-from graft import schedules
-from graft.backbones import resolve
-from graft.data import array_pipeline
-from graft.model import HeadConfig, build_model
-from graft.optim import sub_optimizers
-from graft.strategies import Phase
-from graft.training import Trainer
+from graft.config.strategies import Phase
+from graft.core import schedules
+from graft.core.backbones import resolve
+from graft.core.model import HeadConfig, build_model
+from graft.core.optim import sub_optimizers
+from graft.data.sources import array_pipeline
+from graft.training.trainer import Trainer
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from graft.strategies import STRATEGIES
+from graft.config.strategies import STRATEGIES
 
 PATH = Path(__file__).resolve().parents[1] / "bench" / "transfer_experiment.py"
 

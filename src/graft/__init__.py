@@ -22,8 +22,8 @@ _EXPORTS = {
     "load": "graft.api",
     "Run": "graft.api",
     "GraftError": "graft.errors",
-    "Phase": "graft.strategies",
-    "plan": "graft.strategies",
+    "Phase": "graft.config",
+    "plan": "graft.config",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

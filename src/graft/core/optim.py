@@ -26,9 +26,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from graft.blocks import Block
-from graft.model import backbone_of
-from graft.strategies import Phase
+from graft.config.strategies import Phase
+from graft.core.blocks import Block
+from graft.core.model import backbone_of
 
 _NORMALIZATION = (
     keras.layers.BatchNormalization,
@@ -120,8 +120,8 @@ def build(
         for; otherwise a ``keras.optimizers.MultiOptimizer`` (an
         :class:`~graft.regularizers.L2SPOptimizer` with ``l2sp``).
     """
-    from graft.regularizers import L2SPOptimizer
-    from graft.training import _OPTIMIZERS
+    from graft.core.regularizers import L2SPOptimizer
+    from graft.training.trainer import _OPTIMIZERS
 
     rates = block_rates(phase, model, blocks)
     excluded = decay_exclusions(model) if phase.weight_decay else []

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graft import runs
-from graft.data import IMAGE_EXTENSIONS
+from graft.data.sources import IMAGE_EXTENSIONS
 from graft.errors import DataError, GraftError
+from graft.runs import files as runs
 
 FORMATS = ("csv", "json")
 DECIMALS = 4  # probabilities are rounded to this many decimals
@@ -272,7 +272,7 @@ def predict_to_file(
     Returns:
         A :class:`Summary` (number predicted, files skipped).
     """
-    from graft import api
+    from graft.api import steps as api
 
     if fmt not in FORMATS:
         raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")

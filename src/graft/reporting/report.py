@@ -23,8 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from graft import evaluation, plots, runs
 from graft.errors import GraftError
+from graft.reporting import evaluation, plots
+from graft.runs import files as runs
 
 REPORT_FILE = "report.html"
 MODEL_CARD_FILE = "MODEL_CARD.md"
@@ -106,7 +107,7 @@ def regenerate(
     classes = runs.read_labels(run_dir)
     history = _read_history(run_dir)
     if data is not None:
-        from graft import api
+        from graft.api import steps as api
 
         model, classes = api.load(run_dir, safe_mode=safe_mode)
         batches, _, _ = api.labelled_batches(model, data, classes, batch_size)

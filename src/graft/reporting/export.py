@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from graft import _quiet, runs
+from graft import _quiet
 from graft.errors import GraftError
+from graft.runs import files as runs
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("none", "dynamic", "int8")
@@ -124,7 +125,7 @@ def export(
         ExportCheckFailed: A float export differs from the Keras model by more than
             ``FLOAT_TOLERANCE``.
     """
-    from graft import api
+    from graft.api import steps as api
 
     if fmt not in FORMATS:
         raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")
@@ -200,7 +201,7 @@ def compare(expected: np.ndarray, got: np.ndarray) -> dict:
 def load_calibration(source, image_size: tuple[int, int], channels: int) -> np.ndarray:
     """Up to ``MAX_CALIBRATION`` images from a folder (or list of files), shuffled with a
     fixed seed so every class is represented, decoded and resized as in training."""
-    from graft import predict
+    from graft.reporting import predict
 
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     files = predict.expand(sources)
@@ -431,7 +432,7 @@ def _limits(dtype) -> tuple[int, int]:
 
 def _record(model_or_run, result: ExportResult) -> None:
     """Note the export in the run folder's ``exports.json`` and refresh its model card."""
-    from graft import report
+    from graft.reporting import report
 
     run_dir = Path(model_or_run).expanduser()
     if not (run_dir.is_dir() and (run_dir / runs.METRICS_FILE).is_file()):

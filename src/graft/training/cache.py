@@ -27,7 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.model import BACKBONE_NAME, HEAD_PREFIX, preprocess_layers
+from graft.core.model import BACKBONE_NAME, HEAD_PREFIX, preprocess_layers
 
 POOL_NAME = f"{HEAD_PREFIX}pool"
 FORMAT_VERSION = 1
@@ -164,7 +164,7 @@ def load_or_compute(
     """Features from ``directory/<key>.npy`` if present, else computed and stored there."""
     import time
 
-    from graft.runs import atomic_write
+    from graft.runs.files import atomic_write
 
     directory = Path(directory or default_dir())
     path = directory / f"{key}.npy"
@@ -190,7 +190,7 @@ def load_or_compute(
 
 def _images(split, bb, batch_size: int, augment=None):
     """A dataset of the raw image batches of a split (files or arrays), in order."""
-    from graft import data
+    from graft.data import sources as data
 
     if isinstance(split, tuple):
         ds = data.array_pipeline(split[0], split[1], batch_size)
@@ -228,7 +228,7 @@ def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbo
     """
     import math
 
-    from graft import data
+    from graft.data import sources as data
 
     directory = Path(cfg.cache_dir) if cfg.cache_dir else None
     views = cfg.cache_views if augment is not None else 0

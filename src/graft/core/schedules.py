@@ -28,8 +28,8 @@ import math
 
 import keras
 
-from graft.optim import sub_optimizers
-from graft.strategies import Phase
+from graft.config.strategies import Phase
+from graft.core.optim import sub_optimizers
 
 PCT_START = 0.3
 DIV_FACTOR = 25.0

@@ -1,6 +1,6 @@
 """``graft compare``: several strategies on the same data, split and seed, side by side.
 
-Each strategy is an ordinary :func:`graft.api.train` run into ``OUT/<strategy>`` with the
+Each strategy is an ordinary :func:`graft.api.steps` run into ``OUT/<strategy>`` with the
 same settings apart from the strategy, so every row is backed by a full run folder
 (model, metrics.json, report). The comparison is written as ``OUT/compare.csv``,
 ``OUT/compare.md`` and a bar chart ``OUT/compare.png``.
@@ -10,7 +10,7 @@ initialised weights, everything trainable (BatchNormalization included) for ``ep
 at ``lr``.
 
 Example:
-    >>> from graft.compare import compare
+    >>> from graft.api.compare import compare
     >>> rows = compare("data/flowers", "mobilenet_v2", ["feature", "hybrid"],
     ...                out="runs/cmp")                                     # doctest: +SKIP
 """
@@ -22,8 +22,8 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from graft import runs
 from graft.errors import GraftError, UnknownNameError, did_you_mean
+from graft.runs import files as runs
 
 SCRATCH = "scratch"
 CSV_FILE = "compare.csv"
@@ -41,7 +41,7 @@ COLUMNS = (
 
 def known_strategies() -> list[str]:
     """Everything ``compare`` accepts: the registered strategies and ``scratch``."""
-    from graft.strategies import STRATEGIES
+    from graft.config.strategies import STRATEGIES
 
     return [*STRATEGIES, SCRATCH]
 
@@ -65,7 +65,7 @@ def parse_strategies(text: str | Sequence[str]) -> list[str]:
 def _settings_for(strategy: str, settings: dict) -> dict:
     if strategy != SCRATCH:
         return {**settings, "strategy": strategy}
-    from graft.strategies import Phase
+    from graft.config.strategies import Phase
 
     scratch = Phase(
         "scratch",
@@ -95,7 +95,7 @@ def compare(
     """Train every strategy on the same data and split; write the comparison.
 
     Args:
-        data_source: Training data, as for :func:`graft.api.train`.
+        data_source: Training data, as for :func:`graft.api.steps`.
         backbone: Registry name or model file.
         strategies: Names from :data:`graft.strategies.STRATEGIES` and/or ``scratch``
             (a list or a comma-separated string).
@@ -111,7 +111,7 @@ def compare(
     Returns:
         One row per strategy with the keys of :data:`COLUMNS`.
     """
-    from graft import api
+    from graft.api import steps as api
 
     names = parse_strategies(strategies)
     if "strategy" in settings or "phases" in settings:
@@ -178,7 +178,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
     """Bar chart: accuracy (val, and test when measured) and CKA per strategy."""
     import numpy as np
 
-    from graft.plots import _figure, _save
+    from graft.reporting.plots import _figure, _save
 
     names = [r["strategy"] for r in rows]
     series = [

@@ -1,7 +1,7 @@
 """Every setting of a training run, resolved, validated and saved as ``config.yaml``.
 
 A :class:`TrainConfig` is what the CLI builds from its flags and what the Python API
-builds from keyword arguments; :func:`graft.api.train` runs one.
+builds from keyword arguments; :func:`graft.api.steps` runs one.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from graft.config.strategies import DEFAULT_UNFREEZE, STRATEGIES, Phase, plan
 from graft.errors import GraftError, UnknownNameError, did_you_mean
-from graft.strategies import DEFAULT_UNFREEZE, STRATEGIES, Phase, plan
 
 #: The head learning rate a plan shows before ``--lr auto`` has run the LR finder.
 AUTO_LR_PLACEHOLDER = 1e-3
@@ -95,7 +95,7 @@ class TrainConfig:
 
     def resolved_plan(self) -> list[Phase]:
         """The phases this config will run."""
-        from graft import plans
+        from graft.config import plans
 
         if self.phases is not None:
             return [p if isinstance(p, Phase) else Phase.from_dict(p) for p in self.phases]
@@ -131,7 +131,7 @@ class TrainConfig:
 
 
 def _check_data_settings(cfg: TrainConfig) -> None:
-    from graft.data import AUGMENT_LEVELS
+    from graft.data.sources import AUGMENT_LEVELS
 
     if cfg.augment not in AUGMENT_LEVELS:
         raise UnknownNameError(

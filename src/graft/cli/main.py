@@ -124,15 +124,15 @@ def _strategy_options(command):
 
 
 def _load_plan(path):
-    from graft import plans
+    from graft.config import plans
 
     return plans.load(path)
 
 
 def _print_plan(backbone: str, **settings) -> None:
-    from graft import plans
-    from graft.config import TrainConfig
-    from graft.strategies import plan_head
+    from graft.config import plans
+    from graft.config.settings import TrainConfig
+    from graft.config.strategies import plan_head
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(backbone=str(backbone), **{k: v for k, v in settings.items() if k in fields})
@@ -356,7 +356,7 @@ def train(
     """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv).
 
     An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
-    from graft import api
+    from graft.api import steps as api
 
     if resume is not None:
         run = api.train(resume=resume, log=_log, verbose=_fit_verbosity())
@@ -417,7 +417,7 @@ def _with_config_file(ctx, path: Path, settings: dict, head: tuple) -> tuple[dic
     """Settings from a TrainConfig YAML file, overridden by flags given explicitly."""
     from click.core import ParameterSource
 
-    from graft.config import read_settings
+    from graft.config.settings import read_settings
 
     loaded = read_settings(path)
     explicit = {
@@ -472,7 +472,7 @@ def _units(text: str) -> tuple[int, ...]:
 @click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
 def lr_find(data, backbone, out, head, plan_file, unsafe, phase, start_lr, end_lr, steps, **kw):
     """Sweep the learning rate on DATA, plot loss vs LR and suggest a value (valley rule)."""
-    from graft import api
+    from graft.api import steps as api
 
     if plan_file is not None:
         kw["phases"] = _load_plan(plan_file)
@@ -511,8 +511,8 @@ def compare(data, strategies, out, val, test, overwrite, unsafe, head, **setting
     """
     import dataclasses
 
-    from graft import compare as compare_mod
-    from graft.config import TrainConfig
+    from graft.api import compare as compare_mod
+    from graft.config.settings import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for name in [k for k in settings if k not in fields]:
@@ -554,8 +554,8 @@ compare.params.extend(
 @click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
 def evaluate(model, data, batch_size, as_json, unsafe):
     """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
-    from graft import api
-    from graft.evaluation import summary_line
+    from graft.api import steps as api
+    from graft.reporting.evaluation import summary_line
 
     result = api.evaluate(model, data, batch_size=batch_size, safe_mode=not unsafe)
     if as_json:
@@ -578,7 +578,7 @@ def evaluate(model, data, batch_size, as_json, unsafe):
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Images per batch.")
 def report(run_dir, data, batch_size):
     """(Re)generate RUN_DIR/report.html, its plots and MODEL_CARD.md."""
-    from graft import report as report_mod
+    from graft.reporting import report as report_mod
 
     path = report_mod.regenerate(run_dir, data=data, batch_size=batch_size)
     _log(f"Report: {path}")
@@ -597,7 +597,7 @@ def report(run_dir, data, batch_size):
 @click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
 def predict(model, images, top_k, fmt, out, batch_size, unsafe):
     """Predict the classes of IMAGES (files or folders) with MODEL (a run folder or .keras)."""
-    from graft import predict as predict_mod
+    from graft.reporting import predict as predict_mod
 
     def skipped(item):
         print(f"graft: skipped {item.path}: {item.reason}", file=sys.stderr)
@@ -637,7 +637,7 @@ def predict(model, images, top_k, fmt, out, batch_size, unsafe):
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def export(model, fmt, out, quantize, calibration, overwrite):
     """Export MODEL (a run folder or .keras) and check it against the Keras model."""
-    from graft import export as export_mod
+    from graft.reporting import export as export_mod
 
     result = export_mod.export(
         model, fmt, out, quantize=quantize, calibration=calibration, overwrite=overwrite
@@ -649,7 +649,7 @@ def export(model, fmt, out, quantize, calibration, overwrite):
 @app.command(context_settings=_CONTEXT)
 def backbones():
     """List the architectures graft knows by name."""
-    from graft.backbones import REGISTRY, block_count
+    from graft.core.backbones import REGISTRY, block_count
 
     table = Table("name", "input size", "min size", "preprocess", "blocks")
     for spec in REGISTRY.values():
@@ -676,7 +676,7 @@ def data():
 @click.option("--strict", is_flag=True, help="Exit 2 on any problem (converted images aside).")
 def data_check(data_path, val, test, min_size, strict):
     """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images."""
-    from graft import api
+    from graft.api import steps as api
 
     report = api.check_data(data_path, val=val, test=test, min_size=min_size)
     for line in report.lines():
@@ -692,7 +692,7 @@ def data_check(data_path, val, test, min_size, strict):
 @click.option("--layers", is_flag=True, help="List every layer of every block.")
 def inspect(backbone, image_size, alpha, cut, layers):
     """Show a backbone's blocks, layers, parameters, preprocessing and input size."""
-    from graft.backbones import is_model_path, resolve
+    from graft.core.backbones import is_model_path, resolve
 
     # The structure does not depend on the weights: never download them to inspect.
     bb = resolve(
@@ -737,7 +737,7 @@ def inspect(backbone, image_size, alpha, cut, layers):
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 def demo(quick, out, seed):
     """Transfer learning on scikit-learn's digits: 0-4 pre-train, 5-9 with few labels."""
-    from graft import demo as demo_mod
+    from graft.api import demo as demo_mod
 
     _log("graft demo: pre-trained on digits 0-4, grafted onto digits 5-9 with few labels each")
     rows = demo_mod.run(

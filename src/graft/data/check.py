@@ -27,7 +27,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from graft.data import LabelledFiles, display
+from graft.data.sources import LabelledFiles, display
 from graft.errors import DataError
 
 #: Problem kinds: key -> (severity, description). Severity ``skipped``: the file is

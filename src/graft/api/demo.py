@@ -74,7 +74,7 @@ def pretrained_backbone(log: Callable[[str], None] = print, seed: int = 0) -> Pa
     path = cache_dir() / f"demo-digits-0to4-v{BACKBONE_VERSION}.keras"
     if path.is_file():
         return path
-    from graft.runs import save_model
+    from graft.runs.files import save_model
 
     log(f"Pre-training the demo backbone on digits 0-4 (once; cached at {path}) ...")
     x, y = digits_rgb()
@@ -136,8 +136,9 @@ def run(
         log: Receives progress lines.
         epochs_scale: Multiplies every epoch count (``--quick`` uses less).
     """
-    from graft import api, runs
-    from graft.strategies import Phase
+    from graft.api import steps as api
+    from graft.config.strategies import Phase
+    from graft.runs import files as runs
 
     out = Path(out)
     backbone = pretrained_backbone(log)

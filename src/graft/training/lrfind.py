@@ -21,8 +21,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.optim import sub_optimizers
-from graft.strategies import Phase
+from graft.config.strategies import Phase
+from graft.core.optim import sub_optimizers
 
 CSV_FILE = "lr_find.csv"
 PLOT_FILE = "lr_find.png"
@@ -52,7 +52,7 @@ class LRFindResult:
         Returns:
             ``(csv_path, png_path)``.
         """
-        from graft import runs
+        from graft.runs import files as runs
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft import runs
 from graft.errors import GraftError
+from graft.runs import files as runs
 
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"

@@ -93,7 +93,7 @@ def mean_cosine(x, y) -> float:
 
 def snapshot(model: keras.Model) -> list[np.ndarray]:
     """Copies of the weights of ``model``'s feature extractor (preprocessing + backbone)."""
-    from graft.cache import features_model
+    from graft.training.cache import features_model
 
     return [np.array(w) for w in features_model(model).get_weights()]
 
@@ -132,7 +132,7 @@ def measure(
         ``{"cka", "cosine", "images", "split"}``; ``"unchanged": True`` when no
         backbone weight moved (both measures are then exactly 1.0).
     """
-    from graft.cache import features_model
+    from graft.training.cache import features_model
 
     extractor = features_model(model)
     trained = extractor.get_weights()
@@ -204,7 +204,7 @@ class SourceTask:
         Returns:
             A :class:`SourceTask`.
         """
-        from graft import api
+        from graft.api import steps as api
 
         path = str(source_model)
         try:
@@ -235,7 +235,7 @@ class SourceTask:
         return cls(model, files, classes, preprocess, path)
 
     def _classifier(self, model: keras.Model) -> keras.Model:
-        from graft.preprocessing import preprocessing_layers
+        from graft.core.preprocessing import preprocessing_layers
 
         inputs = keras.Input(model.input_shape[1:], name="image")
         x = inputs
@@ -252,7 +252,7 @@ class SourceTask:
         Returns:
             ``(accuracy, images)``.
         """
-        from graft import api
+        from graft.api import steps as api
 
         saved = {}
         try:
@@ -319,7 +319,7 @@ def run_drift(
     train_eval: Callable | None,
     log: Callable[[str], None],
 ) -> dict | None:
-    """Drift for :func:`graft.api.train`: on the validation images, else the training ones.
+    """Drift for :func:`graft.api.steps`: on the validation images, else the training ones.
 
     Args:
         model: The trained model.

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from graft.model import backbone_of, preprocess_layers
+from graft.core.model import backbone_of, preprocess_layers
 
 
 class L2SPOptimizer(keras.optimizers.MultiOptimizer):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graft import runs
+from graft.runs import files as runs
 
 PLOTS_DIR = "plots"
 CURVES = "training_curves.png"

@@ -22,11 +22,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft import backbones, cache, data, datacheck, drift, runs, strategies
-from graft.config import TrainConfig
+from graft.config import strategies
+from graft.config.settings import TrainConfig
+from graft.core import backbones
+from graft.core.model import HeadConfig, backbone_of, build_model
+from graft.data import check as datacheck
+from graft.data import sources as data
 from graft.errors import DataError, GraftError
-from graft.model import HeadConfig, backbone_of, build_model
-from graft.training import Trainer, TrainResult, make_optimizer
+from graft.reporting import drift
+from graft.runs import files as runs
+from graft.training import cache
+from graft.training.trainer import Trainer, TrainResult, make_optimizer
 
 
 @dataclass
@@ -306,7 +312,7 @@ def train(
     if budget_trials is not None and settings.get("strategy") != "auto":
         raise GraftError("--budget-trials is for --strategy auto.")
     if settings.get("strategy") == "auto":
-        from graft import autostrategy
+        from graft.api import auto as autostrategy
 
         return autostrategy.train_auto(
             data_source, backbone, out, val=val, test=test, classes=classes,
@@ -314,7 +320,7 @@ def train(
             tensorboard=tensorboard, source_eval=source_eval, source_model=source_model,
             budget_trials=budget_trials, **settings,
         )  # fmt: skip
-    from graft import checkpoints
+    from graft.training import checkpoints
 
     if resume is not None:
         out = resume
@@ -369,7 +375,7 @@ def _train(
     safe_mode, tensorboard, resume, sources, holder, settings, source_eval=None, source_model=None,
 ) -> Run:  # fmt: skip
     """The body of :func:`train` (which adds resume arguments and failure status)."""
-    from graft import checkpoints, distribute
+    from graft.training import checkpoints, distribute
 
     cfg = TrainConfig(backbone=str(backbone), **settings)
     if cfg.deterministic:
@@ -437,7 +443,7 @@ def _train(
     if tensorboard and run_dir is None:
         raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
     if tensorboard:
-        from graft import tensorboard as tb
+        from graft.training import tensorboard as tb
 
         callbacks.append(tb.callback(run_dir))
     trainer = Trainer(
@@ -518,7 +524,7 @@ def _train(
     run = Run(model, classes, metrics, result.history, cfg, run_dir, bb)
     if run_dir is not None:
         _write_run(run, bb, {"data": sources, "safe_mode": safe_mode})
-        from graft import report
+        from graft.reporting import report
 
         evaluated = report.finish_run(
             run_dir, model, classes, result.history, val_ds, counts, log=log
@@ -547,7 +553,7 @@ def _source_task(source_eval, source_model, cfg: TrainConfig, bb, safe_mode: boo
 
 def _auto_lr(cfg: TrainConfig, trainer: Trainer, phases, train_ds, run_dir, log):
     """``--lr auto``: run the LR finder on the first phase; the plan with its suggestion."""
-    from graft import lrfind
+    from graft.training import lrfind
 
     found = lrfind.sweep(trainer, phases[0], train_ds)
     cfg.lr = float(f"{found.suggestion:.3g}")
@@ -597,7 +603,7 @@ def lr_find(
     Returns:
         A :class:`graft.lrfind.LRFindResult`.
     """
-    from graft import lrfind
+    from graft.training import lrfind
 
     settings.setdefault("val_split", 0.0)
     cfg = TrainConfig(backbone=str(backbone), **settings)
@@ -844,7 +850,7 @@ def evaluate(
         "macro_avg", "weighted_avg", "confusion_matrix", "ece", ...}``
         (see :func:`graft.evaluation.classification_metrics`).
     """
-    from graft import evaluation
+    from graft.reporting import evaluation
 
     model, classes = load(model_or_run, safe_mode=safe_mode)
     ds, _, skipped = labelled_batches(model, data_source, classes, batch_size, min_size)

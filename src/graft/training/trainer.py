@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import keras
 
-from graft import cache, freezing, optim, regularizers, schedules
-from graft.blocks import Block
+from graft.config.strategies import Phase
+from graft.core import freezing, optim, regularizers, schedules
+from graft.core.blocks import Block
+from graft.core.model import backbone_of
 from graft.errors import TrainingFailed
-from graft.model import backbone_of
-from graft.strategies import Phase
+from graft.training import cache
 
 CACHED_STEPS_PER_EXECUTION = 64
 
@@ -204,7 +205,7 @@ class Trainer:
             target = head if on_cache else self.model
             report = self.prepare(phase, target)
             if skip:
-                from graft.checkpoints import restore_optimizer
+                from graft.training.checkpoints import restore_optimizer
 
                 restore_optimizer(target, run_dir, state)
             lr_text = f"lr {phase.lr:g}"

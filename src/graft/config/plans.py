@@ -27,8 +27,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from graft.config.strategies import Phase
 from graft.errors import GraftError
-from graft.strategies import Phase
 
 #: Run-wide options (``--lr-mult``, ``--schedule`` ...) copied into every phase of a
 #: named strategy. ``recalibrate_bn`` only goes to the first phase.

@@ -7,7 +7,7 @@ A small KerasTuner search (``--budget-trials N``, default :data:`DEFAULT_TRIALS`
 - ``unfreeze_blocks`` (``blocks:N``) and ``finetune_lr``: only for strategies that
   unfreeze part of the backbone (KerasTuner conditional hyperparameters).
 
-Every trial is a short, in-memory :func:`graft.api.train` run on the same split and
+Every trial is a short, in-memory :func:`graft.api.steps` run on the same split and
 seed (:data:`TRIAL_EPOCHS` epochs, the feature cache makes frozen-backbone trials
 cheap), scored by validation accuracy (ties: lower validation loss, then the earlier
 trial). The chosen configuration is then trained with the full epoch budget into the
@@ -51,7 +51,7 @@ def search_space(images_per_class: float, blocks: int):
     """
     import keras_tuner as kt
 
-    from graft.strategies import STRATEGIES
+    from graft.config.strategies import STRATEGIES
 
     small = images_per_class < SMALL_DATA
     order = [
@@ -102,7 +102,7 @@ def _oracle_class():
 
 
 def _images_per_class(data_source, val, settings: dict) -> tuple[float, str]:
-    from graft import api
+    from graft.api import steps as api
 
     files = api._as_files(data_source)
     if isinstance(files, tuple):
@@ -132,7 +132,7 @@ def search(
     """Run the search; returns the record written to ``auto_search.json``.
 
     Args:
-        data_source: Training data, as for :func:`graft.api.train`.
+        data_source: Training data, as for :func:`graft.api.steps`.
         backbone: Registry name or model file.
         val: Validation data (default: ``val_split`` of ``data_source``).
         classes: Class names for array or tf.data labels.
@@ -149,7 +149,8 @@ def search(
     """
     import keras_tuner as kt
 
-    from graft import api, backbones
+    from graft.api import steps as api
+    from graft.core import backbones
 
     if budget_trials < 1:
         raise GraftError(f"--budget-trials must be at least 1, got {budget_trials}.")
@@ -264,7 +265,7 @@ def train_auto(
     log: Callable[[str], None] = print,
     **kwargs,
 ):
-    """:func:`graft.api.train` with ``strategy="auto"``: search, then train the choice.
+    """:func:`graft.api.steps` with ``strategy="auto"``: search, then train the choice.
 
     Args:
         data_source: Training data.
@@ -272,13 +273,14 @@ def train_auto(
         out: Run folder (``auto_search.json`` is written into it).
         budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
         log: Receives progress lines.
-        **kwargs: Everything else :func:`graft.api.train` takes.
+        **kwargs: Everything else :func:`graft.api.steps` takes.
 
     Returns:
         The :class:`graft.api.Run` of the chosen configuration, with
         ``metrics["auto_search"]`` (chosen settings and trial count).
     """
-    from graft import api, runs
+    from graft.api import steps as api
+    from graft.runs import files as runs
 
     kwargs.pop("strategy", None)
     if kwargs.get("phases") is not None:

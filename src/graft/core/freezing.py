@@ -1,0 +1,231 @@
+"""Freezing mechanism: which backbone layers train, and what that costs.
+
+Policy (which blocks train in which phase) lives in :mod:`graft.strategies`; this
+module only does what it is told, and refuses to do nothing:
+
+* A trainability *spec* says which of the backbone's top-level layers train:
+  ``none`` (all frozen), ``all``, ``blocks:N`` (the top N blocks), ``layers:N``
+  (exactly the last N layers, like ``base_model.layers[-N:]``) or ``from:LAYER``
+  (that layer and every layer after it).
+* :func:`apply` rebuilds the whole model's trainability from scratch for a spec:
+  everything trainable, then the unselected backbone layers frozen, then every
+  BatchNormalization layer frozen unless ``train_bn``. Keras's ``trainable`` setter
+  cascades into nested models, so building from the outside in is what makes nested
+  models (a model inside a model inside a model) come out right.
+* A frozen BatchNormalization layer runs in inference mode in Keras 3, so its moving
+  statistics survive fine-tuning on small batches.
+* A spec that would train no backbone weight (layers without weights, only BN layers
+  with BN frozen) is a :class:`~graft.errors.SpecError`, never a silent no-op, and so is
+  :func:`make_trainable` on layers that are already trainable.
+
+Any change of trainability needs a recompile; the trainer compiles every phase.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import keras
+
+from graft.core.blocks import Block, count_params, units
+from graft.core.model import backbone_of, preprocess_layers
+from graft.errors import SpecError, UnknownNameError, did_you_mean
+
+_SPEC = re.compile(r"^(all|none|blocks:(\d+)|layers:(\d+)|from:(.+))$")
+SPEC_HELP = "all, none, blocks:N, layers:N or from:LAYER"
+
+
+@dataclass(frozen=True)
+class TrainableSpec:
+    """A parsed trainability spec (see the module docstring)."""
+
+    kind: str  # "all" | "none" | "blocks" | "layers" | "from"
+    value: int | str | None = None
+
+    @classmethod
+    def parse(cls, text: str | TrainableSpec) -> TrainableSpec:
+        if isinstance(text, TrainableSpec):
+            return text
+        match = _SPEC.match(str(text).strip())
+        if not match:
+            raise SpecError(f"Bad trainable spec: {text!r}. Expected {SPEC_HELP}.")
+        whole, blocks, layers, start = match.groups()
+        if blocks is not None:
+            return cls("blocks", _positive(int(blocks), text))
+        if layers is not None:
+            return cls("layers", _positive(int(layers), text))
+        if start is not None:
+            return cls("from", start)
+        return cls(whole)
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value}"
+
+
+def _positive(n: int, text) -> int:
+    if n < 1:
+        raise SpecError(f"Bad trainable spec: {text!r}; the count must be at least 1.")
+    return n
+
+
+def select(backbone: keras.Model, blocks: list[Block], spec) -> list:
+    """The backbone's top-level layers that ``spec`` makes trainable, in model order."""
+    spec = TrainableSpec.parse(spec)
+    layers = units(backbone)
+    if spec.kind == "none":
+        return []
+    if spec.kind == "all":
+        return layers
+    if spec.kind == "blocks":
+        if spec.value > len(blocks):
+            raise SpecError(
+                f"blocks:{spec.value} asks for more blocks than the backbone has ({len(blocks)}).",
+                hint="use 'all' to train the whole backbone; 'graft inspect' lists blocks.",
+            )
+        return [layer for block in blocks[-spec.value :] for layer in block.layers]
+    if spec.kind == "layers":
+        if spec.value > len(layers):
+            raise SpecError(
+                f"layers:{spec.value} asks for more layers than the backbone has ({len(layers)}).",
+                hint="use 'all' to train the whole backbone.",
+            )
+        return layers[-spec.value :]
+    names = [layer.name for layer in layers]
+    if spec.value not in names:
+        block_names = [b.name for b in blocks]
+        if spec.value in block_names:  # from:BLOCK is accepted too
+            start = block_names.index(spec.value)
+            return [layer for block in blocks[start:] for layer in block.layers]
+        raise UnknownNameError(
+            f"from:{spec.value}: no layer or block of that name in the backbone."
+            + did_you_mean(spec.value, names + block_names),
+            hint="'graft inspect BACKBONE' lists its blocks and layers.",
+        )
+    return layers[names.index(spec.value) :]
+
+
+def _walk(layer) -> list:
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def _batch_norms(layer) -> list:
+    return [x for x in _walk(layer) if isinstance(x, keras.layers.BatchNormalization)]
+
+
+def freeze(layers) -> None:
+    """Freeze layers (and everything nested in them)."""
+    for layer in layers:
+        layer.trainable = False
+
+
+def make_trainable(layers, train_bn: bool = False) -> int:
+    """Unfreeze layers, keeping their BatchNormalization frozen unless ``train_bn``.
+
+    Returns:
+        The number of parameters that became trainable.
+
+    Raises:
+        SpecError: if nothing became trainable: the layers have no weights, or only
+            BN weights with ``train_bn=False``, or they were all trainable already.
+    """
+    layers = list(layers)
+    before = {id(v) for layer in layers for v in layer.trainable_weights}
+    for layer in layers:
+        layer.trainable = True
+        if not train_bn:
+            freeze(_batch_norms(layer))
+    gained = [v for layer in layers for v in layer.trainable_weights if id(v) not in before]
+    if not gained:
+        names = ", ".join(layer.name for layer in layers[:5]) + (" ..." if len(layers) > 5 else "")
+        why = (
+            "they are trainable already"
+            if before
+            else "they have no weights that can train"
+            + ("" if train_bn else " (BatchNormalization stays frozen without --train-bn)")
+        )
+        raise SpecError(
+            f"Unfreezing {names} would change nothing: {why}.",
+            hint="select layers with weights (e.g. blocks:N); 'graft inspect' shows them.",
+        )
+    return count_params(gained)
+
+
+@dataclass
+class TrainabilityReport:
+    """What a spec made trainable: the numbers every phase reports."""
+
+    spec: str
+    train_bn: bool
+    trainable_params: int
+    frozen_params: int
+    backbone_trainable_params: int
+    trainable_blocks: list[str] = field(default_factory=list)
+    trainable_layers: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "spec": self.spec,
+            "train_bn": self.train_bn,
+            "trainable_params": self.trainable_params,
+            "frozen_params": self.frozen_params,
+            "backbone_trainable_params": self.backbone_trainable_params,
+            "trainable_blocks": self.trainable_blocks,
+        }
+
+
+def apply(
+    model: keras.Model, blocks: list[Block], spec, train_bn: bool = False
+) -> TrainabilityReport:
+    """Set the trainability of a grafted model for one phase.
+
+    The head always trains; the preprocessing never does; the backbone trains exactly
+    the layers ``spec`` selects.
+
+    Args:
+        model: A model from :func:`graft.model.build_model`.
+        blocks: The backbone's blocks (``Backbone.blocks``).
+        spec: A trainability spec string or :class:`TrainableSpec`.
+        train_bn: Let BatchNormalization layers in the selected layers train (batch
+            statistics, updated moving averages). Default: frozen, inference mode.
+
+    Returns:
+        A :class:`TrainabilityReport`. Recompile the model before training.
+
+    Example:
+        >>> report = apply(model, backbone.blocks, "blocks:2")   # doctest: +SKIP
+        >>> report.trainable_blocks                              # doctest: +SKIP
+        ['block_16', 'top']
+    """
+    spec = TrainableSpec.parse(spec)
+    backbone = backbone_of(model)
+    selected = select(backbone, blocks, spec)
+    model.trainable = True
+    freeze(preprocess_layers(model))
+    freeze(units(backbone))
+    gained = make_trainable(selected, train_bn) if selected else 0
+    if not selected:
+        backbone.trainable = False
+    expected = {id(v) for layer in selected for v in layer.trainable_weights}
+    in_backbone = {id(v) for v in backbone.weights}
+    actual = {id(v) for v in model.trainable_weights} & in_backbone
+    if actual != expected:  # a Keras trainability rule we do not expect: fail loudly
+        raise RuntimeError(
+            "Internal error: the model's trainable backbone weights differ from the "
+            f"selection for {spec} ({len(actual)} vs {len(expected)} variables)."
+        )
+    selected_ids = {id(layer) for layer in selected}
+    trainable = count_params(model.trainable_weights)
+    return TrainabilityReport(
+        spec=str(spec),
+        train_bn=train_bn,
+        trainable_params=trainable,
+        frozen_params=count_params(model.weights) - trainable,
+        backbone_trainable_params=gained,
+        trainable_blocks=[
+            b.name
+            for b in blocks
+            if any(id(layer) in selected_ids and layer.trainable_weights for layer in b.layers)
+        ],
+        trainable_layers=[layer.name for layer in selected if layer.trainable_weights],
+    )

@@ -1,0 +1,1 @@
+"""Data in: sources (folders, CSV manifests), the pre-flight check, pipelines."""

@@ -1,0 +1,1 @@
+"""Reading a run folder: evaluation, drift, plots, the report, export and predict."""
