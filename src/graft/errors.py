@@ -52,3 +52,23 @@ def did_you_mean(name: str, choices) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def unknown_keys(given, valid, what: str = "setting") -> None:
+    """Raise one :class:`UnknownNameError` for the first key of ``given`` not in ``valid``.
+
+    The message says "Unknown setting 'x'. Did you mean 'y'? Valid settings are ...".
+    """
+    valid = list(valid)
+    for key in given:
+        if key not in valid:
+            raise UnknownNameError(
+                f"Unknown {what} {key!r}.{did_you_mean(str(key), valid)} "
+                f"Valid {what}s are: {', '.join(sorted(valid))}."
+            )

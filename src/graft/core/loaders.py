@@ -1,0 +1,318 @@
+"""Backbone loaders: a registry name, a user model file (optionally cut) or either.
+
+:func:`load_backbone` builds a registry architecture with ``weights="imagenet"``
+(Keras's own download and cache), a local weights file, or ``None`` (random init);
+:func:`load_user_backbone` loads any Keras model file and optionally cuts it at a layer;
+:func:`resolve` is the one entry point the rest uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from graft.core import blocks as _blocks
+from graft.core.blocks import Block
+from graft.core.preprocessing import check_mode
+from graft.core.registry import BLOCK_COUNTS_FILE, REGISTRY, get_spec
+from graft.errors import (
+    GraftError,
+    UnknownNameError,
+    WeightsUnavailableError,
+    did_you_mean,
+    first_line,
+)
+
+
+@dataclass
+class Backbone:
+    """A built backbone ready to be grafted: the model, its blocks and how to feed it."""
+
+    model: keras.Model
+    blocks: list[Block]
+    preprocess: str
+    image_size: tuple[int, int]
+    channels: int
+    source: str
+    weights: str
+
+    def describe(self) -> dict:
+        return {
+            "source": self.source,
+            "weights": self.weights,
+            "preprocess": self.preprocess,
+            "image_size": list(self.image_size),
+            "channels": self.channels,
+            "blocks": len(self.blocks),
+            "params": self.model.count_params(),
+        }
+
+
+def is_model_path(name: str) -> bool:
+    """Whether a --backbone value names a model file/directory rather than the registry."""
+    return (
+        name.endswith((".keras", ".h5", ".hdf5"))
+        or os.sep in name
+        or "/" in name
+        or Path(name).exists()
+    )
+
+
+def load_backbone(
+    name: str,
+    weights: str | None = "imagenet",
+    image_size: int | None = None,
+    alpha: float | None = None,
+) -> Backbone:
+    """Build a ``keras.applications`` backbone without its classifier.
+
+    Args:
+        name: Registry name, e.g. ``"mobilenet_v2"`` (see ``graft backbones``).
+        weights: ``"imagenet"`` (Keras's cache, downloading once), the path of a
+            weights file (``.weights.h5`` or Keras's ``*_notop.h5`` download), or
+            ``None``/``"none"`` for random initialisation.
+        image_size: Input side in pixels; defaults to the architecture's own.
+        alpha: Width multiplier for the MobileNet families.
+
+    Returns:
+        A :class:`Backbone`.
+
+    Example:
+        >>> bb = load_backbone("mobilenet_v2", weights=None, image_size=96, alpha=0.35)
+        >>> bb.preprocess, bb.image_size
+        ('symmetric', (96, 96))
+    """
+    spec = get_spec(name)
+    size = int(image_size or spec.default_size)
+    if size < spec.min_size:
+        raise GraftError(
+            f"Image size {size} is below {spec.name}'s minimum of {spec.min_size} pixels.",
+            hint=f"pass --image-size {spec.min_size} or more.",
+        )
+    kwargs = {}
+    if alpha is not None:
+        if not spec.takes_alpha:
+            raise GraftError(f"{spec.name} has no width multiplier; --alpha is for MobileNets.")
+        kwargs["alpha"] = alpha
+    weights_arg, weights_label = _resolve_weights(weights)
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        model = _build_application(
+            constructor,
+            include_top=False,
+            weights=weights_arg,
+            input_shape=(size, size, 3),
+            **kwargs,
+        )
+    except WeightsUnavailableError:
+        raise
+    except ValueError as exc:  # Keras's own validation (sizes, alpha, weight shapes)
+        raise GraftError(f"Cannot build {spec.name}: {first_line(exc)}") from None
+    return Backbone(
+        model=model,
+        blocks=_blocks.group(model, spec.blocks),
+        preprocess=spec.preprocess,
+        image_size=(size, size),
+        channels=3,
+        source=spec.name,
+        weights=weights_label,
+    )
+
+
+def _resolve_weights(weights) -> tuple[str | None, str]:
+    if weights is None or str(weights).lower() == "none":
+        return None, "none"
+    if weights == "imagenet":
+        return "imagenet", "imagenet"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"Weights file not found: {weights}.",
+            hint="pass --weights imagenet, --weights none, or the path of a weights file.",
+        )
+    return str(path), str(path.resolve())
+
+
+_URL = re.compile(r"https?://\S+?(?=[:\s]|$)")
+
+
+def _build_application(constructor, **kwargs) -> keras.Model:
+    """Call a keras.applications constructor; turn a failed download into one line."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)  # an unreachable host must fail fast, not hang
+    try:
+        return constructor(**kwargs)
+    except Exception as exc:
+        text = str(exc)
+        if kwargs.get("weights") == "imagenet" and (
+            "URL fetch failure" in text or "urlopen" in text.lower()
+        ):
+            url = _URL.search(text)
+            where = url.group(0) if url else "the Keras applications weights bucket"
+            cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+            raise WeightsUnavailableError(
+                "ImageNet weights are not in Keras's cache and could not be downloaded "
+                "(no network?).",
+                hint=f"on a connected machine download {where} and pass --weights "
+                f"PATH_TO_THAT_FILE, or put it in {cache}.",
+            ) from None
+        if isinstance(exc, ValueError):
+            raise
+        raise GraftError(f"Cannot build the backbone: {first_line(exc)}") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def load_user_backbone(
+    path: str,
+    cut: str | None = None,
+    preprocess: str = "none",
+    weights: str | None = None,
+    safe_mode: bool = True,
+) -> Backbone:
+    """Use any saved Keras model as a backbone, optionally cut at a named layer.
+
+    Args:
+        path: A ``.keras`` or legacy ``.h5`` model file.
+        cut: Name of a top-level layer; the backbone ends at its output and everything
+            after it (the old head) is dropped. ``None`` keeps the whole model.
+        preprocess: How raw 0-255 pixels must be scaled for this model (see
+            ``graft.preprocessing.MODES``); ``none`` if it scales its own input.
+        weights: ``None`` keeps the file's weights; ``"none"`` re-initialises them
+            (training from scratch on the same architecture); a path loads weights.
+        safe_mode: Refuse files whose loading could run arbitrary code (Lambda layers).
+
+    Returns:
+        A :class:`Backbone` whose blocks follow the fallback rule of
+        :mod:`graft.blocks` (nested sub-models are blocks).
+    """
+    check_mode(preprocess)
+    if weights == "imagenet":
+        raise GraftError(
+            "--weights imagenet is for registry backbones; a model file brings its own.",
+            hint="leave --weights out to keep the file's weights, or pass none or a path.",
+        )
+    file = Path(path).expanduser()
+    if not file.exists():
+        raise GraftError(
+            f"Backbone file not found: {path}.",
+            hint="pass a registry name (see 'graft backbones') or an existing .keras/.h5 file.",
+        )
+    if file.is_dir():
+        raise GraftError(
+            f"{path} is a directory; graft loads backbones from .keras or .h5 files.",
+            hint="re-save the model with model.save('backbone.keras').",
+        )
+    try:
+        model = keras.saving.load_model(file, compile=False, safe_mode=safe_mode)
+    except Exception as exc:
+        text = first_line(exc)
+        if "safe_mode" in text or "Lambda" in text:
+            raise GraftError(
+                f"{path} contains code (a Lambda layer) that would run when loaded; refused.",
+                hint="only if you trust the file, pass --unsafe (safe_mode=False in Python).",
+            ) from None
+        raise GraftError(f"Cannot load a Keras model from {path}: {text}") from None
+    if not isinstance(model, keras.Model):
+        raise GraftError(f"{path} does not hold a Keras model.")
+    if cut is not None:
+        model = _cut(model, cut, path)
+    if weights is not None and str(weights).lower() == "none":
+        model = keras.models.clone_model(model)  # same architecture, fresh initialisers
+        weights_label = "none"
+    elif weights is not None:
+        weights_file = _resolve_weights(weights)[0]
+        model.load_weights(weights_file)
+        weights_label = str(Path(weights_file).resolve())
+    else:
+        weights_label = str(file.resolve())
+    shape = model.input_shape
+    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        raise GraftError(
+            f"{path} takes inputs of shape {shape}; graft needs a fixed (height, width, "
+            "channels) image input.",
+        )
+    return Backbone(
+        model=model,
+        blocks=_blocks.group(model),
+        preprocess=preprocess,
+        image_size=(int(shape[1]), int(shape[2])),
+        channels=int(shape[3]),
+        source=str(file.resolve()),
+        weights=weights_label,
+    )
+
+
+def _cut(model: keras.Model, layer_name: str, path: str) -> keras.Model:
+    names = [layer.name for layer in model.layers]
+    if layer_name not in names:
+        raise UnknownNameError(
+            f"No layer named {layer_name!r} at the top level of {path}."
+            + did_you_mean(layer_name, names),
+            hint=f"its last layers are: {', '.join(names[-6:])}; run 'graft inspect {path}'.",
+        )
+    output = model.get_layer(layer_name).output
+    return keras.Model(model.inputs, output, name=f"{model.name}_cut")
+
+
+def resolve(
+    backbone: str,
+    weights: str | None = None,
+    image_size: int | None = None,
+    alpha: float | None = None,
+    cut: str | None = None,
+    preprocess: str | None = None,
+    safe_mode: bool = True,
+) -> Backbone:
+    """Registry name or model path -> :class:`Backbone`; the one entry point the rest uses.
+
+    ``weights=None`` means the backbone's own pre-trained weights: ImageNet for a
+    registry name, the file's weights for a model file.
+    """
+    if is_model_path(backbone):
+        bb = load_user_backbone(
+            backbone,
+            cut=cut,
+            preprocess=preprocess or "none",
+            weights=weights,
+            safe_mode=safe_mode,
+        )
+        if image_size is not None and (image_size, image_size) != bb.image_size:
+            raise GraftError(
+                f"{backbone} takes {bb.image_size[0]}x{bb.image_size[1]} images; "
+                f"--image-size {image_size} does not fit it.",
+                hint="leave --image-size out for model files; images are resized to fit.",
+            )
+        return bb
+    if cut is not None:
+        raise GraftError("--cut is for backbones loaded from a model file, not registry names.")
+    bb = load_backbone(
+        backbone,
+        weights="imagenet" if weights is None else weights,
+        image_size=image_size,
+        alpha=alpha,
+    )
+    if preprocess is not None:
+        bb.preprocess = check_mode(preprocess)
+    return bb
+
+
+def _write_block_counts() -> None:  # python -m graft.core.loaders
+    import json
+
+    counts = {}
+    for spec in REGISTRY.values():
+        bb = load_backbone(spec.name, weights=None)
+        counts[spec.name] = len(bb.blocks)
+        print(spec.name, counts[spec.name], flush=True)
+        keras.backend.clear_session()
+    BLOCK_COUNTS_FILE.write_text(json.dumps(counts, indent=1) + "\n", "utf-8")
+
+
+if __name__ == "__main__":
+    _write_block_counts()
