@@ -33,7 +33,7 @@ def test_gradual_unfreezes_one_more_block_per_phase():
     steps = graft.plan("gradual", gradual_blocks=5, gradual_step=2, gradual_epochs=4)
     assert [p.trainable for p in steps[1:]] == ["blocks:2", "blocks:4", "blocks:5"]
     assert all(p.epochs == 4 for p in steps[1:])
-    with pytest.raises(GraftError, match="--gradual-blocks"):
+    with pytest.raises(GraftError, match="gradual_blocks=N"):
         graft.plan("gradual", unfreeze="all")
 
 

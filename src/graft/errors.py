@@ -46,11 +46,11 @@ class TrainingFailed(GraftError):
     exit_code = 1
 
 
-def did_you_mean(name: str, choices) -> str:
-    """A short 'Did you mean ...?' suffix for an unknown name, or ''."""
+def did_you_mean(name: str, choices, n: int = 3) -> str:
+    """A short 'Did you mean ...?' suffix for an unknown name (up to ``n`` guesses), or ''."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.6)
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -69,6 +69,6 @@ def unknown_keys(given, valid, what: str = "setting") -> None:
     for key in given:
         if key not in valid:
             raise UnknownNameError(
-                f"Unknown {what} {key!r}.{did_you_mean(str(key), valid)} "
+                f"Unknown {what} {key!r}.{did_you_mean(str(key), valid, n=1)} "
                 f"Valid {what}s are: {', '.join(sorted(valid))}."
             )

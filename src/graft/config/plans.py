@@ -1,7 +1,7 @@
 """Plans as data: custom YAML plans, run-wide options applied to named strategies, and
 the resolved plan as a table (``graft train --print-plan``).
 
-A plan file is a YAML list of phases; every key is a :class:`~graft.strategies.Phase`
+A plan file is a YAML list of phases; every key is a :class:`~graft.config.phase.Phase`
 field::
 
     - name: probe
@@ -27,8 +27,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from graft.config.strategies import Phase
-from graft.errors import GraftError
+from graft.config.phase import Phase
+from graft.errors import GraftError, first_line, unknown_keys
 
 #: Run-wide options (``--lr-mult``, ``--schedule`` ...) copied into every phase of a
 #: named strategy. ``recalibrate_bn`` only goes to the first phase.
@@ -63,8 +63,7 @@ def load(path: str | os.PathLike) -> list[Phase]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise GraftError(f"{path} is not valid YAML: {first}") from None
+        raise GraftError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, list) or not data:
         raise GraftError(f"{path} must be a non-empty YAML list of phases (mappings).")
     phases = []
@@ -92,9 +91,7 @@ def with_options(phases: list[Phase], recalibrate_bn: bool = False, **options) -
     Returns:
         New phases; per-block rates and L2-SP matter only where the backbone trains.
     """
-    unknown = set(options) - set(PHASE_OPTIONS)
-    if unknown:
-        raise TypeError(f"Unknown phase option(s): {', '.join(sorted(unknown))}")
+    unknown_keys(options, PHASE_OPTIONS, what="phase option")
     given = {k: v for k, v in options.items() if v is not None}
     out = []
     for p in phases:

@@ -1,97 +1,147 @@
 """Every setting of a training run, resolved, validated and saved as ``config.yaml``.
 
 A :class:`TrainConfig` is what the CLI builds from its flags and what the Python API
-builds from keyword arguments; :func:`graft.api.steps` runs one.
+builds from keyword arguments. Each field carries its own metadata (help, group,
+choices, flag), from which :mod:`graft.cli` generates its options.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass
 
-from graft.config.strategies import DEFAULT_UNFREEZE, STRATEGIES, Phase, plan
-from graft.errors import GraftError, UnknownNameError, did_you_mean
+from graft.config import defaults as d
+from graft.config.fields import GROUPS, setting
+from graft.config.names import (
+    AUGMENT_LEVELS,
+    AUTO_STRATEGY,
+    CLASS_WEIGHTS,
+    DISTRIBUTE_MODES,
+    JIT_MODES,
+    OPTIMIZERS,
+    PRECISIONS,
+    PREPROCESS_MODES,
+    SCHEDULES,
+)
+from graft.config.phase import Phase
+from graft.config.spec import SPEC_HELP
+from graft.config.strategies import STRATEGIES, plan
+from graft.errors import GraftError, UnknownNameError, did_you_mean, first_line, unknown_keys
 
-#: The head learning rate a plan shows before ``--lr auto`` has run the LR finder.
-AUTO_LR_PLACEHOLDER = 1e-3
+AUTO_LR_PLACEHOLDER = d.AUTO_LR_PLACEHOLDER
+#: Keys a run's ``config.yaml`` holds besides the settings (a record of the run).
+RUN_RECORD_KEYS = ("data", "safe_mode", "resolved_backbone", "classes", "multi_label", "versions")
+_M, _S, _O, _D, _P, _R = GROUPS  # model, strategy, optimisation, data, speed, run
 
 
 @dataclass
 class TrainConfig:
     """All settings of one run. ``None`` means "the backbone's/strategy's default"."""
 
-    backbone: str
-    weights: str | None = None
-    cut: str | None = None
-    preprocess: str | None = None
-    alpha: float | None = None
-    image_size: int | None = None
-    strategy: str = "hybrid"
-    epochs: int = 10
-    finetune_epochs: int = 10
-    unfreeze: str = DEFAULT_UNFREEZE
-    lr: float = 1e-3
-    finetune_lr: float = 1e-5
-    train_bn: bool = False
-    optimizer: str = "adam"
-    head: tuple[int, ...] = (128,)
-    dropout: float = 0.2
-    batch_size: int = 32
-    val_split: float = 0.2
-    seed: int = 0
-    cache: bool = True
-    cache_dir: str | None = None
-    cache_views: int = 0
-    jit: str = "auto"
-    precision: str = "float32"
-    phases: list[Phase] | None = field(default=None)
-    augment: str = "none"
-    class_weight: str = "none"
-    min_size: int = 16
-    strict: bool = False
-    lr_mult: float | None = None
-    layer_decay: float | None = None
-    schedule: str | None = None
-    warmup_epochs: int | None = None
-    early_stop: int | None = None
-    weight_decay: float | None = None
-    l2sp: float | None = None
-    recalibrate_bn: bool = False
-    gradual_blocks: int | None = None
-    gradual_step: int = 1
-    gradual_epochs: int | None = None
-    deterministic: bool = False
-    distribute: str = "none"
-    devices: int = 0
+    backbone: str = setting(
+        None, _M, "Registry name (see 'graft backbones') or a .keras/.h5 path.", short="-b"
+    )
+    weights: str | None = setting(
+        None, _M, "imagenet | none | PATH (default: imagenet, or a model file's own weights)."
+    )
+    cut: str | None = setting(None, _M, "Cut a model file at this layer (drop its head).")
+    preprocess: str | None = setting(
+        None, _M, "Input preprocessing (default: the backbone's own).", choices=PREPROCESS_MODES
+    )
+    alpha: float | None = setting(None, _M, "Width multiplier for MobileNets.")
+    image_size: int | None = setting(None, _M, "Input side in pixels.")
+    head: tuple[int, ...] = setting(
+        d.DEFAULT_HEAD, _M, "Hidden units of the head, comma-separated; '' for a linear head."
+    )
+    dropout: float = setting(d.DEFAULT_DROPOUT, _M, "Dropout before the output layer.")
+    strategy: str = setting(
+        d.DEFAULT_STRATEGY,
+        _S,
+        "How to train; auto searches (see --budget-trials).",
+        choices=(*STRATEGIES, AUTO_STRATEGY),
+    )
+    epochs: int = setting(
+        d.DEFAULT_EPOCHS, _S, "Epochs of the first phase (the head phase, or finetune's only one)."
+    )
+    finetune_epochs: int = setting(d.DEFAULT_EPOCHS, _S, "Epochs of the fine-tuning phase(s).")
+    unfreeze: str = setting(
+        d.DEFAULT_UNFREEZE, _S, f"Backbone layers to fine-tune: {SPEC_HELP}.", metavar="SPEC"
+    )
+    phases: list[Phase] | None = setting(None, _S, "A custom plan (see --plan).", flag=None)
+    gradual_blocks: int | None = setting(None, _S, "gradual: blocks unfrozen in all.")
+    gradual_step: int = setting(1, _S, "gradual: blocks added per phase.")
+    gradual_epochs: int | None = setting(None, _S, "gradual: epochs per unfreezing phase.")
+    lr: float = setting(
+        d.DEFAULT_LR, _O, "Learning rate of the new head; 'auto' runs the LR finder first."
+    )
+    finetune_lr: float = setting(
+        d.DEFAULT_FINETUNE_LR, _O, "Learning rate of the unfrozen backbone."
+    )
+    optimizer: str = setting(d.DEFAULT_OPTIMIZER, _O, "Optimizer.", choices=OPTIMIZERS)
+    train_bn: bool = setting(False, _O, "Let BatchNormalization train when unfrozen.")
+    lr_mult: float | None = setting(
+        None, _O, "Discriminative rates: block d below the top trainable one gets x F^d."
+    )
+    layer_decay: float | None = setting(
+        None, _O, "Layer-wise decay: block i from the backbone's top gets lr x D^i."
+    )
+    schedule: str | None = setting(None, _O, "Per-phase LR schedule.", choices=SCHEDULES)
+    warmup_epochs: int | None = setting(None, _O, "Warm-up epochs (cosine).")
+    early_stop: int | None = setting(
+        None,
+        _O,
+        "Stop a phase after PATIENCE epochs without improvement; keep its best epoch.",
+        metavar="PATIENCE",
+    )
+    weight_decay: float | None = setting(
+        None, _O, "Decoupled weight decay (never BN weights or biases)."
+    )
+    l2sp: float | None = setting(
+        None, _O, "L2-SP: pull backbone weights toward their pre-trained values.", metavar="ALPHA"
+    )
+    recalibrate_bn: bool = setting(
+        False, _O, "AdaBN: re-estimate BN statistics on the training images first."
+    )
+    batch_size: int = setting(d.DEFAULT_BATCH_SIZE, _D, "Images per batch.")
+    val_split: float = setting(
+        d.DEFAULT_VAL_SPLIT, _D, "Fraction of DATA held out for validation (stratified)."
+    )
+    augment: str = setting("none", _D, "Training-batch augmentation.", choices=AUGMENT_LEVELS)
+    class_weight: str = setting(
+        "none", _D, "auto: balanced weights for imbalanced classes.", choices=CLASS_WEIGHTS
+    )
+    min_size: int = setting(
+        d.DEFAULT_MIN_SIZE, _D, "Skip images whose width or height is below N pixels."
+    )
+    strict: bool = setting(False, _D, "Fail on any data-check problem instead of skipping.")
+    cache: bool = setting(True, _P, "Train frozen-backbone phases on cached backbone features.")
+    cache_dir: str | None = setting(
+        None, _P, "Feature cache folder (default: ~/.cache/keras-graft/features)."
+    )
+    cache_views: int = setting(
+        0, _P, "With augment: cache K augmented views per image (0: no cache, run the backbone)."
+    )
+    jit: str = setting("auto", _P, "XLA compilation (auto: Keras's choice).", choices=JIT_MODES)
+    precision: str = setting(
+        "float32", _P, "mixed: float16 on GPU, bfloat16 on CPU.", choices=PRECISIONS
+    )
+    distribute: str = setting(
+        "none",
+        _P,
+        "tf.distribute strategy (multi-worker reads TF_CONFIG).",
+        choices=DISTRIBUTE_MODES,
+    )
+    devices: int = setting(
+        0, _P, "Split the CPU into N logical devices (for distribute mirrored without GPUs)."
+    )
+    seed: int = setting(0, _R, "Random seed.")
+    deterministic: bool = setting(False, _R, "TensorFlow op determinism: same seed, same weights.")
 
     def __post_init__(self):
-        if isinstance(self.lr, str) and self.lr != "auto":
-            raise GraftError(f"--lr must be a positive number or 'auto', got {self.lr!r}.")
-        if self.strategy not in STRATEGIES and self.phases is None:
-            plan(self.strategy)  # raises the unknown-strategy error
-        if self.batch_size < 1:
-            raise GraftError(f"--batch-size must be at least 1, got {self.batch_size}.")
-        if not 0 <= self.val_split < 1:
-            raise GraftError(f"--val-split must be in [0, 1), got {self.val_split}.")
-        if not 0 <= self.dropout < 1:
-            raise GraftError(f"--dropout must be in [0, 1), got {self.dropout}.")
-        if self.cache_views < 0:
-            raise GraftError(f"--cache-views must be 0 or more, got {self.cache_views}.")
-        if self.jit not in ("auto", "on", "off"):
-            raise GraftError(f"--jit must be auto, on or off, got {self.jit!r}.")
-        if self.precision not in ("float32", "mixed"):
-            raise GraftError(f"--precision must be float32 or mixed, got {self.precision!r}.")
-        _check_data_settings(self)
-        if self.distribute not in ("none", "mirrored", "multi-worker"):
-            raise UnknownNameError(
-                f"Unknown --distribute: {self.distribute!r}.",
-                hint="expected none, mirrored or multi-worker.",
-            )
-        if self.devices < 0:
-            raise GraftError(f"--devices must be 0 (all) or more, got {self.devices}.")
-        self.head = tuple(int(u) for u in self.head)
-        if any(u < 1 for u in self.head):
-            raise GraftError(f"--head units must be positive, got {list(self.head)}.")
+        if self.backbone is None:
+            raise GraftError("A backbone is required. Received: backbone=None")
+        _check(self)
 
     def resolved_plan(self) -> list[Phase]:
         """The phases this config will run."""
@@ -126,29 +176,63 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A config from a run's saved ``config.yaml`` (its run-record keys are skipped)."""
+        return cls(**{k: v for k, v in data.items() if k not in RUN_RECORD_KEYS})
 
 
-def _check_data_settings(cfg: TrainConfig) -> None:
-    from graft.data.sources import AUGMENT_LEVELS
+SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
-    if cfg.augment not in AUGMENT_LEVELS:
-        raise UnknownNameError(
-            f"Unknown --augment level: {cfg.augment!r}.{did_you_mean(cfg.augment, AUGMENT_LEVELS)}",
-            hint=f"expected one of {', '.join(AUGMENT_LEVELS)}.",
-        )
-    if cfg.class_weight not in ("none", "auto"):
-        raise UnknownNameError(
-            f"Unknown --class-weight: {cfg.class_weight!r}.", hint="expected none or auto."
-        )
-    if cfg.min_size < 1:
-        raise GraftError(f"--min-size must be at least 1, got {cfg.min_size}.")
+
+def _strict_init(init):
+    """Unknown keyword arguments are one clear error with a did-you-mean, not a TypeError."""
+
+    @functools.wraps(init)
+    def wrapper(self, *args, **kwargs):
+        unknown_keys(kwargs, SETTINGS)
+        init(self, *args, **kwargs)
+
+    return wrapper
+
+
+TrainConfig.__init__ = _strict_init(TrainConfig.__init__)
+
+
+def _received(name: str, value) -> str:
+    return f"Received: {name}={value!r}"
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Validate the settings; messages name the Python argument (Keras style)."""
+    if isinstance(cfg.lr, str) and cfg.lr != "auto":
+        raise GraftError(f"lr must be a positive number or 'auto'. {_received('lr', cfg.lr)}")
+    if cfg.strategy not in STRATEGIES and cfg.phases is None:
+        plan(cfg.strategy)  # raises the unknown-strategy error
+    for f in dataclasses.fields(TrainConfig):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and f.name != "strategy" and value is not None and value not in choices:
+            raise UnknownNameError(
+                f"Unknown {f.name}: {value!r}.{did_you_mean(str(value), choices)} "
+                f"Expected one of {', '.join(choices)}."
+            )
+    for name, low, high in (("val_split", 0, 1), ("dropout", 0, 1)):
+        if not low <= getattr(cfg, name) < high:
+            raise GraftError(
+                f"{name} must be in [{low}, {high}). {_received(name, getattr(cfg, name))}"
+            )
+    for name, low in (("batch_size", 1), ("min_size", 1), ("cache_views", 0), ("devices", 0)):
+        if getattr(cfg, name) < low:
+            raise GraftError(
+                f"{name} must be at least {low}. {_received(name, getattr(cfg, name))}"
+            )
+    cfg.head = tuple(int(u) for u in cfg.head)
+    if any(u < 1 for u in cfg.head):
+        raise GraftError(f"head units must be positive. Received: head={list(cfg.head)}")
 
 
 def read_settings(path) -> dict:
-    """The TrainConfig fields stored in a YAML file (other keys, such as the
-    ``resolved_backbone`` or ``versions`` a run's config.yaml also holds, are ignored)."""
+    """The TrainConfig fields stored in a YAML file (a run's ``config.yaml`` or one of
+    your own). Run-record keys are skipped; any other unknown key is an error."""
     from pathlib import Path
 
     import yaml
@@ -159,8 +243,12 @@ def read_settings(path) -> dict:
     try:
         loaded = yaml.safe_load(file.read_text("utf-8"))
     except yaml.YAMLError as exc:
-        raise GraftError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise GraftError(f"{path} is not valid YAML: {first_line(exc)}") from None
     if not isinstance(loaded, dict):
         raise GraftError(f"{path} must hold a mapping of settings, e.g. 'backbone: resnet50'.")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in loaded.items() if k in known}
+    settings = {k: v for k, v in loaded.items() if k not in RUN_RECORD_KEYS}
+    try:
+        unknown_keys(settings, SETTINGS)
+    except UnknownNameError as exc:
+        raise UnknownNameError(f"{path}: {exc.message}") from None
+    return settings

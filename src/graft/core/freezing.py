@@ -23,50 +23,14 @@ Any change of trainability needs a recompile; the trainer compiles every phase.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import keras
 
+from graft.config.spec import SPEC_HELP, TrainableSpec  # noqa: F401 (re-exported)
 from graft.core.blocks import Block, count_params, units
 from graft.core.model import backbone_of, preprocess_layers
 from graft.errors import SpecError, UnknownNameError, did_you_mean
-
-_SPEC = re.compile(r"^(all|none|blocks:(\d+)|layers:(\d+)|from:(.+))$")
-SPEC_HELP = "all, none, blocks:N, layers:N or from:LAYER"
-
-
-@dataclass(frozen=True)
-class TrainableSpec:
-    """A parsed trainability spec (see the module docstring)."""
-
-    kind: str  # "all" | "none" | "blocks" | "layers" | "from"
-    value: int | str | None = None
-
-    @classmethod
-    def parse(cls, text: str | TrainableSpec) -> TrainableSpec:
-        if isinstance(text, TrainableSpec):
-            return text
-        match = _SPEC.match(str(text).strip())
-        if not match:
-            raise SpecError(f"Bad trainable spec: {text!r}. Expected {SPEC_HELP}.")
-        whole, blocks, layers, start = match.groups()
-        if blocks is not None:
-            return cls("blocks", _positive(int(blocks), text))
-        if layers is not None:
-            return cls("layers", _positive(int(layers), text))
-        if start is not None:
-            return cls("from", start)
-        return cls(whole)
-
-    def __str__(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}:{self.value}"
-
-
-def _positive(n: int, text) -> int:
-    if n < 1:
-        raise SpecError(f"Bad trainable spec: {text!r}; the count must be at least 1.")
-    return n
 
 
 def select(backbone: keras.Model, blocks: list[Block], spec) -> list:

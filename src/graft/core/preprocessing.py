@@ -18,9 +18,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from graft.config.names import PREPROCESS_MODES
 from graft.errors import UnknownNameError, did_you_mean
 
-MODES = ("none", "unit", "symmetric", "caffe", "torch")
+MODES = PREPROCESS_MODES
 LAYER_PREFIX = "graft_preprocess"
 
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype="float32")

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.config.names import AUGMENT_LEVELS
 from graft.errors import DataError, UnknownNameError, did_you_mean
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 JUNK_FILES = ("Thumbs.db", "desktop.ini")
 MULTI_LABEL_SEPARATOR = "|"
-AUGMENT_LEVELS = ("none", "light", "standard")
 
 
 @dataclass(frozen=True)

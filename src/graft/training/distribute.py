@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 
+from graft.config.names import DISTRIBUTE_MODES
 from graft.errors import GraftError
 
-STRATEGIES = ("none", "mirrored", "multi-worker")
+STRATEGIES = DISTRIBUTE_MODES
 
 
 def enable_determinism() -> None:

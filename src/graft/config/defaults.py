@@ -1,0 +1,17 @@
+"""Default values shared by strategies, :class:`~graft.config.TrainConfig` and the CLI."""
+
+from __future__ import annotations
+
+DEFAULT_STRATEGY = "hybrid"
+DEFAULT_UNFREEZE = "blocks:2"
+DEFAULT_EPOCHS = 10
+DEFAULT_LR = 1e-3
+DEFAULT_FINETUNE_LR = 1e-5
+DEFAULT_OPTIMIZER = "adam"
+DEFAULT_HEAD = (128,)
+DEFAULT_DROPOUT = 0.2
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_VAL_SPLIT = 0.2
+DEFAULT_MIN_SIZE = 16
+#: The head learning rate a plan shows before ``lr="auto"`` has run the LR finder.
+AUTO_LR_PLACEHOLDER = 1e-3

@@ -1,0 +1,18 @@
+"""The names every layer shares: one owner for each list of accepted values.
+
+Other modules import these (``core.preprocessing``, ``data``, ``training.distribute``,
+the CLI's ``click.Choice``) instead of writing their own copy.
+"""
+
+from __future__ import annotations
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "nadam")
+SCHEDULES = ("constant", "cosine", "onecycle", "plateau")
+DISTRIBUTE_MODES = ("none", "mirrored", "multi-worker")
+AUGMENT_LEVELS = ("none", "light", "standard")
+JIT_MODES = ("auto", "on", "off")
+PRECISIONS = ("float32", "mixed")
+CLASS_WEIGHTS = ("none", "auto")
+PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")
+#: The searched strategy (``graft.api.auto``); not a plan of its own.
+AUTO_STRATEGY = "auto"
