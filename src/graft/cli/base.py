@@ -1,0 +1,72 @@
+"""What every command shares: the console, one-line logging, and the command class
+that groups ``--help`` by setting group and imports the backend only when it runs."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from graft import _quiet
+from graft.config.fields import GROUPS
+
+console = Console()
+state = {"debug": False, "verbose": False}
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def log(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True)
+
+
+def fit_verbosity() -> int:
+    return 1 if sys.stdout.isatty() else 2
+
+
+class SettingOption(click.Option):
+    """An option generated from a setting; ``group`` picks its ``--help`` section."""
+
+    def __init__(self, *args, group: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GraftCommand(click.Command):
+    """A command whose help lists options by group, and which imports Keras (quietly)
+    only when it runs, so that ``--help`` and usage errors stay fast."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", CONTEXT)
+        super().__init__(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context):
+        _quiet.import_backend(state["verbose"])
+        return super().invoke(ctx)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            if not isinstance(param, click.Option):
+                continue
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "group", None) or "", []).append(record)
+        for group in ("", *GROUPS):
+            if sections.get(group):
+                title = f"{group.capitalize()} options" if group else "Options"
+                with formatter.section(title):
+                    formatter.write_dl(sections[group])
+
+
+class GraftGroup(click.Group):
+    """A group whose commands (and subgroups) are :class:`GraftCommand` by default."""
+
+    command_class = GraftCommand
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", CONTEXT)
+        super().__init__(*args, **kwargs)
+
+
+GraftGroup.group_class = GraftGroup

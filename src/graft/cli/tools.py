@@ -1,0 +1,226 @@
+"""The commands that use a model or a run rather than train one: evaluate, report,
+predict, export, backbones, data check, inspect, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from graft.cli import options
+from graft.cli.base import GraftCommand, GraftGroup, console, log
+
+
+@click.command(cls=GraftCommand)
+@click.argument("model")
+@click.argument("data")
+@options.settings(["batch_size"])
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
+def evaluate(model, data, batch_size, as_json, unsafe):
+    """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
+    from graft.api import steps as api
+    from graft.reporting.evaluation import summary_line
+
+    result = api.evaluate(model, data, batch_size=batch_size, safe_mode=not unsafe)
+    if as_json:
+        print(json.dumps(result))
+        return
+    skipped = result.get("skipped")
+    log(summary_line(result) + (f" ({skipped} skipped by the data check)" if skipped else ""))
+    per_class = result.get("per_class") or result.get("per_label") or {}
+    table = Table("class", "precision", "recall", "F1", "support")
+    for name, v in per_class.items():
+        table.add_row(
+            name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"])
+        )
+    console.print(table)
+
+
+@click.command(cls=GraftCommand)
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--data", default=None, help="Re-evaluate on this labelled folder first.")
+@options.settings(["batch_size"])
+def report(run_dir, data, batch_size):
+    """(Re)generate RUN_DIR/report.html, its plots and MODEL_CARD.md."""
+    from graft.reporting import report as report_mod
+
+    path = report_mod.regenerate(run_dir, data=data, batch_size=batch_size)
+    log(f"Report: {path}")
+    log(f"Model card: {path.parent / report_mod.MODEL_CARD_FILE}")
+
+
+@click.command(cls=GraftCommand)
+@click.argument("model")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top-k", type=int, default=1, show_default=True, help="Classes per image.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@click.option("--out", "-o", default=None, help="Output file (default: stdout).")
+@options.settings(["batch_size"])
+@click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
+def predict(model, images, top_k, fmt, out, batch_size, unsafe):
+    """Predict the classes of IMAGES (files or folders) with MODEL (a run folder or .keras)."""
+    from graft.reporting import predict as predict_mod
+
+    def skipped(item):
+        print(f"graft: skipped {item.path}: {item.reason}", file=sys.stderr)
+
+    summary = predict_mod.predict_to_file(
+        model,
+        images,
+        out,
+        fmt=fmt,
+        top_k=top_k,
+        batch_size=batch_size,
+        on_skip=skipped,
+        safe_mode=not unsafe,
+    )
+    where = f" to {out}" if out not in (None, "-") else ""
+    print(
+        f"graft: predicted {summary.predicted} image(s){where}; "
+        f"skipped {len(summary.skipped)} unreadable file(s)",
+        file=sys.stderr,
+    )
+
+
+@click.command(cls=GraftCommand)
+@click.argument("model")
+@click.option(
+    "--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]), required=True
+)
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output path.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["none", "dynamic", "int8"]),
+    default="none",
+    show_default=True,
+    help="TFLite quantization.",
+)
+@click.option("--calibration", default=None, help="Representative images (int8; the check).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def export(model, fmt, out, quantize, calibration, overwrite):
+    """Export MODEL (a run folder or .keras) and check it against the Keras model."""
+    from graft.reporting import export as export_mod
+
+    result = export_mod.export(
+        model, fmt, out, quantize=quantize, calibration=calibration, overwrite=overwrite
+    )
+    log(f"Exported {fmt} to {result.path}")
+    log(result.summary_line())
+
+
+@click.command(cls=GraftCommand)
+def backbones():
+    """List the architectures graft knows by name."""
+    from graft.core.registry import REGISTRY, block_count
+
+    table = Table("name", "input size", "min size", "preprocess", "blocks")
+    for spec in REGISTRY.values():
+        table.add_row(
+            spec.name,
+            str(spec.default_size),
+            str(spec.min_size),
+            spec.preprocess,
+            str(block_count(spec.name)),
+        )
+    console.print(table)
+
+
+@click.group(cls=GraftGroup)
+def data():
+    """Inspect datasets."""
+
+
+@data.command("check")
+@click.argument("data_path", metavar="DATA")
+@click.option("--val", default=None, help="Validation folder or .csv to check with DATA.")
+@click.option("--test", default=None, help="Test folder or .csv to check with DATA.")
+@options.settings(["min_size"])
+@click.option("--strict", is_flag=True, help="Exit 2 on any problem (converted images aside).")
+def data_check(data_path, val, test, min_size, strict):
+    """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images."""
+    from graft.api import steps as api
+
+    report = api.check_data(data_path, val=val, test=test, min_size=min_size)
+    for line in report.lines():
+        log(line)
+    report.raise_if_strict(strict)
+
+
+@click.command(cls=GraftCommand)
+@click.argument("backbone")
+@options.settings(["image_size", "alpha", "cut"])
+@click.option("--layers", is_flag=True, help="List every layer of every block.")
+def inspect(backbone, image_size, alpha, cut, layers):
+    """Show a backbone's blocks, layers, parameters, preprocessing and input size."""
+    from graft.core.loaders import is_model_path, resolve
+
+    # The structure does not depend on the weights: never download them to inspect.
+    bb = resolve(
+        backbone,
+        weights=None if is_model_path(backbone) else "none",
+        image_size=image_size,
+        alpha=alpha,
+        cut=cut,
+    )
+    info = bb.describe()
+    log(
+        f"{info['source']}: input {bb.image_size[0]}x{bb.image_size[1]}x{bb.channels}, "
+        f"preprocess {bb.preprocess}, {info['params']:,} params, {len(bb.blocks)} blocks"
+    )
+    table = Table("#", "block", "layers", "params", "first layer", "last layer")
+    for i, block in enumerate(bb.blocks, start=1):
+        table.add_row(
+            str(i),
+            block.name,
+            str(len(block.layers)),
+            f"{block.param_count:,}",
+            block.layers[0].name,
+            block.layers[-1].name,
+        )
+    console.print(table)
+    if layers:
+        for block in bb.blocks:
+            log(f"{block.name}: " + ", ".join(layer.name for layer in block.layers))
+
+
+@click.command(cls=GraftCommand)
+@click.option(
+    "--quick", is_flag=True, help="Only 2 labels per class, fewer epochs (under a minute)."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("graft-demo"),
+    show_default=True,
+    help="Folder for data, runs and results.",
+)
+@options.settings(["seed"])
+def demo(quick, out, seed):
+    """Transfer learning on scikit-learn's digits: 0-4 pre-train, 5-9 with few labels."""
+    from graft.api import demo as demo_mod
+
+    log("graft demo: pre-trained on digits 0-4, grafted onto digits 5-9 with few labels each")
+    rows = demo_mod.run(
+        out,
+        budgets=(2,) if quick else (2, 10),
+        seed=seed,
+        log=log,
+        epochs_scale=0.5 if quick else 1.0,
+    )
+    table = Table("labels/class", "strategy", "trainable params", "test accuracy", "seconds")
+    for r in rows:
+        table.add_row(
+            str(r["labels_per_class"]),
+            r["strategy"],
+            f"{r['trainable_params']:,}",
+            f"{r['test_accuracy']:.3f}",
+            f"{r['seconds']:.1f}",
+        )
+    console.print(table)
+    log(f"Results: {out / 'results.md'}; one run folder per row under {out}/")
