@@ -28,7 +28,7 @@ from graft.core import backbones
 from graft.core.model import HeadConfig, backbone_of, build_model
 from graft.data import check as datacheck
 from graft.data import sources as data
-from graft.errors import DataError, GraftError
+from graft.errors import DataError, GraftError, first_line
 from graft.reporting import drift
 from graft.runs import files as runs
 from graft.training import cache
@@ -743,7 +743,7 @@ def load(model_or_run: str | os.PathLike, safe_mode: bool = True) -> tuple[keras
     try:
         model = keras.saving.load_model(model_file, safe_mode=safe_mode)
     except Exception as exc:
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        text = first_line(exc)
         if safe_mode and ("safe_mode" in text or "Lambda" in text):
             raise GraftError(
                 f"{model_file} contains code (a Lambda layer) that would run when loaded; refused.",

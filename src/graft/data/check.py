@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from graft.data.sources import LabelledFiles, display
-from graft.errors import DataError
+from graft.errors import DataError, first_line
 
 #: Problem kinds: key -> (severity, description). Severity ``skipped``: the file is
 #: left out; ``warning``: kept, but worth fixing (``--strict`` fails on both);
@@ -224,7 +224,7 @@ def check_file(
         return result
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
         result.kind = "unreadable"
-        result.detail = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        result.detail = first_line(exc)[:80]
         return result
     if min(w, h) < min_size:
         result.kind, result.detail = "too_small", f"{w}x{h}"

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from graft.errors import DataError, GraftError
+from graft.errors import DataError, GraftError, first_line
 
 MAX_IMAGES = 512
 
@@ -210,8 +210,7 @@ class SourceTask:
         try:
             model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise GraftError(f"Cannot load the source model {path}: {first}") from None
+            raise GraftError(f"Cannot load the source model {path}: {first_line(exc)}") from None
         files = api._as_files(source_eval)
         if isinstance(files, tuple):
             classes = [str(i) for i in range(model.output_shape[-1])]

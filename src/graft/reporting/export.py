@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from graft import _quiet
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.runs import files as runs
 
 FORMATS = ("keras", "savedmodel", "tflite")
@@ -379,8 +379,7 @@ def _convert(converter, quantize: str, calibration) -> bytes:
         with _quiet._fd2_captured():  # the converter's C++ log lines
             return converter.convert()
     except Exception as exc:  # the converter raises many types; keep the first line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GraftError(f"TFLite conversion failed: {first}") from exc
+        raise GraftError(f"TFLite conversion failed: {first_line(exc)}") from exc
 
 
 def _interpreter(path: Path):

@@ -34,7 +34,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.runs import files as runs
 
 CHECKPOINT_DIR = "checkpoint"
@@ -401,8 +401,7 @@ def describe_failure(exc: BaseException) -> tuple[str, dict]:
         return "interrupted", {"signal": exc.signal_name, "error": exc.message}
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", {"signal": "SIGINT", "error": "interrupted"}
-    text = str(exc).strip().splitlines()
-    return "failed", {"error": f"{type(exc).__name__}: {text[0] if text else ''}"}
+    return "failed", {"error": f"{type(exc).__name__}: {first_line(exc)}"}
 
 
 def as_user_error(exc: BaseException, batch_size: int) -> BaseException:
