@@ -207,6 +207,10 @@ def _check(cfg: TrainConfig) -> None:
         raise GraftError(f"lr must be a positive number or 'auto'. {_received('lr', cfg.lr)}")
     if cfg.strategy not in STRATEGIES and cfg.phases is None:
         plan(cfg.strategy)  # raises the unknown-strategy error
+    for name in ("lr", "finetune_lr"):
+        value = getattr(cfg, name)
+        if value != "auto" and not (isinstance(value, (int, float)) and value > 0):
+            raise GraftError(f"{name} must be positive. {_received(name, value)}")
     for f in dataclasses.fields(TrainConfig):
         choices = f.metadata.get("choices")
         value = getattr(cfg, f.name)
