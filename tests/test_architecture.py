@@ -25,14 +25,13 @@ ALLOWED: set[tuple[str, str]] = {
     ("graft.api.compare", "imports private graft.reporting.plots._figure"),
     ("graft.api.compare", "imports private graft.reporting.plots._save"),
     ("graft.api.steps", "859 lines (over 400)"),
-    ("graft.cli.main", "799 lines (over 400)"),
     ("graft.core.optim", "imports private graft.training.trainer._OPTIMIZERS"),
     ("graft.core.optim", "imports upward: graft.training.trainer"),
     ("graft.data.sources", "543 lines (over 400)"),
     ("graft.reporting.drift", "imports upward: graft.api"),
     ("graft.reporting.drift", "imports upward: graft.api.steps"),
     ("graft.reporting.drift", "uses private api._as_files"),
-    ("graft.reporting.export", "444 lines (over 400)"),
+    ("graft.reporting.export", "443 lines (over 400)"),
     ("graft.reporting.export", "imports upward: graft.api"),
     ("graft.reporting.export", "imports upward: graft.api.steps"),
     ("graft.reporting.export", "uses private _quiet._fd2_captured"),
@@ -42,7 +41,7 @@ ALLOWED: set[tuple[str, str]] = {
     ("graft.reporting.report", "547 lines (over 400)"),
     ("graft.reporting.report", "imports upward: graft.api"),
     ("graft.reporting.report", "imports upward: graft.api.steps"),
-    ("graft.training.checkpoints", "418 lines (over 400)"),
+    ("graft.training.checkpoints", "417 lines (over 400)"),
 }
 
 
