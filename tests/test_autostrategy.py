@@ -6,8 +6,8 @@ import json
 
 import yaml
 
+from graft import cli
 from graft.api import auto as autostrategy
-from graft.cli import main as cli
 
 
 def test_auto_records_trials_and_trains_the_best(tmp_path, digits_folder, cnn_file, capsys):

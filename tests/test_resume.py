@@ -166,7 +166,7 @@ def test_ctrl_c_leaves_a_resumable_run_and_exits_130(reference, digits_folder):
 def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
     tmp_path, capsys, monkeypatch, cnn_file, digits_folder
 ):
-    from graft.cli import main as cli
+    from graft import cli
     from graft.training.trainer import Trainer
 
     class Terminate(keras.callbacks.Callback):
