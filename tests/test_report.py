@@ -306,14 +306,15 @@ def test_cli_evaluate_prints_the_new_metrics(run, digits_folder, capsys):
 
 
 def test_cli_train_passes_tensorboard_through(monkeypatch, tmp_path, capsys):
-    from graft.api import steps as api
+    from graft import api
     from graft.cli import main
+    from graft.errors import GraftError
 
     seen = {}
 
     def fake_train(*args, **kwargs):
         seen.update(kwargs)
-        raise api.GraftError("stop here")
+        raise GraftError("stop here")
 
     monkeypatch.setattr(api, "train", fake_train)
     assert (

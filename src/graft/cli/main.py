@@ -356,7 +356,7 @@ def train(
     """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv).
 
     An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
-    from graft.api import steps as api
+    from graft import api
 
     if resume is not None:
         run = api.train(resume=resume, log=_log, verbose=_fit_verbosity())
@@ -472,7 +472,7 @@ def _units(text: str) -> tuple[int, ...]:
 @click.option("--unsafe", is_flag=True, help="Allow model files with Lambda layers (runs code).")
 def lr_find(data, backbone, out, head, plan_file, unsafe, phase, start_lr, end_lr, steps, **kw):
     """Sweep the learning rate on DATA, plot loss vs LR and suggest a value (valley rule)."""
-    from graft.api import steps as api
+    from graft import api
 
     if plan_file is not None:
         kw["phases"] = _load_plan(plan_file)
@@ -554,7 +554,7 @@ compare.params.extend(
 @click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
 def evaluate(model, data, batch_size, as_json, unsafe):
     """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
-    from graft.api import steps as api
+    from graft import api
     from graft.reporting.evaluation import summary_line
 
     result = api.evaluate(model, data, batch_size=batch_size, safe_mode=not unsafe)
@@ -676,7 +676,7 @@ def data():
 @click.option("--strict", is_flag=True, help="Exit 2 on any problem (converted images aside).")
 def data_check(data_path, val, test, min_size, strict):
     """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images."""
-    from graft.api import steps as api
+    from graft import api
 
     report = api.check_data(data_path, val=val, test=test, min_size=min_size)
     for line in report.lines():
