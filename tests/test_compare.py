@@ -8,8 +8,8 @@ import json
 import numpy as np
 from PIL import Image
 
+from graft import cli
 from graft.api.demo import write_folder
-from graft.cli import main as cli
 
 
 def test_compare_writes_table_matching_each_run(tmp_path, digits, digits_folder, cnn_file, capsys):

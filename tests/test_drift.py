@@ -10,8 +10,8 @@ import pytest
 
 import graft
 from conftest import make_cnn
+from graft import cli
 from graft.api.demo import write_folder
-from graft.cli import main as cli
 from graft.errors import GraftError
 from graft.reporting import drift
 

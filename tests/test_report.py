@@ -332,3 +332,17 @@ def test_cli_train_passes_tensorboard_through(monkeypatch, tmp_path, capsys):
         == 2
     )
     assert seen["tensorboard"] is True
+
+
+def test_metrics_record_merges_sections_and_fresh_starts_over(tmp_path):
+    from graft.runs import metrics
+
+    metrics.record(tmp_path, {"data": {"train": 3}, "val_accuracy": 0.5}, fresh=True)
+    metrics.record(tmp_path, {"auto_search": {"trials": 2}})
+    assert metrics.read(tmp_path) == {
+        "data": {"train": 3},
+        "val_accuracy": 0.5,
+        "auto_search": {"trials": 2},
+    }
+    metrics.record(tmp_path, {"val_accuracy": 0.9}, fresh=True)
+    assert metrics.read(tmp_path) == {"val_accuracy": 0.9}
