@@ -10,7 +10,7 @@ from conftest import changed, snapshot
 from graft.core import regularizers
 from graft.core.backbones import resolve
 from graft.core.model import backbone_of, build_model
-from graft.data.sources import array_pipeline
+from graft.data.pipelines import array_pipeline
 
 
 @pytest.fixture

@@ -36,6 +36,11 @@ def test_auto_records_trials_and_trains_the_best(tmp_path, digits_folder, cnn_fi
         assert config["unfreeze"] == record["chosen"]["unfreeze"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["auto_search"]["chosen"] == record["chosen"]
+    # Regression: the auto search's write of metrics.json used to drop "data" (and
+    # "evaluation"), which the report writes: every section survives.
+    assert metrics["data"]["train"] == metrics["train_images"]
+    assert set(metrics["data"]["per_class"]) == {"five", "six", "seven"}
+    assert metrics["evaluation"]["images"] == metrics["val_images"]
     assert "Auto trial 2/2" in printed and "Auto strategy chose" in printed
 
 

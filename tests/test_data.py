@@ -13,6 +13,7 @@ from PIL import Image
 import graft
 from conftest import QUICK_CLI
 from graft.cli import main
+from graft.data import pipelines
 from graft.data import sources as data
 from graft.errors import DataError
 
@@ -212,17 +213,17 @@ def test_tf_data_dataset_source(small_arrays, tmp_path):
 def test_augmentation_changes_training_batches_only(tmp_path):
     folder = _folder(tmp_path / "d", {"a": 4, "b": 4})
     files = data.load_source(folder)
-    plain = data.pipeline(files, (32, 32), batch_size=8)
-    augmented = data.pipeline(
-        files, (32, 32), batch_size=8, augment=data.augmentation("standard", seed=1)
+    plain = pipelines.pipeline(files, (32, 32), batch_size=8)
+    augmented = pipelines.pipeline(
+        files, (32, 32), batch_size=8, augment=pipelines.augmentation("standard", seed=1)
     )
     first, second = (next(iter(plain))[0].numpy() for _ in range(2))
     np.testing.assert_array_equal(first, second)
     aug1, aug2 = (next(iter(augmented))[0].numpy() for _ in range(2))
     assert not np.allclose(aug1, first) and not np.allclose(aug1, aug2)
-    assert data.augmentation("none") is None
+    assert pipelines.augmentation("none") is None
     with pytest.raises(graft.GraftError, match="Unknown --augment"):
-        data.augmentation("heavy")
+        pipelines.augmentation("heavy")
 
 
 def test_augmentation_is_not_part_of_the_saved_model(tmp_path, capsys):

@@ -15,6 +15,7 @@ from PIL import Image
 from conftest import QUICK_CLI
 from graft.cli import main
 from graft.data import check as datacheck
+from graft.data import pipelines
 from graft.data import sources as data
 
 NON_UTF8 = b"caf\xe9 photo.png"  # Latin-1 bytes: not valid UTF-8, and a space
@@ -226,7 +227,7 @@ def test_converted_images_decode_to_the_right_pixels(tmp_path):
     report = datacheck.check(files, min_size=1)
     assert report.skipped == 0
     usable = report.splits["train"]
-    ds = data.pipeline(usable, (10, 12), batch_size=1)
+    ds = pipelines.pipeline(usable, (10, 12), batch_size=1)
     for path, (image, _) in zip(files.paths, ds):
         want, tol = expected[os.path.basename(path)]
         got = np.round(image.numpy()[0]).astype(int)
@@ -237,7 +238,7 @@ def test_non_utf8_and_space_names_stream(bad):
     files = data.load_source(bad["train"])
     index = [i for i, p in enumerate(files.paths) if os.fsencode(p).endswith(NON_UTF8)]
     one = files.subset(index)
-    (image, label), *_ = data.pipeline(one, (32, 32), batch_size=1)
+    (image, label), *_ = pipelines.pipeline(one, (32, 32), batch_size=1)
     want = np.asarray(noise(55), dtype=float)
     assert np.abs(image.numpy()[0] - want).max() < 1e-3 and int(label[0]) == 0
     assert "caf\N{REPLACEMENT CHARACTER} photo.png" in data.display(one.paths[0])

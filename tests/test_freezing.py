@@ -23,7 +23,7 @@ def mobilenet():
 
 
 def _fit(model, bb, plan, arrays):
-    from graft.data.sources import array_pipeline
+    from graft.data.pipelines import array_pipeline
     from graft.training.trainer import Trainer
 
     x, y = arrays

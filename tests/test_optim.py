@@ -10,7 +10,7 @@ from graft.config.strategies import Phase
 from graft.core import freezing, optim, regularizers
 from graft.core.backbones import resolve
 from graft.core.model import HeadConfig, backbone_of, build_model
-from graft.data.sources import array_pipeline
+from graft.data.pipelines import array_pipeline
 from graft.training.trainer import Trainer
 
 

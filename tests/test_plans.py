@@ -11,7 +11,7 @@ from graft.cli import main
 from graft.config.strategies import Phase, plan_head
 from graft.core.backbones import resolve
 from graft.core.model import build_model
-from graft.data.sources import array_pipeline
+from graft.data.pipelines import array_pipeline
 from graft.errors import GraftError, UnknownNameError
 from graft.training.trainer import Trainer
 

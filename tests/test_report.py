@@ -306,14 +306,15 @@ def test_cli_evaluate_prints_the_new_metrics(run, digits_folder, capsys):
 
 
 def test_cli_train_passes_tensorboard_through(monkeypatch, tmp_path, capsys):
-    from graft.api import steps as api
+    from graft import api
     from graft.cli import main
+    from graft.errors import GraftError
 
     seen = {}
 
     def fake_train(*args, **kwargs):
         seen.update(kwargs)
-        raise api.GraftError("stop here")
+        raise GraftError("stop here")
 
     monkeypatch.setattr(api, "train", fake_train)
     assert (
@@ -331,3 +332,17 @@ def test_cli_train_passes_tensorboard_through(monkeypatch, tmp_path, capsys):
         == 2
     )
     assert seen["tensorboard"] is True
+
+
+def test_metrics_record_merges_sections_and_fresh_starts_over(tmp_path):
+    from graft.runs import metrics
+
+    metrics.record(tmp_path, {"data": {"train": 3}, "val_accuracy": 0.5}, fresh=True)
+    metrics.record(tmp_path, {"auto_search": {"trials": 2}})
+    assert metrics.read(tmp_path) == {
+        "data": {"train": 3},
+        "val_accuracy": 0.5,
+        "auto_search": {"trials": 2},
+    }
+    metrics.record(tmp_path, {"val_accuracy": 0.9}, fresh=True)
+    assert metrics.read(tmp_path) == {"val_accuracy": 0.9}

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE, conv_block, make_cnn
-from graft import cli
-from graft.api import steps as api
+from graft import api, cli
 from graft.core import backbones
 from graft.errors import GraftError, TrainingFailed
 from graft.runs import files as runs

@@ -14,7 +14,7 @@ from graft.core import schedules
 from graft.core.backbones import resolve
 from graft.core.model import HeadConfig, build_model
 from graft.core.optim import sub_optimizers
-from graft.data.sources import array_pipeline
+from graft.data.pipelines import array_pipeline
 from graft.training.trainer import Trainer
 
 

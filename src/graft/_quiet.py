@@ -18,7 +18,7 @@ import warnings
 
 
 @contextlib.contextmanager
-def _fd2_captured():
+def fd2_captured():
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as tmp:
@@ -38,7 +38,7 @@ def import_backend(verbose: bool = False) -> None:
 
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _fd2_captured():
+    with fd2_captured():
         try:
             import tensorflow as tf
 

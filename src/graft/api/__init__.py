@@ -1,5 +1,7 @@
-"""The Python API and the only place that wires the layers together."""
+"""The Python API: the only code that wires the layers together."""
 
-from graft.api.steps import Run, check_data, evaluate, load, lr_find, train
+from graft.api.evaluate import check_data, evaluate, labelled_batches, load
+from graft.api.result import Run
+from graft.api.run import lr_find, train
 
-__all__ = ["Run", "check_data", "evaluate", "load", "lr_find", "train"]
+__all__ = ["Run", "check_data", "evaluate", "labelled_batches", "load", "lr_find", "train"]

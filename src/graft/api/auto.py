@@ -22,17 +22,16 @@ at random, and the measured best wins whatever the prior said.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import tempfile
 import time
-from collections.abc import Callable
 
 from graft.errors import GraftError
+from graft.runs.layout import AUTO_SEARCH_FILE as AUTO_FILE  # noqa: F401
 
 DEFAULT_TRIALS = 4
 TRIAL_EPOCHS = 3
 SMALL_DATA = 30
-AUTO_FILE = "auto_search.json"
 STRATEGY_ORDER_SMALL = ("feature", "hybrid", "finetune")
 STRATEGY_ORDER_LARGE = ("hybrid", "finetune", "feature")
 HEAD_LRS = (1e-3, 3e-3, 3e-4)
@@ -101,46 +100,29 @@ def _oracle_class():
     return PriorFirstOracle
 
 
-def _images_per_class(data_source, val, settings: dict) -> tuple[float, str]:
-    from graft.api import steps as api
-
-    files = api._as_files(data_source)
-    if isinstance(files, tuple):
-        labels = files[1]
-        n, classes = len(labels), (labels.shape[1] if labels.ndim == 2 else len(set(labels)))
-    elif api._is_tf_dataset(files):
+def _images_per_class(source, val, settings: dict) -> tuple[float, str]:
+    labels = source.labels
+    if labels is None:
         return float(SMALL_DATA), "unknown (tf.data)"
-    else:
-        n, classes = len(files), len(files.classes)
+    n, classes = len(labels), len(source.classes)
     if val is None:
         n *= 1 - float(settings.get("val_split", 0.2))
     return n / max(1, classes), f"{n / max(1, classes):.1f}"
 
 
 def search(
-    data_source,
-    backbone: str,
-    *,
-    val=None,
-    classes=None,
+    request,
     budget_trials: int = DEFAULT_TRIALS,
     trial_epochs: int = TRIAL_EPOCHS,
-    log: Callable[[str], None] = print,
-    safe_mode: bool = True,
-    **settings,
 ) -> dict:
     """Run the search; returns the record written to ``auto_search.json``.
 
     Args:
-        data_source: Training data, as for :func:`graft.api.steps`.
-        backbone: Registry name or model file.
-        val: Validation data (default: ``val_split`` of ``data_source``).
-        classes: Class names for array or tf.data labels.
+        request: The run to search for (a :class:`graft.api.steps.Request`; its
+            ``settings`` are shared by all trials, its data and validation data are used
+            for every trial, its ``out``/``test``/reporting options are not).
         budget_trials: Number of trials.
         trial_epochs: Epochs per trial.
-        log: Receives one line per trial.
-        safe_mode: Refuse model files whose loading could run code.
-        **settings: Other :class:`~graft.config.TrainConfig` fields shared by all trials.
 
     Returns:
         ``{"objective", "budget_trials", "trial_epochs", "images_per_class", "prior",
@@ -149,21 +131,26 @@ def search(
     """
     import keras_tuner as kt
 
-    from graft.api import steps as api
+    from graft.api.finish import execute
     from graft.core import backbones
+    from graft.data.adapter import adapt
 
     if budget_trials < 1:
-        raise GraftError(f"--budget-trials must be at least 1, got {budget_trials}.")
-    _check_validation(val, settings)
-    per_class, per_class_text = _images_per_class(data_source, val, settings)
+        raise GraftError(
+            f"budget_trials must be at least 1. Received: budget_trials={budget_trials}"
+        )
+    settings, log = request.settings, request.log
+    _check_validation(request.val, settings)
+    source = adapt(request.data)
+    per_class, per_class_text = _images_per_class(source, request.val, settings)
     bb = backbones.resolve(
-        backbone,
+        request.backbone,
         weights=settings.get("weights"),
         image_size=settings.get("image_size"),
         alpha=settings.get("alpha"),
         cut=settings.get("cut"),
         preprocess=settings.get("preprocess"),
-        safe_mode=safe_mode,
+        safe_mode=request.safe_mode,
     )
     hp = search_space(per_class, len(bb.blocks))
     prior = {p.name: p.default for p in hp.space if hp.is_active(p)}
@@ -176,16 +163,21 @@ def search(
             trial_settings = {**settings, **settings_of(values, trial_epochs)}
             start = time.perf_counter()
             try:
-                run = api.train(
-                    data_source,
-                    backbone,
-                    None,
-                    val=val,
-                    classes=classes,
-                    log=lambda _line: None,
-                    verbose=0,
-                    safe_mode=safe_mode,
-                    **trial_settings,
+                run = execute(
+                    dataclasses.replace(
+                        request,
+                        data=source,
+                        out=None,
+                        test=None,
+                        overwrite=False,
+                        log=lambda _line: None,
+                        verbose=0,
+                        tensorboard=False,
+                        source_eval=None,
+                        source_model=None,
+                        resume=False,
+                        settings=trial_settings,
+                    )  # fmt: skip
                 )
             except GraftError as exc:
                 failure.append(exc)
@@ -256,58 +248,45 @@ def _describe(settings: dict) -> str:
     return text
 
 
-def train_auto(
-    data_source,
-    backbone: str,
-    out: str | os.PathLike | None = None,
-    *,
-    budget_trials: int | None = None,
-    log: Callable[[str], None] = print,
-    **kwargs,
-):
-    """:func:`graft.api.steps` with ``strategy="auto"``: search, then train the choice.
+def train_auto(request, budget_trials: int | None = None):
+    """``strategy="auto"``: search, then train the choice into the run folder.
 
     Args:
-        data_source: Training data.
-        backbone: Registry name or model file.
-        out: Run folder (``auto_search.json`` is written into it).
+        request: The run (a :class:`graft.api.steps.Request`; ``auto_search.json`` is
+            written into its ``out``).
         budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
-        log: Receives progress lines.
-        **kwargs: Everything else :func:`graft.api.steps` takes.
 
     Returns:
         The :class:`graft.api.Run` of the chosen configuration, with
         ``metrics["auto_search"]`` (chosen settings and trial count).
     """
-    from graft.api import steps as api
-    from graft.runs import files as runs
+    from graft.api.finish import execute
+    from graft.runs import files, layout
+    from graft.runs import metrics as run_metrics
 
-    kwargs.pop("strategy", None)
-    if kwargs.get("phases") is not None:
-        raise GraftError("--strategy auto chooses the phases itself; drop the custom plan.")
-    run_keys = {"test", "overwrite", "verbose", "tensorboard", "source_eval", "source_model"}
-    run_only = {k: kwargs.pop(k) for k in list(kwargs) if k in run_keys}
-    _check_validation(kwargs.get("val"), kwargs)
-    if out is not None:
-        runs.prepare(out, run_only.get("overwrite", False))  # fail before searching
-        run_only["overwrite"] = True
+    settings = {k: v for k, v in request.settings.items() if k != "strategy"}
+    if settings.get("phases") is not None:
+        raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
+    _check_validation(request.val, settings)
+    overwrite = request.overwrite
+    if request.out is not None:
+        files.prepare(request.out, overwrite)  # fail before searching
+        overwrite = True
     record = search(
-        data_source,
-        backbone,
+        dataclasses.replace(request, settings=settings),
         budget_trials=budget_trials or DEFAULT_TRIALS,
-        trial_epochs=min(TRIAL_EPOCHS, int(kwargs.get("epochs", TRIAL_EPOCHS))),
-        log=log,
-        **kwargs,
+        trial_epochs=min(TRIAL_EPOCHS, int(settings.get("epochs", TRIAL_EPOCHS))),
     )
     chosen = record["chosen"]
-    log(
+    request.log(
         f"Auto strategy chose {_describe(chosen)} (trial {record['chosen_trial']}: val_accuracy "
         f"{record['trials'][record['chosen_trial'] - 1]['val_accuracy']:.4f} over "
         f"{len(record['trials'])} trial(s)); training it with the full epoch budget"
     )
-    run = api.train(data_source, backbone, out, log=log, **run_only, **{**kwargs, **chosen})
+    final = dataclasses.replace(request, overwrite=overwrite, settings={**settings, **chosen})
+    run = execute(final)
     run.metrics["auto_search"] = {"chosen": chosen, "trials": len(record["trials"])}
     if run.run_dir is not None:
-        runs.write_json(run.run_dir / AUTO_FILE, record)
-        runs.write_json(run.run_dir / runs.METRICS_FILE, run.metrics)
+        files.write_json(run.run_dir / layout.AUTO_SEARCH_FILE, record)
+        run_metrics.record(run.run_dir, {"auto_search": run.metrics["auto_search"]})
     return run

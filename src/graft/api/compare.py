@@ -1,6 +1,6 @@
 """``graft compare``: several strategies on the same data, split and seed, side by side.
 
-Each strategy is an ordinary :func:`graft.api.steps` run into ``OUT/<strategy>`` with the
+Each strategy is an ordinary :func:`graft.train` run into ``OUT/<strategy>`` with the
 same settings apart from the strategy, so every row is backed by a full run folder
 (model, metrics.json, report). The comparison is written as ``OUT/compare.csv``,
 ``OUT/compare.md`` and a bar chart ``OUT/compare.png``.
@@ -95,7 +95,7 @@ def compare(
     """Train every strategy on the same data and split; write the comparison.
 
     Args:
-        data_source: Training data, as for :func:`graft.api.steps`.
+        data_source: Training data, as for :func:`graft.train`.
         backbone: Registry name or model file.
         strategies: Names from :data:`graft.strategies.STRATEGIES` and/or ``scratch``
             (a list or a comma-separated string).
@@ -111,7 +111,8 @@ def compare(
     Returns:
         One row per strategy with the keys of :data:`COLUMNS`.
     """
-    from graft.api import steps as api
+    from graft.api.finish import execute
+    from graft.api.steps import Request
 
     names = parse_strategies(strategies)
     if "strategy" in settings or "phases" in settings:
@@ -122,18 +123,11 @@ def compare(
     rows = []
     for name in names:
         log(f"== {name} ==")
-        run = api.train(
-            data_source,
-            backbone,
-            out / name,
-            val=val,
-            test=test,
-            overwrite=overwrite,
-            log=log,
-            verbose=verbose,
-            safe_mode=safe_mode,
-            **_settings_for(name, settings),
-        )
+        request = Request(
+            data_source, backbone, out / name, val=val, test=test, overwrite=overwrite,
+            log=log, verbose=verbose, safe_mode=safe_mode, settings=_settings_for(name, settings),
+        )  # fmt: skip
+        run = execute(request)
         rows.append(row_of(name, run.metrics))
     write(rows, out)
     return rows
@@ -178,7 +172,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
     """Bar chart: accuracy (val, and test when measured) and CKA per strategy."""
     import numpy as np
 
-    from graft.reporting.plots import _figure, _save
+    from graft.reporting.plots import figure, save
 
     names = [r["strategy"] for r in rows]
     series = [
@@ -190,7 +184,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
         )
         if any(r.get(key) is not None for r in rows)
     ]
-    fig = _figure(max(4.5, 1.3 * len(names) + 2), 3.4)
+    fig = figure(max(4.5, 1.3 * len(names) + 2), 3.4)
     ax = fig.add_subplot(1, 1, 1)
     x = np.arange(len(names))
     width = 0.8 / max(1, len(series))
@@ -202,7 +196,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
     ax.set_ylabel("accuracy / CKA")
     ax.set_title("graft compare")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write(rows: list[dict], out: str | os.PathLike) -> dict[str, Path]:

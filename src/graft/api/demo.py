@@ -136,7 +136,7 @@ def run(
         log: Receives progress lines.
         epochs_scale: Multiplies every epoch count (``--quick`` uses less).
     """
-    from graft.api import steps as api
+    from graft import api
     from graft.config.strategies import Phase
     from graft.runs import files as runs
 

@@ -22,7 +22,7 @@ from graft.cli.base import GraftCommand, GraftGroup, console, log
 @click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
 def evaluate(model, data, batch_size, as_json, unsafe):
     """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
-    from graft.api import steps as api
+    from graft import api
     from graft.reporting.evaluation import summary_line
 
     result = api.evaluate(model, data, batch_size=batch_size, safe_mode=not unsafe)
@@ -144,7 +144,7 @@ def data():
 @click.option("--strict", is_flag=True, help="Exit 2 on any problem (converted images aside).")
 def data_check(data_path, val, test, min_size, strict):
     """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images."""
-    from graft.api import steps as api
+    from graft import api
 
     report = api.check_data(data_path, val=val, test=test, min_size=min_size)
     for line in report.lines():

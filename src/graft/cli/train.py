@@ -88,7 +88,7 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
     """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv).
 
     An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
-    from graft.api import steps as api
+    from graft import api
 
     if resume is not None:
         run = api.train(resume=resume, log=log, verbose=fit_verbosity())
@@ -195,7 +195,7 @@ _LR_FIND_SETTINGS = ("batch_size", "seed", "precision", "min_size", "strict")
 )
 def lr_find(data, out, plan_file, unsafe, phase, start_lr, end_lr, steps, **settings):
     """Sweep the learning rate on DATA, plot loss vs LR and suggest a value (valley rule)."""
-    from graft.api import steps as api
+    from graft import api
 
     if plan_file is not None:
         settings["phases"] = _load_plan(plan_file)

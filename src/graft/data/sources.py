@@ -2,16 +2,11 @@
 
 A :class:`LabelledFiles` is the plain description of a dataset on disk (paths, labels
 and the class list); :func:`load_source` reads one from a folder of class subfolders or
-a ``path,label`` CSV manifest, and :func:`pipeline` turns it into a streaming
-``tf.data`` pipeline (parallel decode, resize, batch, optional augmentation, prefetch)
-that never holds the dataset in memory. Images stay raw (0-255 floats): the model does
-its own preprocessing. Files are checked before they reach a pipeline
-(:mod:`graft.datacheck`), so a bad file never stops training halfway through an epoch.
+a ``path,label`` CSV manifest. :mod:`graft.data.pipelines` turns it into ``tf.data``.
 
 Example:
     >>> files = load_source("data/pets")                      # doctest: +SKIP
     >>> train, val = stratified_split(files, 0.2, seed=0)     # doctest: +SKIP
-    >>> ds = pipeline(train, (96, 96), augment=augmentation("light"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.config.names import AUGMENT_LEVELS
-from graft.errors import DataError, UnknownNameError, did_you_mean
+from graft.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 JUNK_FILES = ("Thumbs.db", "desktop.ini")
@@ -120,7 +114,11 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _images_under(folder: Path) -> list[str]:
+def image_files(folder: str | os.PathLike) -> list[str]:
+    """Every image file under ``folder`` (recursively, sorted), the one folder walk.
+
+    Hidden files and folders and OS junk (``Thumbs.db``, ``desktop.ini``) are skipped.
+    """
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
@@ -191,13 +189,13 @@ def scan_folder(root: str | os.PathLike, classes: list[str] | None = None) -> La
             hint="put the images of each class in their own subfolder, e.g. DATA/cat/1.jpg.",
         )
     if classes is not None:
-        unknown = [c for c in found if c not in classes and _images_under(folder / c)]
+        unknown = [c for c in found if c not in classes and image_files(folder / c)]
         if unknown:
             raise DataError(
                 f"{shown} has class(es) the training data does not have: {', '.join(unknown)}.",
                 hint=f"the known classes are: {', '.join(classes)}.",
             )
-    per_class = {name: _images_under(folder / name) for name in found}
+    per_class = {name: image_files(folder / name) for name in found}
     for name, files in per_class.items():
         if not files:
             problems.append(Problem("empty_class", str(folder / name), "no images"))
@@ -384,160 +382,3 @@ def imbalance(counts: dict[str, int], ratio: float = 10.0) -> tuple[str, int, st
     if counts[big] >= ratio * counts[small]:
         return big, counts[big], small, counts[small]
     return None
-
-
-def augmentation(level: str = "standard", seed: int | None = None):
-    """Keras preprocessing layers that augment training batches.
-
-    ``light``: horizontal flip, small rotation and zoom. ``standard``: flip, rotation,
-    zoom, translation and contrast. The layers work on raw 0-255 images and are applied
-    in the ``tf.data`` pipeline, never inside the model, so inference is unaffected.
-
-    Args:
-        level: ``none``, ``light`` or ``standard``.
-        seed: Seed for the random transformations.
-
-    Returns:
-        A ``keras.Sequential``, or ``None`` for ``none``.
-    """
-    if level not in AUGMENT_LEVELS:
-        raise UnknownNameError(
-            f"Unknown --augment level: {level!r}.{did_you_mean(level, AUGMENT_LEVELS)}",
-            hint=f"expected one of {', '.join(AUGMENT_LEVELS)}.",
-        )
-    if level == "none":
-        return None
-    import keras
-
-    layers = keras.layers
-    if level == "light":
-        stack = [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.05, seed=seed),
-            layers.RandomZoom(0.1, seed=seed),
-        ]
-    else:
-        stack = [
-            layers.RandomFlip("horizontal", seed=seed),
-            layers.RandomRotation(0.1, seed=seed),
-            layers.RandomZoom(0.2, seed=seed),
-            layers.RandomTranslation(0.1, 0.1, seed=seed),
-            layers.RandomContrast(0.2, seed=seed),
-        ]
-    return keras.Sequential(stack, name=f"graft_augment_{level}")
-
-
-def _decoder(image_size: tuple[int, int], channels: int):
-    import tensorflow as tf
-
-    def load(path, label):
-        data = tf.io.read_file(path)
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-        image = tf.image.resize(image, image_size, method="bilinear")
-        image.set_shape((*image_size, channels))
-        return image, label
-
-    return load
-
-
-def pipeline(
-    files: LabelledFiles,
-    image_size: tuple[int, int],
-    channels: int = 3,
-    batch_size: int = 32,
-    shuffle: bool = False,
-    seed: int = 0,
-    augment=None,
-):
-    """A streaming ``tf.data.Dataset`` of ``(raw_image_batch, label_batch)``.
-
-    Files are decoded in parallel, resized to ``image_size`` (bilinear), batched and
-    prefetched; only a few batches are in memory at once. With ``shuffle`` the order
-    changes every epoch, reproducibly from ``seed``. ``augment`` (e.g.
-    :func:`augmentation`) runs on each batch in training mode.
-
-    Args:
-        files: Checked files (:func:`graft.datacheck.check` drops the bad ones).
-        image_size: ``(height, width)``.
-        channels: Colour channels of the decoded images.
-        batch_size: Images per batch.
-        shuffle: Reshuffle the files every epoch.
-        seed: Shuffle seed.
-        augment: A callable on image batches, or ``None``.
-
-    Returns:
-        A ``tf.data.Dataset``.
-    """
-    import tensorflow as tf
-
-    # Bytes, not str: file names need not be valid UTF-8.
-    paths = np.asarray([os.fsencode(p) for p in files.paths], dtype=object)
-    labels = np.asarray(files.labels, "float32" if files.multi_label else "int32")
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), labels))
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(_decoder(tuple(image_size), channels), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def array_pipeline(x, y, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None):
-    """A ``tf.data.Dataset`` over in-memory arrays (images of the model's input size)."""
-    import tensorflow as tf
-
-    y = np.asarray(y)
-    y = y.astype("float32") if y.ndim == 2 else y.astype("int32")
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(x, "float32"), y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=1)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def dataset_pipeline(
-    ds, image_size: tuple[int, int], channels: int = 3, batch_size: int = 32, augment=None
-):
-    """Adapt a user's ``tf.data.Dataset`` of ``(image, label)`` to a model's input.
-
-    Unbatched datasets are batched; images are resized to ``image_size`` and cast to
-    float32 (raw 0-255 values); ``augment`` runs on each batch.
-
-    Args:
-        ds: Yields ``(image, label)`` or ``(image_batch, label_batch)``.
-        image_size: ``(height, width)``.
-        channels: Colour channels the model takes.
-        batch_size: Batch size for an unbatched dataset.
-        augment: A callable on image batches, or ``None``.
-
-    Returns:
-        A ``tf.data.Dataset``.
-    """
-    import tensorflow as tf
-
-    spec = ds.element_spec
-    if not (isinstance(spec, tuple) and len(spec) == 2):
-        raise DataError(
-            "A tf.data.Dataset must yield (image, label) pairs.",
-            hint="map it to (image, label) first, e.g. ds.map(lambda d: (d['image'], d['label'])).",
-        )
-    rank = spec[0].shape.rank
-    if rank == 3:
-        ds = ds.batch(batch_size)
-    elif rank != 4:
-        raise DataError(f"Dataset images must have shape (H, W, C), got {spec[0].shape}.")
-
-    def fit(x, y):
-        x = tf.cast(x, tf.float32)
-        if x.shape[-1] == 1 and channels == 3:
-            x = tf.image.grayscale_to_rgb(x)
-        x = tf.image.resize(x, image_size, method="bilinear")
-        return x, y
-
-    ds = ds.map(fit, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None:
-        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=1)
-    return ds.prefetch(tf.data.AUTOTUNE)

@@ -40,7 +40,9 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from graft.errors import DataError, GraftError, first_line
+from graft.data.adapter import adapt, labelled_batches
+from graft.errors import DataError, GraftError
+from graft.runs import model_io
 
 MAX_IMAGES = 512
 
@@ -204,15 +206,10 @@ class SourceTask:
         Returns:
             A :class:`SourceTask`.
         """
-        from graft.api import steps as api
-
         path = str(source_model)
-        try:
-            model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-        except Exception as exc:
-            raise GraftError(f"Cannot load the source model {path}: {first_line(exc)}") from None
-        files = api._as_files(source_eval)
-        if isinstance(files, tuple):
+        model = model_io.load_file(path, safe_mode, compile=False, what="source model")
+        files = adapt(source_eval)
+        if files.files is None:
             classes = [str(i) for i in range(model.output_shape[-1])]
         else:
             classes = list(files.classes)
@@ -251,8 +248,6 @@ class SourceTask:
         Returns:
             ``(accuracy, images)``.
         """
-        from graft.api import steps as api
-
         saved = {}
         try:
             for name, values in (weights or {}).items():
@@ -260,7 +255,8 @@ class SourceTask:
                 saved[name] = layer.get_weights()
                 layer.set_weights(values)
             wrapped = self._classifier(self.model)
-            ds, _, _ = api.labelled_batches(wrapped, self.data, self.classes)
+            _, h, w, ch = wrapped.input_shape
+            ds, _, _ = labelled_batches(self.data, self.classes, (h, w), ch)
             right = total = 0
             for x, y in ds:
                 pred = np.argmax(np.asarray(wrapped(x, training=False)), axis=-1)
@@ -318,7 +314,7 @@ def run_drift(
     train_eval: Callable | None,
     log: Callable[[str], None],
 ) -> dict | None:
-    """Drift for :func:`graft.api.steps`: on the validation images, else the training ones.
+    """Drift for :func:`graft.train`: on the validation images, else the training ones.
 
     Args:
         model: The trained model.

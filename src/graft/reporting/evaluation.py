@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graft.runs.model_io import is_multi_label
+
 DIGITS = 4  # metrics are rounded to this many decimals in metrics.json
 ECE_BINS = 15
 
@@ -218,17 +220,6 @@ def multilabel_metrics(
         for i, name in enumerate(labels)
     }
     return result
-
-
-def is_multi_label(model) -> bool:
-    """Whether a grafted model ends in sigmoid outputs (several labels per image)."""
-    import keras
-
-    last = model.layers[-1]
-    activation = getattr(last, "activation", None)
-    return activation is keras.activations.sigmoid or getattr(activation, "__name__", "") == (
-        "sigmoid"
-    )
 
 
 def evaluate_model(

@@ -28,15 +28,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from graft import _quiet
-from graft.errors import GraftError, first_line
+from graft.data.pipelines import decode_image, load_image
+from graft.errors import GraftError
+from graft.reporting.model_card import write_model_card
+from graft.reporting.tflite import run_tflite, to_tflite
 from graft.runs import files as runs
+from graft.runs import layout, model_io
 
 FORMATS = ("keras", "savedmodel", "tflite")
 QUANTIZE = ("none", "dynamic", "int8")
@@ -125,8 +127,6 @@ def export(
         ExportCheckFailed: A float export differs from the Keras model by more than
             ``FLOAT_TOLERANCE``.
     """
-    from graft.api import steps as api
-
     if fmt not in FORMATS:
         raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")
     if quantize not in QUANTIZE:
@@ -143,7 +143,7 @@ def export(
         raise GraftError(f"{out} already exists.", hint="pass another --out, or --overwrite.")
     if fmt == "keras" and out.suffix != ".keras":
         raise GraftError(f"--out for --format keras must end in .keras, got {out}.")
-    model, classes = api.load(model_or_run, safe_mode=safe_mode)
+    model, classes = model_io.load(model_or_run, safe_mode=safe_mode)
     _, h, w, ch = model.input_shape
     if calibration is not None:
         images = load_calibration(calibration, (h, w), ch)
@@ -167,7 +167,7 @@ def export(
         to_tflite(model, out, quantize, images if quantize == "int8" else None)
         check = compare(model.predict_on_batch(check_images), run_tflite(out, check_images))
         labels_at = out.parent
-    runs.write_json(labels_at / runs.LABELS_FILE, classes)
+    runs.write_json(labels_at / layout.LABELS_FILE, classes)
     check.update(images=len(check_images), sample=sample)
     if quantize == "none":
         worst = max(check["max_abs_diff"], check.get("serving_bytes_max_abs_diff", 0.0))
@@ -209,7 +209,7 @@ def load_calibration(source, image_size: tuple[int, int], channels: int) -> np.n
     images = []
     for i in order:
         try:
-            images.append(predict.load_image(files[i], image_size, channels))
+            images.append(load_image(files[i], image_size, channels))
         except (OSError, ValueError):
             continue
     if not images:
@@ -236,9 +236,7 @@ def to_keras(model, out: str | os.PathLike) -> Path:
 
 
 def _reload_keras(path: Path):
-    import keras
-
-    return keras.saving.load_model(path, safe_mode=True)
+    return model_io.load_file(path)
 
 
 def to_savedmodel(model, classes: list[str], out: str | os.PathLike) -> Path:
@@ -264,9 +262,7 @@ def to_savedmodel(model, classes: list[str], out: str | os.PathLike) -> Path:
         return {"probabilities": probs, "label": tf.gather(names, tf.argmax(probs, axis=-1))}
 
     def decode(data):
-        image = tf.io.decode_image(data, channels=ch, expand_animations=False)
-        image = tf.image.resize(image, (h, w), method="bilinear")
-        return tf.ensure_shape(image, (h, w, ch))
+        return decode_image(data, (h, w), ch)
 
     def serve_bytes(image_bytes):
         images = tf.map_fn(
@@ -322,122 +318,13 @@ def check_savedmodel(path: Path, model, images: np.ndarray) -> dict:
     return check
 
 
-def to_tflite(
-    model, out: str | os.PathLike, quantize: str = "none", calibration: np.ndarray | None = None
-) -> Path:
-    """Convert to a ``.tflite`` file with ``tf.lite.TFLiteConverter``.
-
-    Args:
-        model: The Keras model. Its input keeps a dynamic batch dimension.
-        out: The ``.tflite`` file.
-        quantize: ``"none"`` (float32), ``"dynamic"`` (int8 weights, float activations)
-            or ``"int8"`` (int8 weights and activations; float32 input and output).
-        calibration: Representative raw images ``(n, H, W, C)`` for ``"int8"``.
-
-    Returns:
-        ``out``.
-    """
-    import keras
-    import tensorflow as tf
-
-    _, h, w, ch = model.input_shape
-    # Through a SavedModel: the converter then freezes the variables into constants
-    # (a concrete function of a Keras 3 model would keep them as resource variables).
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda images: model(images, training=False),
-        input_signature=[tf.TensorSpec((None, h, w, ch), tf.float32, name="images")],
-    )
-    saved = Path(tempfile.mkdtemp(prefix="graft-tflite-"))
-    try:
-        archive.write_out(str(saved), verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-        flatbuffer = _convert(converter, quantize, calibration)
-    finally:
-        shutil.rmtree(saved, ignore_errors=True)
-    return runs.atomic_write(out, flatbuffer)
-
-
-def _convert(converter, quantize: str, calibration) -> bytes:
-    import tensorflow as tf
-
-    if quantize in ("dynamic", "int8"):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "int8":
-        if calibration is None or not len(calibration):
-            raise GraftError("--quantize int8 needs calibration images.")
-
-        def representative():
-            for image in calibration:
-                yield [np.asarray(image, "float32")[None]]
-
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    try:
-        with _quiet._fd2_captured():  # the converter's C++ log lines
-            return converter.convert()
-    except Exception as exc:  # the converter raises many types; keep the first line
-        raise GraftError(f"TFLite conversion failed: {first_line(exc)}") from exc
-
-
-def _interpreter(path: Path):
-    import tensorflow as tf
-
-    try:  # LiteRT, where TensorFlow's own interpreter has been removed
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        Interpreter = tf.lite.Interpreter
-    with warnings.catch_warnings():  # tf.lite.Interpreter's deprecation notice
-        warnings.simplefilter("ignore", UserWarning)
-        return Interpreter(model_path=str(path))
-
-
-def run_tflite(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
-    """Run a ``.tflite`` model on a batch of raw images in the TFLite interpreter.
-
-    Args:
-        path: The ``.tflite`` file.
-        images: Raw images ``(n, H, W, C)``.
-
-    Returns:
-        The model's output, float32 ``(n, classes)``.
-    """
-    with _quiet._fd2_captured():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
-        interpreter = _interpreter(Path(path))
-        (inp,) = interpreter.get_input_details()
-        (outp,) = interpreter.get_output_details()
-        interpreter.resize_tensor_input(inp["index"], list(images.shape))
-        interpreter.allocate_tensors()
-    x = np.asarray(images, "float32")
-    if inp["dtype"] in (np.int8, np.uint8):
-        scale, zero = inp["quantization"]
-        x = np.clip(np.round(x / scale + zero), *_limits(inp["dtype"]))
-    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
-    with _quiet._fd2_captured():
-        interpreter.invoke()
-    y = interpreter.get_tensor(outp["index"])
-    if outp["dtype"] in (np.int8, np.uint8):
-        scale, zero = outp["quantization"]
-        y = (y.astype("float32") - zero) * scale
-    return np.asarray(y, "float32")
-
-
-def _limits(dtype) -> tuple[int, int]:
-    info = np.iinfo(dtype)
-    return int(info.min), int(info.max)
-
-
 def _record(model_or_run, result: ExportResult) -> None:
     """Note the export in the run folder's ``exports.json`` and refresh its model card."""
-    from graft.reporting import report
-
     run_dir = Path(model_or_run).expanduser()
-    if not (run_dir.is_dir() and (run_dir / runs.METRICS_FILE).is_file()):
+    if not (run_dir.is_dir() and (run_dir / layout.METRICS_FILE).is_file()):
         return
-    path = run_dir / report.EXPORTS_FILE
-    entries = report._read_json(path, [])
+    path = run_dir / layout.EXPORTS_FILE
+    entries = runs.read_json(path, [])
     entries = [e for e in entries if e.get("path") != str(result.path)] + [result.as_dict()]
     runs.write_json(path, entries)
-    report.write_model_card(run_dir)
+    write_model_card(run_dir)

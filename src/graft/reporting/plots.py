@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from graft.runs import files as runs
+from graft.runs.layout import PLOTS_DIR  # noqa: F401
 
-PLOTS_DIR = "plots"
 CURVES = "training_curves.png"
 CONFUSION = "confusion_matrix.png"
 F1 = "per_class_f1.png"
@@ -24,7 +24,7 @@ ERRORS = "worst_errors.png"
 DPI = 110
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -33,7 +33,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def save(fig, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
     return runs.atomic_write(path, buffer.getvalue())
@@ -65,7 +65,7 @@ def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
     }
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(10, 3.8)
+    fig = figure(10, 3.8)
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
@@ -90,7 +90,7 @@ def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
     lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
     axes[0].legend(handles + lr_handles, labels + lr_labels, fontsize=8, loc="best")
     axes[1].legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _mark_phases(ax, history: list[dict], epochs: np.ndarray) -> None:
@@ -128,7 +128,7 @@ def confusion_matrix(matrix, classes: list[str], path: str | os.PathLike) -> Pat
     totals = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     side = min(2.5 + 0.45 * len(classes), 16)
-    fig = _figure(side + 1.2, side)
+    fig = figure(side + 1.2, side)
     ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of true class")
@@ -150,7 +150,7 @@ def confusion_matrix(matrix, classes: list[str], path: str | os.PathLike) -> Pat
                     fontsize=7,
                     color="white" if normalised[i, j] > 0.5 else "black",
                 )
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def per_class_f1(per_class: dict, path: str | os.PathLike) -> Path:
@@ -165,7 +165,7 @@ def per_class_f1(per_class: dict, path: str | os.PathLike) -> Path:
     """
     names = list(per_class)
     f1 = np.array([per_class[n]["f1"] for n in names])
-    fig = _figure(7, min(1.5 + 0.3 * len(names), 20))
+    fig = figure(7, min(1.5 + 0.3 * len(names), 20))
     ax = fig.subplots()
     y = np.arange(len(names))
     ax.barh(y, f1, color="tab:blue", label="F1")
@@ -178,7 +178,7 @@ def per_class_f1(per_class: dict, path: str | os.PathLike) -> Path:
     ax.set_title("Per-class F1")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Path:
@@ -194,7 +194,7 @@ def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Pa
     """
     columns = min(4, max(1, len(worst)))
     rows = max(1, math.ceil(len(worst) / columns))
-    fig = _figure(2.3 * columns, 2.5 * rows)
+    fig = figure(2.3 * columns, 2.5 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -207,7 +207,7 @@ def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Pa
             fontsize=8,
         )
     fig.suptitle("Most confidently wrong predictions")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def write_all(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -26,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from graft.data.sources import IMAGE_EXTENSIONS
+from graft.data.pipelines import load_image
+from graft.data.sources import IMAGE_EXTENSIONS, image_files
 from graft.errors import DataError, GraftError
 from graft.runs import files as runs
+from graft.runs import model_io
 
 FORMATS = ("csv", "json")
 DECIMALS = 4  # probabilities are rounded to this many decimals
@@ -70,7 +71,8 @@ def expand(sources: Iterable[str | os.PathLike]) -> list[str]:
     """Image files named by ``sources``: files as given, folders searched recursively.
 
     In folders, only files with an image extension (``.jpg``, ``.png``, ...) are taken,
-    hidden files and folders are ignored, and the order is sorted.
+    hidden files, OS junk and hidden folders are ignored, and the order is sorted
+    (:func:`graft.data.sources.image_files`).
 
     Raises:
         DataError: A source does not exist, or nothing was found.
@@ -79,7 +81,7 @@ def expand(sources: Iterable[str | os.PathLike]) -> list[str]:
     for source in sources:
         path = Path(source).expanduser()
         if path.is_dir():
-            files += _images_in(path)
+            files += image_files(path)
         elif path.exists():
             files.append(str(path))
         else:
@@ -90,36 +92,6 @@ def expand(sources: Iterable[str | os.PathLike]) -> list[str]:
             hint=f"pass image files or folders holding {', '.join(IMAGE_EXTENSIONS)} files.",
         )
     return files
-
-
-def _images_in(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [
-            os.path.join(dirpath, name)
-            for name in sorted(filenames)
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
-    return found
-
-
-def load_image(path: str, image_size: tuple[int, int], channels: int) -> np.ndarray:
-    """Read, decode and resize one image like the training pipeline (float32, 0-255).
-
-    Raises:
-        OSError: The file cannot be read.
-        ValueError: The file is not a decodable image.
-    """
-    import tensorflow as tf
-
-    data = Path(path).read_bytes()
-    try:
-        image = tf.io.decode_image(data, channels=channels, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-        detail = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", exc.message).strip()
-        raise ValueError(f"not a readable image: {detail.splitlines()[0]}") from None
-    return tf.image.resize(image, image_size, method="bilinear").numpy()
 
 
 def predict_files(
@@ -272,12 +244,10 @@ def predict_to_file(
     Returns:
         A :class:`Summary` (number predicted, files skipped).
     """
-    from graft.api import steps as api
-
     if fmt not in FORMATS:
         raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")
     files = expand(sources)
-    model, classes = api.load(model_or_run, safe_mode=safe_mode)
+    model, classes = model_io.load(model_or_run, safe_mode=safe_mode)
     summary = Summary()
 
     def skipped(item: Skipped) -> None:

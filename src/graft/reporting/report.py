@@ -13,23 +13,20 @@ and the model card.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import yaml
-
 from graft.errors import GraftError
 from graft.reporting import evaluation, plots
+from graft.reporting.model_card import write_model_card
+from graft.reporting.text import fmt as _fmt
 from graft.runs import files as runs
-
-REPORT_FILE = "report.html"
-MODEL_CARD_FILE = "MODEL_CARD.md"
-EXPORTS_FILE = "exports.json"
+from graft.runs import metrics as run_metrics
+from graft.runs import model_io
+from graft.runs.layout import EXPORTS_FILE, MODEL_CARD_FILE, REPORT_FILE  # noqa: F401
 
 PLOT_TITLES = {
     plots.CURVES: "Training curves",
@@ -67,21 +64,19 @@ def finish_run(
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
     """
     run_dir = Path(run_dir)
-    metrics = _read_json(run_dir / runs.METRICS_FILE, {})
+    sections = {"data": data_summary} if data_summary else {}
     result = None
     worst = None
-    if data_summary:
-        metrics["data"] = data_summary
     if val_batches is not None:
         start = time.perf_counter()
         ev = evaluation.evaluate_model(model, val_batches, classes)
         result = {"split": split, **ev.as_dict()}
         result["seconds"] = round(time.perf_counter() - start, 2)
-        metrics["evaluation"] = result
+        sections["evaluation"] = result
         worst = ev.worst
         if log is not None:
             log(f"Evaluation on the {split} split: {evaluation.summary_line(result)}")
-    runs.write_json(run_dir / runs.METRICS_FILE, metrics)
+    metrics = run_metrics.record(run_dir, sections)
     plots.write_all(run_dir, history, metrics.get("evaluation"), classes, worst)
     write_report(run_dir)
     write_model_card(run_dir)
@@ -105,15 +100,16 @@ def regenerate(
     """
     run_dir = _check_run_dir(run_dir)
     classes = runs.read_labels(run_dir)
-    history = _read_history(run_dir)
+    history = runs.read_csv(run_dir / runs.HISTORY_FILE)
     if data is not None:
-        from graft.api import steps as api
+        from graft.data.adapter import labelled_batches
 
-        model, classes = api.load(run_dir, safe_mode=safe_mode)
-        batches, _, _ = api.labelled_batches(model, data, classes, batch_size)
+        model, classes = model_io.load(run_dir, safe_mode=safe_mode)
+        _, h, w, ch = model.input_shape
+        batches, _, _ = labelled_batches(data, classes, (h, w), ch, batch_size)
         finish_run(run_dir, model, classes, history, batches, split=str(data))
     else:
-        metrics = _read_json(run_dir / runs.METRICS_FILE, {})
+        metrics = run_metrics.read(run_dir)
         plots.write_all(run_dir, history, metrics.get("evaluation"), classes, None)
         write_report(run_dir)
         write_model_card(run_dir)
@@ -128,23 +124,6 @@ def _check_run_dir(run_dir) -> Path:
             hint="pass the --out folder of 'graft train'.",
         )
     return path
-
-
-def _read_json(path: Path, default):
-    return json.loads(path.read_text("utf-8")) if path.is_file() else default
-
-
-def _read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / runs.HISTORY_FILE
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
-def _read_config(run_dir: Path) -> dict:
-    path = run_dir / runs.CONFIG_FILE
-    return yaml.safe_load(path.read_text("utf-8")) or {} if path.is_file() else {}
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -166,20 +145,6 @@ figcaption{color:#666;font-size:.85rem}.muted{color:#777}
 
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _fmt(value) -> str:
-    if isinstance(value, bool) or value is None:
-        return "" if value is None else str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if value and abs(value) < 1e-3:
-            return f"{value:.3g}"
-        return f"{value:.4f}".rstrip("0").rstrip(".")
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
-    return str(value)
 
 
 def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
@@ -212,9 +177,9 @@ def _image(run_dir: Path, name: str) -> str:
 def render_html(run_dir: str | os.PathLike) -> str:
     """The report of a run folder as one HTML string (images embedded)."""
     run_dir = Path(run_dir)
-    config = _read_config(run_dir)
-    metrics = _read_json(run_dir / runs.METRICS_FILE, {})
-    classes = _read_json(run_dir / runs.LABELS_FILE, [])
+    config = runs.read_yaml(run_dir / runs.CONFIG_FILE, {})
+    metrics = run_metrics.read(run_dir)
+    classes = runs.read_json(run_dir / runs.LABELS_FILE, [])
     ev = metrics.get("evaluation") or {}
     parts = [
         "<!DOCTYPE html>",
@@ -433,115 +398,3 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     """Write ``RUN_DIR/report.html`` (self-contained) and return its path."""
     run_dir = Path(run_dir)
     return runs.atomic_write(run_dir / REPORT_FILE, render_html(run_dir))
-
-
-# ----------------------------------------------------------------------- model card
-
-
-def render_model_card(run_dir: str | os.PathLike) -> str:
-    """``MODEL_CARD.md`` of a run folder as Markdown text."""
-    run_dir = Path(run_dir)
-    config = _read_config(run_dir)
-    metrics = _read_json(run_dir / runs.METRICS_FILE, {})
-    classes = _read_json(run_dir / runs.LABELS_FILE, [])
-    exports = _read_json(run_dir / EXPORTS_FILE, [])
-    ev = metrics.get("evaluation") or {}
-    bb = config.get("resolved_backbone") or {}
-    size = bb.get("image_size") or ["?", "?"]
-    lines = [
-        f"# Model card: {run_dir.resolve().name}",
-        "",
-        "## Model",
-        f"- Backbone: `{bb.get('source', config.get('backbone', '?'))}` with "
-        f"**{bb.get('weights', config.get('weights', '?'))}** weights "
-        f"({_fmt(bb.get('params', '?'))} parameters, {bb.get('blocks', '?')} blocks).",
-        f"- Strategy: {config.get('strategy', '?')}; head {config.get('head', '?')}, "
-        f"dropout {config.get('dropout', '?')}.",
-        f"- Classes ({len(classes)}), in output order: {', '.join(classes)}.",
-        "",
-        "## Intended input",
-        f"- RGB images resized to {size[0]}x{size[1]} pixels (bilinear), raw pixel values 0-255 "
-        f"(uint8 or float32), shape `(batch, {size[0]}, {size[1]}, {bb.get('channels', 3)})`.",
-        f"- Preprocessing (`{bb.get('preprocess', '?')}`) is built into the model; do not scale "
-        "the pixels yourself.",
-        "- Output: one probability per class (softmax), in the order above (`labels.json`).",
-        "",
-        "## Training",
-    ]
-    for i, p in enumerate(metrics.get("phases", []), start=1):
-        lines.append(
-            f"{i}. `{p.get('name')}`: backbone `{p.get('spec')}`, {p.get('epochs')} epochs, "
-            f"lr {p.get('lr')}"
-            + (f", backbone lr {p['backbone_lr']}" if p.get("backbone_lr") is not None else "")
-            + f"; {_fmt(p.get('trainable_params'))} trainable / "
-            f"{_fmt(p.get('frozen_params'))} frozen parameters."
-        )
-    lines += [
-        f"- Data: {metrics.get('train_images', '?')} training images, "
-        f"{metrics.get('val_images', '?')} validation images; seed {config.get('seed', '?')}.",
-        f"- Training time: {metrics.get('seconds', '?')} s.",
-        "",
-        "## Metrics",
-    ]
-    if ev.get("images") and ev.get("task") != "multi_label":
-        lines += [
-            f"On the {ev.get('split', 'validation')} split ({ev['images']} images):",
-            "",
-            "| metric | value |",
-            "|---|---:|",
-            f"| accuracy | {ev['accuracy']:.4f} |",
-            *(f"| top-{k} accuracy | {v:.4f} |" for k, v in ev.get("top_k_accuracy", {}).items()),
-            f"| macro F1 | {ev['macro_avg']['f1']:.4f} |",
-            f"| weighted F1 | {ev['weighted_avg']['f1']:.4f} |",
-            f"| expected calibration error | {ev['ece']:.4f} |",
-            "",
-            "| class | precision | recall | F1 | support |",
-            "|---|---:|---:|---:|---:|",
-            *(
-                f"| {n} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
-                f"{v['support']} |"
-                for n, v in ev["per_class"].items()
-            ),
-        ]
-    elif ev.get("images"):
-        lines.append(
-            f"Micro F1 {ev['micro_f1']:.4f}, macro F1 {ev['macro_f1']:.4f} at threshold "
-            f"{ev['threshold']} ({ev['images']} images)."
-        )
-    else:
-        lines.append("Not evaluated (no validation data).")
-    lines += [
-        "",
-        "Small validation sets give noisy numbers; evaluate on your own held-out data "
-        "(`graft evaluate`) before relying on them.",
-        "",
-        "## Export formats",
-        "- Keras: `model.keras` in this folder (`keras.saving.load_model`, no custom objects).",
-        "- `graft export RUN_DIR --format savedmodel --out DIR`: TF Serving signatures "
-        "`serving_default` (float32 image tensors) and `serving_bytes` (encoded image bytes).",
-        "- `graft export RUN_DIR --format tflite [--quantize none|dynamic|int8 "
-        "--calibration DATA] --out FILE.tflite`.",
-    ]
-    if exports:
-        lines += ["", "Exports made from this run:", ""]
-        lines += [f"- {_export_line(e)}" for e in exports]
-    versions = config.get("versions") or {}
-    if versions:
-        lines += ["", "## Versions", ", ".join(f"{k} {v}" for k, v in versions.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _export_line(entry: dict) -> str:
-    check = entry.get("check", {})
-    text = f"`{entry.get('path')}` ({entry.get('format')}, quantize {entry.get('quantize')})"
-    if "max_abs_diff" in check:
-        text += f": max abs diff {check['max_abs_diff']:.2e}"
-    if "top1_agreement" in check:
-        text += f", top-1 agreement {check['top1_agreement']:.3f}"
-    return text
-
-
-def write_model_card(run_dir: str | os.PathLike) -> Path:
-    """Write ``RUN_DIR/MODEL_CARD.md`` and return its path."""
-    run_dir = Path(run_dir)
-    return runs.atomic_write(run_dir / MODEL_CARD_FILE, render_model_card(run_dir))

@@ -1,12 +1,4 @@
-"""The run directory: every artifact of a run, each written atomically.
-
-Layout::
-
-    RUN_DIR/model.keras    the trained model (raw images in, probabilities out)
-    RUN_DIR/labels.json    class names in output order
-    RUN_DIR/config.yaml    every resolved setting; enough to reproduce the run
-    RUN_DIR/history.csv    one row per epoch, with the phase it belongs to
-    RUN_DIR/metrics.json   final metrics and, per phase, trainable/frozen counts
+"""Atomic io for the run folder (its file names: :mod:`graft.runs.layout`).
 
 Files are written to a temporary name in the same folder and renamed into place, so a
 crash never leaves a half-written artifact next to good ones.
@@ -26,6 +18,13 @@ from pathlib import Path
 import yaml
 
 from graft.errors import GraftError
+from graft.runs.layout import (  # noqa: F401  (the names callers reach as runs.X)
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LABELS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+)
 
 
 class DiskFullError(GraftError, OSError):
@@ -39,13 +38,6 @@ def _disk_full(path: Path, exc: OSError) -> OSError:
             hint="free some space, or pass another --out (or --cache-dir for the cache).",
         )
     return exc
-
-
-MODEL_FILE = "model.keras"
-LABELS_FILE = "labels.json"
-CONFIG_FILE = "config.yaml"
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
 
 
 @contextlib.contextmanager
@@ -126,6 +118,27 @@ def prepare(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
         )
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def read_json(path: str | os.PathLike, default=None):
+    """The JSON content of ``path``, or ``default`` when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text("utf-8")) if path.is_file() else default
+
+
+def read_yaml(path: str | os.PathLike, default=None):
+    """The YAML content of ``path``, or ``default`` when there is no such file."""
+    path = Path(path)
+    return (yaml.safe_load(path.read_text("utf-8")) or {}) if path.is_file() else default
+
+
+def read_csv(path: str | os.PathLike) -> list[dict]:
+    """The rows of a CSV file (``[]`` when there is no such file)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
 
 
 def read_labels(run_dir: str | os.PathLike) -> list[str]:

@@ -190,7 +190,7 @@ def load_or_compute(
 
 def _images(split, bb, batch_size: int, augment=None):
     """A dataset of the raw image batches of a split (files or arrays), in order."""
-    from graft.data import sources as data
+    from graft.data import pipelines as data
 
     if isinstance(split, tuple):
         ds = data.array_pipeline(split[0], split[1], batch_size)
@@ -228,7 +228,7 @@ def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbo
     """
     import math
 
-    from graft.data import sources as data
+    from graft.data import pipelines as data
 
     directory = Path(cfg.cache_dir) if cfg.cache_dir else None
     views = cfg.cache_views if augment is not None else 0

@@ -36,10 +36,8 @@ import numpy as np
 
 from graft.errors import GraftError, first_line
 from graft.runs import files as runs
+from graft.runs.layout import CHECKPOINT_DIR, STATE_FILE, STATUS_FILE  # noqa: F401
 
-CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "state.json"
-STATUS_FILE = "status.json"
 FORMAT_VERSION = 1
 _SIGNAL_CODES = {"SIGINT": 130, "SIGTERM": 143}
 # Keras 3's epoch iterator (keras/src/trainers/epoch_iterator.py) makes two iterators of

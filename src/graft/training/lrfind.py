@@ -23,9 +23,9 @@ import numpy as np
 
 from graft.config.strategies import Phase
 from graft.core.optim import sub_optimizers
+from graft.runs.layout import LR_FIND_CSV, LR_FIND_PLOT
 
-CSV_FILE = "lr_find.csv"
-PLOT_FILE = "lr_find.png"
+CSV_FILE, PLOT_FILE = LR_FIND_CSV, LR_FIND_PLOT
 
 
 @dataclass

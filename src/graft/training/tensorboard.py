@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 
 from graft.errors import GraftError
+from graft.runs.layout import TENSORBOARD_DIR
 
-LOG_DIR = "tensorboard"
+LOG_DIR = TENSORBOARD_DIR
 
 
 def log_dir(run_dir: str | os.PathLike) -> Path:

@@ -1,0 +1,221 @@
+"""The last steps of a training run (fit, finalize, measure, write) and :func:`execute`.
+
+The first steps are in :mod:`graft.api.steps`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import keras
+
+from graft.api import building
+from graft.api import steps as s
+from graft.api.result import Run
+from graft.config.settings import TrainConfig
+from graft.core.model import backbone_of
+from graft.reporting import drift, report
+from graft.runs import files, layout
+from graft.runs import metrics as run_metrics
+from graft.runs.model_io import is_multi_label
+from graft.training import cache, checkpoints, distribute
+
+
+def execute(req: s.Request) -> Run:
+    """Run every step of a training run; on failure, record why in ``status.json``."""
+    run_dir = None
+    try:
+        with contextlib.ExitStack() as scope:
+            cfg = TrainConfig(backbone=str(req.backbone), **req.settings)
+            devices = s.choose_devices(cfg)
+            plan = s.resolve_plan(cfg)
+            data = s.prepare_data(cfg, req)  # cheap checks first: nothing is built yet
+            run_dir = s.open_run(cfg, req)
+            keras.utils.set_random_seed(cfg.seed)
+            if devices.strategy is not None:
+                scope.enter_context(devices.strategy.scope())
+                req.log(distribute.describe(devices.strategy, cfg.batch_size))
+            built = s.build_model(cfg, data, plan, req)
+            pipes = s.make_pipelines(cfg, data, built.bb, devices)
+            setup = s.make_trainer(cfg, plan, data, built, run_dir, req)
+            fitted = fit(cfg, plan, data, built, pipes, setup, devices, run_dir, req)
+            model = finalize(built, fitted, devices, scope, run_dir, req)
+            metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
+            run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
+            return write(run, req, pipes.val)
+    except BaseException as exc:
+        if run_dir is not None:
+            status, details = checkpoints.describe_failure(exc)
+            with contextlib.suppress(OSError):  # a full disk must not hide the real error
+                checkpoints.write_status(run_dir, status, **details)
+        raise checkpoints.as_user_error(exc, req.settings.get("batch_size", 32)) from None
+
+
+def fit(
+    cfg: TrainConfig,
+    plan: s.Plan,
+    data: s.PreparedData,
+    built: s.Built,
+    pipes: s.Pipelines,
+    setup: s.TrainerSetup,
+    devices: s.Devices,
+    run_dir: Path | None,
+    req: s.Request,
+) -> s.Fitted:
+    """(``lr="auto"``: find the learning rate,) cache features, train every phase."""
+    start = time.perf_counter()
+    phases, lr_found = plan.phases, None
+    if cfg.lr == "auto":
+        phases, lr_found = _auto_lr(cfg, setup.trainer, plan, pipes.train, run_dir, req.log)
+    cached = _feature_cache(cfg, phases, data, built, pipes, req)
+    reference = drift.snapshot(built.model)
+    state = setup.state
+    if state is not None:
+        mid_phase = devices.strategy is not None and state.next_position()[1] > 0
+        checkpoints.fast_forward(pipes.train, state.passes.get("full", 0) - mid_phase)
+        if cached is not None:
+            checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
+    resume = (state, run_dir) if state else None
+    with (
+        checkpoints.stop_on_signals(setup.checkpointer),
+        distribute.keras_workarounds(devices.strategy),
+    ):
+        result = setup.trainer.fit(phases, pipes.train, pipes.val, cached=cached, resume=resume)
+    return s.Fitted(result, phases, time.perf_counter() - start, lr_found, reference)
+
+
+def _auto_lr(cfg: TrainConfig, trainer, plan: s.Plan, train_ds, run_dir, log):
+    """``lr="auto"``: run the LR finder on the first phase; the plan with its suggestion."""
+    from graft.training import lrfind
+
+    found = lrfind.sweep(trainer, plan.phases[0], train_ds)
+    cfg.lr = float(f"{found.suggestion:.3g}")
+    log(
+        f"LR finder: suggested lr {cfg.lr:g} (valley of {len(found.lrs)} steps, "
+        f"{found.start_lr:g} to {found.end_lr:g})"
+    )
+    if run_dir is not None:
+        found.write(run_dir)
+    return cfg.resolved_plan(), {"suggestion": cfg.lr, "steps": len(found.lrs)}
+
+
+def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes, req):
+    """Cached backbone features for frozen-backbone phases, or ``None`` (and why, logged)."""
+    log = req.log
+    if not cfg.cache:
+        return None
+    if any(p.recalibrate_bn for p in phases):
+        log("Feature cache off: BN recalibration changes the backbone's features.")
+        return None
+    if not any(p.backbone_frozen for p in phases):
+        return None
+    if data.augment is not None and not cfg.cache_views:
+        log(
+            "Feature cache off: augmentation changes every training image in every epoch, "
+            "so frozen-backbone phases run the backbone on augmented images "
+            "(--cache-views K caches K augmented views instead)."
+        )
+        return None
+    if data.train.labels is None:
+        log("Feature cache off: a tf.data.Dataset source is not cached.")
+        return None
+    bb = built.bb
+    splits = {
+        name: None if split is None else split.fitted(bb.image_size, bb.channels).raw
+        for name, split in (("train", data.train), ("val", data.val))
+    }
+    data_cfg = dataclasses.replace(cfg, batch_size=pipes.batch_size)
+    return cache.cached_datasets(
+        built.model, bb, splits, data_cfg, augment=data.augment, log=log,
+        verbose=1 if req.verbose else 0,
+    )  # fmt: skip
+
+
+def finalize(built: s.Built, fitted: s.Fitted, devices: s.Devices, scope, run_dir, req):
+    """Leave the distribution scope, write TensorBoard's phases, compile for shipping."""
+    model = built.model
+    if devices.strategy is not None:
+        scope.close()
+        model = distribute.undistributed(model)
+    if req.tensorboard:
+        from graft.training import tensorboard as tb
+
+        tb.write_phases(run_dir, fitted.result.history)
+    building.compile_for_shipping(model, fitted.phases[-1], built.loss, built.metrics)
+    return model
+
+
+def measure(
+    cfg: TrainConfig,
+    model: keras.Model,
+    data: s.PreparedData,
+    built: s.Built,
+    pipes: s.Pipelines,
+    fitted: s.Fitted,
+    devices: s.Devices,
+    req: s.Request,
+) -> dict:
+    """The run's metrics: last epoch, data counts, drift, source task, test scores."""
+    log, bb = req.log, built.bb
+    last = fitted.result.history[-1] if fitted.result.history else {}
+    metrics = {k: last[k] for k in ("val_accuracy", "val_loss", "accuracy", "loss") if k in last}
+    metrics.update(
+        train_images=data.counts["train"],
+        val_images=data.counts["val"],
+        epochs=len(fitted.result.history),
+        seconds=round(fitted.seconds, 2),
+        phases=[p.as_dict() for p in fitted.result.phases],
+        data=data.counts,
+    )
+    if fitted.lr_found is not None:
+        metrics["lr_find"] = fitted.lr_found
+    if data.check is not None:
+        metrics["data_check"] = data.check.counts()
+    train_eval = None
+    if data.train.labels is not None:
+        train_eval = lambda: data.train.batches(bb.image_size, bb.channels, cfg.batch_size)  # noqa: E731
+    feature_drift = drift.run_drift(model, fitted.reference, pipes.val, train_eval, log)
+    if feature_drift is not None:
+        metrics["feature_drift"] = feature_drift
+    if built.source_task is not None:
+        metrics["source_task"] = built.source_task.accuracies(backbone_of(model))
+        log(drift.source_summary_line(metrics["source_task"]))
+    if data.class_weight is not None:
+        metrics["class_weight"] = {
+            data.classes[i]: round(w, 4) for i, w in data.class_weight.items()
+        }
+    if data.test is not None:
+        test_ds = data.test.batches(bb.image_size, bb.channels, cfg.batch_size)
+        scores = model.evaluate(test_ds, verbose=0, return_dict=True)
+        metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
+        metrics["test_images"] = data.test.count
+        log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
+    if devices.strategy is not None:
+        metrics["distribute"] = distribute.summary(devices.strategy, cfg.batch_size)
+    return metrics
+
+
+def write(run: Run, req: s.Request, val_ds) -> Run:
+    """Save the run folder's artifacts, evaluate, draw, report; mark it completed."""
+    d = run.run_dir
+    if d is None:
+        return run
+    files.save_model(run.model, d / layout.MODEL_FILE)
+    files.write_json(d / layout.LABELS_FILE, run.classes)
+    config = run.config.as_dict()
+    config["resolved_backbone"] = run.backbone.describe()
+    config["classes"] = run.classes
+    config["multi_label"] = is_multi_label(run.model)
+    config["versions"] = building.versions()
+    config.update(data=req.sources(), safe_mode=req.safe_mode)
+    files.write_yaml(d / layout.CONFIG_FILE, config)
+    files.write_csv(d / layout.HISTORY_FILE, run.history)
+    run_metrics.record(d, run.metrics, fresh=True)
+    evaluated = report.finish_run(d, run.model, run.classes, run.history, val_ds, log=req.log)
+    if evaluated is not None:
+        run.metrics["evaluation"] = evaluated
+    checkpoints.write_status(d, "completed")
+    return run

@@ -1,0 +1,222 @@
+"""``tf.data`` pipelines: the one decode+resize recipe, augmentation, batching.
+
+Files are decoded in parallel and resized (bilinear) to the model's input size by
+:func:`decode_image`, the recipe every reader of image files shares (training, predict,
+export). Images stay raw (0-255 floats): the model does its own preprocessing. Files are
+checked before they reach a pipeline (:mod:`graft.data.check`), so a bad file never
+stops training halfway through an epoch.
+
+Example:
+    >>> ds = pipeline(files, (96, 96), augment=augmentation("light"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from graft.config.names import AUGMENT_LEVELS
+from graft.data.sources import LabelledFiles
+from graft.errors import DataError, UnknownNameError, did_you_mean
+
+
+def decode_image(data, image_size: tuple[int, int], channels: int):
+    """Encoded image bytes (a string tensor) -> float32 ``(h, w, channels)``, 0-255.
+
+    The one decode+resize recipe (``tf.io.decode_image``, first frame, bilinear resize);
+    it works eagerly and inside ``tf.data``/``tf.function`` graphs.
+    """
+    import tensorflow as tf
+
+    image = tf.io.decode_image(data, channels=channels, expand_animations=False)
+    image = tf.image.resize(image, image_size, method="bilinear")
+    image.set_shape((*image_size, channels))
+    return image
+
+
+def load_image(path: str | os.PathLike, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read one image file with :func:`decode_image` (float32, 0-255).
+
+    Raises:
+        OSError: The file cannot be read.
+        ValueError: The file is not a decodable image.
+    """
+    import tensorflow as tf
+
+    data = Path(path).read_bytes()
+    try:
+        return decode_image(data, tuple(image_size), channels).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
+        detail = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:\w+\]", "", exc.message).strip()
+        raise ValueError(f"not a readable image: {detail.splitlines()[0]}") from None
+
+
+def fit_arrays(x, image_size: tuple[int, int], channels: int) -> np.ndarray:
+    """In-memory images resized (bilinear) to ``image_size`` with ``channels`` (float32)."""
+    x = np.asarray(x)
+    if x.shape[-1] != channels:
+        if x.shape[-1] == 1 and channels == 3:
+            x = np.repeat(x, 3, axis=-1)
+        else:
+            raise DataError(f"Images have {x.shape[-1]} channels; the backbone takes {channels}.")
+    if tuple(x.shape[1:3]) != tuple(image_size):
+        import tensorflow as tf
+
+        x = tf.image.resize(x.astype("float32"), tuple(image_size)).numpy()
+    return x.astype("float32")
+
+
+def augmentation(level: str = "standard", seed: int | None = None):
+    """Keras preprocessing layers that augment training batches.
+
+    ``light``: horizontal flip, small rotation and zoom. ``standard``: flip, rotation,
+    zoom, translation and contrast. The layers work on raw 0-255 images and are applied
+    in the ``tf.data`` pipeline, never inside the model, so inference is unaffected.
+
+    Args:
+        level: ``none``, ``light`` or ``standard``.
+        seed: Seed for the random transformations.
+
+    Returns:
+        A ``keras.Sequential``, or ``None`` for ``none``.
+    """
+    if level not in AUGMENT_LEVELS:
+        raise UnknownNameError(
+            f"Unknown --augment level: {level!r}.{did_you_mean(level, AUGMENT_LEVELS)}",
+            hint=f"expected one of {', '.join(AUGMENT_LEVELS)}.",
+        )
+    if level == "none":
+        return None
+    import keras
+
+    layers = keras.layers
+    if level == "light":
+        stack = [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.05, seed=seed),
+            layers.RandomZoom(0.1, seed=seed),
+        ]
+    else:
+        stack = [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomRotation(0.1, seed=seed),
+            layers.RandomZoom(0.2, seed=seed),
+            layers.RandomTranslation(0.1, 0.1, seed=seed),
+            layers.RandomContrast(0.2, seed=seed),
+        ]
+    return keras.Sequential(stack, name=f"graft_augment_{level}")
+
+
+def _decoder(image_size: tuple[int, int], channels: int):
+    import tensorflow as tf
+
+    def load(path, label):
+        return decode_image(tf.io.read_file(path), image_size, channels), label
+
+    return load
+
+
+def pipeline(
+    files: LabelledFiles,
+    image_size: tuple[int, int],
+    channels: int = 3,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment=None,
+):
+    """A streaming ``tf.data.Dataset`` of ``(raw_image_batch, label_batch)``.
+
+    Files are decoded in parallel, resized to ``image_size`` (bilinear), batched and
+    prefetched; only a few batches are in memory at once. With ``shuffle`` the order
+    changes every epoch, reproducibly from ``seed``. ``augment`` (e.g.
+    :func:`augmentation`) runs on each batch in training mode.
+
+    Args:
+        files: Checked files (:func:`graft.datacheck.check` drops the bad ones).
+        image_size: ``(height, width)``.
+        channels: Colour channels of the decoded images.
+        batch_size: Images per batch.
+        shuffle: Reshuffle the files every epoch.
+        seed: Shuffle seed.
+        augment: A callable on image batches, or ``None``.
+
+    Returns:
+        A ``tf.data.Dataset``.
+    """
+    import tensorflow as tf
+
+    # Bytes, not str: file names need not be valid UTF-8.
+    paths = np.asarray([os.fsencode(p) for p in files.paths], dtype=object)
+    labels = np.asarray(files.labels, "float32" if files.multi_label else "int32")
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), labels))
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(_decoder(tuple(image_size), channels), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def array_pipeline(x, y, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None):
+    """A ``tf.data.Dataset`` over in-memory arrays (images of the model's input size)."""
+    import tensorflow as tf
+
+    y = np.asarray(y)
+    y = y.astype("float32") if y.ndim == 2 else y.astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(x, "float32"), y))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=1)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def dataset_pipeline(
+    ds, image_size: tuple[int, int], channels: int = 3, batch_size: int = 32, augment=None
+):
+    """Adapt a user's ``tf.data.Dataset`` of ``(image, label)`` to a model's input.
+
+    Unbatched datasets are batched; images are resized to ``image_size`` and cast to
+    float32 (raw 0-255 values); ``augment`` runs on each batch.
+
+    Args:
+        ds: Yields ``(image, label)`` or ``(image_batch, label_batch)``.
+        image_size: ``(height, width)``.
+        channels: Colour channels the model takes.
+        batch_size: Batch size for an unbatched dataset.
+        augment: A callable on image batches, or ``None``.
+
+    Returns:
+        A ``tf.data.Dataset``.
+    """
+    import tensorflow as tf
+
+    spec = ds.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise DataError(
+            "A tf.data.Dataset must yield (image, label) pairs.",
+            hint="map it to (image, label) first, e.g. ds.map(lambda d: (d['image'], d['label'])).",
+        )
+    rank = spec[0].shape.rank
+    if rank == 3:
+        ds = ds.batch(batch_size)
+    elif rank != 4:
+        raise DataError(f"Dataset images must have shape (H, W, C), got {spec[0].shape}.")
+
+    def fit(x, y):
+        x = tf.cast(x, tf.float32)
+        if x.shape[-1] == 1 and channels == 3:
+            x = tf.image.grayscale_to_rgb(x)
+        x = tf.image.resize(x, image_size, method="bilinear")
+        return x, y
+
+    ds = ds.map(fit, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=1)
+    return ds.prefetch(tf.data.AUTOTUNE)

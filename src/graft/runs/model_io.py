@@ -1,0 +1,70 @@
+"""Loading a trained model: a run folder or a ``.keras`` file, with its class names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from graft.errors import GraftError
+from graft.runs import files
+from graft.runs.layout import LABELS_FILE, MODEL_FILE
+
+#: The name of a grafted model's output layer (see :mod:`graft.core.model`).
+OUTPUT_LAYER = "head_output"
+
+
+def load_file(path: str | os.PathLike, safe_mode: bool = True, compile: bool = True, what="model"):
+    """``keras.saving.load_model`` with graft's errors (a refused Lambda layer says so).
+
+    Args:
+        path: A ``.keras``/``.h5`` file.
+        safe_mode: Refuse files whose loading could run code.
+        compile: Restore the training configuration too.
+        what: How messages name the file (e.g. ``"source model"``).
+    """
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+    except Exception as exc:
+        text = first_line(exc)
+        if safe_mode and ("safe_mode" in text or "Lambda" in text):
+            raise GraftError(
+                f"{path} contains code (a Lambda layer) that would run when loaded; refused.",
+                hint="only if you trust the file, pass safe_mode=False (--unsafe in the CLI).",
+            ) from None
+        raise GraftError(f"Cannot load the {what} {path}: {text}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def load(model_or_run: str | os.PathLike, safe_mode: bool = True):
+    """A trained model and its class names from a run folder or a ``.keras`` file.
+
+    Returns:
+        ``(model, classes)``; without a ``labels.json`` beside the model the classes are
+        ``"0"``, ``"1"``, ...
+    """
+    path = Path(model_or_run).expanduser()
+    model_file = path / MODEL_FILE if path.is_dir() else path
+    if not model_file.is_file():
+        raise GraftError(
+            f"No model at {model_or_run}.",
+            hint="pass a run folder made by 'graft train' or a .keras file.",
+        )
+    model = load_file(model_file, safe_mode=safe_mode)
+    if (model_file.parent / LABELS_FILE).is_file():
+        classes = files.read_labels(model_file.parent)
+    else:
+        classes = [str(i) for i in range(model.output_shape[-1])]
+    return model, classes
+
+
+def is_multi_label(model) -> bool:
+    """Whether a grafted model ends in sigmoid outputs (several labels per image)."""
+    names = {layer.name for layer in model.layers}
+    last = model.get_layer(OUTPUT_LAYER) if OUTPUT_LAYER in names else model.layers[-1]
+    return getattr(getattr(last, "activation", None), "__name__", "") == "sigmoid"
