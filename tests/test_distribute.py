@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 
-from graft.cli import main as cli
+from graft import cli
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

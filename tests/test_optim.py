@@ -24,7 +24,7 @@ def _step(model, blocks, phase, grad=1.0):
 
     Returns ``{variable path: update}`` (new value minus old value)."""
     freezing.apply(model, blocks, phase.trainable, phase.train_bn)
-    opt = optim.build(phase, model, blocks)
+    opt = optim.make_optimizer(phase, model, blocks)
     variables = model.trainable_variables
     before = {v.path: np.array(v.numpy()) for v in variables}
     opt.apply([keras.ops.full(v.shape, grad) for v in variables], variables)
@@ -108,7 +108,7 @@ def test_l2sp_gradient_term_pulls_toward_the_pretrained_values(cnn):
     conv.assign(conv.numpy() + 1.0)  # one unit away from w0 everywhere
     phase = Phase("t", "blocks:1", lr=0.1, optimizer="sgd", l2sp=0.5)
     freezing.apply(model, cnn.blocks, phase.trainable)
-    opt = optim.build(phase, model, cnn.blocks, anchors)
+    opt = optim.make_optimizer(phase, model, cnn.blocks, anchors)
     assert isinstance(opt, regularizers.L2SPOptimizer)
     variables = model.trainable_variables
     opt.apply([keras.ops.zeros(v.shape) for v in variables], variables)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE, conv_block, make_cnn
+from graft import cli
 from graft.api import steps as api
-from graft.cli import main as cli
 from graft.core import backbones
 from graft.errors import GraftError, TrainingFailed
 from graft.runs import files as runs

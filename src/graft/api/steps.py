@@ -26,13 +26,15 @@ from graft.config import strategies
 from graft.config.settings import TrainConfig
 from graft.core import backbones
 from graft.core.model import HeadConfig, backbone_of, build_model
+from graft.core.optim import make_optimizer
 from graft.data import check as datacheck
 from graft.data import sources as data
 from graft.errors import DataError, GraftError
 from graft.reporting import drift
 from graft.runs import files as runs
+from graft.runs import status as run_status
 from graft.training import cache
-from graft.training.trainer import Trainer, TrainResult, make_optimizer
+from graft.training.trainer import Trainer, TrainResult
 
 
 @dataclass
@@ -324,7 +326,7 @@ def train(
 
     if resume is not None:
         out = resume
-        saved = checkpoints.saved_config(resume)
+        saved = run_status.saved_config(resume)
         source = saved.get("data") or {}
         data_source = data_source if data_source is not None else source.get("train")
         val = val if val is not None else source.get("val")
@@ -355,7 +357,7 @@ def train(
         )  # fmt: skip
     except BaseException as exc:
         if holder.get("run_dir") is not None:
-            status, details = checkpoints.describe_failure(exc)
+            status, details = run_status.describe_failure(exc)
             with contextlib.suppress(OSError):  # a full disk must not hide the real error
                 checkpoints.write_status(holder["run_dir"], status, **details)
         raise checkpoints.as_user_error(exc, settings.get("batch_size", 32)) from None
@@ -456,7 +458,7 @@ def _train(
         callbacks=callbacks,
         class_weight=class_weight,
         jit_compile=_jit(cfg.jit),
-        checkpoint=checkpointer,
+        hooks=[checkpointer] if checkpointer is not None else [],
     )
     start = time.perf_counter()
     lr_found = None
@@ -485,9 +487,7 @@ def _train(
         if cached is not None:
             checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
     with checkpoints.stop_on_signals(checkpointer), distribute.keras_workarounds(strategy):
-        result = trainer.fit(
-            phases, train_ds, val_ds, cached=cached, resume=(state, run_dir) if state else None
-        )
+        result = trainer.fit(phases, train_ds, val_ds, cached=cached, resume=state)
     seconds = time.perf_counter() - start
     if strategy is not None:
         scope.close()
