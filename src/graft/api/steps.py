@@ -441,13 +441,15 @@ def _train(
     checkpointer = checkpoints.Checkpointer(run_dir, log) if run_dir is not None else None
     if state is not None:
         checkpointer.resume_from(state)
-    callbacks = []
+    hooks = []
     if tensorboard and run_dir is None:
         raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
     if tensorboard:
         from graft.training import tensorboard as tb
 
-        callbacks.append(tb.callback(run_dir))
+        hooks.append(tb.TensorBoardLogs(run_dir))
+    if checkpointer is not None:
+        hooks.append(checkpointer)
     trainer = Trainer(
         model,
         bb.blocks,
@@ -455,10 +457,9 @@ def _train(
         metrics=metrics_list,
         log=log,
         verbose=verbose,
-        callbacks=callbacks,
         class_weight=class_weight,
         jit_compile=_jit(cfg.jit),
-        hooks=[checkpointer] if checkpointer is not None else [],
+        hooks=hooks,
     )
     start = time.perf_counter()
     lr_found = None
@@ -492,7 +493,7 @@ def _train(
     if strategy is not None:
         scope.close()
         model = distribute.undistributed(model)
-    if callbacks:
+    if tensorboard:
         tb.write_phases(run_dir, result.history)
     _compile_for_shipping(model, phases[-1], loss, metrics_list)
     metrics = _metrics(result, counts, seconds)

@@ -84,7 +84,7 @@ class PhaseResult:
             "name": self.phase.name,
             **self.report.as_dict(),
             "lr": self.phase.lr,
-            "backbone_lr": self.phase.backbone_lr,
+            "backbone_lr": self.phase.effective_backbone_lr,
             "epochs": self.epochs_run,
             "seconds": round(self.seconds, 2),
         }
