@@ -382,8 +382,8 @@ def _train(
     cfg = TrainConfig(backbone=str(backbone), **settings)
     if cfg.deterministic:
         distribute.enable_determinism()
-    strategy = distribute.strategy(cfg.distribute, cfg.devices)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    dist = distribute.Distribution.from_settings(cfg.distribute, cfg.devices)
+    replicas = dist.replicas
     phases = cfg.resolved_plan()
     # Cheap checks first: bad data paths fail before any backbone is built or downloaded.
     data_source = _as_files(data_source)
@@ -402,9 +402,9 @@ def _train(
         checkpoints.write_status(run_dir, "running")
     keras.utils.set_random_seed(cfg.seed)
     scope = holder["scope"] = contextlib.ExitStack()
-    if strategy is not None:
-        scope.enter_context(strategy.scope())
-        log(distribute.describe(strategy, cfg.batch_size))
+    scope.enter_context(dist.scope())
+    if dist.describe(cfg.batch_size):
+        log(dist.describe(cfg.batch_size))
     data_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size * replicas)
     bb = _resolve_backbone(cfg, safe_mode)
     train_ds, val_ds, classes, counts, splits = _datasets(
@@ -483,16 +483,15 @@ def _train(
             )
     reference = drift.snapshot(model)
     if state is not None:
-        mid_phase = strategy is not None and state.next_position()[1] > 0
+        mid_phase = dist.peeks and state.next_position()[1] > 0
         checkpoints.fast_forward(train_ds, state.passes.get("full", 0) - mid_phase)
         if cached is not None:
             checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
-    with checkpoints.stop_on_signals(checkpointer), distribute.keras_workarounds(strategy):
+    with checkpoints.stop_on_signals(checkpointer), dist.workarounds():
         result = trainer.fit(phases, train_ds, val_ds, cached=cached, resume=state)
     seconds = time.perf_counter() - start
-    if strategy is not None:
-        scope.close()
-        model = distribute.undistributed(model)
+    scope.close()
+    model = dist.finished(model)
     if tensorboard:
         tb.write_phases(run_dir, result.history)
     _compile_for_shipping(model, phases[-1], loss, metrics_list)
@@ -520,8 +519,8 @@ def _train(
         metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
         metrics["test_images"] = len(test[1]) if isinstance(test, tuple) else len(test)
         log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
-    if strategy is not None:
-        metrics["distribute"] = distribute.summary(strategy, cfg.batch_size)
+    if dist.summary(cfg.batch_size) is not None:
+        metrics["distribute"] = dist.summary(cfg.batch_size)
     run = Run(model, classes, metrics, result.history, cfg, run_dir, bb)
     if run_dir is not None:
         _write_run(run, bb, {"data": sources, "safe_mode": safe_mode})

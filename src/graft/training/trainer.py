@@ -113,7 +113,7 @@ class Trainer:
             Keras's choice, which is off on CPU-only TensorFlow).
         class_weight: ``{class_index: weight}`` for ``fit`` (e.g. balanced weights).
         hooks: Extra :class:`~graft.training.hooks.Hook` objects (e.g. a
-            :class:`graft.checkpoints.Checkpointer`), after AdaBN and L2-SP anchors.
+            :class:`graft.training.checkpoints.Checkpointer`), after AdaBN and L2-SP anchors.
     """
 
     def __init__(
@@ -172,7 +172,7 @@ class Trainer:
                 steps_per_epoch_or_None)`` from :func:`graft.cache.cached_datasets`.
                 Phases that leave the backbone frozen then train the head on these
                 features instead of running the backbone on every image in every epoch.
-            resume: A committed :class:`graft.checkpoints.State` whose weights are already
+            resume: A committed :class:`graft.training.checkpoints.State` whose weights are already
                 in the model: skip the phases and epochs it has done, hand every hook and
                 policy its saved state, and start from its history rows.
         """
