@@ -24,7 +24,7 @@ def _step(model, blocks, phase, grad=1.0):
 
     Returns ``{variable path: update}`` (new value minus old value)."""
     freezing.apply(model, blocks, phase.trainable, phase.train_bn)
-    opt = optim.build(phase, model, blocks)
+    opt = optim.make_optimizer(phase, model, blocks)
     variables = model.trainable_variables
     before = {v.path: np.array(v.numpy()) for v in variables}
     opt.apply([keras.ops.full(v.shape, grad) for v in variables], variables)
@@ -108,7 +108,7 @@ def test_l2sp_gradient_term_pulls_toward_the_pretrained_values(cnn):
     conv.assign(conv.numpy() + 1.0)  # one unit away from w0 everywhere
     phase = Phase("t", "blocks:1", lr=0.1, optimizer="sgd", l2sp=0.5)
     freezing.apply(model, cnn.blocks, phase.trainable)
-    opt = optim.build(phase, model, cnn.blocks, anchors)
+    opt = optim.make_optimizer(phase, model, cnn.blocks, anchors)
     assert isinstance(opt, regularizers.L2SPOptimizer)
     variables = model.trainable_variables
     opt.apply([keras.ops.zeros(v.shape) for v in variables], variables)
@@ -166,3 +166,20 @@ def test_training_with_every_option_saves_a_plain_model(tmp_path, cnn_file, smal
     # cosine with 1 warm-up epoch over 3 epochs: factors 1, 1, 0.5
     np.testing.assert_allclose([r["lr"] for r in tune], [1e-5, 1e-5, 0.5e-5], rtol=1e-6)
     np.testing.assert_allclose([r["backbone_lr"] for r in tune], [1e-5, 1e-5, 0.5e-5])
+
+
+def test_one_optimizer_table_for_every_configured_name():
+    from graft.config.strategies import OPTIMIZERS
+
+    assert set(optim.CLASSES) == set(OPTIMIZERS)
+    assert optim.CLASSES["adamw"] is keras.optimizers.AdamW
+    import graft.training
+
+    assert graft.training.make_optimizer is optim.make_optimizer
+
+
+def test_effective_backbone_lr_is_one_rule():
+    assert Phase("h", "none", lr=0.1).effective_backbone_lr is None
+    assert Phase("f", "blocks:1", lr=0.1).effective_backbone_lr == 0.1
+    assert Phase("f", "blocks:1", lr=0.1, backbone_lr=0.01).effective_backbone_lr == 0.01
+    assert Phase("f", "all", lr=0.1, layer_decay=0.5).effective_backbone_lr == 0.05

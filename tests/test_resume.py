@@ -167,7 +167,7 @@ def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
     tmp_path, capsys, monkeypatch, cnn_file, digits_folder
 ):
     from graft import cli
-    from graft.training.trainer import Trainer
+    from graft.training.checkpoints import Checkpointer
 
     class Terminate(keras.callbacks.Callback):
         """SIGTERM arrives while the first epoch is being saved."""
@@ -176,9 +176,9 @@ def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
             if epoch == 0:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    original = Trainer.phase_callbacks
+    original = Checkpointer.callbacks
     monkeypatch.setattr(
-        Trainer, "phase_callbacks", lambda self, *a: [*original(self, *a), Terminate()]
+        Checkpointer, "callbacks", lambda self, *a: [*original(self, *a), Terminate()]
     )
     out = tmp_path / "run"
     args = ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool"]
@@ -195,3 +195,118 @@ def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(out)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------- stateful per-phase policies survive a resume
+
+
+def _stop_after(monkeypatch, epoch: int):
+    """Make the checkpointer act as if Ctrl-C came right after epoch ``epoch`` was saved."""
+    from graft.training.checkpoints import Checkpointer
+
+    original = Checkpointer.save
+
+    def save(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.state.epoch == epoch:
+            self.stop_signal = "SIGINT"
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+
+
+def _lr_columns(run_dir: Path) -> list[list[float]]:
+    import csv
+
+    with open(run_dir / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [[float(r["lr"]), float(r["backbone_lr"] or "nan")] for r in rows]
+
+
+def _interrupted_then_resumed(tmp_path, monkeypatch, data, backbone, stop_at, **settings):
+    import graft
+    from graft.training.checkpoints import Interrupted
+
+    quiet = dict(log=lambda _: None, verbose=0)
+    ref = tmp_path / "reference"
+    graft.train(data, backbone=str(backbone), out=ref, **quiet, **settings)
+    run = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        _stop_after(patch, stop_at)
+        with pytest.raises(Interrupted):
+            graft.train(data, backbone=str(backbone), out=run, **quiet, **settings)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == stop_at
+    graft.train(data, resume=run, **quiet)
+    return run, ref
+
+
+def _assert_same_history_and_weights(run: Path, ref: Path):
+    import csv
+
+    def rows(path):
+        with open(path / "history.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+    got, want = rows(run), rows(ref)
+    assert [r["epoch"] for r in got] == [r["epoch"] for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            try:
+                x, y = float(a[key] or "nan"), float(b[key] or "nan")
+            except ValueError:
+                assert a[key] == b[key], key
+                continue
+            np.testing.assert_array_equal(x, y, err_msg=f"{key} of epoch {a['epoch']}")
+    for a, b in zip(_weights(run), _weights(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+POLICY_RUN = dict(
+    cut="block3_pool", batch_size=8, seed=5, deterministic=True, optimizer="sgd",
+)  # fmt: skip
+
+
+def test_resumed_cosine_with_layer_decay_matches_uninterrupted_run(
+    tmp_path, monkeypatch, digits_folder, cnn_file
+):
+    settings = dict(
+        POLICY_RUN, strategy="finetune", epochs=6, lr=0.05, unfreeze="blocks:2",
+        schedule="cosine", layer_decay=0.5,
+    )  # fmt: skip
+    run, ref = _interrupted_then_resumed(
+        tmp_path, monkeypatch, digits_folder, cnn_file, 3, **settings
+    )
+    lrs = _lr_columns(ref)
+    assert lrs[3][0] < lrs[0][0] and lrs[3][1] == lrs[3][0] * 0.5  # the schedule is in effect
+    _assert_same_history_and_weights(run, ref)
+
+
+def test_resumed_plateau_schedule_matches_uninterrupted_run(
+    tmp_path, monkeypatch, digits_folder, cnn_file
+):
+    settings = dict(
+        POLICY_RUN, strategy="finetune", epochs=8, lr=0.05, finetune_lr=0.05, schedule="plateau"
+    )
+    settings["optimizer"] = "adam"
+    # Stopped while the plateau is one epoch into its patience.
+    run, ref = _interrupted_then_resumed(
+        tmp_path, monkeypatch, digits_folder, cnn_file, 5, **settings
+    )
+    lrs = [lr for lr, _ in _lr_columns(ref)]
+    assert lrs[-1] < lrs[0]  # the plateau reduced the rate during the run
+    _assert_same_history_and_weights(run, ref)
+
+
+def test_resumed_early_stopping_matches_uninterrupted_run(
+    tmp_path, monkeypatch, digits_folder, cnn_file
+):
+    settings = dict(
+        POLICY_RUN, strategy="finetune", epochs=10, lr=0.05, finetune_lr=0.05, early_stop=2
+    )
+    settings["optimizer"] = "adam"
+    # Stopped after the best epoch, one epoch into the patience.
+    run, ref = _interrupted_then_resumed(
+        tmp_path, monkeypatch, digits_folder, cnn_file, 5, **settings
+    )
+    assert len(_history(ref)) - 1 < 10  # it stopped early
+    _assert_same_history_and_weights(run, ref)

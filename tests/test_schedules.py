@@ -110,3 +110,18 @@ def test_unknown_schedule_is_one_clear_error():
 
     with pytest.raises(UnknownNameError, match="cosine"):
         Phase("t", schedule="cosin")
+
+
+def test_policy_state_round_trips_through_json():
+    import json
+
+    phase = Phase("t", "none", 6, lr=0.1, schedule="plateau", early_stop=2)
+    position = schedules.Position(index=2, start=4, done=3)
+    assert position.phase_epoch(7) == 3 and position.first_run_epoch == 7
+    found = schedules.callbacks(phase, position)
+    assert set(found) == {"schedule", "early_stop"}
+    sched = found["schedule"]
+    sched._base, sched._scale, sched._best, sched._wait = [0.1], 0.5, 0.25, 1
+    again = schedules.callbacks(phase, position)["schedule"]
+    again.load_state(json.loads(json.dumps(sched.state())))
+    assert again.state() == sched.state()

@@ -11,9 +11,9 @@ import numpy as np
 
 from graft.config.settings import TrainConfig
 from graft.core import backbones
+from graft.core.optim import make_optimizer
 from graft.data import sources
 from graft.errors import DataError
-from graft.training.trainer import make_optimizer
 
 
 def resolve_backbone(cfg: TrainConfig, safe_mode: bool) -> backbones.Backbone:

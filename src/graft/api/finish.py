@@ -20,8 +20,9 @@ from graft.core.model import backbone_of
 from graft.reporting import drift, report
 from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
+from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
-from graft.training import cache, checkpoints, distribute
+from graft.training import cache, checkpoints
 
 
 def execute(req: s.Request) -> Run:
@@ -35,9 +36,9 @@ def execute(req: s.Request) -> Run:
             data = s.prepare_data(cfg, req)  # cheap checks first: nothing is built yet
             run_dir = s.open_run(cfg, req)
             keras.utils.set_random_seed(cfg.seed)
-            if devices.strategy is not None:
-                scope.enter_context(devices.strategy.scope())
-                req.log(distribute.describe(devices.strategy, cfg.batch_size))
+            scope.enter_context(devices.scope())
+            if devices.describe(cfg.batch_size):
+                req.log(devices.describe(cfg.batch_size))
             built = s.build_model(cfg, data, plan, req)
             pipes = s.make_pipelines(cfg, data, built.bb, devices)
             setup = s.make_trainer(cfg, plan, data, built, run_dir, req)
@@ -48,7 +49,7 @@ def execute(req: s.Request) -> Run:
             return write(run, req, pipes.val)
     except BaseException as exc:
         if run_dir is not None:
-            status, details = checkpoints.describe_failure(exc)
+            status, details = run_status.describe_failure(exc)
             with contextlib.suppress(OSError):  # a full disk must not hide the real error
                 checkpoints.write_status(run_dir, status, **details)
         raise checkpoints.as_user_error(exc, req.settings.get("batch_size", 32)) from None
@@ -74,16 +75,15 @@ def fit(
     reference = drift.snapshot(built.model)
     state = setup.state
     if state is not None:
-        mid_phase = devices.strategy is not None and state.next_position()[1] > 0
+        mid_phase = devices.peeks and state.next_position()[1] > 0
         checkpoints.fast_forward(pipes.train, state.passes.get("full", 0) - mid_phase)
         if cached is not None:
             checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
-    resume = (state, run_dir) if state else None
     with (
         checkpoints.stop_on_signals(setup.checkpointer),
-        distribute.keras_workarounds(devices.strategy),
+        devices.workarounds(),
     ):
-        result = setup.trainer.fit(phases, pipes.train, pipes.val, cached=cached, resume=resume)
+        result = setup.trainer.fit(phases, pipes.train, pipes.val, cached=cached, resume=state)
     return s.Fitted(result, phases, time.perf_counter() - start, lr_found, reference)
 
 
@@ -137,9 +137,8 @@ def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes,
 def finalize(built: s.Built, fitted: s.Fitted, devices: s.Devices, scope, run_dir, req):
     """Leave the distribution scope, write TensorBoard's phases, compile for shipping."""
     model = built.model
-    if devices.strategy is not None:
-        scope.close()
-        model = distribute.undistributed(model)
+    scope.close()
+    model = devices.finished(model)
     if req.tensorboard:
         from graft.training import tensorboard as tb
 
@@ -193,8 +192,8 @@ def measure(
         metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
         metrics["test_images"] = data.test.count
         log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
-    if devices.strategy is not None:
-        metrics["distribute"] = distribute.summary(devices.strategy, cfg.batch_size)
+    if devices.summary(cfg.batch_size) is not None:
+        metrics["distribute"] = devices.summary(cfg.batch_size)
     return metrics
 
 

@@ -20,7 +20,7 @@ from graft.api.finish import execute
 from graft.api.result import Run
 from graft.config.settings import TrainConfig
 from graft.errors import GraftError
-from graft.training import checkpoints
+from graft.runs import status as run_status
 from graft.training.trainer import Trainer
 
 
@@ -86,7 +86,7 @@ def train(
         )
     if resume is not None:
         out = resume
-        saved = checkpoints.saved_config(resume)
+        saved = run_status.saved_config(resume)
         source = saved.get("data") or {}
         data_source = data_source if data_source is not None else source.get("train")
         val = val if val is not None else source.get("val")

@@ -66,10 +66,8 @@ def _path(source) -> str | None:
     return None
 
 
-@dataclass
-class Devices:
-    strategy: object = None
-    replicas: int = 1
+#: Where a run trains: one device, or a tf.distribute strategy behind one adapter.
+Devices = distribute.Distribution
 
 
 @dataclass
@@ -127,8 +125,7 @@ def choose_devices(cfg: TrainConfig) -> Devices:
     """Determinism and the distribution strategy (cheap; before any data is read)."""
     if cfg.deterministic:
         distribute.enable_determinism()
-    strategy = distribute.strategy(cfg.distribute, cfg.devices)
-    return Devices(strategy, strategy.num_replicas_in_sync if strategy is not None else 1)
+    return distribute.Distribution.from_settings(cfg.distribute, cfg.devices)
 
 
 def resolve_plan(cfg: TrainConfig) -> Plan:
@@ -255,11 +252,13 @@ def make_trainer(
     checkpointer = checkpoints.Checkpointer(run_dir, req.log) if run_dir is not None else None
     if state is not None:
         checkpointer.resume_from(state)
-    callbacks = []
+    hooks = []
     if req.tensorboard:
         from graft.training import tensorboard as tb
 
-        callbacks.append(tb.callback(run_dir))
+        hooks.append(tb.TensorBoardLogs(run_dir))
+    if checkpointer is not None:
+        hooks.append(checkpointer)
     trainer = Trainer(
         built.model,
         built.bb.blocks,
@@ -267,9 +266,8 @@ def make_trainer(
         metrics=built.metrics,
         log=req.log,
         verbose=req.verbose,
-        callbacks=callbacks,
         jit_compile=building.jit(cfg.jit),
         class_weight=data.class_weight,
-        checkpoint=checkpointer,
+        hooks=hooks,
     )
     return TrainerSetup(trainer, checkpointer, state)

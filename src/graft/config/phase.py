@@ -91,6 +91,18 @@ class Phase:
         """True when no backbone weight trains (the phase could run on cached features)."""
         return TrainableSpec.parse(self.trainable).kind == "none"
 
+    @property
+    def effective_backbone_lr(self) -> float | None:
+        """The learning rate of the top trainable backbone block (``None``: frozen backbone).
+
+        ``lr * layer_decay`` with layer-wise decay, else ``backbone_lr`` (default ``lr``).
+        """
+        if self.backbone_frozen:
+            return None
+        if self.layer_decay is not None:
+            return self.lr * self.layer_decay
+        return self.backbone_lr if self.backbone_lr is not None else self.lr
+
     def as_dict(self) -> dict:
         data = dataclasses.asdict(self)
         if self.head is not None:

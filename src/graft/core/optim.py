@@ -1,7 +1,8 @@
-"""The optimizer of a phase: per-block learning rates, weight decay and L2-SP.
+"""The one optimizer factory: the optimizer of a phase, from one rate up to per-block
+learning rates, weight decay and L2-SP (:func:`make_optimizer`):
 
-:func:`graft.training.make_optimizer` covers the classic case (one rate, or one for the
-head and one for the backbone). A phase that asks for more gets its optimizer here:
+* **Head and backbone rates**: the head trains at ``lr``, the unfrozen backbone at
+  :attr:`~graft.config.strategies.Phase.effective_backbone_lr`.
 
 * **Discriminative learning rates** (``lr_mult``, fastai-style): the top trainable
   backbone block trains at the phase's backbone rate ``b`` (``backbone_lr``, default
@@ -26,23 +27,25 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from graft.config.strategies import Phase
+from graft.config.strategies import OPTIMIZERS, Phase
 from graft.core.blocks import Block
 from graft.core.model import backbone_of
+from graft.core.regularizers import L2SPOptimizer
+
+#: Optimizer classes by name (the names of :data:`graft.config.strategies.OPTIMIZERS`).
+CLASSES: dict[str, type] = {
+    cls.__name__.lower(): cls
+    for cls in vars(keras.optimizers).values()
+    if isinstance(cls, type)
+    and issubclass(cls, keras.optimizers.Optimizer)
+    and cls.__name__.lower() in OPTIMIZERS
+}
 
 _NORMALIZATION = (
     keras.layers.BatchNormalization,
     keras.layers.LayerNormalization,
     keras.layers.GroupNormalization,
 )
-
-
-def needs_custom(phase: Phase) -> bool:
-    """True when a phase needs more than :func:`graft.training.make_optimizer` gives."""
-    per_block = not phase.backbone_frozen and (
-        phase.lr_mult is not None or phase.layer_decay is not None
-    )
-    return per_block or bool(phase.weight_decay) or bool(phase.l2sp)
 
 
 def block_rates(phase: Phase, model: keras.Model, blocks: list[Block]) -> dict[int, float]:
@@ -67,10 +70,8 @@ def block_rates(phase: Phase, model: keras.Model, blocks: list[Block]) -> dict[i
     if phase.backbone_frozen:
         return {}
     used = [i for i, variables in enumerate(in_block) if variables]
-    if not used:
-        return {}
-    top = used[-1]
-    base = phase.backbone_lr or phase.lr
+    top = used[-1] if used else 0
+    base = phase.effective_backbone_lr
     rates = {}
     for i in used:
         if phase.layer_decay is not None:
@@ -80,6 +81,9 @@ def block_rates(phase: Phase, model: keras.Model, blocks: list[Block]) -> dict[i
         else:
             rate = base
         rates.update({id(v): rate for v in in_block[i]})
+    for v in backbone_of(model).weights:  # trainable backbone weights outside every block
+        if id(v) in trainable and id(v) not in rates:
+            rates[id(v)] = base
     return rates
 
 
@@ -100,18 +104,19 @@ def backbone_anchors(model: keras.Model) -> dict[int, np.ndarray]:
     return {id(v): np.array(v.numpy()) for v in backbone_of(model).weights}
 
 
-def build(
+def make_optimizer(
     phase: Phase,
     model: keras.Model,
-    blocks: list[Block],
+    blocks: list[Block] = (),
     anchors: dict[int, np.ndarray] | None = None,
 ) -> keras.optimizers.Optimizer:
-    """The optimizer of a phase with per-block rates, weight decay and/or L2-SP.
+    """The optimizer of a phase: one rate, head and backbone rates, per-block rates,
+    weight decay and/or L2-SP.
 
     Args:
         phase: The phase.
         model: The grafted model, with the phase's trainability applied.
-        blocks: The backbone's blocks.
+        blocks: The backbone's blocks (for ``lr_mult`` and ``layer_decay``).
         anchors: L2-SP anchors ``{id(variable): values}`` (default: the backbone's
             current weights, see :func:`backbone_anchors`).
 
@@ -120,9 +125,6 @@ def build(
         for; otherwise a ``keras.optimizers.MultiOptimizer`` (an
         :class:`~graft.regularizers.L2SPOptimizer` with ``l2sp``).
     """
-    from graft.core.regularizers import L2SPOptimizer
-    from graft.training.trainer import _OPTIMIZERS
-
     rates = block_rates(phase, model, blocks)
     excluded = decay_exclusions(model) if phase.weight_decay else []
 
@@ -130,7 +132,7 @@ def build(
         kwargs = {"learning_rate": rate}
         if phase.weight_decay:
             kwargs["weight_decay"] = phase.weight_decay
-        opt = _OPTIMIZERS[phase.optimizer](**kwargs)
+        opt = CLASSES[phase.optimizer](**kwargs)
         if phase.weight_decay:
             opt.exclude_from_weight_decay(var_list=excluded)
         return opt

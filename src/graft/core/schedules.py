@@ -20,13 +20,18 @@ stay as they are:
 
 Early stopping is ``keras.callbacks.EarlyStopping`` with ``restore_best_weights``: the
 phase ends with its best epoch's weights, so the next phase starts from them.
+
+Both are *policies*: Keras callbacks placed at a :class:`Position` inside their phase,
+with ``state()``/``load_state()`` so a resumed phase continues exactly where it stopped.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import keras
+import numpy as np
 
 from graft.config.strategies import Phase
 from graft.core.optim import sub_optimizers
@@ -36,6 +41,30 @@ DIV_FACTOR = 25.0
 FINAL_DIV_FACTOR = 1e4
 PLATEAU_FACTOR = 0.5
 PLATEAU_PATIENCE = 2
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a phase is in a run: the one owner of "epoch inside a phase".
+
+    Attributes:
+        index: The phase's index in the plan (1-based).
+        start: The run epoch (0-based) at which the phase's first epoch ran.
+        done: Epochs of the phase completed before this fit (a resumed phase).
+    """
+
+    index: int
+    start: int
+    done: int = 0
+
+    def phase_epoch(self, run_epoch: int) -> int:
+        """The 0-based phase epoch of the 0-based ``run_epoch``."""
+        return run_epoch - self.start
+
+    @property
+    def first_run_epoch(self) -> int:
+        """The run epoch (0-based) this fit starts at."""
+        return self.start + self.done
 
 
 def factor(schedule: str, epoch: int, epochs: int, warmup_epochs: int = 0) -> float:
@@ -77,36 +106,33 @@ def factor(schedule: str, epoch: int, epochs: int, warmup_epochs: int = 0) -> fl
 
 
 class PhaseSchedule(keras.callbacks.Callback):
-    """Sets every sub-optimizer's learning rate to ``base * factor`` at each epoch
-    start and records the factors (for ``history.csv``).
+    """Sets every sub-optimizer's learning rate to ``base * factor`` at each epoch start;
+    :attr:`factor` is the factor of the current epoch (for ``history.csv``).
 
     Args:
         phase: The phase (its ``schedule``, ``epochs``, ``warmup_epochs``).
+        position: Where the phase is in the run.
     """
 
-    def __init__(self, phase: Phase):
+    def __init__(self, phase: Phase, position: Position):
         super().__init__()
         self.phase = phase
-        self.factors: list[float] = []
-        self._scale = 1.0
+        self.position = position
+        self.factor = 1.0
+        self._base: list[float] | None = None
+        self._scale, self._best, self._wait = 1.0, math.inf, 0
 
     def on_train_begin(self, logs=None):
         self._opts = sub_optimizers(self.model.optimizer, self.model.trainable_variables)
-        self._base = [float(keras.ops.convert_to_numpy(o.learning_rate)) for o in self._opts]
-        self._first = None
-        self._best = math.inf
-        self._wait = 0
-        self.factors = []
+        if self._base is None:  # a resumed phase keeps the bases of its first fit
+            self._base = [float(keras.ops.convert_to_numpy(o.learning_rate)) for o in self._opts]
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._first is None:
-            self._first = epoch
-        e = epoch - self._first
+        e = self.position.phase_epoch(epoch)
         f = factor(self.phase.schedule, e, self.phase.epochs, self.phase.warmup_epochs)
-        f *= self._scale
+        self.factor = f * self._scale
         for opt, base in zip(self._opts, self._base):
-            opt.learning_rate.assign(base * f)
-        self.factors.append(f)
+            opt.learning_rate.assign(base * self.factor)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.phase.schedule != "plateau":
@@ -123,6 +149,15 @@ class PhaseSchedule(keras.callbacks.Callback):
             self._scale *= PLATEAU_FACTOR
             self._wait = 0
 
+    def state(self) -> dict:
+        best = None if math.isinf(self._best) else float(self._best)
+        return {"base": self._base, "scale": self._scale, "best": best, "wait": self._wait}
+
+    def load_state(self, state: dict) -> None:
+        self._base = state["base"]
+        self._scale, self._wait = state["scale"], state["wait"]
+        self._best = math.inf if state["best"] is None else state["best"]
+
 
 class PhaseEarlyStopping(keras.callbacks.EarlyStopping):
     """``EarlyStopping`` on ``val_loss`` (``loss`` without validation data) that
@@ -130,43 +165,46 @@ class PhaseEarlyStopping(keras.callbacks.EarlyStopping):
 
     def __init__(self, patience: int):
         super().__init__(monitor="val_loss", patience=patience, restore_best_weights=True)
+        self._pending: dict | None = None
 
     def get_monitor_value(self, logs):
         logs = logs or {}
         return logs.get("val_loss", logs.get("loss"))
 
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self._pending is not None:  # resumed: continue the phase's patience
+            state, self._pending = self._pending, None
+            self.wait, self.best = state["wait"], state["best"]
+            self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
+            self.best_weights = state["arrays"] or None
 
-def callbacks(phase: Phase) -> list:
-    """The schedule and early-stopping callbacks of a phase (empty for a plain one)."""
-    found = []
+    def state(self) -> dict:
+        """JSON values, and the best weights as ``arrays`` (saved by value)."""
+        best = None if self.best is None else float(self.best)
+        return {
+            "wait": self.wait,
+            "best": best,
+            "best_epoch": self.best_epoch,
+            "stopped_epoch": self.stopped_epoch,
+            "arrays": [np.asarray(w) for w in self.best_weights or []],
+        }
+
+    def load_state(self, state: dict) -> None:
+        self._pending = state
+
+
+def callbacks(phase: Phase, position: Position) -> dict:
+    """The policies of a phase by name (``schedule``, ``early_stop``; empty for a plain one)."""
+    found = {}
     if phase.schedule != "constant":
-        found.append(PhaseSchedule(phase))
+        found["schedule"] = PhaseSchedule(phase, position)
     if phase.early_stop:
-        found.append(PhaseEarlyStopping(phase.early_stop))
+        found["early_stop"] = PhaseEarlyStopping(phase.early_stop)
     return found
 
 
-def epoch_lrs(phase: Phase, found: list, epochs_run: int) -> list[tuple[float, float | None]]:
-    """``(head lr, top backbone block lr)`` actually used in each epoch of a phase.
-
-    Args:
-        phase: The phase.
-        found: Its callbacks (from :func:`callbacks`).
-        epochs_run: Epochs the phase ran.
-
-    Returns:
-        One pair per epoch; the backbone rate is ``None`` when the backbone is frozen.
-    """
-    schedule = next((c for c in found if isinstance(c, PhaseSchedule)), None)
-    factors = schedule.factors if schedule is not None else []
-    if phase.backbone_frozen:
-        backbone = None
-    elif phase.layer_decay is not None:
-        backbone = phase.lr * phase.layer_decay
-    else:
-        backbone = phase.backbone_lr or phase.lr
-    pairs = []
-    for i in range(epochs_run):
-        f = factors[i] if i < len(factors) else 1.0
-        pairs.append((phase.lr * f, None if backbone is None else backbone * f))
-    return pairs
+def current_factor(policies: dict) -> float:
+    """The learning-rate factor the phase's schedule applied in the current epoch."""
+    schedule = policies.get("schedule")
+    return schedule.factor if schedule is not None else 1.0

@@ -4,6 +4,7 @@ TensorBoard, distribution).
 ``graft.training.Trainer`` and ``graft.training.make_optimizer`` are the documented names.
 """
 
-from graft.training.trainer import Trainer, TrainResult, make_optimizer
+from graft.core.optim import make_optimizer
+from graft.training.trainer import Trainer, TrainResult
 
 __all__ = ["TrainResult", "Trainer", "make_optimizer"]

@@ -10,9 +10,12 @@ At the end of every completed epoch the trainer writes ``RUN_DIR/checkpoint/``:
   learning rate, moments). A ``MultiOptimizer`` with a Python selector cannot be
   serialised, so its state is saved by value and restored into a freshly compiled
   optimizer built on the same trainable variables.
+* ``<name>-eNNNN.npz``: the arrays of a policy's or hook's state (early stopping's best
+  weights, L2-SP anchors).
 * ``state.json`` (written last: the commit point): phase index and epoch inside it, the
-  history rows so far, how many passes each shuffled dataset has made (so a resumed run
-  sees the same data order), and the Python/NumPy random states.
+  history rows so far, every policy's and hook's state (schedule, plateau, early
+  stopping), how many passes each shuffled dataset has made (so a resumed run sees the
+  same data order), and the Python/NumPy random states.
 
 Every file is written to a temporary name and renamed into place, and ``state.json``
 only ever names complete files, so a kill at any instant leaves the previous good
@@ -34,11 +37,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.errors import GraftError, first_line
+from graft.errors import GraftError
 from graft.runs import files as runs
-from graft.runs.layout import CHECKPOINT_DIR, STATE_FILE, STATUS_FILE  # noqa: F401
+from graft.runs import status as run_status
+from graft.runs.layout import CHECKPOINT_DIR, STATE_FILE
+from graft.training.hooks import Hook, PhaseContext
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _SIGNAL_CODES = {"SIGINT": 130, "SIGTERM": 143}
 # Keras 3's epoch iterator (keras/src/trainers/epoch_iterator.py) makes two iterators of
 # a finite dataset per completed epoch: one to run the epoch, and one made eagerly when
@@ -73,6 +78,7 @@ class State:
     weights: str | None = None
     optimizer: str | None = None
     rng: dict = field(default_factory=dict)
+    states: dict = field(default_factory=dict)
 
     def next_position(self) -> tuple[int, int]:
         """``(phase_index, epochs already done in it)`` where training continues."""
@@ -99,7 +105,29 @@ def load_state(run_dir: str | Path) -> State | None:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise GraftError(f"Cannot read the checkpoint {path}: {exc}") from None
-    return State.from_dict(data)
+    state = State.from_dict(data)
+    for value in state.states.values():  # arrays saved by value next to state.json
+        if isinstance(value, dict) and isinstance(value.get("arrays"), str):
+            value["arrays"] = _load_arrays(checkpoint_dir(run_dir) / value["arrays"])
+    return state
+
+
+def last_checkpoint(run_dir: str | Path) -> dict | None:
+    """Where the last committed checkpoint of ``run_dir`` stands (for ``status.json``)."""
+    state = load_state(run_dir)
+    if state is None:
+        return None
+    return {
+        "epoch": state.epoch,
+        "phase_index": state.phase_index,
+        "phase_epoch": state.phase_epoch,
+        "path": str(checkpoint_dir(run_dir)),
+    }
+
+
+def write_status(run_dir: str | Path, status: str, **details) -> Path:
+    """``status.json`` of ``run_dir`` with its last checkpoint (see :mod:`graft.runs.status`)."""
+    return run_status.write_status(run_dir, status, last_checkpoint(run_dir), **details)
 
 
 def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
@@ -130,16 +158,6 @@ def restore_model(model: keras.Model, run_dir: str | Path, state: State) -> None
     """Put the checkpoint's values into every variable of ``model`` (same architecture)."""
     path = checkpoint_dir(run_dir) / state.weights
     _assign(model.variables, _load_arrays(path), "model", path)
-
-
-def restore_optimizer(target: keras.Model, run_dir: str | Path, state: State) -> None:
-    """Build ``target``'s fresh optimizer on its trainable variables, then load the saved state."""
-    if not state.optimizer:
-        return
-    path = checkpoint_dir(run_dir) / state.optimizer
-    optimizer = target.optimizer
-    optimizer.build(target.trainable_variables)
-    _assign(optimizer.variables, _load_arrays(path), "optimizer", path)
 
 
 def rng_state() -> dict:
@@ -181,8 +199,11 @@ def fast_forward(dataset, passes: int) -> None:
 # --------------------------------------------------------------------------- writing
 
 
-class Checkpointer:
+class Checkpointer(Hook):
     """Writes end-of-epoch checkpoints of one run and stops cleanly on SIGINT/SIGTERM.
+
+    A :class:`~graft.training.hooks.Hook`: it sees the model, the history rows and the
+    states of every policy and hook, never the trainer.
 
     Args:
         run_dir: The run folder (checkpoints go to ``run_dir/checkpoint``).
@@ -205,26 +226,44 @@ class Checkpointer:
         # The killed run's fit already peeked at its dataset for this phase (counted).
         self._skip_peek = state.phase_epoch > 0 and not state.phase_done
 
-    def callbacks(self, trainer, phase, index: int, target: keras.Model) -> list:
-        """The per-phase Keras callback (for ``Trainer.phase_callbacks``)."""
-        return [_EpochCheckpoint(self, trainer, phase, index, target)]
+    def phase_compiled(self, ctx: PhaseContext) -> None:
+        """A resumed phase continues with the optimizer state it was stopped with."""
+        if ctx.position.done and self.state.optimizer:
+            path = checkpoint_dir(self.run_dir) / self.state.optimizer
+            optimizer = ctx.target.optimizer
+            optimizer.build(ctx.target.trainable_variables)
+            _assign(optimizer.variables, _load_arrays(path), "optimizer", path)
 
-    def save(self, trainer, target, phase, index: int, phase_epoch: int, row: dict) -> None:
+    def callbacks(self, ctx: PhaseContext) -> list:
+        return [_EpochCheckpoint(self, ctx)]
+
+    def epoch_end(self, ctx: PhaseContext, row: dict, states: dict) -> None:
+        self.save(ctx, row, states)
+
+    def save(self, ctx: PhaseContext, row: dict, states: dict) -> None:
         """Commit one completed epoch: arrays first, then ``state.json`` naming them."""
         folder = checkpoint_dir(self.run_dir)
         old = self.state
         epoch = row["epoch"]
         weights = f"weights-e{epoch:04d}.npz"
         optimizer = f"optimizer-e{epoch:04d}.npz"
-        _save_arrays(folder / weights, [np.asarray(v) for v in trainer.model.variables])
-        _save_arrays(folder / optimizer, [np.asarray(v) for v in target.optimizer.variables])
-        on_cache = target is not trainer.model
+        _save_arrays(folder / weights, [np.asarray(v) for v in ctx.model.variables])
+        _save_arrays(folder / optimizer, [np.asarray(v) for v in ctx.target.optimizer.variables])
+        keep = {weights, optimizer}
+        saved = {}
+        for name, value in states.items():
+            value = dict(value)
+            if "arrays" in value:
+                keep.add(f"{name}-e{epoch:04d}.npz")
+                _save_arrays(folder / f"{name}-e{epoch:04d}.npz", value["arrays"])
+                value["arrays"] = f"{name}-e{epoch:04d}.npz"
+            saved[name] = value
         passes = dict(old.passes)
-        key = "cached" if on_cache else "full"
+        key = "cached" if ctx.on_cache else "full"
         passes[key] = passes.get(key, 0) + ITERATORS_PER_EPOCH
         self.state = State(
-            phase_index=index,
-            phase_epoch=phase_epoch,
+            phase_index=ctx.position.index,
+            phase_epoch=row["phase_epoch"],
             phase_done=False,
             epoch=epoch,
             history=[*old.history, row],
@@ -232,10 +271,11 @@ class Checkpointer:
             weights=weights,
             optimizer=optimizer,
             rng=rng_state(),
+            states=saved,
         )
         self._commit()
         for stale in folder.glob("*-e*.npz"):
-            if stale.name not in (weights, optimizer):
+            if stale.name not in keep:
                 stale.unlink(missing_ok=True)
 
     def add_pass(self, on_cache: bool) -> None:
@@ -246,12 +286,20 @@ class Checkpointer:
         key = "cached" if on_cache else "full"
         self.state.passes[key] = self.state.passes.get(key, 0) + 1
 
-    def phase_finished(self, index: int) -> None:
-        """Mark phase ``index`` complete (also when stopped early) and commit."""
-        if self.state.weights is None or self.state.phase_index != index:
+    def after_phase(self, ctx: PhaseContext) -> None:
+        """Mark the phase complete (also when stopped early) with the weights it ended with
+        (early stopping may have restored an earlier epoch's) and commit."""
+        if self.stop_signal or self.state.weights is None:
             return
+        if self.state.phase_index != ctx.position.index:
+            return
+        folder, old = checkpoint_dir(self.run_dir), self.state.weights
+        self.state.weights = f"weights-e{self.state.epoch:04d}-end.npz"
+        _save_arrays(folder / self.state.weights, [np.asarray(v) for v in ctx.model.variables])
         self.state.phase_done = True
         self._commit()
+        if old != self.state.weights:
+            (folder / old).unlink(missing_ok=True)
 
     def _commit(self) -> None:
         state = dict(self.state.__dict__)
@@ -260,59 +308,24 @@ class Checkpointer:
         runs.write_json(checkpoint_dir(self.run_dir) / STATE_FILE, state)
 
 
-def history_row(phase, index: int, epoch: int, phase_epoch: int, logs: dict, seconds: float):
-    """One history.csv row (the same keys as :meth:`graft.training.Trainer.fit` writes)."""
-    row = {"phase": phase.name, "phase_index": index, "epoch": epoch, "phase_epoch": phase_epoch}
-    row.update({k: float(v) for k, v in (logs or {}).items()})
-    row["seconds"] = round(seconds, 4)
-    row["lr"] = phase.lr
-    row["backbone_lr"] = None if phase.backbone_frozen else (phase.backbone_lr or phase.lr)
-    return row
-
-
 class _EpochCheckpoint(keras.callbacks.Callback):
-    """Saves after every finite epoch; turns a pending signal into :class:`Interrupted`."""
+    """Turns a pending signal into :class:`Interrupted` (the hook saves every epoch)."""
 
-    def __init__(self, owner: Checkpointer, trainer, phase, index: int, target):
+    def __init__(self, owner: Checkpointer, ctx: PhaseContext):
         super().__init__()
-        self.owner, self.trainer, self.phase, self.index, self.target = (
-            owner,
-            trainer,
-            phase,
-            index,
-            target,
-        )
-        self.failed = False
+        self.owner, self.ctx = owner, ctx
 
     def on_train_begin(self, logs=None):
-        if getattr(self.target, "_distribute_strategy", None) is not None:
-            self.owner.add_pass(self.target is not self.trainer.model)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        if getattr(self.ctx.target, "_distribute_strategy", None) is not None:
+            self.owner.add_pass(self.ctx.on_cache)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.owner.stop_signal:
             self._interrupt("during")
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        loss = logs.get("loss")
-        if loss is not None and not np.isfinite(loss):
-            self.failed = True
-            return
-        state = self.owner.state
-        done = state.phase_epoch if state.phase_index == self.index and not state.phase_done else 0
-        row = history_row(
-            self.phase, self.index, epoch + 1, done + 1, logs, time.perf_counter() - self._start
-        )
-        self.owner.save(self.trainer, self.target, self.phase, self.index, done + 1, row)
         if self.owner.stop_signal:
             self._interrupt("after")
-
-    def on_train_end(self, logs=None):
-        if not self.failed and not self.owner.stop_signal:
-            self.owner.phase_finished(self.index)
 
     def _interrupt(self, when: str):
         state = self.owner.state
@@ -321,9 +334,11 @@ class _EpochCheckpoint(keras.callbacks.Callback):
             if state.weights
             else "no epoch had finished, so there is no checkpoint yet"
         )
+        phase = self.ctx.phase
         raise Interrupted(
             f"Interrupted by {self.owner.stop_signal} {when} an epoch of phase "
-            f"{self.index} '{self.phase.name}'; {kept} in {checkpoint_dir(self.owner.run_dir)}.",
+            f"{self.ctx.position.index} '{phase.name}'; {kept} in "
+            f"{checkpoint_dir(self.owner.run_dir)}.",
             hint=f"continue with: graft train --resume {self.owner.run_dir}",
             signal_name=self.owner.stop_signal,
         )
@@ -352,54 +367,6 @@ def stop_on_signals(checkpointer: Checkpointer | None):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-
-
-# --------------------------------------------------------------------------- status
-
-
-def write_status(run_dir: str | Path, status: str, **details) -> Path:
-    """``RUN_DIR/status.json``: ``completed``, ``running``, ``interrupted`` or ``failed``."""
-    state = load_state(run_dir)
-    body = {"status": status, **details, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if state is not None:
-        body["last_checkpoint"] = {
-            "epoch": state.epoch,
-            "phase_index": state.phase_index,
-            "phase_epoch": state.phase_epoch,
-            "path": str(checkpoint_dir(run_dir)),
-        }
-    if status != "completed":
-        body["resume"] = f"graft train --resume {run_dir}"
-    return runs.write_json(Path(run_dir) / STATUS_FILE, body)
-
-
-def saved_config(run_dir: str | Path) -> dict:
-    """The ``config.yaml`` of a run folder to resume (settings, data paths, safe mode)."""
-    import yaml
-
-    path = Path(run_dir).expanduser() / runs.CONFIG_FILE
-    if not path.is_file():
-        raise GraftError(
-            f"Cannot resume {run_dir}: it has no {runs.CONFIG_FILE}.",
-            hint="pass the folder given as --out to an earlier 'graft train'.",
-        )
-    config = yaml.safe_load(path.read_text("utf-8")) or {}
-    status = Path(run_dir) / STATUS_FILE
-    if status.is_file() and json.loads(status.read_text("utf-8")).get("status") == "completed":
-        raise GraftError(
-            f"{run_dir} finished training already; there is nothing to resume.",
-            hint="start a new run with another --out.",
-        )
-    return config
-
-
-def describe_failure(exc: BaseException) -> tuple[str, dict]:
-    """``(status, details)`` for ``status.json`` after ``exc`` ended a run."""
-    if isinstance(exc, Interrupted):
-        return "interrupted", {"signal": exc.signal_name, "error": exc.message}
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted", {"signal": "SIGINT", "error": "interrupted"}
-    return "failed", {"error": f"{type(exc).__name__}: {first_line(exc)}"}
 
 
 def as_user_error(exc: BaseException, batch_size: int) -> BaseException:

@@ -210,3 +210,51 @@ def undistributed(model):
     plain = keras.models.clone_model(model)
     plain.set_weights(model.get_weights())
     return plain
+
+
+class Distribution:
+    """One adapter for how a run is distributed, so callers never branch on a strategy.
+
+    Args:
+        strategy: A ``tf.distribute.Strategy``, or ``None`` for a plain run.
+    """
+
+    def __init__(self, strategy=None):
+        self.strategy = strategy
+
+    @classmethod
+    def from_settings(cls, name: str, devices: int = 0) -> Distribution:
+        """The distribution of ``distribute=name`` (see :func:`strategy`)."""
+        return cls(strategy(name, devices))
+
+    def __repr__(self) -> str:
+        return f"Distribution({type(self.strategy).__name__ if self.strategy else 'none'})"
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync if self.strategy is not None else 1
+
+    @property
+    def peeks(self) -> bool:
+        """Keras's fit makes one extra iterator of its data under a strategy."""
+        return self.strategy is not None
+
+    def scope(self):
+        """The strategy's scope (a no-op context for a plain run)."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def describe(self, per_replica: int) -> str | None:
+        return describe(self.strategy, per_replica) if self.strategy is not None else None
+
+    def summary(self, per_replica: int) -> dict | None:
+        return summary(self.strategy, per_replica) if self.strategy is not None else None
+
+    def workarounds(self):
+        """Keras patches the strategy needs while fitting (see :func:`keras_workarounds`)."""
+        if self.strategy is None:
+            return contextlib.nullcontext()
+        return keras_workarounds(self.strategy)
+
+    def finished(self, model):
+        """The trained model, undistributed (see :func:`undistributed`)."""
+        return undistributed(model) if self.strategy is not None else model

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from graft.errors import GraftError
 from graft.runs.layout import TENSORBOARD_DIR
+from graft.training.hooks import Hook, PhaseContext
 
 LOG_DIR = TENSORBOARD_DIR
 
@@ -58,6 +59,17 @@ def callback(run_dir: str | os.PathLike, histograms: bool = False):
         update_freq="epoch",
         profile_batch=0,
     )
+
+
+class TensorBoardLogs(Hook):
+    """The hook that logs every phase with one Keras TensorBoard callback (see :func:`callback`)."""
+
+    def __init__(self, run_dir: str | os.PathLike, histograms: bool = False):
+        self.run_dir = Path(run_dir)
+        self.keras_callback = callback(run_dir, histograms)
+
+    def callbacks(self, ctx: PhaseContext) -> list:
+        return [self.keras_callback]
 
 
 def write_phases(run_dir: str | os.PathLike, history: list[dict]) -> Path:

@@ -17,47 +17,57 @@ from dataclasses import dataclass, field
 import keras
 
 from graft.config.strategies import Phase
-from graft.core import freezing, optim, regularizers, schedules
+from graft.core import freezing, schedules
 from graft.core.blocks import Block
-from graft.core.model import backbone_of
+from graft.core.optim import make_optimizer
+from graft.core.schedules import Position
 from graft.errors import TrainingFailed
 from graft.training import cache
+from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, PhaseContext
 
 CACHED_STEPS_PER_EXECUTION = 64
 
-_OPTIMIZERS = {
-    "adam": keras.optimizers.Adam,
-    "adamw": keras.optimizers.AdamW,
-    "sgd": keras.optimizers.SGD,
-    "rmsprop": keras.optimizers.RMSprop,
-    "nadam": keras.optimizers.Nadam,
-}
+
+def history_row(
+    ctx: PhaseContext, run_epoch: int, logs: dict, seconds: float, lr_factor: float = 1.0
+) -> dict:
+    """The one ``history.csv`` row of run epoch ``run_epoch`` (0-based), with the
+    learning rates actually used (the phase's rates times the schedule's factor)."""
+    phase = ctx.phase
+    row = {
+        "phase": phase.name,
+        "phase_index": ctx.position.index,
+        "epoch": run_epoch + 1,
+        "phase_epoch": ctx.position.phase_epoch(run_epoch) + 1,
+    }
+    row.update({k: float(v) for k, v in (logs or {}).items()})
+    row["seconds"] = round(seconds, 4)
+    backbone = phase.effective_backbone_lr
+    row["lr"] = phase.lr * lr_factor
+    row["backbone_lr"] = None if backbone is None else backbone * lr_factor
+    return row
 
 
-def make_optimizer(phase: Phase, model: keras.Model) -> keras.optimizers.Optimizer:
-    """The optimizer for one phase: one learning rate, or one for head and one for backbone."""
-    head_opt = _OPTIMIZERS[phase.optimizer](learning_rate=phase.lr)
-    if phase.backbone_frozen or phase.backbone_lr in (None, phase.lr):
-        return head_opt
-    backbone_opt = _OPTIMIZERS[phase.optimizer](learning_rate=phase.backbone_lr)
-    backbone_ids = {id(v) for v in backbone_of(model).weights}
-    return keras.optimizers.MultiOptimizer(
-        lambda variable: backbone_opt if id(variable) in backbone_ids else head_opt
-    )
+class _Recorder(keras.callbacks.Callback):
+    """Writes the history row of every epoch and hands it, with every state, to the hooks."""
 
-
-class _EpochTimer(keras.callbacks.Callback):
-    """Wall time of every epoch (validation included), for history.csv."""
-
-    def __init__(self):
+    def __init__(self, ctx: PhaseContext, policies: dict, hooks: list[Hook], rows: list):
         super().__init__()
-        self.seconds: list[float] = []
+        self.ctx, self.policies, self.hooks, self.rows = ctx, policies, hooks, rows
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+        factor = schedules.current_factor(self.policies)
+        row = history_row(self.ctx, epoch, logs, time.perf_counter() - self._start, factor)
+        self.rows.append(row)
+        if not math.isfinite(row.get("loss", 0.0)):
+            return
+        states = {name: policy.state() for name, policy in self.policies.items()}
+        states.update({h.name: h.state() for h in self.hooks if h.name})
+        for hook in self.hooks:
+            hook.epoch_end(self.ctx, row, states)
 
 
 @dataclass
@@ -74,7 +84,7 @@ class PhaseResult:
             "name": self.phase.name,
             **self.report.as_dict(),
             "lr": self.phase.lr,
-            "backbone_lr": self.phase.backbone_lr,
+            "backbone_lr": self.phase.effective_backbone_lr,
             "epochs": self.epochs_run,
             "seconds": round(self.seconds, 2),
         }
@@ -89,7 +99,7 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs plans of phases on one model.
+    """Runs plans of phases on one model through hooks.
 
     Args:
         model: A grafted model (:func:`graft.model.build_model`).
@@ -102,7 +112,8 @@ class Trainer:
         jit_compile: XLA compilation of the train step (``True``/``False``/``"auto"``:
             Keras's choice, which is off on CPU-only TensorFlow).
         class_weight: ``{class_index: weight}`` for ``fit`` (e.g. balanced weights).
-        checkpoint: A :class:`graft.checkpoints.Checkpointer` that saves every epoch.
+        hooks: Extra :class:`~graft.training.hooks.Hook` objects (e.g. a
+            :class:`graft.training.checkpoints.Checkpointer`), after AdaBN and L2-SP anchors.
     """
 
     def __init__(
@@ -116,7 +127,7 @@ class Trainer:
         callbacks=(),
         jit_compile: bool | str = "auto",
         class_weight: dict[int, float] | None = None,
-        checkpoint=None,
+        hooks: list[Hook] = (),
     ):
         self.model = model
         self.blocks = blocks
@@ -127,9 +138,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.jit_compile = jit_compile
         self.class_weight = class_weight
-        self.anchors = None  # L2-SP: backbone weights at the start of fit
-        self._callbacks_of_phase: list = []
-        self.checkpoint = checkpoint
+        self.hooks: list[Hook] = [BatchNormRecalibration(log), L2SPAnchors(), *hooks]
 
     def __repr__(self) -> str:
         return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
@@ -140,10 +149,8 @@ class Trainer:
         """Apply a phase's trainability and compile ``target`` (default: the model) for it."""
         report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
         on_features = target is not None and target is not self.model
-        if optim.needs_custom(phase):
-            optimizer = optim.build(phase, self.model, self.blocks, self.anchors)
-        else:
-            optimizer = make_optimizer(phase, self.model)
+        extra = {k: v for h in self.hooks for k, v in h.optimizer_kwargs(phase).items()}
+        optimizer = make_optimizer(phase, self.model, self.blocks, **extra)
         (target or self.model).compile(
             optimizer=optimizer,
             loss=self.loss,
@@ -153,15 +160,6 @@ class Trainer:
             steps_per_execution=CACHED_STEPS_PER_EXECUTION if on_features else 1,
         )
         return report
-
-    def phase_callbacks(self, phase: Phase, index: int, target: keras.Model) -> list:
-        """Keras callbacks for one phase; ``target`` is the model being fitted (the full
-        model, or the head alone on cached features). Per-phase policies hook in here."""
-        self._callbacks_of_phase = schedules.callbacks(phase)
-        callbacks = [keras.callbacks.TerminateOnNaN(), *self._callbacks_of_phase]
-        if self.checkpoint is not None:
-            callbacks += self.checkpoint.callbacks(self, phase, index, target)
-        return callbacks
 
     def fit(self, plan: list[Phase], train, val=None, cached=None, resume=None) -> TrainResult:
         """Run every phase of ``plan`` in order on ``train`` (validating on ``val``).
@@ -174,83 +172,87 @@ class Trainer:
                 steps_per_epoch_or_None)`` from :func:`graft.cache.cached_datasets`.
                 Phases that leave the backbone frozen then train the head on these
                 features instead of running the backbone on every image in every epoch.
-            resume: ``(checkpoints.State, run_dir)`` of a checkpoint whose weights are
-                already in the model: skip the phases and epochs it has done, restore
-                the optimizer state, and start from its history rows.
+            resume: A committed :class:`graft.training.checkpoints.State` whose weights are already
+                in the model: skip the phases and epochs it has done, hand every hook and
+                policy its saved state, and start from its history rows.
         """
         result = TrainResult()
-        epoch = 0
-        start_phase, done = 1, 0
+        epoch, start_phase, done, states = 0, 1, 0, {}
         if resume is not None:
-            state, run_dir = resume
-            start_phase, done = state.next_position()
-            epoch = state.epoch
-            result.history = list(state.history)
+            start_phase, done = resume.next_position()
+            epoch, states = resume.epoch, dict(resume.states)
+            result.history = list(resume.history)
             for index, phase in enumerate(plan[: start_phase - 1], start=1):
-                rows = [r for r in state.history if r["phase_index"] == index]
+                rows = [r for r in resume.history if r["phase_index"] == index]
                 report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
                 seconds = sum(r.get("seconds", 0.0) for r in rows)
                 result.phases.append(PhaseResult(phase, report, len(rows), seconds))
+            for hook in self.hooks:
+                if hook.name in states:
+                    hook.load_state(states[hook.name])
+        for hook in self.hooks:
+            hook.before_fit(plan, self.model)
         head = cache.head_model(self.model) if cached is not None else None
-        if any(p.l2sp for p in plan) and self.anchors is None:
-            self.anchors = optim.backbone_anchors(self.model)
         for index, phase in enumerate(plan, start=1):
             if index < start_phase:
                 continue
             skip = done if index == start_phase else 0
             on_cache = head is not None and phase.backbone_frozen
-            if phase.recalibrate_bn:
-                n = regularizers.recalibrate_bn(self.model, train)
-                self.log(f"Recalibrated the statistics of {n} BatchNorm layers (AdaBN)")
             target = head if on_cache else self.model
-            report = self.prepare(phase, target)
-            if skip:
-                from graft.training.checkpoints import restore_optimizer
-
-                restore_optimizer(target, run_dir, state)
-            lr_text = f"lr {phase.lr:g}"
-            if not phase.backbone_frozen and phase.backbone_lr not in (None, phase.lr):
-                lr_text += f", backbone lr {phase.backbone_lr:g}"
-            self.log(
-                f"Phase {index}/{len(plan)} '{phase.name}': backbone {report.spec}"
-                f"{' (BN trains)' if phase.train_bn else ''}; "
-                f"trainable {report.trainable_params:,} / frozen {report.frozen_params:,} params; "
-                f"{lr_text}; {phase.epochs} epochs{' on cached features' if on_cache else ''}"
+            position = Position(index, epoch - skip, skip)
+            ctx = PhaseContext(phase, position, len(plan), self.model, target, train)
+            result.phases.append(
+                self._run_phase(ctx, train, val, cached, result, states if skip else {})
             )
-            start = time.perf_counter()
-            timer = _EpochTimer()
-            history = target.fit(
-                cached[0] if on_cache else train,
-                validation_data=cached[1] if on_cache else val,
-                steps_per_epoch=cached[2] if on_cache else None,
-                initial_epoch=epoch,
-                epochs=epoch + phase.epochs - skip,
-                verbose=self.verbose,
-                callbacks=[*self.callbacks, *self.phase_callbacks(phase, index, target), timer],
-                class_weight=self.class_weight,
-                shuffle=False,  # the pipeline shuffles
-            )
-            seconds = time.perf_counter() - start
-            epochs_run = len(history.epoch)
-            lrs = schedules.epoch_lrs(phase, self._callbacks_of_phase, epochs_run)
-            for i in range(epochs_run):
-                row = {
-                    "phase": phase.name,
-                    "phase_index": index,
-                    "epoch": epoch + i + 1,
-                    "phase_epoch": skip + i + 1,
-                }
-                row.update({k: float(v[i]) for k, v in history.history.items()})
-                row["seconds"] = round(timer.seconds[i], 4)
-                row["lr"], row["backbone_lr"] = lrs[i]
-                result.history.append(row)
-                if not math.isfinite(row.get("loss", 0.0)):
-                    raise TrainingFailed(
-                        f"The loss became {row['loss']} in phase {index} '{phase.name}' at its "
-                        f"epoch {skip + i + 1} (epoch {epoch + i + 1} of the run); training stopped"
-                        f"{'; the last good checkpoint is kept' if self.checkpoint else ''}.",
-                        hint="lower the learning rate (--lr / --finetune-lr) or check the data.",
-                    )
-            epoch += epochs_run
-            result.phases.append(PhaseResult(phase, report, skip + epochs_run, seconds))
+            epoch = position.start + result.phases[-1].epochs_run
         return result
+
+    def _run_phase(self, ctx: PhaseContext, train, val, cached, result, states) -> PhaseResult:
+        phase, position, on_cache = ctx.phase, ctx.position, ctx.on_cache
+        for hook in self.hooks:
+            hook.before_phase(ctx)
+        report = self.prepare(phase, ctx.target)
+        policies = schedules.callbacks(phase, position)
+        for name, policy in policies.items():
+            if name in states:
+                policy.load_state(states[name])
+        for hook in self.hooks:
+            hook.phase_compiled(ctx)
+        lr_text = f"lr {phase.lr:g}"
+        if phase.effective_backbone_lr not in (None, phase.lr):
+            lr_text += f", backbone lr {phase.effective_backbone_lr:g}"
+        self.log(
+            f"Phase {position.index}/{ctx.plan_length} '{phase.name}': backbone {report.spec}"
+            f"{' (BN trains)' if phase.train_bn else ''}; "
+            f"trainable {report.trainable_params:,} / frozen {report.frozen_params:,} params; "
+            f"{lr_text}; {phase.epochs} epochs{' on cached features' if on_cache else ''}"
+        )
+        rows: list[dict] = []
+        callbacks = [keras.callbacks.TerminateOnNaN(), *policies.values()]
+        callbacks.append(_Recorder(ctx, policies, self.hooks, rows))
+        callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
+        start = time.perf_counter()
+        ctx.target.fit(
+            cached[0] if on_cache else train,
+            validation_data=cached[1] if on_cache else val,
+            steps_per_epoch=cached[2] if on_cache else None,
+            initial_epoch=position.first_run_epoch,
+            epochs=position.start + phase.epochs,
+            verbose=self.verbose,
+            callbacks=[*self.callbacks, *callbacks],
+            class_weight=self.class_weight,
+            shuffle=False,  # the pipeline shuffles
+        )
+        seconds = time.perf_counter() - start
+        result.history.extend(rows)
+        for row in rows:
+            if not math.isfinite(row.get("loss", 0.0)):
+                raise TrainingFailed(
+                    f"The loss became {row['loss']} in phase {position.index} '{phase.name}' at "
+                    f"its epoch {row['phase_epoch']} (epoch {row['epoch']} of the run); training "
+                    "stopped; the last good checkpoint (if any) is kept.",
+                    hint="lower the learning rate (lr, finetune_lr) or check the data.",
+                )
+        for hook in self.hooks:
+            hook.after_phase(ctx)
+        return PhaseResult(phase, report, position.done + len(rows), seconds)

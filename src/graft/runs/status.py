@@ -1,0 +1,65 @@
+"""``RUN_DIR/status.json``: whether a run completed, is running, was interrupted or failed,
+and reading back the configuration of a run to resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from graft.errors import GraftError
+from graft.runs import files as runs
+from graft.runs.layout import STATUS_FILE  # noqa: E402,F401
+
+
+def write_status(
+    run_dir: str | Path, status: str, last_checkpoint: dict | None = None, **details
+) -> Path:
+    """Write ``status.json``: ``completed``, ``running``, ``interrupted`` or ``failed``.
+
+    Args:
+        run_dir: The run folder.
+        status: The run's status.
+        last_checkpoint: Where the last checkpoint stands (epoch, phase, path), if any.
+        **details: More keys (``error``, ``signal``).
+    """
+    body = {"status": status, **details, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if last_checkpoint is not None:
+        body["last_checkpoint"] = last_checkpoint
+    if status != "completed":
+        body["resume"] = f"graft train --resume {run_dir}"
+    return runs.write_json(Path(run_dir) / STATUS_FILE, body)
+
+
+def saved_config(run_dir: str | Path) -> dict:
+    """The ``config.yaml`` of a run folder to resume (settings, data paths, safe mode)."""
+    import yaml
+
+    path = Path(run_dir).expanduser() / runs.CONFIG_FILE
+    if not path.is_file():
+        raise GraftError(
+            f"Cannot resume {run_dir}: it has no {runs.CONFIG_FILE}.",
+            hint="pass the folder given as --out to an earlier 'graft train'.",
+        )
+    config = yaml.safe_load(path.read_text("utf-8")) or {}
+    status = Path(run_dir) / STATUS_FILE
+    if status.is_file() and json.loads(status.read_text("utf-8")).get("status") == "completed":
+        raise GraftError(
+            f"{run_dir} finished training already; there is nothing to resume.",
+            hint="start a new run with another --out.",
+        )
+    return config
+
+
+def describe_failure(exc: BaseException) -> tuple[str, dict]:
+    """``(status, details)`` for ``status.json`` after ``exc`` ended a run.
+
+    An interruption is an exception with a ``signal_name`` (``Interrupted``), or Ctrl-C.
+    """
+    signal_name = getattr(exc, "signal_name", None)
+    if signal_name is not None:
+        return "interrupted", {"signal": signal_name, "error": getattr(exc, "message", str(exc))}
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", {"signal": "SIGINT", "error": "interrupted"}
+    text = str(exc).strip().splitlines()
+    return "failed", {"error": f"{type(exc).__name__}: {text[0] if text else ''}"}

@@ -1,0 +1,112 @@
+"""Hooks: what a phase does besides fitting, plugged into :class:`graft.training.Trainer`.
+
+A hook sees every phase through a :class:`PhaseContext` (the phase, its
+:class:`~graft.core.schedules.Position` in the run, the full model and the model being
+fitted). Its ``state()`` is saved with every checkpoint and handed back to
+``load_state()`` on resume, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from graft.config.strategies import Phase
+from graft.core import optim, regularizers
+from graft.core.schedules import Position
+
+
+@dataclass
+class PhaseContext:
+    """One phase being run: ``model`` is the full model, ``target`` the one fitted
+    (the full model, or the head alone on cached features)."""
+
+    phase: Phase
+    position: Position
+    plan_length: int
+    model: keras.Model
+    target: keras.Model
+    train: object = None
+
+    @property
+    def on_cache(self) -> bool:
+        return self.target is not self.model
+
+
+class Hook:
+    """Base class: every method is optional."""
+
+    #: Key of the hook's state in the checkpoint (``None``: the hook has no state).
+    name: str | None = None
+
+    def before_fit(self, plan: list[Phase], model: keras.Model) -> None:
+        """Once, before the first phase of a fit (also a resumed one)."""
+
+    def before_phase(self, ctx: PhaseContext) -> None:
+        """Before the phase's trainability is applied and its optimizer made."""
+
+    def optimizer_kwargs(self, phase: Phase) -> dict:
+        """Extra arguments for :func:`graft.core.optim.make_optimizer`."""
+        return {}
+
+    def phase_compiled(self, ctx: PhaseContext) -> None:
+        """After ``ctx.target`` was compiled, before it is fitted."""
+
+    def callbacks(self, ctx: PhaseContext) -> list:
+        """Keras callbacks for the phase."""
+        return []
+
+    def epoch_end(self, ctx: PhaseContext, row: dict, states: dict) -> None:
+        """After every finite epoch: its history row and every policy's and hook's state."""
+
+    def after_phase(self, ctx: PhaseContext) -> None:
+        """After the phase ended (also early); the model holds its final weights."""
+
+    def state(self) -> dict:
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned (called before :meth:`before_fit`)."""
+
+
+class BatchNormRecalibration(Hook):
+    """AdaBN before every phase with ``recalibrate_bn`` (not again in a resumed phase)."""
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self.log = log
+
+    def before_phase(self, ctx: PhaseContext) -> None:
+        if ctx.phase.recalibrate_bn and ctx.position.done == 0:
+            n = regularizers.recalibrate_bn(ctx.model, ctx.train)
+            self.log(f"Recalibrated the statistics of {n} BatchNorm layers (AdaBN)")
+
+
+class L2SPAnchors(Hook):
+    """The backbone's weights at the start of the run: where L2-SP pulls toward."""
+
+    name = "l2sp"
+
+    def __init__(self):
+        self.anchors: dict[int, np.ndarray] | None = None
+        self._saved: list | None = None
+        self._model = None
+
+    def before_fit(self, plan: list[Phase], model: keras.Model) -> None:
+        self._model = model
+        if self._saved is not None:
+            weights = optim.backbone_anchors(model)
+            self.anchors = dict(zip(weights, self._saved))
+        elif self.anchors is None and any(p.l2sp for p in plan):
+            self.anchors = optim.backbone_anchors(model)
+
+    def optimizer_kwargs(self, phase: Phase) -> dict:
+        return {"anchors": self.anchors} if phase.l2sp else {}
+
+    def state(self) -> dict:
+        return {"arrays": list(self.anchors.values())} if self.anchors else {}
+
+    def load_state(self, state: dict) -> None:
+        self._saved = state.get("arrays") or None
