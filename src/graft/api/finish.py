@@ -22,19 +22,21 @@ from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
-from graft.training import cache, checkpoints
+from graft.training import cache, checkpoints, resume
 
 
 def execute(req: s.Request) -> Run:
     """Run every step of a training run; on failure, record why in ``status.json``."""
     run_dir = None
+    held = contextlib.ExitStack()  # the run folder's lock, released last
     try:
         with contextlib.ExitStack() as scope:
             cfg = TrainConfig(backbone=str(req.backbone), **req.settings)
             devices = s.choose_devices(cfg)
             plan = s.resolve_plan(cfg)
             data = s.prepare_data(cfg, req)  # cheap checks first: nothing is built yet
-            run_dir = s.open_run(cfg, req)
+            run_dir = s.open_run(cfg, req, held)
+            held.enter_context(resume.signals_interrupt(run_dir))
             keras.utils.set_random_seed(cfg.seed)
             scope.enter_context(devices.scope())
             if devices.describe(cfg.batch_size):
@@ -53,6 +55,8 @@ def execute(req: s.Request) -> Run:
             with contextlib.suppress(OSError):  # a full disk must not hide the real error
                 checkpoints.write_status(run_dir, status, **details)
         raise checkpoints.as_user_error(exc, req.settings.get("batch_size", 32)) from None
+    finally:
+        held.close()
 
 
 def fit(
@@ -72,7 +76,7 @@ def fit(
     if cfg.lr == "auto":
         phases, lr_found = _auto_lr(cfg, setup.trainer, plan, pipes.train, run_dir, req.log)
     cached = _feature_cache(cfg, phases, data, built, pipes, req)
-    reference = drift.snapshot(built.model)
+    reference = setup.reference
     state = setup.state
     if state is not None:
         mid_phase = devices.peeks and state.next_position()[1] > 0

@@ -87,15 +87,16 @@ def train(
     if resume is not None:
         out = resume
         saved = run_status.saved_config(resume)
+        _note_died(resume, log)
         source = saved.get("data") or {}
         data_source = data_source if data_source is not None else source.get("train")
         val = val if val is not None else source.get("val")
         test = test if test is not None else source.get("test")
         classes = classes or source.get("classes")
-        backbone = saved["backbone"]
-        safe_mode = bool(saved.get("safe_mode", safe_mode))
-        settings = {**TrainConfig.from_dict(saved).as_dict(), **settings}
-        settings.pop("backbone")
+        backbone = saved.get("backbone")
+        # safe_mode is the caller's (the command line's), never the run folder's: a run
+        # folder is data someone may hand you, and its config.yaml must not enable code.
+        settings = _resumed_settings(resume, saved, settings)
         if data_source is None:
             raise GraftError(
                 f"{resume} was trained on in-memory data, which a run folder cannot hold.",
@@ -114,6 +115,31 @@ def train(
 
         return auto.train_auto(request, budget_trials)
     return execute(request)
+
+
+def _resumed_settings(resume, saved: dict, given: dict) -> dict:
+    """The saved settings; a setting given again must equal the saved one (a resumed run
+    continues the run it was, it is not silently changed or silently left unchanged)."""
+    try:
+        settings = TrainConfig.from_dict(saved).as_dict()
+    except (TypeError, ValueError) as exc:
+        raise GraftError(f"Cannot resume {resume}: its config.yaml is invalid: {exc}") from None
+    differ = {k: v for k, v in given.items() if k not in settings or settings[k] != v}
+    if differ:
+        shown = ", ".join(f"{k}={v!r} (the run has {settings.get(k)!r})" for k, v in differ.items())
+        raise GraftError(
+            f"resume continues {resume} with its own settings; refusing other ones. "
+            f"Received: {shown}",
+            hint="drop them to resume, or start a new run with another --out.",
+        )
+    settings.pop("backbone", None)
+    return settings
+
+
+def _note_died(resume, log) -> None:
+    now = run_status.read_status(resume)
+    if now.get("died"):
+        log(f"Note: the last process on {resume} (pid {now.get('pid')}) died without a word.")
 
 
 def lr_find(

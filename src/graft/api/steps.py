@@ -25,8 +25,8 @@ from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
 from graft.errors import DataError, GraftError
 from graft.reporting import drift
-from graft.runs import files, layout
-from graft.training import checkpoints, distribute
+from graft.runs import files, fingerprints, layout, lock
+from graft.training import checkpoints, distribute, resume
 from graft.training.trainer import Trainer, TrainResult
 
 
@@ -110,6 +110,7 @@ class TrainerSetup:
     trainer: Trainer
     checkpointer: checkpoints.Checkpointer | None
     state: checkpoints.State | None
+    reference: list | None = None
 
 
 @dataclass
@@ -168,13 +169,19 @@ def prepare_data(cfg: TrainConfig, req: Request) -> PreparedData:
     return PreparedData(train, val, test, classes, multi_label, counts, check, augment, weights)
 
 
-def open_run(cfg: TrainConfig, req: Request) -> Path | None:
-    """Create the run folder, save ``config.yaml`` and mark the run as running."""
+def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
+    """Lock the run folder (held until ``held``, an ``ExitStack``, closes), prepare it,
+    save ``config.yaml`` and mark the run as running."""
     if req.out is None:
         if req.tensorboard:
             raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
         return None
-    run_dir = files.prepare(req.out, req.overwrite or req.resume)
+    path = Path(req.out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise GraftError(f"--out {req.out} exists and is not a folder.")
+    path.mkdir(parents=True, exist_ok=True)
+    held.enter_context(lock.RunLock(path))
+    run_dir = files.prepare(path, req.overwrite, req.resume)
     if not req.resume:
         config = {**cfg.as_dict(), "data": req.sources(), "safe_mode": req.safe_mode}
         files.write_yaml(run_dir / layout.CONFIG_FILE, config)
@@ -237,9 +244,13 @@ def make_pipelines(
 def make_trainer(
     cfg: TrainConfig, plan: Plan, data: PreparedData, built: Built, run_dir, req: Request
 ) -> TrainerSetup:
-    """The trainer, with the checkpointer and (on resume) the restored state."""
+    """The trainer, with the checkpointer and (on resume) the checked, restored state."""
+    reference = drift.snapshot(built.model)  # the pre-trained weights, before any restore
     state = checkpoints.load_state(run_dir) if req.resume else None
+    prints = _fingerprints(cfg, data, built) if run_dir is not None else {}
     if state is not None:
+        resume.validate(state, plan.phases, run_dir)
+        resume.check_unchanged(state, prints, run_dir)
         checkpoints.restore_model(built.model, run_dir, state)
         checkpoints.restore_rng(state.rng)
         phase_index, phase_epoch = state.next_position()
@@ -249,7 +260,9 @@ def make_trainer(
         )
     elif req.resume:
         req.log(f"Resuming {run_dir}: no epoch had finished, starting from the beginning")
-    checkpointer = checkpoints.Checkpointer(run_dir, req.log) if run_dir is not None else None
+    checkpointer = None
+    if run_dir is not None:
+        checkpointer = checkpoints.Checkpointer(run_dir, req.log, fingerprints=prints)
     if state is not None:
         checkpointer.resume_from(state)
     hooks = []
@@ -270,4 +283,17 @@ def make_trainer(
         class_weight=data.class_weight,
         hooks=hooks,
     )
-    return TrainerSetup(trainer, checkpointer, state)
+    return TrainerSetup(trainer, checkpointer, state, reference)
+
+
+def _fingerprints(cfg: TrainConfig, data: PreparedData, built: Built) -> dict:
+    """What the run starts with (stored with every checkpoint, checked on resume)."""
+    return {
+        "data": fingerprints.data_digest(data.train.raw),
+        "validation": fingerprints.data_digest(None if data.val is None else data.val.raw),
+        "backbone": {
+            "source": str(built.bb.source),
+            "weights": fingerprints.weights_digest(built.bb.model),
+        },
+        "settings": fingerprints.plain(cfg.as_dict()),
+    }

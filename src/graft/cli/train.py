@@ -91,7 +91,13 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
     from graft import api
 
     if resume is not None:
-        run = api.train(resume=resume, log=log, verbose=fit_verbosity())
+        run = api.train(
+            resume=resume,
+            log=log,
+            verbose=fit_verbosity(),
+            safe_mode=not settings["unsafe"],
+            **_given_with_resume(ctx, data, config_file, out, val, test, plan_file, settings),
+        )
         log(f"Done in {run.metrics['seconds']:.1f} s: saved to {run.run_dir}/")
         return
     unsafe = settings.pop("unsafe")
@@ -129,6 +135,30 @@ def _load_plan(path):
     from graft.config import plans
 
     return plans.load(path)
+
+
+def _given_with_resume(ctx, data, config_file, out, val, test, plan_file, settings) -> dict:
+    """The settings given on the command line with --resume (the library refuses any that
+    differ from the run's); arguments that cannot apply to a resumed run are refused."""
+    from click.core import ParameterSource
+
+    given = {
+        k: v
+        for k, v in settings.items()
+        if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    }
+    given.pop("unsafe", None)
+    extra = [k for k in ("overwrite", "tensorboard", "source_eval", "source_model",
+                         "budget_trials") if k in given]  # fmt: skip
+    extra += [k for k, v in dict(data=data, config=config_file, out=out, val=val, test=test,
+                                 plan=plan_file).items() if v is not None]  # fmt: skip
+    if extra:
+        flags = ", ".join("DATA" if k == "data" else "--" + k.replace("_", "-") for k in extra)
+        raise GraftError(
+            f"--resume continues a run with its own data and settings; {flags} cannot apply.",
+            hint="drop them, or start a new run with another --out.",
+        )
+    return given
 
 
 def _with_config_file(ctx, path: Path, settings: dict) -> dict:

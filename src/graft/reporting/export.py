@@ -143,7 +143,11 @@ def export(
         raise GraftError(f"{out} already exists.", hint="pass another --out, or --overwrite.")
     if fmt == "keras" and out.suffix != ".keras":
         raise GraftError(f"--out for --format keras must end in .keras, got {out}.")
+    _check_target(out, fmt)
     model, classes = model_io.load(model_or_run, safe_mode=safe_mode)
+    labels_at = out if fmt == "savedmodel" else out.parent  # a SavedModel is replaced whole
+    if fmt != "savedmodel":
+        _check_labels(labels_at / layout.LABELS_FILE, classes)
     _, h, w, ch = model.input_shape
     if calibration is not None:
         images = load_calibration(calibration, (h, w), ch)
@@ -158,16 +162,14 @@ def export(
         to_keras(model, out)
         expected = model.predict_on_batch(check_images)
         check = compare(expected, _reload_keras(out).predict_on_batch(check_images))
-        labels_at = out.parent
     elif fmt == "savedmodel":
         to_savedmodel(model, classes, out)
         check = check_savedmodel(out, model, check_images)
-        labels_at = out
     else:
         to_tflite(model, out, quantize, images if quantize == "int8" else None)
         check = compare(model.predict_on_batch(check_images), run_tflite(out, check_images))
-        labels_at = out.parent
-    runs.write_json(labels_at / layout.LABELS_FILE, classes)
+    if fmt == "savedmodel" or not (labels_at / layout.LABELS_FILE).is_file():
+        runs.write_json(labels_at / layout.LABELS_FILE, classes)
     check.update(images=len(check_images), sample=sample)
     if quantize == "none":
         worst = max(check["max_abs_diff"], check.get("serving_bytes_max_abs_diff", 0.0))
@@ -182,6 +184,48 @@ def export(
             hint="report this with the model and versions (run with --debug for details).",
         )
     return result
+
+
+#: What a SavedModel folder written by :func:`to_savedmodel` holds.
+SAVEDMODEL_ENTRIES = {"saved_model.pb", "fingerprint.pb", "variables", "assets", layout.LABELS_FILE}
+
+
+def _check_target(out: Path, fmt: str) -> None:
+    """Refuse to replace anything graft's export did not write: a folder for a file
+    export; for a SavedModel, a file or a non-empty folder that is not a SavedModel."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if fmt != "savedmodel":
+        if out.is_dir() or out.is_symlink():
+            raise GraftError(f"--out {out} is a folder or a link; refusing to replace it.")
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise GraftError(f"--out {out} is not a SavedModel folder; refusing to replace it.")
+    entries = {p.name for p in out.iterdir()}
+    if entries and not ("saved_model.pb" in entries and entries <= SAVEDMODEL_ENTRIES):
+        shown = ", ".join(sorted(entries - SAVEDMODEL_ENTRIES)[:3]) or "no saved_model.pb"
+        raise GraftError(
+            f"--out {out} is not empty and is not a SavedModel ({shown}); "
+            "refusing to replace a folder graft did not write.",
+            hint="pass a new or empty folder as --out.",
+        )
+
+
+def _check_labels(path: Path, classes: list[str]) -> None:
+    """Refuse to replace a ``labels.json`` naming other classes (another run's, another
+    export's): its model's predictions would then name the wrong classes."""
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        existing = runs.read_json(path) if not path.is_symlink() else None
+    except (OSError, ValueError):
+        existing = None
+    if existing != list(classes):
+        raise GraftError(
+            f"{path} already exists for other classes (another run or export); "
+            "refusing to replace it.",
+            hint="export into a folder of its own (a new --out).",
+        )
 
 
 def compare(expected: np.ndarray, got: np.ndarray) -> dict:
@@ -223,10 +267,11 @@ def _tmp_beside(out: Path, suffix: str = "") -> Path:
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
-    if out.is_dir() and not out.is_symlink():
+    """Put the SavedModel folder ``tmp`` at ``out``, replacing only an empty folder or a
+    SavedModel (checked by :func:`_check_target`)."""
+    _check_target(out, "savedmodel")
+    if out.is_dir():
         shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
     os.replace(tmp, out)
 
 

@@ -12,12 +12,14 @@ import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from graft.errors import GraftError
+from graft.runs import layout
 from graft.runs.layout import (  # noqa: F401  (the names callers reach as runs.X)
     CONFIG_FILE,
     HISTORY_FILE,
@@ -106,18 +108,55 @@ def save_model(model, path) -> Path:
     return path
 
 
-def prepare(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create ``run_dir``; refuse to reuse a non-empty one unless ``overwrite``."""
+def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
+    """Create ``run_dir``, or make an existing one ready for a new run.
+
+    A non-empty folder is refused, except one left by a run that stopped before its
+    first checkpoint (only ``config.yaml``/``status.json``: nothing to lose). With
+    ``overwrite``, the artifacts of the graft run in it are removed (its ``checkpoint/``
+    too, so a later resume cannot pick up the old run); files graft did not create are
+    kept, and a folder that is not a graft run but holds a file of a run's name is
+    refused. With ``resume`` the folder is used as it is. Call it holding the folder's
+    lock (:class:`graft.runs.lock.RunLock`).
+    """
     path = Path(run_dir).expanduser()
     if path.exists() and not path.is_dir():
         raise GraftError(f"--out {run_dir} exists and is not a folder.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise GraftError(
-            f"Run folder {run_dir} already exists and is not empty; refusing to overwrite it.",
-            hint="pass another --out, or --overwrite to replace its files.",
-        )
     path.mkdir(parents=True, exist_ok=True)
+    if resume:
+        return path
+    entries = {p.name for p in path.iterdir()} - {layout.LOCK_FILE}
+    ours = entries & set(layout.ARTIFACTS)
+    is_run = layout.STATUS_FILE in entries
+    if entries and not overwrite:
+        if is_run and entries <= set(layout.DISPOSABLE) and not _completed(path):
+            overwrite = True  # a failed start: re-running the same command just works
+        else:
+            raise GraftError(
+                f"Run folder {run_dir} already exists and is not empty; refusing to overwrite it.",
+                hint="pass another --out, or --overwrite to replace its files.",
+            )
+    if overwrite and ours and not is_run:
+        raise GraftError(
+            f"--out {run_dir} is not a graft run folder, yet it holds "
+            f"{', '.join(sorted(ours))}; refusing to replace files graft did not create.",
+            hint="pass another --out.",
+        )
+    if overwrite:
+        for name in sorted(ours):
+            target = path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
     return path
+
+
+def _completed(path: Path) -> bool:
+    try:
+        return (read_json(path / layout.STATUS_FILE, {}) or {}).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: keep it
 
 
 def read_json(path: str | os.PathLike, default=None):

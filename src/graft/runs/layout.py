@@ -16,6 +16,7 @@
     RUN_DIR/tensorboard/       TensorBoard logs
     RUN_DIR/lr_find.csv|.png   the LR finder's sweep
     RUN_DIR/auto_search.json   the ``strategy="auto"`` search record
+    RUN_DIR/.graft.lock        held (with the writer's pid) while a process writes the run
 """
 
 MODEL_FILE = "model.keras"
@@ -34,3 +35,13 @@ TENSORBOARD_DIR = "tensorboard"
 LR_FIND_CSV = "lr_find.csv"
 LR_FIND_PLOT = "lr_find.png"
 AUTO_SEARCH_FILE = "auto_search.json"
+LOCK_FILE = ".graft.lock"
+
+#: Everything graft writes into a run folder: ``--overwrite`` clears these (and only these).
+ARTIFACTS = (
+    MODEL_FILE, LABELS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE,
+    MODEL_CARD_FILE, EXPORTS_FILE, PLOTS_DIR, CHECKPOINT_DIR, STATUS_FILE, TENSORBOARD_DIR,
+    LR_FIND_CSV, LR_FIND_PLOT, AUTO_SEARCH_FILE,
+)  # fmt: skip
+#: What a run that stopped before its first checkpoint leaves: nothing worth keeping.
+DISPOSABLE = (CONFIG_FILE, STATUS_FILE, LOCK_FILE)

@@ -3,12 +3,13 @@ and reading back the configuration of a run to resume."""
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from pathlib import Path
 
-from graft.errors import GraftError
+from graft.errors import GraftError, first_line
 from graft.runs import files as runs
+from graft.runs import lock
 from graft.runs.layout import STATUS_FILE  # noqa: E402,F401
 
 
@@ -24,6 +25,8 @@ def write_status(
         **details: More keys (``error``, ``signal``).
     """
     body = {"status": status, **details, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if status == "running":
+        body["pid"] = os.getpid()
     if last_checkpoint is not None:
         body["last_checkpoint"] = last_checkpoint
     if status != "completed":
@@ -41,14 +44,41 @@ def saved_config(run_dir: str | Path) -> dict:
             f"Cannot resume {run_dir}: it has no {runs.CONFIG_FILE}.",
             hint="pass the folder given as --out to an earlier 'graft train'.",
         )
-    config = yaml.safe_load(path.read_text("utf-8")) or {}
-    status = Path(run_dir) / STATUS_FILE
-    if status.is_file() and json.loads(status.read_text("utf-8")).get("status") == "completed":
+    try:
+        config = yaml.safe_load(path.read_text("utf-8")) or {}
+    except (OSError, ValueError) as exc:  # yaml.YAMLError is a ValueError
+        raise GraftError(f"Cannot read {path}: {first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise GraftError(f"{path} is not a graft run configuration (not a mapping).")
+    if read_status(run_dir).get("status") == "completed":
         raise GraftError(
             f"{run_dir} finished training already; there is nothing to resume.",
             hint="start a new run with another --out.",
         )
     return config
+
+
+def read_status(run_dir: str | Path) -> dict:
+    """``status.json`` as it truly stands: a ``running`` run whose process is gone (killed
+    hard, crashed) reads as ``interrupted``, with ``"died": true`` and its pid.
+
+    A live writer holds the run folder's lock (:mod:`graft.runs.lock`); a dead one cannot.
+    """
+    try:
+        body = runs.read_json(Path(run_dir) / STATUS_FILE, {}) or {}
+    except (OSError, ValueError):
+        return {"status": "unknown", "error": f"{STATUS_FILE} is unreadable"}
+    if not isinstance(body, dict):
+        return {"status": "unknown", "error": f"{STATUS_FILE} is not a mapping"}
+    if body.get("status") == "running" and lock.holder(run_dir) is None:
+        pid = body.get("pid")
+        body = {
+            **body,
+            "status": "interrupted",
+            "died": True,
+            "error": f"the process that ran it (pid {pid}) ended without recording why",
+        }
+    return body
 
 
 def describe_failure(exc: BaseException) -> tuple[str, dict]:

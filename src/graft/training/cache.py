@@ -74,12 +74,9 @@ def head_model(model: keras.Model) -> keras.Model:
 
 def weights_fingerprint(model: keras.Model) -> str:
     """A digest of every weight of ``model`` (shapes, dtypes and values, in order)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for variable in model.weights:
-        value = np.ascontiguousarray(np.asarray(variable))
-        digest.update(f"{variable.path}:{value.shape}:{value.dtype};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
+    from graft.runs.fingerprints import weights_digest
+
+    return weights_digest(model)
 
 
 def _file_digest(path: str) -> str:
@@ -139,6 +136,7 @@ class CacheStats:
     hit: bool
     images: int
     seconds: float
+    note: str | None = None
 
 
 def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
@@ -153,6 +151,34 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
 
 
+def _checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _verified(path: Path, total: int) -> tuple[np.ndarray | None, str | None]:
+    """The entry at ``path`` if it matches the checksum in its index ``<key>.json``,
+    else ``(None, why)`` (``(None, None)``: there is no entry)."""
+    import io
+
+    index = path.with_suffix(".json")
+    if not path.is_file():
+        return None, None
+    try:
+        data = path.read_bytes()
+        expected = json.loads(index.read_text("utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None, "its checksum index is missing or unreadable"
+    if _checksum(data) != expected:
+        return None, "its checksum does not match (the file was damaged)"
+    try:
+        features = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        return None, f"it cannot be read ({exc})"
+    if len(features) != total or not np.isfinite(features).all():
+        return None, "its content does not fit the data"
+    return features, None
+
+
 def load_or_compute(
     extractor: keras.Model,
     inputs,
@@ -161,7 +187,13 @@ def load_or_compute(
     directory: Path | None = None,
     verbose: int = 1,
 ) -> tuple[np.ndarray, CacheStats]:
-    """Features from ``directory/<key>.npy`` if present, else computed and stored there."""
+    """Features from ``directory/<key>.npy`` if present and intact, else computed and
+    stored there with their checksum in ``<key>.json``.
+
+    Every entry is verified against its checksum before use; a damaged one is recomputed
+    (and ``CacheStats.note`` says why).
+    """
+    import io
     import time
 
     from graft.runs.files import atomic_write
@@ -169,23 +201,21 @@ def load_or_compute(
     directory = Path(directory or default_dir())
     path = directory / f"{key}.npy"
     start = time.perf_counter()
-    if path.is_file():
-        try:
-            features = np.load(path, allow_pickle=False)
-            if len(features) == total:
-                return features, CacheStats(key, True, total, time.perf_counter() - start)
-        except (OSError, ValueError):
-            pass  # a damaged entry is recomputed and replaced
+    features, problem = _verified(path, total)
+    if features is not None:
+        return features, CacheStats(key, True, total, time.perf_counter() - start)
+    note = None if problem is None else f"cache entry {path.name} recomputed: {problem}"
     features = compute(extractor, inputs, verbose)
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, features, allow_pickle=False)
+    data = buffer.getvalue()
+    index = {"sha256": _checksum(data), "shape": list(features.shape), "format": FORMAT_VERSION}
     try:
-        atomic_write(path, buffer.getvalue())
+        atomic_write(path, data)
+        atomic_write(path.with_suffix(".json"), json.dumps(index))  # the commit point
     except OSError:
         pass  # a read-only or full cache disk costs speed next time, not this run
-    return features, CacheStats(key, False, total, time.perf_counter() - start)
+    return features, CacheStats(key, False, total, time.perf_counter() - start, note)
 
 
 def _images(split, bb, batch_size: int, augment=None):
@@ -245,6 +275,8 @@ def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbo
             extractor, _images(split, bb, cfg.batch_size, aug), key, n, directory, verbose
         )
         label = name if view is None else f"{name}, augmented view {view + 1}/{views}"
+        if stats.note:
+            log(f"Feature cache ({label}): {stats.note}")
         log(
             f"Feature cache ({label}): {'reused' if stats.hit else 'computed'} "
             f"{stats.images} images in {stats.seconds:.1f} s"

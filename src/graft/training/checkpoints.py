@@ -79,6 +79,7 @@ class State:
     optimizer: str | None = None
     rng: dict = field(default_factory=dict)
     states: dict = field(default_factory=dict)
+    fingerprints: dict = field(default_factory=dict)
 
     def next_position(self) -> tuple[int, int]:
         """``(phase_index, epochs already done in it)`` where training continues."""
@@ -105,16 +106,31 @@ def load_state(run_dir: str | Path) -> State | None:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise GraftError(f"Cannot read the checkpoint {path}: {exc}") from None
-    state = State.from_dict(data)
+    try:
+        state = State.from_dict(data)
+        _check_types(state)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise GraftError(f"The checkpoint {path} is damaged: {exc}") from None
     for value in state.states.values():  # arrays saved by value next to state.json
         if isinstance(value, dict) and isinstance(value.get("arrays"), str):
             value["arrays"] = _load_arrays(checkpoint_dir(run_dir) / value["arrays"])
     return state
 
 
+def _check_types(state: State) -> None:
+    for name in ("phase_index", "phase_epoch", "epoch"):
+        if type(getattr(state, name)) is not int or getattr(state, name) < 0:
+            raise ValueError(f"{name} is {getattr(state, name)!r}")
+    if not isinstance(state.history, list) or not isinstance(state.weights, (str, type(None))):
+        raise ValueError("its history or weights entry is not what graft writes")
+
+
 def last_checkpoint(run_dir: str | Path) -> dict | None:
     """Where the last committed checkpoint of ``run_dir`` stands (for ``status.json``)."""
-    state = load_state(run_dir)
+    try:
+        state = load_state(run_dir)
+    except GraftError:  # a damaged state.json is reported where it is used
+        return None
     if state is None:
         return None
     return {
@@ -210,9 +226,10 @@ class Checkpointer(Hook):
         log: Receives one line when training is interrupted.
     """
 
-    def __init__(self, run_dir: str | Path, log=print):
+    def __init__(self, run_dir: str | Path, log=print, fingerprints: dict | None = None):
         self.run_dir = Path(run_dir)
         self.log = log
+        self.fingerprints = fingerprints or {}
         self.state = State()
         self.stop_signal: str | None = None
         self._skip_peek = False
@@ -222,7 +239,7 @@ class Checkpointer(Hook):
 
     def resume_from(self, state: State) -> None:
         """Continue from ``state``: new epochs are appended to its history."""
-        self.state = State.from_dict(dict(state.__dict__))
+        self.state = State.from_dict({**state.__dict__, "fingerprints": self.fingerprints})
         # The killed run's fit already peeked at its dataset for this phase (counted).
         self._skip_peek = state.phase_epoch > 0 and not state.phase_done
 
@@ -272,6 +289,7 @@ class Checkpointer(Hook):
             optimizer=optimizer,
             rng=rng_state(),
             states=saved,
+            fingerprints=self.fingerprints,
         )
         self._commit()
         for stale in folder.glob("*-e*.npz"):
