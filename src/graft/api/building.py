@@ -16,11 +16,13 @@ from graft.data import sources
 from graft.errors import DataError
 
 
-def resolve_backbone(cfg: TrainConfig, safe_mode: bool) -> backbones.Backbone:
-    """The run's backbone, built under its precision policy."""
+def resolve_backbone(
+    cfg: TrainConfig, safe_mode: bool, model: keras.Model | None = None
+) -> backbones.Backbone:
+    """The run's backbone (``model``: a keras.Model object), built under its precision policy."""
     with precision(cfg.precision):
         return backbones.resolve(
-            cfg.backbone,
+            cfg.backbone if model is None else model,
             weights=cfg.weights,
             image_size=cfg.image_size,
             alpha=cfg.alpha,

@@ -30,7 +30,7 @@ def execute(req: s.Request) -> Run:
     run_dir = None
     try:
         with contextlib.ExitStack() as scope:
-            cfg = TrainConfig(backbone=str(req.backbone), **req.settings)
+            cfg = TrainConfig(backbone=s.backbone_setting(req.backbone), **req.settings)
             devices = s.choose_devices(cfg)
             plan = s.resolve_plan(cfg)
             data = s.prepare_data(cfg, req)  # cheap checks first: nothing is built yet

@@ -72,7 +72,11 @@ def build_model(
         raise ValueError(
             f"A backbone needs exactly one output; {source.name} has {len(source.outputs)}."
         )
-    bb_model = keras.Model(source.inputs[0], source.outputs[0], name=BACKBONE_NAME)
+    if type(source) in (keras.Model, keras.Sequential) or type(source).__name__ == "Functional":
+        bb_model = keras.Model(source.inputs[0], source.outputs[0], name=BACKBONE_NAME)
+    else:  # a subclass (a KerasHub backbone): nested as is, its own config round-trips
+        source.name = BACKBONE_NAME
+        bb_model = source
     x = bb_model(x)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}pool")(x)
