@@ -113,3 +113,20 @@ def test_unknown_cut_names_candidates_once(nested_file, cut, message):
     suggestion = str(info.value).split("Did you mean")[-1].split("?")[0]
     names = [n.strip(" '") for n in suggestion.split(",")]
     assert len(names) == len(set(names))
+
+
+def test_inspect_shows_the_blocks_inside_nested_models(nested_file):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "graft.cli", "inspect", str(nested_file), "--layers"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "4 blocks" in done.stdout
+    assert "middle/inner: middle/inner/inner_conv, middle/inner/inner_bn" in done.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import sys
 from collections.abc import Callable
 
 import keras
@@ -128,4 +129,7 @@ def versions() -> dict:
         info["tensorflow"] = tf.__version__
     except ImportError:
         pass
+    hub = sys.modules.get("keras_hub")  # imported only for a KerasHub backbone
+    if hub is not None:
+        info["keras_hub"] = hub.__version__
     return info

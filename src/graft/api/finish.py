@@ -210,6 +210,8 @@ def write(run: Run, req: s.Request, val_ds) -> Run:
     config["multi_label"] = is_multi_label(run.model)
     config["versions"] = building.versions()
     config.update(data=req.sources(), safe_mode=req.safe_mode)
+    if s.saved_backbone(req, d):
+        config["backbone"] = s.saved_backbone(req, d)
     files.write_yaml(d / layout.CONFIG_FILE, config)
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)

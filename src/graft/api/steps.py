@@ -67,6 +67,13 @@ def backbone_setting(backbone) -> str:
     return str(backbone)
 
 
+def saved_backbone(req: Request, run_dir: Path) -> str | None:
+    """Where the run folder keeps a ``keras.Model`` backbone (the ``backbone`` setting)."""
+    if not isinstance(req.backbone, keras.Model):
+        return None
+    return str((Path(run_dir) / layout.BACKBONE_FILE).resolve())
+
+
 def _path(source) -> str | None:
     if isinstance(source, (str, os.PathLike)):
         return str(Path(source).expanduser().resolve())
@@ -186,7 +193,7 @@ def open_run(cfg: TrainConfig, req: Request) -> Path | None:
         config = {**cfg.as_dict(), "data": req.sources(), "safe_mode": req.safe_mode}
         if isinstance(req.backbone, keras.Model):  # resume reloads it from the run folder
             req.backbone.save(run_dir / layout.BACKBONE_FILE)
-            config["backbone"] = str((run_dir / layout.BACKBONE_FILE).resolve())
+            config["backbone"] = saved_backbone(req, run_dir)
         files.write_yaml(run_dir / layout.CONFIG_FILE, config)
     checkpoints.write_status(run_dir, "running")
     return run_dir

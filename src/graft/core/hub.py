@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from graft.errors import GraftError, first_line
 
 PACKAGE = "keras-hub"  # what a saved model that holds a KerasHub layer needs to load
@@ -80,10 +81,6 @@ def load_preset(path: str | Path):
     return model, converter
 
 
-_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
-_IMAGENET_STD = np.array([0.229, 0.224, 0.225])
-
-
 def converter_mode(converter) -> str:
     """The graft preprocessing mode that does what a KerasHub image converter does.
 
@@ -96,7 +93,7 @@ def converter_mode(converter) -> str:
         "none": (np.ones(3), np.zeros(3)),
         "unit": (np.full(3, 1 / 255), np.zeros(3)),
         "symmetric": (np.full(3, 1 / 127.5), np.full(3, -1.0)),
-        "torch": (1 / (255 * _IMAGENET_STD), -_IMAGENET_MEAN / _IMAGENET_STD),
+        "torch": (1 / (255 * IMAGENET_STD), -IMAGENET_MEAN / IMAGENET_STD),
     }
     for mode, (s, o) in known.items():
         if np.allclose(scale, s, rtol=1e-4, atol=1e-6) and np.allclose(offset, o, atol=1e-4):
@@ -114,3 +111,39 @@ def preset_name(path: str | Path) -> str:
         return json.loads((Path(path) / PRESET_CONFIG).read_text("utf-8"))["class_name"]
     except (OSError, KeyError, ValueError):
         return "KerasHub backbone"
+
+
+def is_plain(model) -> bool:
+    """A plain ``keras.Model``/``Sequential`` (its layers are serialised one by one)."""
+    import keras
+
+    return type(model) in (keras.Model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
+def check_round_trip(model, source: str) -> None:
+    """Refuse a plain model holding a KerasHub layer whose config does not round-trip.
+
+    A KerasHub backbone nested whole saves and loads through its own config; cutting one
+    re-wraps its layers in a plain model, and some (``ViTPatchingAndEmbedding``) cannot
+    be rebuilt from their own config, so the run's saved model would not load again.
+    """
+    import keras
+
+    def plain_layers(container):
+        for layer in container.layers:
+            if isinstance(layer, keras.Model) and is_plain(layer):
+                yield from plain_layers(layer)
+            elif not isinstance(layer, keras.Model):
+                yield layer
+
+    for layer in plain_layers(model) if is_plain(model) else ():
+        if not type(layer).__module__.startswith(MODULE):
+            continue
+        try:
+            type(layer).from_config(layer.get_config())
+        except Exception:
+            raise GraftError(
+                f"{source}: {type(layer).__name__} {layer.name!r} cannot be rebuilt from its "
+                "own config, so a model cut out of this KerasHub backbone would not load again.",
+                hint="use the backbone uncut (graft pools its output), or a cut before that layer.",
+            ) from None

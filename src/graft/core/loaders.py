@@ -9,7 +9,6 @@ optionally cuts it at a layer (:func:`from_model` does the same for a ``keras.Mo
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import socket
@@ -21,7 +20,7 @@ import keras
 from graft.core import blocks as _blocks
 from graft.core import cutting, hub
 from graft.core.blocks import Block
-from graft.core.preprocessing import check_mode
+from graft.core.preprocessing import EFFICIENTNET_V1, check_mode, imagenet_stem_scaling
 from graft.core.registry import BLOCK_COUNTS_FILE, REGISTRY, block_rule_for, get_spec
 from graft.errors import GraftError, WeightsUnavailableError, first_line
 
@@ -101,7 +100,7 @@ def load_backbone(
     weights_arg, weights_label = _resolve_weights(weights)
     constructor = getattr(keras.applications, spec.constructor)
     from_file = weights_arg not in (None, "imagenet")
-    scaled = from_file and spec.constructor in _EFFICIENTNET_V1
+    scaled = from_file and spec.constructor in EFFICIENTNET_V1
     try:
         model = _build_application(
             constructor,
@@ -111,7 +110,7 @@ def load_backbone(
             **kwargs,
         )
         if scaled:
-            model = _imagenet_stem_scaling(model)
+            model = imagenet_stem_scaling(model)
             model.load_weights(weights_arg)
     except WeightsUnavailableError:
         raise
@@ -126,28 +125,6 @@ def load_backbone(
         source=spec.name,
         weights=weights_label,
     )
-
-
-_EFFICIENTNET_V1 = {f"EfficientNetB{i}" for i in range(8)}
-_IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)  # keras.applications.efficientnet's own
-
-
-def _imagenet_stem_scaling(model: keras.Model) -> keras.Model:
-    """EfficientNet V1 as ``weights="imagenet"`` builds it, for a weights *file*.
-
-    Keras adds a ``Rescaling(1/sqrt(std))`` after the stem's ``Normalization`` only when
-    ``weights == "imagenet"`` (it compensates a quirk of the original weights); the same
-    weights loaded from a file need the same layer. It has no weights, so the file loads.
-    """
-    scale = [1.0 / math.sqrt(s) for s in _IMAGENET_STDDEV_RGB]
-
-    def call(layer, *args, **kwargs):
-        out = layer(*args, **kwargs)
-        if isinstance(layer, keras.layers.Normalization):
-            out = keras.layers.Rescaling(scale, name=f"{layer.name}_imagenet_scale")(out)
-        return out
-
-    return keras.models.clone_model(model, call_function=call)
 
 
 def _resolve_weights(weights) -> tuple[str | None, str]:
@@ -290,8 +267,10 @@ def from_model(
     """
     preprocess = check_mode(preprocess or "none")
     source = source or f"<{type(model).__name__} {model.name!r}>"
+    rule = block_rule_for(model)  # the family's, also for a cut of it
     if cut is not None:
         model = cutting.cut(model, cut, source)
+        hub.check_round_trip(model, source)
     if weights is not None and str(weights).lower() == "none":
         model = _reinitialised(model)
         weights_label = "none"
@@ -324,7 +303,7 @@ def from_model(
         raise GraftError(f"{source} takes inputs of shape {model.input_shape}: channels unknown.")
     return Backbone(
         model=model,
-        blocks=_blocks.group(model, block_rule_for(model)),
+        blocks=_blocks.group(model, rule),
         preprocess=preprocess,
         image_size=(int(height), int(width)),
         channels=int(channels),
@@ -336,7 +315,7 @@ def from_model(
 
 def _reinitialised(model: keras.Model) -> keras.Model:
     """Same architecture, fresh initialisers."""
-    if type(model) in (keras.Model, keras.Sequential) or type(model).__name__ == "Functional":
+    if hub.is_plain(model):
         return keras.models.clone_model(model)
     return type(model).from_config(model.get_config())  # a subclass (a KerasHub backbone)
 
