@@ -178,3 +178,39 @@ def test_lambda_layer_backbone_is_refused_by_default(tmp_path):
     keras.Model(inputs, outputs).save(path)
     with pytest.raises(GraftError, match="refused"):
         resolve(str(path))
+
+
+def test_efficientnet_weights_file_gets_the_imagenet_stem_scaling(tmp_path, monkeypatch):
+    """Same weight values from a file or through Keras's weights="imagenet" path: same model."""
+    from keras.src.applications import efficientnet
+
+    keras.utils.set_random_seed(5)
+    source = keras.applications.EfficientNetB0(
+        weights=None, include_top=False, input_shape=(32, 32, 3)
+    )
+    norm = next(x for x in source.layers if isinstance(x, keras.layers.Normalization))
+    mean, variance, count = norm.get_weights()
+    norm.set_weights([np.full_like(mean, 0.45), np.full_like(variance, 0.06), count])
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    source.save_weights(path)
+    # Keras's own imagenet path, with its download answered by our file (no network).
+    monkeypatch.setattr(efficientnet.file_utils, "get_file", lambda *a, **k: str(path))
+    reference = keras.applications.EfficientNetB0(
+        weights="imagenet", include_top=False, input_shape=(32, 32, 3)
+    )
+    mine = load_backbone("efficientnet_b0", weights=str(path), image_size=32).model
+
+    def scaling(model):
+        kinds = (keras.layers.Rescaling, keras.layers.Normalization)
+        return [
+            (type(x).__name__, np.asarray(x.scale).tolist() if hasattr(x, "scale") else None)
+            for x in model.layers
+            if isinstance(x, kinds)
+        ]
+
+    assert scaling(mine) == scaling(reference)
+    assert len(scaling(reference)) == 3  # 1/255, Normalization, 1/sqrt(std)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(mine(images)), np.asarray(reference(images)), rtol=1e-5, atol=1e-5
+    )

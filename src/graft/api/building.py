@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import sys
 from collections.abc import Callable
 
 import keras
@@ -16,11 +17,13 @@ from graft.data import sources
 from graft.errors import DataError
 
 
-def resolve_backbone(cfg: TrainConfig, safe_mode: bool) -> backbones.Backbone:
-    """The run's backbone, built under its precision policy."""
+def resolve_backbone(
+    cfg: TrainConfig, safe_mode: bool, model: keras.Model | None = None
+) -> backbones.Backbone:
+    """The run's backbone (``model``: a keras.Model object), built under its precision policy."""
     with precision(cfg.precision):
         return backbones.resolve(
-            cfg.backbone,
+            cfg.backbone if model is None else model,
             weights=cfg.weights,
             image_size=cfg.image_size,
             alpha=cfg.alpha,
@@ -126,4 +129,7 @@ def versions() -> dict:
         info["tensorflow"] = tf.__version__
     except ImportError:
         pass
+    hub = sys.modules.get("keras_hub")  # imported only for a KerasHub backbone
+    if hub is not None:
+        info["keras_hub"] = hub.__version__
     return info

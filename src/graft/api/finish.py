@@ -31,7 +31,7 @@ def execute(req: s.Request) -> Run:
     held = contextlib.ExitStack()  # the run folder's lock, released last
     try:
         with contextlib.ExitStack() as scope:
-            cfg = TrainConfig(backbone=str(req.backbone), **req.settings)
+            cfg = TrainConfig(backbone=s.backbone_setting(req.backbone), **req.settings)
             devices = s.choose_devices(cfg)
             plan = s.resolve_plan(cfg)
             data = s.prepare_data(cfg, req)  # cheap checks first: nothing is built yet
@@ -214,6 +214,8 @@ def write(run: Run, req: s.Request, val_ds) -> Run:
     config["multi_label"] = is_multi_label(run.model)
     config["versions"] = building.versions()
     config.update(data=req.sources(), safe_mode=req.safe_mode)
+    if s.saved_backbone(req, d):
+        config["backbone"] = s.saved_backbone(req, d)
     files.write_yaml(d / layout.CONFIG_FILE, config)
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)

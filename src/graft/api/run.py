@@ -26,7 +26,7 @@ from graft.training.trainer import Trainer
 
 def train(
     data_source=None,
-    backbone: str | None = None,
+    backbone=None,
     out: str | os.PathLike | None = None,
     *,
     val=None,
@@ -51,7 +51,9 @@ def train(
             arrays (raw 0-255 pixels, integer or multi-hot labels), or a
             ``tf.data.Dataset`` of ``(image, label)`` (pass ``classes``). Files are
             checked first (:mod:`graft.data.check`); bad ones are skipped.
-        backbone: A registry name (``graft backbones``) or a ``.keras``/``.h5`` path.
+        backbone: A registry name (``graft backbones``), a ``.keras``/``.h5`` path, a
+            KerasHub preset directory, or a ``keras.Model`` object (saved into the run
+            folder as ``backbone.keras`` so that ``resume`` can rebuild it).
         out: Run folder for the artifacts (``None``: keep everything in memory).
         val: Validation data like ``data_source``; default: ``val_split`` of it.
         test: Test data, evaluated once after training (``test_accuracy``,
@@ -182,7 +184,7 @@ def lr_find(
     from graft.training import lrfind
 
     settings.setdefault("val_split", 0.0)
-    cfg = TrainConfig(backbone=str(backbone), **settings)
+    cfg = TrainConfig(backbone=s.backbone_setting(backbone), **settings)
     plan = s.resolve_plan(cfg)
     if not 1 <= phase <= len(plan.phases):
         raise GraftError(

@@ -35,7 +35,7 @@ class Request:
     """One training run, as asked for (the arguments of :func:`graft.train`)."""
 
     data: object
-    backbone: str
+    backbone: object  # a registry name, a model path or a keras.Model
     out: str | os.PathLike | None = None
     val: object = None
     test: object = None
@@ -58,6 +58,20 @@ class Request:
             "test": _path(self.test),
             "classes": self.classes,
         }
+
+
+def backbone_setting(backbone) -> str:
+    """The ``backbone`` setting of a request: its name or path, or a label for an object."""
+    if isinstance(backbone, keras.Model):
+        return f"keras.Model:{backbone.name}"
+    return str(backbone)
+
+
+def saved_backbone(req: Request, run_dir: Path) -> str | None:
+    """Where the run folder keeps a ``keras.Model`` backbone (the ``backbone`` setting)."""
+    if not isinstance(req.backbone, keras.Model):
+        return None
+    return str((Path(run_dir) / layout.BACKBONE_FILE).resolve())
 
 
 def _path(source) -> str | None:
@@ -184,6 +198,9 @@ def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
     run_dir = files.prepare(path, req.overwrite, req.resume)
     if not req.resume:
         config = {**cfg.as_dict(), "data": req.sources(), "safe_mode": req.safe_mode}
+        if isinstance(req.backbone, keras.Model):  # resume reloads it from the run folder
+            req.backbone.save(run_dir / layout.BACKBONE_FILE)
+            config["backbone"] = saved_backbone(req, run_dir)
         files.write_yaml(run_dir / layout.CONFIG_FILE, config)
     checkpoints.write_status(run_dir, "running")
     return run_dir
@@ -191,7 +208,8 @@ def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
 
 def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) -> Built:
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
-    bb = building.resolve_backbone(cfg, req.safe_mode)
+    model = req.backbone if isinstance(req.backbone, keras.Model) else None
+    bb = building.resolve_backbone(cfg, req.safe_mode, model)
     source_task = _source_task(req, cfg, bb)
     counts = data.counts
     req.log(

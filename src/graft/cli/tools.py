@@ -168,11 +168,15 @@ def inspect(backbone, image_size, alpha, cut, layers):
         alpha=alpha,
         cut=cut,
     )
+    from graft.core.blocks import walk
+
     info = bb.describe()
     log(
         f"{info['source']}: input {bb.image_size[0]}x{bb.image_size[1]}x{bb.channels}, "
         f"preprocess {bb.preprocess}, {info['params']:,} params, {len(bb.blocks)} blocks"
+        + (f"; loading it needs {', '.join(bb.requires)}" if bb.requires else "")
     )
+    path = {id(layer): name for name, layer in walk(bb.model)}  # nested: model/layer
     table = Table("#", "block", "layers", "params", "first layer", "last layer")
     for i, block in enumerate(bb.blocks, start=1):
         table.add_row(
@@ -180,13 +184,14 @@ def inspect(backbone, image_size, alpha, cut, layers):
             block.name,
             str(len(block.layers)),
             f"{block.param_count:,}",
-            block.layers[0].name,
-            block.layers[-1].name,
+            path.get(id(block.layers[0]), block.layers[0].name),
+            path.get(id(block.layers[-1]), block.layers[-1].name),
         )
     console.print(table)
     if layers:
         for block in bb.blocks:
-            log(f"{block.name}: " + ", ".join(layer.name for layer in block.layers))
+            names = (path.get(id(layer), layer.name) for layer in block.layers)
+            log(f"{block.name}: " + ", ".join(names))
 
 
 @click.command(cls=GraftCommand)

@@ -40,12 +40,17 @@ class TrainConfig:
     """All settings of one run. ``None`` means "the backbone's/strategy's default"."""
 
     backbone: str = setting(
-        None, _M, "Registry name (see 'graft backbones') or a .keras/.h5 path.", short="-b"
+        None,
+        _M,
+        "Registry name (see 'graft backbones'), a .keras/.h5 path or a KerasHub preset dir.",
+        short="-b",
     )
     weights: str | None = setting(
         None, _M, "imagenet | none | PATH (default: imagenet, or a model file's own weights)."
     )
-    cut: str | None = setting(None, _M, "Cut a model file at this layer (drop its head).")
+    cut: str | None = setting(
+        None, _M, "Cut a model file at this layer (drop its head); a/b cuts inside nested model a."
+    )
     preprocess: str | None = setting(
         None, _M, "Input preprocessing (default: the backbone's own).", choices=PREPROCESS_MODES
     )

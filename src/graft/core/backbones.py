@@ -3,6 +3,7 @@
 
 from graft.core.loaders import (
     Backbone,
+    from_model,
     is_model_path,
     load_backbone,
     load_user_backbone,
@@ -15,6 +16,7 @@ __all__ = [
     "Backbone",
     "BackboneSpec",
     "block_count",
+    "from_model",
     "get_spec",
     "is_model_path",
     "load_backbone",

@@ -28,13 +28,19 @@ from dataclasses import dataclass, field
 import keras
 
 from graft.config.spec import SPEC_HELP, TrainableSpec  # noqa: F401 (re-exported)
-from graft.core.blocks import Block, count_params, units
+from graft.core.blocks import SEP, Block, count_params, units, walk
 from graft.core.model import backbone_of, preprocess_layers
 from graft.errors import SpecError, UnknownNameError, did_you_mean
 
 
 def select(backbone: keras.Model, blocks: list[Block], spec) -> list:
-    """The backbone's top-level layers that ``spec`` makes trainable, in model order."""
+    """The backbone's units that ``spec`` makes trainable, in model order.
+
+    ``all`` and ``layers:N`` count top-level layers (``layers:N`` is
+    ``backbone.layers[-N:]``); ``blocks:N`` and ``from:NAME`` reach inside nested models
+    (a unit's name, its path such as ``middle/inner/inner_conv``, a nested model's name
+    or path, or a block's name).
+    """
     spec = TrainableSpec.parse(spec)
     layers = units(backbone)
     if spec.kind == "none":
@@ -55,18 +61,40 @@ def select(backbone: keras.Model, blocks: list[Block], spec) -> list:
                 hint="use 'all' to train the whole backbone.",
             )
         return layers[-spec.value :]
-    names = [layer.name for layer in layers]
-    if spec.value not in names:
-        block_names = [b.name for b in blocks]
-        if spec.value in block_names:  # from:BLOCK is accepted too
-            start = block_names.index(spec.value)
-            return [layer for block in blocks[start:] for layer in block.layers]
+    leaves, starts = start_names(backbone, blocks)
+    if spec.value not in starts:
         raise UnknownNameError(
             f"from:{spec.value}: no layer or block of that name in the backbone."
-            + did_you_mean(spec.value, names + block_names),
+            + did_you_mean(spec.value, list(starts)),
             hint="'graft inspect BACKBONE' lists its blocks and layers.",
         )
-    return layers[names.index(spec.value) :]
+    return leaves[starts[spec.value] :]
+
+
+def start_names(backbone: keras.Model, blocks: list[Block]) -> tuple[list, dict[str, int]]:
+    """The backbone's units, and every name ``from:`` accepts -> the index it starts at.
+
+    Each name is listed once: a unit's path, its bare name where that is unique, a nested
+    model's path (and bare name), and each block's name.
+    """
+    walked = walk(backbone)
+    leaves = [layer for _, layer in walked]
+    index = {id(layer): i for i, layer in enumerate(leaves)}
+    starts: dict[str, int] = {}
+    bare: dict[str, set[str]] = {}
+    for i, (path, _) in enumerate(walked):
+        parts = path.split(SEP)
+        for depth in range(1, len(parts) + 1):
+            prefix = SEP.join(parts[:depth])
+            starts.setdefault(prefix, i)
+            bare.setdefault(parts[depth - 1], set()).add(prefix)
+    for name, paths in bare.items():
+        if len(paths) == 1:  # an ambiguous bare name needs its path
+            starts.setdefault(name, starts[next(iter(paths))])
+    for block in blocks:
+        if block.layers and id(block.layers[0]) in index:
+            starts.setdefault(block.name, index[id(block.layers[0])])
+    return leaves, starts
 
 
 def _walk(layer) -> list:

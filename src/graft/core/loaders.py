@@ -2,7 +2,8 @@
 
 :func:`load_backbone` builds a registry architecture with ``weights="imagenet"``
 (Keras's own download and cache), a local weights file, or ``None`` (random init);
-:func:`load_user_backbone` loads any Keras model file and optionally cuts it at a layer;
+:func:`load_user_backbone` loads any Keras model file or KerasHub preset directory and
+optionally cuts it at a layer (:func:`from_model` does the same for a ``keras.Model``);
 :func:`resolve` is the one entry point the rest uses.
 """
 
@@ -17,16 +18,11 @@ from pathlib import Path
 import keras
 
 from graft.core import blocks as _blocks
+from graft.core import cutting, hub
 from graft.core.blocks import Block
-from graft.core.preprocessing import check_mode
-from graft.core.registry import BLOCK_COUNTS_FILE, REGISTRY, get_spec
-from graft.errors import (
-    GraftError,
-    UnknownNameError,
-    WeightsUnavailableError,
-    did_you_mean,
-    first_line,
-)
+from graft.core.preprocessing import EFFICIENTNET_V1, check_mode, imagenet_stem_scaling
+from graft.core.registry import BLOCK_COUNTS_FILE, REGISTRY, block_rule_for, get_spec
+from graft.errors import GraftError, WeightsUnavailableError, first_line
 
 
 @dataclass
@@ -40,9 +36,11 @@ class Backbone:
     channels: int
     source: str
     weights: str
+    requires: tuple[str, ...] = ()  # packages beyond Keras that loading the model needs
 
     def describe(self) -> dict:
         return {
+            **({"requires": list(self.requires)} if self.requires else {}),
             "source": self.source,
             "weights": self.weights,
             "preprocess": self.preprocess,
@@ -101,14 +99,19 @@ def load_backbone(
         kwargs["alpha"] = alpha
     weights_arg, weights_label = _resolve_weights(weights)
     constructor = getattr(keras.applications, spec.constructor)
+    from_file = weights_arg not in (None, "imagenet")
+    scaled = from_file and spec.constructor in EFFICIENTNET_V1
     try:
         model = _build_application(
             constructor,
             include_top=False,
-            weights=weights_arg,
+            weights=None if scaled else weights_arg,
             input_shape=(size, size, 3),
             **kwargs,
         )
+        if scaled:
+            model = imagenet_stem_scaling(model)
+            model.load_weights(weights_arg)
     except WeightsUnavailableError:
         raise
     except ValueError as exc:  # Keras's own validation (sizes, alpha, weight shapes)
@@ -171,27 +174,31 @@ def _build_application(constructor, **kwargs) -> keras.Model:
 def load_user_backbone(
     path: str,
     cut: str | None = None,
-    preprocess: str = "none",
+    preprocess: str | None = None,
     weights: str | None = None,
     safe_mode: bool = True,
+    image_size: int | None = None,
 ) -> Backbone:
     """Use any saved Keras model as a backbone, optionally cut at a named layer.
 
     Args:
-        path: A ``.keras`` or legacy ``.h5`` model file.
-        cut: Name of a top-level layer; the backbone ends at its output and everything
-            after it (the old head) is dropped. ``None`` keeps the whole model.
+        path: A ``.keras`` or legacy ``.h5`` model file, or a KerasHub preset directory
+            (``Backbone.save_to_preset``; needs ``keras-graft[hub]``).
+        cut: Name of a layer; the backbone ends at its output and everything after it
+            (the old head) is dropped. ``trunk/inner`` cuts inside the nested model
+            ``trunk``. ``None`` keeps the whole model.
         preprocess: How raw 0-255 pixels must be scaled for this model (see
-            ``graft.preprocessing.MODES``); ``none`` if it scales its own input.
+            ``graft.preprocessing.MODES``); ``None``: the preset's image converter's
+            scaling if it has one, else ``none`` (the model scales its own input).
         weights: ``None`` keeps the file's weights; ``"none"`` re-initialises them
             (training from scratch on the same architecture); a path loads weights.
         safe_mode: Refuse files whose loading could run arbitrary code (Lambda layers).
+        image_size: Input side for a model that takes any size (``(None, None, 3)``).
 
     Returns:
-        A :class:`Backbone` whose blocks follow the fallback rule of
-        :mod:`graft.blocks` (nested sub-models are blocks).
+        A :class:`Backbone` whose blocks follow :mod:`graft.core.blocks` (nested
+        sub-models are expanded into their own blocks).
     """
-    check_mode(preprocess)
     if weights == "imagenet":
         raise GraftError(
             "--weights imagenet is for registry backbones; a model file brings its own.",
@@ -203,65 +210,118 @@ def load_user_backbone(
             f"Backbone file not found: {path}.",
             hint="pass a registry name (see 'graft backbones') or an existing .keras/.h5 file.",
         )
-    if file.is_dir():
+    converter = None
+    if hub.is_preset_dir(file):
+        model, converter = hub.load_preset(file)
+    elif file.is_dir():
         raise GraftError(
-            f"{path} is a directory; graft loads backbones from .keras or .h5 files.",
+            f"{path} is a directory; graft loads backbones from .keras or .h5 files "
+            "and KerasHub preset directories.",
             hint="re-save the model with model.save('backbone.keras').",
         )
+    else:
+        model = _load_file(file, safe_mode)
+    if preprocess is None and converter is not None:
+        preprocess = hub.converter_mode(converter)
+        if image_size is None and getattr(converter, "image_size", None):
+            image_size = int(converter.image_size[0])
+    return from_model(
+        model,
+        source=str(file.resolve()),
+        cut=cut,
+        preprocess=preprocess,
+        weights=weights,
+        image_size=image_size,
+    )
+
+
+def _load_file(file: Path, safe_mode: bool) -> keras.Model:
+    if hub.file_needs_hub(file):
+        hub.require()  # registers KerasHub's layers for deserialisation
     try:
         model = keras.saving.load_model(file, compile=False, safe_mode=safe_mode)
     except Exception as exc:
         text = first_line(exc)
         if "safe_mode" in text or "Lambda" in text:
             raise GraftError(
-                f"{path} contains code (a Lambda layer) that would run when loaded; refused.",
+                f"{file} contains code (a Lambda layer) that would run when loaded; refused.",
                 hint="only if you trust the file, pass --unsafe (safe_mode=False in Python).",
             ) from None
-        raise GraftError(f"Cannot load a Keras model from {path}: {text}") from None
+        raise GraftError(f"Cannot load a Keras model from {file}: {text}") from None
     if not isinstance(model, keras.Model):
-        raise GraftError(f"{path} does not hold a Keras model.")
+        raise GraftError(f"{file} does not hold a Keras model.")
+    return model
+
+
+def from_model(
+    model: keras.Model,
+    source: str | None = None,
+    cut: str | None = None,
+    preprocess: str | None = None,
+    weights: str | None = None,
+    image_size: int | None = None,
+) -> Backbone:
+    """A :class:`Backbone` from a ``keras.Model`` (loaded from a file, or the caller's own).
+
+    Arguments as for :func:`load_user_backbone`; ``source`` names where it came from.
+    """
+    preprocess = check_mode(preprocess or "none")
+    source = source or f"<{type(model).__name__} {model.name!r}>"
+    rule = block_rule_for(model)  # the family's, also for a cut of it
     if cut is not None:
-        model = _cut(model, cut, path)
+        model = cutting.cut(model, cut, source)
+        hub.check_round_trip(model, source)
     if weights is not None and str(weights).lower() == "none":
-        model = keras.models.clone_model(model)  # same architecture, fresh initialisers
+        model = _reinitialised(model)
         weights_label = "none"
     elif weights is not None:
         weights_file = _resolve_weights(weights)[0]
         model.load_weights(weights_file)
         weights_label = str(Path(weights_file).resolve())
     else:
-        weights_label = str(file.resolve())
-    shape = model.input_shape
-    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        weights_label = source
+    if len(model.inputs) != 1 or len(model.input_shape) != 4:
         raise GraftError(
-            f"{path} takes inputs of shape {shape}; graft needs a fixed (height, width, "
-            "channels) image input.",
+            f"{source} takes inputs of shape {model.input_shape}; graft needs one "
+            "(height, width, channels) image input.",
         )
+    _, height, width, channels = model.input_shape
+    if height is None or width is None:
+        if image_size is None:
+            raise GraftError(
+                f"{source} takes images of any size {model.input_shape}; "
+                "graft needs to know which.",
+                hint="pass --image-size N (image_size=N in Python).",
+            )
+        height = width = int(image_size)
+    elif image_size is not None and (image_size, image_size) != (height, width):
+        raise GraftError(
+            f"{source} takes {height}x{width} images; --image-size {image_size} does not fit it.",
+            hint="leave --image-size out for model files; images are resized to fit.",
+        )
+    if channels is None:
+        raise GraftError(f"{source} takes inputs of shape {model.input_shape}: channels unknown.")
     return Backbone(
         model=model,
-        blocks=_blocks.group(model),
+        blocks=_blocks.group(model, rule),
         preprocess=preprocess,
-        image_size=(int(shape[1]), int(shape[2])),
-        channels=int(shape[3]),
-        source=str(file.resolve()),
+        image_size=(int(height), int(width)),
+        channels=int(channels),
+        source=source,
         weights=weights_label,
+        requires=(hub.PACKAGE,) if hub.is_hub_object(model) else (),
     )
 
 
-def _cut(model: keras.Model, layer_name: str, path: str) -> keras.Model:
-    names = [layer.name for layer in model.layers]
-    if layer_name not in names:
-        raise UnknownNameError(
-            f"No layer named {layer_name!r} at the top level of {path}."
-            + did_you_mean(layer_name, names),
-            hint=f"its last layers are: {', '.join(names[-6:])}; run 'graft inspect {path}'.",
-        )
-    output = model.get_layer(layer_name).output
-    return keras.Model(model.inputs, output, name=f"{model.name}_cut")
+def _reinitialised(model: keras.Model) -> keras.Model:
+    """Same architecture, fresh initialisers."""
+    if hub.is_plain(model):
+        return keras.models.clone_model(model)
+    return type(model).from_config(model.get_config())  # a subclass (a KerasHub backbone)
 
 
 def resolve(
-    backbone: str,
+    backbone: str | keras.Model,
     weights: str | None = None,
     image_size: int | None = None,
     alpha: float | None = None,
@@ -269,26 +329,24 @@ def resolve(
     preprocess: str | None = None,
     safe_mode: bool = True,
 ) -> Backbone:
-    """Registry name or model path -> :class:`Backbone`; the one entry point the rest uses.
+    """Registry name, model path or ``keras.Model`` -> :class:`Backbone`; the one entry point.
 
     ``weights=None`` means the backbone's own pre-trained weights: ImageNet for a
-    registry name, the file's weights for a model file.
+    registry name, the file's (or object's) weights otherwise.
     """
+    if isinstance(backbone, keras.Model):
+        return from_model(
+            backbone, cut=cut, preprocess=preprocess, weights=weights, image_size=image_size
+        )
     if is_model_path(backbone):
-        bb = load_user_backbone(
+        return load_user_backbone(
             backbone,
             cut=cut,
-            preprocess=preprocess or "none",
+            preprocess=preprocess,
             weights=weights,
             safe_mode=safe_mode,
+            image_size=image_size,
         )
-        if image_size is not None and (image_size, image_size) != bb.image_size:
-            raise GraftError(
-                f"{backbone} takes {bb.image_size[0]}x{bb.image_size[1]} images; "
-                f"--image-size {image_size} does not fit it.",
-                hint="leave --image-size out for model files; images are resized to fit.",
-            )
-        return bb
     if cut is not None:
         raise GraftError("--cut is for backbones loaded from a model file, not registry names.")
     bb = load_backbone(

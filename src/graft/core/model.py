@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import keras
 
+from graft.core import hub
 from graft.core.backbones import Backbone
 from graft.core.preprocessing import LAYER_PREFIX, preprocessing_layers
 
@@ -72,7 +73,11 @@ def build_model(
         raise ValueError(
             f"A backbone needs exactly one output; {source.name} has {len(source.outputs)}."
         )
-    bb_model = keras.Model(source.inputs[0], source.outputs[0], name=BACKBONE_NAME)
+    if hub.is_plain(source):
+        bb_model = keras.Model(source.inputs[0], source.outputs[0], name=BACKBONE_NAME)
+    else:  # a subclass (a KerasHub backbone): nested as is, its own config round-trips
+        source.name = BACKBONE_NAME
+        bb_model = source
     x = bb_model(x)
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}pool")(x)

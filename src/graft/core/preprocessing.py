@@ -15,6 +15,8 @@ Modes:
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 
@@ -25,8 +27,9 @@ MODES = PREPROCESS_MODES
 LAYER_PREFIX = "graft_preprocess"
 
 _CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype="float32")
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype="float32")
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype="float32")
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+IMAGENET_STD = np.array(IMAGENET_STD_RGB, dtype="float32")
 
 
 def check_mode(mode: str) -> str:
@@ -71,7 +74,7 @@ def preprocessing_layers(mode: str, channels: int = 3) -> list[keras.layers.Laye
         return [
             keras.layers.Rescaling(1.0 / 255.0, name=f"{name}_scale"),
             keras.layers.Normalization(
-                mean=_TORCH_MEAN, variance=np.square(_TORCH_STD), name=f"{name}_normalize"
+                mean=IMAGENET_MEAN, variance=np.square(IMAGENET_STD), name=f"{name}_normalize"
             ),
         ]
     # caffe: a frozen 1x1 linear map that swaps R and B and subtracts the BGR mean.
@@ -83,3 +86,24 @@ def preprocessing_layers(mode: str, channels: int = 3) -> list[keras.layers.Laye
     layer.build((None, 3))
     layer.set_weights([permute, -_CAFFE_BGR_MEAN])
     return [layer]
+
+
+EFFICIENTNET_V1 = {f"EfficientNetB{i}" for i in range(8)}
+
+
+def imagenet_stem_scaling(model: keras.Model) -> keras.Model:
+    """EfficientNet V1 as ``weights="imagenet"`` builds it, for a weights *file*.
+
+    Keras adds a ``Rescaling(1/sqrt(std))`` after the stem's ``Normalization`` only when
+    ``weights == "imagenet"`` (it compensates a quirk of the original weights); the same
+    weights loaded from a file need the same layer. It has no weights, so the file loads.
+    """
+    scale = [1.0 / math.sqrt(s) for s in IMAGENET_STD_RGB]  # as Keras's efficientnet.py
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        if isinstance(layer, keras.layers.Normalization):
+            out = keras.layers.Rescaling(scale, name=f"{layer.name}_imagenet_scale")(out)
+        return out
+
+    return keras.models.clone_model(model, call_function=call)

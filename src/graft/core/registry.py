@@ -175,3 +175,23 @@ def get_spec(name: str) -> BackboneSpec:
             hint="run 'graft backbones' for the list, or pass the path of a .keras/.h5 model.",
         )
     return REGISTRY[key]
+
+
+# KerasHub backbones (``pip install keras-graft[hub]``), by class name. Transformer
+# backbones (ViTBackbone, DINOV2Backbone) need no rule: the fallback makes each layer of
+# their encoder stack one block (see graft.core.blocks).
+HUB_BLOCK_RULES: dict[str, BlockRule] = {
+    "ResNetBackbone": BlockRule(
+        ((r"^(stack\d+_block\d+)_", "{0}"), (r"^(conv1|pool1)_", "stem"), (r"^post_", "top"))
+    ),
+    "EfficientNetBackbone": _EFFICIENTNET,
+    "MobileNetBackbone": BlockRule(
+        ((r"^(block_\d+(?:_\d+)?)$", "{0}"), (r"^input_", "stem"), (r"^output_", "top")),
+        attach="previous",
+    ),
+}
+
+
+def block_rule_for(model) -> BlockRule | None:
+    """The block rule of a known model family outside the registry (``None``: fallback)."""
+    return HUB_BLOCK_RULES.get(type(model).__name__)

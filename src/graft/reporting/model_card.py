@@ -27,6 +27,11 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
         f"- Backbone: `{bb.get('source', config.get('backbone', '?'))}` with "
         f"**{bb.get('weights', config.get('weights', '?'))}** weights "
         f"({fmt(bb.get('params', '?'))} parameters, {bb.get('blocks', '?')} blocks).",
+        *(
+            [f"- Loading `model.keras` needs: {', '.join(bb['requires'])} (besides Keras)."]
+            if bb.get("requires")
+            else []
+        ),
         f"- Strategy: {config.get('strategy', '?')}; head {config.get('head', '?')}, "
         f"dropout {config.get('dropout', '?')}.",
         f"- Classes ({len(classes)}), in output order: {', '.join(classes)}.",

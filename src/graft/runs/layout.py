@@ -4,6 +4,7 @@
 
     RUN_DIR/model.keras        the trained model (raw images in, probabilities out)
     RUN_DIR/labels.json        class names in output order
+    RUN_DIR/backbone.keras     the backbone a keras.Model object brought (for --resume)
     RUN_DIR/config.yaml        every resolved setting; enough to reproduce the run
     RUN_DIR/history.csv        one row per epoch, with the phase it belongs to
     RUN_DIR/metrics.json       final metrics (written only by :mod:`graft.runs.metrics`)
@@ -21,6 +22,7 @@
 
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
+BACKBONE_FILE = "backbone.keras"
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"

@@ -24,6 +24,10 @@ def load_file(path: str | os.PathLike, safe_mode: bool = True, compile: bool = T
     """
     import keras
 
+    from graft.core import hub
+
+    if hub.file_needs_hub(path):
+        hub.require()  # KerasHub layers register themselves for loading on import
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
     except Exception as exc:

@@ -1,0 +1,73 @@
+"""Cut a model at a layer: ``block3_pool`` at the top level, ``trunk/inner`` inside a nested model.
+
+The result ends at that layer's output and shares its layers (and weights) with the
+original; everything after it (the old head) is dropped.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from graft.core import blocks
+from graft.errors import GraftError, UnknownNameError, did_you_mean
+
+
+def cut(model: keras.Model, layer_name: str, path: str) -> keras.Model:
+    """``model`` ending at ``layer_name``'s output; ``trunk/inner`` cuts inside a nested model."""
+    parts = layer_name.split(blocks.SEP)
+    found = model
+    for depth, part in enumerate(parts):
+        names = (
+            [layer.name for layer in blocks.units(found)] if isinstance(found, keras.Model) else []
+        )
+        if part not in names:
+            where = "the top level" if depth == 0 else blocks.SEP.join(parts[:depth])
+            candidates = list(dict.fromkeys(p for p, _ in blocks.walk(model)))
+            candidates += [p for p in blocks.containers(model) if p not in candidates]
+            inside = [p for p in candidates if p.endswith(blocks.SEP + layer_name)]
+            raise UnknownNameError(
+                f"No layer named {part!r} in {where} of {path}."
+                + (f" Did you mean {inside[0]!r}?" if inside else "")
+                + ("" if inside else did_you_mean(layer_name, candidates)),
+                hint=f"its last layers are: {', '.join(names[-6:])}; run 'graft inspect {path}'."
+                if names
+                else f"{parts[depth - 1]!r} is a layer, not a model; run 'graft inspect {path}'.",
+            )
+        found = found.get_layer(part)
+    cut = _cut_nested(model, parts)
+    cut.name = f"{model.name}_cut"
+    return cut
+
+
+def _cut_nested(model: keras.Model, parts: list[str]) -> keras.Model:
+    layer = model.get_layer(parts[0])
+    node = _call_in(model, layer)
+    if len(parts) == 1:
+        outputs = node.output_tensors
+        return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
+    inner = _cut_nested(layer, parts[1:])
+    inner.name = layer.name
+    args = node.input_tensors
+    return keras.Model(model.inputs, inner(args[0] if len(args) == 1 else args), name=model.name)
+
+
+def _call_in(model: keras.Model, layer):
+    """The node where ``model``'s graph calls ``layer`` (its own inner graph excluded)."""
+    inside = {id(x) for x in model.layers}
+    calls = [
+        n
+        for n in layer._inbound_nodes
+        if id(n.operation) == id(layer) and all(_in_graph(t, inside) for t in n.input_tensors)
+    ]
+    if len(calls) != 1:
+        raise GraftError(
+            f"Cannot cut at {layer.name!r}: it is called {len(calls)} times in {model.name}."
+        )
+    return calls[0]
+
+
+def _in_graph(tensor, inside: set) -> bool:
+    history = getattr(tensor, "_keras_history", None)
+    return history is not None and (
+        id(history.operation) in inside or isinstance(history.operation, keras.layers.InputLayer)
+    )
