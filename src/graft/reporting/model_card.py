@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     bb = config.get("resolved_backbone") or {}
     size = bb.get("image_size") or ["?", "?"]
     lines = [
-        f"# Model card: {run_dir.resolve().name}",
+        f"# Model card: {md(run_dir.resolve().name)}",
         "",
         "## Model",
         f"- Backbone: `{bb.get('source', config.get('backbone', '?'))}` with "
@@ -29,7 +30,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
         f"({fmt(bb.get('params', '?'))} parameters, {bb.get('blocks', '?')} blocks).",
         f"- Strategy: {config.get('strategy', '?')}; head {config.get('head', '?')}, "
         f"dropout {config.get('dropout', '?')}.",
-        f"- Classes ({len(classes)}), in output order: {', '.join(classes)}.",
+        f"- Classes ({len(classes)}), in output order: {', '.join(md(c) for c in classes)}.",
         "",
         "## Intended input",
         f"- RGB images resized to {size[0]}x{size[1]} pixels (bilinear), raw pixel values 0-255 "
@@ -42,7 +43,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     ]
     for i, p in enumerate(metrics.get("phases", []), start=1):
         lines.append(
-            f"{i}. `{p.get('name')}`: backbone `{p.get('spec')}`, {p.get('epochs')} epochs, "
+            f"{i}. {md(p.get('name'))}: backbone {md(p.get('spec'))}, {p.get('epochs')} epochs, "
             f"lr {p.get('lr')}"
             + (f", backbone lr {p['backbone_lr']}" if p.get("backbone_lr") is not None else "")
             + f"; {fmt(p.get('trainable_params'))} trainable / "
@@ -57,7 +58,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     ]
     if ev.get("images") and ev.get("task") != "multi_label":
         lines += [
-            f"On the {ev.get('split', 'validation')} split ({ev['images']} images):",
+            f"On the {md(ev.get('split', 'validation'))} split ({ev['images']} images):",
             "",
             "| metric | value |",
             "|---|---:|",
@@ -70,7 +71,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
             "| class | precision | recall | F1 | support |",
             "|---|---:|---:|---:|---:|",
             *(
-                f"| {n} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
+                f"| {md(n)} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
                 f"{v['support']} |"
                 for n, v in ev["per_class"].items()
             ),
@@ -110,6 +111,15 @@ def _export_line(entry: dict) -> str:
         text += f": max abs diff {check['max_abs_diff']:.2e}"
     if "top1_agreement" in check:
         text += f", top-1 agreement {check['top1_agreement']:.3f}"
+    return text
+
+
+def md(value) -> str:
+    """User text (class names, run and phase names) as inert Markdown: HTML escaped, no
+    table pipes, no line breaks, no code spans, no emphasis or links."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    for char in "\\`*_[]|":
+        text = text.replace(char, "\\" + char)
     return text
 
 

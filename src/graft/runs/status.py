@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from graft.config.settings import read_run_config
 from graft.errors import GraftError
 from graft.runs import files as runs
 from graft.runs.layout import STATUS_FILE  # noqa: E402,F401
@@ -33,15 +34,13 @@ def write_status(
 
 def saved_config(run_dir: str | Path) -> dict:
     """The ``config.yaml`` of a run folder to resume (settings, data paths, safe mode)."""
-    import yaml
-
     path = Path(run_dir).expanduser() / runs.CONFIG_FILE
     if not path.is_file():
         raise GraftError(
             f"Cannot resume {run_dir}: it has no {runs.CONFIG_FILE}.",
             hint="pass the folder given as --out to an earlier 'graft train'.",
         )
-    config = yaml.safe_load(path.read_text("utf-8")) or {}
+    config = read_run_config(path)
     status = Path(run_dir) / STATUS_FILE
     if status.is_file() and json.loads(status.read_text("utf-8")).get("status") == "completed":
         raise GraftError(

@@ -105,7 +105,20 @@ def load_state(run_dir: str | Path) -> State | None:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise GraftError(f"Cannot read the checkpoint {path}: {exc}") from None
-    state = State.from_dict(data)
+    try:
+        state = State.from_dict(data)
+        counters = (state.phase_index, state.phase_epoch, state.epoch)
+        if not isinstance(state.weights, str) or not all(
+            type(n) is int and n >= 0 for n in counters
+        ):
+            raise ValueError("weights or epoch counters missing or of the wrong type")
+        if not (isinstance(state.history, list) and isinstance(state.states, dict)):
+            raise ValueError("history or states of the wrong type")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GraftError(
+            f"The checkpoint {path} is damaged ({type(exc).__name__}: {exc}).",
+            hint="restore the run folder, or start the run again with --overwrite.",
+        ) from None
     for value in state.states.values():  # arrays saved by value next to state.json
         if isinstance(value, dict) and isinstance(value.get("arrays"), str):
             value["arrays"] = _load_arrays(checkpoint_dir(run_dir) / value["arrays"])
