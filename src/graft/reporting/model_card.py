@@ -43,7 +43,8 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     ]
     for i, p in enumerate(metrics.get("phases", []), start=1):
         lines.append(
-            f"{i}. {md(p.get('name'))}: backbone {md(p.get('spec'))}, {p.get('epochs')} epochs, "
+            f"{i}. {code(p.get('name'))}: backbone {code(p.get('spec'))}, "
+            f"{p.get('epochs')} epochs, "
             f"lr {p.get('lr')}"
             + (f", backbone lr {p['backbone_lr']}" if p.get("backbone_lr") is not None else "")
             + f"; {fmt(p.get('trainable_params'))} trainable / "
@@ -121,6 +122,11 @@ def md(value) -> str:
     for char in "\\`*_[]|":
         text = text.replace(char, "\\" + char)
     return text
+
+
+def code(value) -> str:
+    """User text as a Markdown code span (shown literally; no backtick can end it)."""
+    return "`" + " ".join(str(value).split()).replace("`", "'") + "`"
 
 
 def write_model_card(run_dir: str | os.PathLike) -> Path:

@@ -43,10 +43,9 @@ def _disk_full(path: Path, exc: OSError) -> OSError:
 def _umask() -> int:
     """The process umask, read without changing it where the system allows."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+        for line in Path("/proc/self/status").read_text("ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     except (OSError, ValueError):
         pass
     current = os.umask(0o022)  # no other way to read it: set and restore at once
