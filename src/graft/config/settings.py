@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from dataclasses import dataclass
 
 from graft.config import defaults as d
@@ -217,14 +218,14 @@ def _type_ok(kind: str, value) -> bool:
     if isinstance(value, bool):  # True is an int to Python, not to a setting
         return False
     if kind == "int":
-        return isinstance(value, int)
+        return isinstance(value, numbers.Integral)  # numpy integers too
     if kind == "float":
-        return isinstance(value, (int, float))
+        return isinstance(value, numbers.Real)
     if kind == "str":
         return isinstance(value, str)
     if kind == "tuple[int, ...]":
         return isinstance(value, (list, tuple)) and all(
-            isinstance(u, int) and not isinstance(u, bool) for u in value
+            isinstance(u, numbers.Integral) and not isinstance(u, bool) for u in value
         )
     if kind == "list[Phase]":
         return isinstance(value, (list, tuple))
