@@ -19,7 +19,7 @@ import keras
 from graft.api import building
 from graft.config import strategies
 from graft.config.settings import TrainConfig
-from graft.core import backbones
+from graft.core import backbones, freezing
 from graft.core.model import HeadConfig
 from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
@@ -170,6 +170,12 @@ def prepare_data(cfg: TrainConfig, req: Request) -> PreparedData:
         )
     if val is None and cfg.val_split and train.labels is not None:
         train, val = train.split(cfg.val_split, cfg.seed)
+        if not val.count:  # every class too small to give one image away
+            log(
+                f"Note: val_split={cfg.val_split} leaves no validation images (no class "
+                "has 2); training without validation."
+            )
+            val = None
     counts = {"train": train.count, "val": 0 if val is None else val.count}
     if train.files is not None:
         counts["per_class"] = train.files.counts()
@@ -220,6 +226,7 @@ def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) 
     with building.precision(cfg.precision):
         head = HeadConfig(plan.head, cfg.dropout, data.multi_label)
         model = assemble(bb, len(data.classes), head)
+    freezing.check_plan(model, bb.blocks, plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
     return Built(bb, model, loss, metrics, source_task)
 

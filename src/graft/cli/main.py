@@ -8,6 +8,7 @@ exits 1; ``--debug`` shows tracebacks.
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -65,12 +66,31 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug or an environment failure: one line unless --debug
         if state["debug"]:
             raise
+        if _disk_full(exc):  # e.g. TensorFlow's ResourceExhaustedError while exporting
+            print(
+                f"graft: error: No space left on the device: {first_line(exc)[:200]} "
+                "HINT: free some space, or write to another disk (--out).",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"graft: error: {type(exc).__name__}: {first_line(exc)} "
             "(run with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) is a full disk or quota."""
+    while exc is not None:
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def run() -> None:

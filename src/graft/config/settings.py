@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from dataclasses import dataclass
 
 from graft.config import defaults as d
@@ -206,8 +207,67 @@ def _received(name: str, value) -> str:
     return f"Received: {name}={value!r}"
 
 
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "str": "a string",
+    "bool": "true or false",
+    "tuple[int, ...]": "a list of integers",
+    "list[Phase]": "a list of phases",
+}
+
+
+def _type_ok(kind: str, value) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):  # True is an int to Python, not to a setting
+        return False
+    if kind == "int":
+        return isinstance(value, numbers.Integral)  # numpy integers too
+    if kind == "float":
+        return isinstance(value, numbers.Real)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "tuple[int, ...]":
+        return isinstance(value, (list, tuple)) and all(
+            isinstance(u, numbers.Integral) and not isinstance(u, bool) for u in value
+        )
+    if kind == "list[Phase]":
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def check_types(settings: dict) -> None:
+    """Refuse a setting of the wrong type (``epochs: "ten"``) with one clear error.
+
+    The expected type is the :class:`TrainConfig` field's annotation (``int``, ``float``,
+    ``str``, ``bool``, ``... | None``); ``lr`` may also be ``"auto"``.
+
+    Raises:
+        GraftError: naming the setting and the value received.
+    """
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in settings:
+            continue
+        value = settings[f.name]
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        if value is None and "None" in kinds:
+            continue
+        if f.name == "lr" and value == "auto":
+            continue
+        kind = next(k for k in kinds if k != "None")
+        if not _type_ok(kind, value):
+            raise GraftError(
+                f"{f.name} must be {_TYPE_NAMES.get(kind, kind)}"
+                + (" or None" if "None" in kinds else "")
+                + (" or 'auto'" if f.name == "lr" else "")
+                + f". {_received(f.name, value)}"
+            )
+
+
 def _check(cfg: TrainConfig) -> None:
     """Validate the settings; messages name the Python argument (Keras style)."""
+    check_types({f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
     if isinstance(cfg.lr, str) and cfg.lr != "auto":
         raise GraftError(f"lr must be a positive number or 'auto'. {_received('lr', cfg.lr)}")
     if cfg.strategy not in STRATEGIES and cfg.phases is None:
@@ -258,6 +318,37 @@ def read_settings(path) -> dict:
     settings = {k: v for k, v in loaded.items() if k not in RUN_RECORD_KEYS}
     try:
         unknown_keys(settings, SETTINGS)
-    except UnknownNameError as exc:
-        raise UnknownNameError(f"{path}: {exc.message}") from None
+        check_types(settings)
+    except GraftError as exc:
+        raise type(exc)(f"{path}: {exc.message}", hint=exc.hint) from None
     return settings
+
+
+def read_run_config(path) -> dict:
+    """A run folder's whole ``config.yaml`` (settings and run record), checked: a file
+    that is not YAML, not a mapping, without a backbone or with a setting of the wrong
+    type is one clear :class:`GraftError`, never a ``KeyError`` later on."""
+    from pathlib import Path
+
+    import yaml
+
+    file = Path(path).expanduser()
+    try:
+        loaded = yaml.safe_load(file.read_text("utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise GraftError(f"{path} is damaged, not valid YAML: {first_line(exc)}") from None
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("backbone"), str):
+        raise GraftError(
+            f"{path} is damaged: it must be a mapping of settings with a backbone.",
+            hint="restore it from the run's copy, or start a new run.",
+        )
+    try:
+        settings = {k: v for k, v in loaded.items() if k not in RUN_RECORD_KEYS}
+        unknown_keys(settings, SETTINGS)
+        check_types(settings)
+    except GraftError as exc:
+        raise GraftError(f"{path} is damaged: {exc.message}") from None
+    for key in ("data",):
+        if loaded.get(key) is not None and not isinstance(loaded[key], dict):
+            raise GraftError(f"{path} is damaged: {key} must be a mapping.")
+    return loaded

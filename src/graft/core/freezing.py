@@ -97,6 +97,25 @@ def start_names(backbone: keras.Model, blocks: list[Block]) -> tuple[list, dict[
     return leaves, starts
 
 
+def check_plan(model: keras.Model, blocks: list[Block], phases) -> None:
+    """Check every phase's trainability spec against the built model before training.
+
+    A spec the backbone cannot satisfy (``blocks:999``, ``from:nonexistent``) is refused
+    before the first epoch, not when its phase comes; the message names the phase.
+
+    Raises:
+        SpecError, UnknownNameError: A phase's spec does not fit the backbone.
+    """
+    backbone = backbone_of(model)
+    for index, phase in enumerate(phases, start=1):
+        try:
+            select(backbone, blocks, phase.trainable)
+        except (SpecError, UnknownNameError) as exc:
+            name = getattr(phase, "name", "")
+            where = f"phase {index}" + (f" {name!r}" if name else "")
+            raise type(exc)(f"{where}: {exc.message}", hint=exc.hint) from None
+
+
 def _walk(layer) -> list:
     return list(layer._flatten_layers(include_self=True, recursive=True))
 

@@ -21,13 +21,13 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 import warnings
-import weakref
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from graft.data.sources import LabelledFiles, display
+from graft.data.sources import LabelledFiles, display, read_regular
 from graft.errors import DataError, first_line
 
 #: Problem kinds: key -> (severity, description). Severity ``skipped``: the file is
@@ -198,10 +198,11 @@ def check_file(
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     result = FileResult(path, use_path=path)
     try:
-        with open(path, "rb") as handle:
-            payload = handle.read()
+        payload = read_regular(path)  # never a FIFO or a device, never unbounded
     except OSError as exc:
-        result.kind, result.detail = "unreadable", exc.strerror or type(exc).__name__
+        detail = exc.strerror or type(exc).__name__
+        result.kind = "too_large" if detail.startswith("file too large") else "unreadable"
+        result.detail = detail
         return result
     if not payload:
         result.kind = "empty_file"
@@ -240,8 +241,10 @@ def check_file(
     if needs_pillow and convert_dir is not None:
         image.seek(0)
         result.use_path = os.path.join(convert_dir, f"{result.digest}.png")
-        if not os.path.exists(result.use_path):
-            image.convert("RGB").save(result.use_path, "PNG")
+        if not os.path.exists(result.use_path):  # written whole, then renamed into place
+            partial = f"{result.use_path}.{threading.get_ident()}.tmp"
+            image.convert("RGB").save(partial, "PNG")
+            os.replace(partial, result.use_path)
     return result
 
 
@@ -264,7 +267,7 @@ def check(
         min_size: Smallest allowed image width and height (pixels).
         max_pixels: Decompression-bomb limit (default: Pillow's ``MAX_IMAGE_PIXELS``).
         convert: Write PNG copies of images ``tf.io`` cannot decode (to a temporary
-            folder that lives as long as the report); needed before training.
+            folder that lives as long as the process); needed before training.
         workers: Threads (default: 4 per CPU, at most 32).
 
     Returns:
@@ -278,7 +281,7 @@ def check(
     for files in splits.values():
         for p in files.problems:
             problems[p.kind].append((display(p.where), p.detail))
-    cache = tempfile.TemporaryDirectory(prefix="graft-converted-") if convert else None
+    cache = _converted() if convert else None
     convert_dir = cache.name if cache else None
     every = [(name, i) for name, files in splits.items() for i in range(len(files))]
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
@@ -315,10 +318,22 @@ def check(
     _duplicates(clean, digests, problems)
     _classes(clean, problems)
     ordered = {k: problems[k] for k in KINDS if problems.get(k)}
-    report = CheckReport(clean, {n: len(f) for n, f in splits.items()}, ordered, min_size, cache)
-    if cache is not None:
-        weakref.finalize(report, cache.cleanup)
-    return report
+    return CheckReport(clean, {n: len(f) for n, f in splits.items()}, ordered, min_size, cache)
+
+
+_CONVERTED: list = []
+
+
+def _converted() -> tempfile.TemporaryDirectory:
+    """The folder of converted copies: one per process, removed when the process ends.
+
+    The copies are named by content digest, so each image is converted once. The folder
+    must outlive every pipeline that reads from it (the check's report and even the
+    split objects may be gone by then), hence the lifetime of the process.
+    """
+    if not _CONVERTED:
+        _CONVERTED.append(tempfile.TemporaryDirectory(prefix="graft-converted-"))
+    return _CONVERTED[0]
 
 
 def _duplicates(clean, digests, problems) -> None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+import warnings
 
 import numpy as np
 
 from graft.config.names import AUGMENT_LEVELS
-from graft.data.sources import LabelledFiles
-from graft.errors import DataError, UnknownNameError, did_you_mean
+from graft.data.sources import LabelledFiles, read_regular
+from graft.errors import DataError, UnknownNameError, did_you_mean, first_line
 
 
 def decode_image(data, image_size: tuple[int, int], channels: int):
@@ -37,16 +37,48 @@ def decode_image(data, image_size: tuple[int, int], channels: int):
     return image
 
 
+def check_pixels(data: bytes, max_pixels: int | None = None) -> None:
+    """Refuse an encoded image with more pixels than ``max_pixels`` before decoding it.
+
+    The size is read from the header with Pillow (nothing is decoded); the default
+    limit is Pillow's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``.
+
+    Raises:
+        ValueError: The image is over the limit.
+    """
+    import io
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"image too large: {first_line(exc)}") from None
+    except Exception:  # not an image Pillow knows: tf.io decides
+        return
+    if limit and width * height > limit:
+        raise ValueError(
+            f"image too large: {width}x{height} = {width * height} pixels, over the "
+            f"decompression-bomb limit of {limit}"
+        )
+
+
 def load_image(path: str | os.PathLike, image_size: tuple[int, int], channels: int) -> np.ndarray:
     """Read one image file with :func:`decode_image` (float32, 0-255).
 
     Raises:
-        OSError: The file cannot be read.
-        ValueError: The file is not a decodable image.
+        OSError: The file cannot be read, or is not a regular file.
+        ValueError: The file is not a decodable image, or has more pixels than
+            :func:`check_pixels` allows.
     """
     import tensorflow as tf
 
-    data = Path(path).read_bytes()
+    data = read_regular(path)  # never a FIFO or a device, never unbounded
+    check_pixels(data)
     try:
         return decode_image(data, tuple(image_size), channels).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:

@@ -12,12 +12,14 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from graft.data.regular import MAX_FILE_BYTES, read_regular  # noqa: F401
 from graft.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -234,12 +236,22 @@ def read_csv(path: str | os.PathLike, classes: list[str] | None = None) -> Label
     path = Path(path).expanduser()
     shown = display(path)
     try:
-        text = path.read_text("utf-8-sig")
+        text = read_regular(path).decode("utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"CSV manifest not found: {shown}.") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise DataError(f"Cannot read CSV manifest {shown}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
         raise DataError(f"Cannot read CSV manifest {shown}: {exc}.") from None
-    rows = list(csv.reader(text.splitlines()))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, lines, end = [], [], 0
+    try:  # csv splits the records: a quoted newline or U+2028 stays inside its cell
+        for row in reader:
+            rows.append(row)
+            lines.append(end + 1)  # the line the record starts on
+            end = reader.line_num
+    except csv.Error as exc:
+        raise DataError(f"CSV manifest {shown} is malformed at line {end + 1}: {exc}.") from None
     if not rows:
         raise DataError(
             f"CSV manifest {shown} is empty.", hint="its first line must be path,label."
@@ -256,7 +268,7 @@ def read_csv(path: str | os.PathLike, classes: list[str] | None = None) -> Label
     base = path.parent
     problems: list[Problem] = []
     items: list[tuple[str, list[str]]] = []
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in zip(lines[1:], rows[1:]):
         where = f"{shown}:{line}"
         if not any(cell.strip() for cell in row):
             continue
@@ -272,6 +284,10 @@ def read_csv(path: str | os.PathLike, classes: list[str] | None = None) -> Label
             continue
         if not names:
             problems.append(Problem("csv_empty_label", where, f"empty label for {rel}"))
+            continue
+        bad = [n for n in names if any(ch.isspace() and ch != " " for ch in n)]
+        if bad:  # a class name is one line everywhere: refuse it, never alter it
+            problems.append(Problem("csv_bad_line", where, f"label {bad[0]!r} has a line break"))
             continue
         file = Path(rel) if Path(rel).is_absolute() else base / rel
         if not file.is_file():

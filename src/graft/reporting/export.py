@@ -263,7 +263,9 @@ def load_calibration(source, image_size: tuple[int, int], channels: int) -> np.n
 
 def _tmp_beside(out: Path, suffix: str = "") -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent))
+    os.chmod(tmp, runs.shared_mode(directory=True))  # mkdtemp makes 0700
+    return tmp
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     bb = config.get("resolved_backbone") or {}
     size = bb.get("image_size") or ["?", "?"]
     lines = [
-        f"# Model card: {run_dir.resolve().name}",
+        f"# Model card: {md(run_dir.resolve().name)}",
         "",
         "## Model",
         f"- Backbone: `{bb.get('source', config.get('backbone', '?'))}` with "
@@ -34,7 +35,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
         ),
         f"- Strategy: {config.get('strategy', '?')}; head {config.get('head', '?')}, "
         f"dropout {config.get('dropout', '?')}.",
-        f"- Classes ({len(classes)}), in output order: {', '.join(classes)}.",
+        f"- Classes ({len(classes)}), in output order: {', '.join(md(c) for c in classes)}.",
         "",
         "## Intended input",
         f"- RGB images resized to {size[0]}x{size[1]} pixels (bilinear), raw pixel values 0-255 "
@@ -47,7 +48,8 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     ]
     for i, p in enumerate(metrics.get("phases", []), start=1):
         lines.append(
-            f"{i}. `{p.get('name')}`: backbone `{p.get('spec')}`, {p.get('epochs')} epochs, "
+            f"{i}. {code(p.get('name'))}: backbone {code(p.get('spec'))}, "
+            f"{p.get('epochs')} epochs, "
             f"lr {p.get('lr')}"
             + (f", backbone lr {p['backbone_lr']}" if p.get("backbone_lr") is not None else "")
             + f"; {fmt(p.get('trainable_params'))} trainable / "
@@ -62,7 +64,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     ]
     if ev.get("images") and ev.get("task") != "multi_label":
         lines += [
-            f"On the {ev.get('split', 'validation')} split ({ev['images']} images):",
+            f"On the {md(ev.get('split', 'validation'))} split ({ev['images']} images):",
             "",
             "| metric | value |",
             "|---|---:|",
@@ -75,7 +77,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
             "| class | precision | recall | F1 | support |",
             "|---|---:|---:|---:|---:|",
             *(
-                f"| {n} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
+                f"| {md(n)} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
                 f"{v['support']} |"
                 for n, v in ev["per_class"].items()
             ),
@@ -116,6 +118,20 @@ def _export_line(entry: dict) -> str:
     if "top1_agreement" in check:
         text += f", top-1 agreement {check['top1_agreement']:.3f}"
     return text
+
+
+def md(value) -> str:
+    """User text (class names, run and phase names) as inert Markdown: HTML escaped, no
+    table pipes, no line breaks, no code spans, no emphasis or links."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    for char in "\\`*_[]|":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def code(value) -> str:
+    """User text as a Markdown code span (shown literally; no backtick can end it)."""
+    return "`" + " ".join(str(value).split()).replace("`", "'") + "`"
 
 
 def write_model_card(run_dir: str | os.PathLike) -> Path:

@@ -7,6 +7,7 @@ has data for into ``RUN_DIR/plots/``.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -22,6 +23,20 @@ CONFUSION = "confusion_matrix.png"
 F1 = "per_class_f1.png"
 ERRORS = "worst_errors.png"
 DPI = 110
+
+
+def _plain_text(draw):
+    """Draw with every string taken literally: class and phase names come from the user's
+    data, and ``$\\badcmd$`` must not reach matplotlib's mathtext (or LaTeX)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def figure(width: float, height: float):
@@ -46,6 +61,7 @@ def _number(value) -> float:
         return math.nan
 
 
+@_plain_text
 def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
     """Loss and accuracy per epoch across all phases, phase boundaries marked, learning rates
     on a second (log) axis.
@@ -113,6 +129,7 @@ def _mark_phases(ax, history: list[dict], epochs: np.ndarray) -> None:
         previous = phase
 
 
+@_plain_text
 def confusion_matrix(matrix, classes: list[str], path: str | os.PathLike) -> Path:
     """The confusion matrix, normalised per true class (rows), with counts in each cell.
 
@@ -153,6 +170,7 @@ def confusion_matrix(matrix, classes: list[str], path: str | os.PathLike) -> Pat
     return save(fig, path)
 
 
+@_plain_text
 def per_class_f1(per_class: dict, path: str | os.PathLike) -> Path:
     """Horizontal bars of each class's F1 score (with precision and recall as ticks).
 
@@ -181,6 +199,7 @@ def per_class_f1(per_class: dict, path: str | os.PathLike) -> Path:
     return save(fig, path)
 
 
+@_plain_text
 def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Path:
     """A grid of the most confidently wrong images, each titled true / predicted (confidence).
 

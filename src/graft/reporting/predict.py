@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -187,10 +188,20 @@ def csv_header(top_k: int) -> list[str]:
     return header
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(cell: str) -> str:
+    """A text cell a spreadsheet shows as text: ``'`` before a leading ``= + - @``."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def csv_row(prediction: Prediction) -> list:
-    row: list = [prediction.path]
+    """One CSV row; text cells (path, labels) are made inert for spreadsheets."""
+    row: list = [inert(prediction.path)]
     for label, probability in prediction.top:
-        row += [label, f"{probability:.{DECIMALS}f}"]
+        row += [inert(label), f"{probability:.{DECIMALS}f}"]
     return row
 
 
@@ -203,15 +214,34 @@ def json_record(prediction: Prediction) -> dict:
     }
 
 
+class _Stdout:
+    """``sys.stdout`` that writes file names that are not valid UTF-8 as their bytes."""
+
+    def write(self, text: str) -> None:
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None:
+            sys.stdout.write(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+            return
+        sys.stdout.flush()
+        buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
+
+
 @contextmanager
 def _output(out: str | os.PathLike | None):
-    """A text stream for ``out`` (stdout for ``None``/``-``), renamed into place on success."""
+    """A text stream for ``out`` (stdout for ``None``/``-``), renamed into place on success.
+
+    File names that are not valid UTF-8 are written as their own bytes (surrogate
+    escapes), the way ``ls`` prints them: nothing is lost or altered.
+    """
     if out is None or str(out) == "-":
-        yield sys.stdout
+        yield _Stdout()
         sys.stdout.flush()
         return
-    with runs.atomic_open(Path(out).expanduser()) as handle:
+    with runs.atomic_open(Path(out).expanduser(), "wb") as raw:
+        handle = io.TextIOWrapper(raw, "utf-8", errors="surrogateescape", newline="")
         yield handle
+        handle.flush()
+        handle.detach()
 
 
 def predict_to_file(

@@ -243,7 +243,7 @@ def _headline(metrics: dict, ev: dict) -> str:
     if ev.get("split"):
         html_out += (
             f'<p class="muted">Evaluated on the {_e(ev["split"])} split '
-            f"({ev['images']} images).</p>"
+            f"({_e(_fmt(ev['images']))} images).</p>"
         )
     return html_out
 
@@ -254,8 +254,8 @@ def _data_section(metrics: dict, ev: dict, classes: list[str]) -> str:
     support = {k: v.get("support") for k, v in (ev.get("per_class") or {}).items()}
     rows = [[name, train_counts.get(name, ""), support.get(name, "")] for name in classes]
     out = [
-        f"<p>{_fmt(metrics.get('train_images', data.get('train', '?')))} training images, "
-        f"{_fmt(metrics.get('val_images', data.get('val', '?')))} validation images, "
+        f"<p>{_e(_fmt(metrics.get('train_images', data.get('train', '?'))))} training images, "
+        f"{_e(_fmt(metrics.get('val_images', data.get('val', '?'))))} validation images, "
         f"{len(classes)} classes.</p>",
         _table(["class", "train images", "evaluated images"], rows, {1, 2}),
     ]

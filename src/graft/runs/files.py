@@ -42,6 +42,25 @@ def _disk_full(path: Path, exc: OSError) -> OSError:
     return exc
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        for line in Path("/proc/self/status").read_text("ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)  # no other way to read it: set and restore at once
+    os.umask(current)
+    return current
+
+
+def shared_mode(directory: bool = False) -> int:
+    """The mode a new file (0666) or folder (0777) gets under the umask, as ``open`` gives:
+    a teammate reads ``model.keras`` and ``report.html`` wherever the umask allows."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w"):
     """Open a temporary file next to ``path``; on success it is synced and renamed to
@@ -49,6 +68,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, shared_mode())  # mkstemp makes 0600; the artifact follows the umask
     text = "b" not in mode
     try:
         with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if text else {})) as handle:
@@ -95,6 +115,7 @@ def save_model(model, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
+    os.fchmod(fd, shared_mode())
     os.close(fd)
     try:
         model.save(tmp)

@@ -22,8 +22,15 @@ def load_file(path: str | os.PathLike, safe_mode: bool = True, compile: bool = T
         compile: Restore the training configuration too.
         what: How messages name the file (e.g. ``"source model"``).
     """
+    import zipfile
+
     import keras
 
+    if str(path).endswith(".keras") and os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise GraftError(
+            f"The {what} {path} is corrupt or truncated (not a complete .keras zip archive).",
+            hint="save or copy it again; a run folder's model.keras is written by 'graft train'.",
+        )
     from graft.core import hub
 
     if hub.file_needs_hub(path):
@@ -32,6 +39,8 @@ def load_file(path: str | os.PathLike, safe_mode: bool = True, compile: bool = T
         return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
     except Exception as exc:
         text = first_line(exc)
+        if isinstance(exc, zipfile.BadZipFile) or "zip" in text.lower() and os.path.isfile(path):
+            raise GraftError(f"The {what} {path} is corrupt or truncated: {text}") from None
         if safe_mode and ("safe_mode" in text or "Lambda" in text):
             raise GraftError(
                 f"{path} contains code (a Lambda layer) that would run when loaded; refused.",

@@ -7,7 +7,8 @@ import os
 import time
 from pathlib import Path
 
-from graft.errors import GraftError, first_line
+from graft.config.settings import read_run_config
+from graft.errors import GraftError
 from graft.runs import files as runs
 from graft.runs import lock
 from graft.runs.layout import STATUS_FILE  # noqa: E402,F401
@@ -36,20 +37,13 @@ def write_status(
 
 def saved_config(run_dir: str | Path) -> dict:
     """The ``config.yaml`` of a run folder to resume (settings, data paths, safe mode)."""
-    import yaml
-
     path = Path(run_dir).expanduser() / runs.CONFIG_FILE
     if not path.is_file():
         raise GraftError(
             f"Cannot resume {run_dir}: it has no {runs.CONFIG_FILE}.",
             hint="pass the folder given as --out to an earlier 'graft train'.",
         )
-    try:
-        config = yaml.safe_load(path.read_text("utf-8")) or {}
-    except (OSError, ValueError) as exc:  # yaml.YAMLError is a ValueError
-        raise GraftError(f"Cannot read {path}: {first_line(exc)}") from None
-    if not isinstance(config, dict):
-        raise GraftError(f"{path} is not a graft run configuration (not a mapping).")
+    config = read_run_config(path)
     if read_status(run_dir).get("status") == "completed":
         raise GraftError(
             f"{run_dir} finished training already; there is nothing to resume.",

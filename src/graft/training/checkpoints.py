@@ -62,9 +62,6 @@ class Interrupted(GraftError):
         self.signal_name = signal_name
 
 
-# --------------------------------------------------------------------------- state
-
-
 @dataclass
 class State:
     """A committed checkpoint (the content of ``state.json``)."""
@@ -103,14 +100,13 @@ def load_state(run_dir: str | Path) -> State | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GraftError(f"Cannot read the checkpoint {path}: {exc}") from None
-    try:
-        state = State.from_dict(data)
+        state = State.from_dict(json.loads(path.read_text("utf-8")))
         _check_types(state)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise GraftError(f"The checkpoint {path} is damaged: {exc}") from None
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GraftError(
+            f"The checkpoint {path} is damaged ({type(exc).__name__}: {exc}).",
+            hint="restore the run folder, or start the run again with --overwrite.",
+        ) from None
     for value in state.states.values():  # arrays saved by value next to state.json
         if isinstance(value, dict) and isinstance(value.get("arrays"), str):
             value["arrays"] = _load_arrays(checkpoint_dir(run_dir) / value["arrays"])
@@ -121,8 +117,10 @@ def _check_types(state: State) -> None:
     for name in ("phase_index", "phase_epoch", "epoch"):
         if type(getattr(state, name)) is not int or getattr(state, name) < 0:
             raise ValueError(f"{name} is {getattr(state, name)!r}")
-    if not isinstance(state.history, list) or not isinstance(state.weights, (str, type(None))):
-        raise ValueError("its history or weights entry is not what graft writes")
+    if not isinstance(state.history, list) or not isinstance(state.states, dict):
+        raise ValueError("its history or states entry is not what graft writes")
+    if not isinstance(state.weights, (str, type(None))):
+        raise ValueError(f"weights is {state.weights!r}")
 
 
 def last_checkpoint(run_dir: str | Path) -> dict | None:
@@ -210,9 +208,6 @@ def fast_forward(dataset, passes: int) -> None:
         iterator = iter(dataset)
         next(iterator, None)
         del iterator
-
-
-# --------------------------------------------------------------------------- writing
 
 
 class Checkpointer(Hook):
