@@ -27,6 +27,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from graft.config.defaults import DEFAULT_MIN_SIZE
 from graft.data.sources import LabelledFiles, display
 from graft.errors import DataError, first_line
 
@@ -48,11 +49,13 @@ KINDS: dict[str, tuple[str, str]] = {
     "tiny_class": ("warning", "classes with fewer than 2 images"),
     "duplicate": ("warning", "exact duplicate images within a split"),
     "leakage": ("warning", "exact duplicates across train/validation/test (leakage)"),
-    "converted": ("info", "images converted to RGB"),
+    "converted": (
+        "info",
+        "images converted to the backbone's channels when read (not stored as RGB)",
+    ),
     "animated": ("info", "animated GIFs (first frame used)"),
 }
 
-DEFAULT_MIN_SIZE = 16
 SPLITS = ("train", "val", "test")
 
 # Format/mode combinations tf.io.decode_image reads correctly; the rest go through Pillow.
@@ -91,6 +94,7 @@ class FileResult:
     detail: str = ""
     digest: str = ""
     notes: tuple[tuple[str, str], ...] = ()  # info-kind findings: (kind, detail)
+    mode: str = ""  # the stored colour mode, e.g. "RGB", "grayscale"
     use_path: str | None = None  # the file the pipeline should read
 
 
@@ -111,6 +115,33 @@ class CheckReport:
     problems: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     min_size: int = DEFAULT_MIN_SIZE
     _cache: object = field(default=None, repr=False)  # keeps converted files alive
+    modes: dict[str, str] = field(default_factory=dict)  # used path -> stored colour mode
+
+    def too_small_hint(self) -> str:
+        """A hint naming ``min_size`` when it is what left images out, else ``""``."""
+        if not self.count("too_small"):
+            return ""
+        return (
+            f"{self.count('too_small')} image(s) were smaller than min_size={self.min_size} "
+            f"pixels; pass a smaller min_size to keep them"
+        )
+
+    def channel_line(self, channels: int) -> str | None:
+        """What decoding for a ``channels``-channel model does to these images (or ``None``)."""
+        target = "RGB" if channels == 3 else "grayscale"
+        modes: dict[str, int] = defaultdict(int)
+        for files in self.splits.values():
+            for path in files.paths:
+                mode = self.modes.get(path, "RGB")
+                if mode != target:
+                    modes[mode] += 1
+        if not modes:
+            return None
+        found = ", ".join(f"{n} {m}" for m, n in sorted(modes.items()))
+        return (
+            f"Channels: {sum(modes.values())} image(s) converted to {target} for a "
+            f"{channels}-channel backbone ({found})"
+        )
 
     def count(self, kind: str) -> int:
         """How many times ``kind`` was found."""
@@ -146,7 +177,8 @@ class CheckReport:
             if not found:
                 continue
             if kind == "too_small":
-                text = f"images smaller than {self.min_size}x{self.min_size} px"
+                n = self.min_size
+                text = f"images smaller than {n}x{n} px (min_size={n})"
             label = {"skipped": "skipped", "warning": "warning", "info": "note"}[severity]
             shown = "; ".join(
                 f"{where} ({detail})" if detail else where for where, detail in found[:examples]
@@ -230,6 +262,7 @@ def check_file(
         result.kind, result.detail = "too_small", f"{w}x{h}"
         return result
     notes = []
+    result.mode = "RGB" if mode == "RGB" else described
     if mode != "RGB":
         notes.append(("converted", f"{described} {fmt}"))
     if frames > 1:
@@ -271,7 +304,7 @@ def check(
         A :class:`CheckReport`; ``report.splits`` holds the usable data.
     """
     if min_size < 1:
-        raise DataError(f"--min-size must be at least 1, got {min_size}.")
+        raise DataError(f"min_size must be at least 1. Received: min_size={min_size}")
     given = {"train": train, "val": val, "test": test}
     splits = {name: files for name, files in given.items() if files is not None}
     problems: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -316,6 +349,7 @@ def check(
     _classes(clean, problems)
     ordered = {k: problems[k] for k in KINDS if problems.get(k)}
     report = CheckReport(clean, {n: len(f) for n, f in splits.items()}, ordered, min_size, cache)
+    report.modes = {r.use_path: r.mode for r in results if r.kind is None}
     if cache is not None:
         weakref.finalize(report, cache.cleanup)
     return report
