@@ -182,6 +182,7 @@ class _AvgMax:
     """Global average and global max pooling, concatenated (standard layers only)."""
 
     def __init__(self, name: str):
+        self.name = name
         self.avg = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}pool_avg")
         self.max = keras.layers.GlobalMaxPooling2D(name=f"{HEAD_PREFIX}pool_max")
         self.concat = keras.layers.Concatenate(name=name)
