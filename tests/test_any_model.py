@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE
+from graft.config.names import POOLS_4D
 from graft.errors import DataError, GraftError
 
 QUIET = dict(log=lambda _: None, verbose=0)
@@ -287,6 +288,16 @@ def _backbone(model, channels=3):
     from graft.core.loaders import Backbone
 
     return Backbone(model, [], "none", (IMAGE, IMAGE), channels, "test", "test")
+
+
+def test_feature_cache_keys_differ_per_pooling():
+    from graft.core.model import HeadConfig, build_model
+    from graft.training.cache import cache_key
+
+    inputs = keras.Input((IMAGE, IMAGE, 3))
+    bb = _backbone(keras.Model(inputs, keras.layers.Conv2D(4, 3, name="c")(inputs)))
+    keys = {cache_key(build_model(bb, 3, HeadConfig(pool=p)), "src", "data") for p in POOLS_4D}
+    assert len(keys) == len(POOLS_4D)
 
 
 def test_multi_output_model_is_refused_naming_its_outputs_and_cut():

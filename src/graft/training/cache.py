@@ -27,7 +27,13 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.core.model import HEAD_PREFIX, head_input, head_input_layer, preprocess_layers
+from graft.core.model import (
+    BACKBONE_NAME,
+    HEAD_PREFIX,
+    head_input,
+    head_input_layer,
+    preprocess_layers,
+)
 
 FORMAT_VERSION = 1
 
@@ -59,6 +65,17 @@ def head_model(model: keras.Model) -> keras.Model:
     for layer in layers:
         x = layer(x)
     return keras.Model(inputs, x, name="graft_head")
+
+
+def _layer_key(layer) -> list:
+    return [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
+
+
+def pooling_layers_of(model: keras.Model) -> list:
+    """The layers from the backbone's output to the head's input (pooling, identity)."""
+    end = model.layers.index(head_input_layer(model))
+    start = model.layers.index(model.get_layer(BACKBONE_NAME))
+    return model.layers[start + 1 : end + 1]
 
 
 def weights_fingerprint(model: keras.Model) -> str:
@@ -105,10 +122,9 @@ def cache_key(
         "format": FORMAT_VERSION,
         "source": source,
         # Preprocessing layers may have no weights (Rescaling): key them by their config.
-        "preprocessing": [
-            [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
-            for layer in preprocess_layers(model)
-        ],
+        "preprocessing": [_layer_key(layer) for layer in preprocess_layers(model)],
+        # The pooling between backbone and head (avg and max give the same shape).
+        "pooling": [_layer_key(layer) for layer in pooling_layers_of(model)],
         "input": list(model.input_shape[1:]),
         "output": list(features.output_shape[1:]),
         "weights": weights or weights_fingerprint(features),
