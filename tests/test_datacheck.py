@@ -126,14 +126,14 @@ def test_data_check_command_reports_each_problem(bad, capsys):
         "zero.png",
         "not images",
         "notes.jpg",
-        "smaller than 16x16",
+        "smaller than 2x2 px (min_size=2)",  # the default skips only degenerate images
         "tiny.png (1x1)",
         "outside class folders",
         "1 exact duplicate images within a split",
         "dup1.png",
         "1 exact duplicates across train/validation/test (leakage)",
         "leak.png",
-        "5 images converted to RGB",
+        "5 images converted to the backbone's channels",
         "animated GIFs",
         "without usable images",
     ):

@@ -58,7 +58,7 @@ def evaluate(
     model_or_run,
     data_source,
     batch_size: int = 32,
-    min_size: int = datacheck.DEFAULT_MIN_SIZE,
+    min_size: int | None = None,
     safe_mode: bool = True,
 ) -> dict:
     """Accuracy, loss, top-k, per-class precision/recall/F1, confusion and calibration.
@@ -69,7 +69,8 @@ def evaluate(
             known to the model), ``(images, labels)`` arrays or a ``tf.data.Dataset``.
             Files are checked first; unusable ones are skipped and counted.
         batch_size: Images per batch.
-        min_size: Smallest image side the check accepts.
+        min_size: Smallest image side the check accepts; default: the run's own
+            ``min_size`` (from its ``config.yaml``), so images are read as in training.
         safe_mode: Refuse model files whose loading could run code (Lambda layers).
 
     Returns:
@@ -80,6 +81,8 @@ def evaluate(
     from graft.reporting import evaluation
 
     model, classes = load(model_or_run, safe_mode=safe_mode)
+    if min_size is None:
+        min_size = model_io.run_min_size(model_or_run)
     ds, _, skipped = labelled_batches(model, data_source, classes, batch_size, min_size)
     result = evaluation.evaluate_model(model, ds, classes).as_dict()
     result["skipped"] = skipped

@@ -223,8 +223,11 @@ def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) 
         f"{bb.image_size[0]}x{bb.image_size[1]}, preprocess {bb.preprocess}); "
         f"{len(data.classes)} classes, {counts['train']} train / {counts['val']} val images"
     )
+    channels = data.check.channel_line(bb.channels) if data.check is not None else None
+    if channels:
+        req.log(channels)
     with building.precision(cfg.precision):
-        head = HeadConfig(plan.head, cfg.dropout, data.multi_label)
+        head = HeadConfig(plan.head, cfg.dropout, data.multi_label, cfg.pool)
         model = assemble(bb, len(data.classes), head)
     freezing.check_plan(model, bb.blocks, plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)

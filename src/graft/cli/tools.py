@@ -17,15 +17,25 @@ from graft.cli.base import GraftCommand, GraftGroup, console, log
 @click.command(cls=GraftCommand)
 @click.argument("model")
 @click.argument("data")
-@options.settings(["batch_size"])
+@options.settings(
+    ["batch_size", "min_size"],
+    min_size={
+        "default": None,
+        "show_default": False,
+        "help": "Skip images whose width or "
+        "height is below N pixels (default: the run's own --min-size).",
+    },
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
-def evaluate(model, data, batch_size, as_json, unsafe):
+def evaluate(model, data, batch_size, min_size, as_json, unsafe):
     """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
     from graft import api
     from graft.reporting.evaluation import summary_line
 
-    result = api.evaluate(model, data, batch_size=batch_size, safe_mode=not unsafe)
+    result = api.evaluate(
+        model, data, batch_size=batch_size, min_size=min_size, safe_mode=not unsafe
+    )
     if as_json:
         print(json.dumps(result))
         return

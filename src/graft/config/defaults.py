@@ -12,6 +12,7 @@ DEFAULT_HEAD = (128,)
 DEFAULT_DROPOUT = 0.2
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_VAL_SPLIT = 0.2
-DEFAULT_MIN_SIZE = 16
+#: Only degenerate images (a 1-pixel side: tracking pixels) are skipped by default.
+DEFAULT_MIN_SIZE = 2
 #: The head learning rate a plan shows before ``lr="auto"`` has run the LR finder.
 AUTO_LR_PLACEHOLDER = 1e-3

@@ -16,3 +16,9 @@ CLASS_WEIGHTS = ("none", "auto")
 PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")
 #: The searched strategy (``graft.api.auto``); not a plan of its own.
 AUTO_STRATEGY = "auto"
+#: How the backbone's output becomes the head's input (``graft.core.model.pooling_layers``):
+#: per output rank, the accepted choices, the default first.
+POOLS_4D = ("avg", "max", "avgmax", "flatten")
+POOLS_3D = ("mean", "cls", "flatten")
+POOLS_2D = ("identity",)  # internal: a 2-D output is the head's input as it is
+POOLS = ("auto", *POOLS_4D, *(p for p in POOLS_3D if p not in POOLS_4D))

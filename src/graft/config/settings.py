@@ -21,6 +21,7 @@ from graft.config.names import (
     DISTRIBUTE_MODES,
     JIT_MODES,
     OPTIMIZERS,
+    POOLS,
     PRECISIONS,
     PREPROCESS_MODES,
     SCHEDULES,
@@ -51,6 +52,13 @@ class TrainConfig:
     )
     cut: str | None = setting(
         None, _M, "Cut a model file at this layer (drop its head); a/b cuts inside nested model a."
+    )
+    pool: str = setting(
+        "auto",
+        _M,
+        "Backbone output -> head: feature maps avg|max|avgmax|flatten (auto: avg); "
+        "tokens mean|cls (auto: mean of the patch tokens).",
+        choices=POOLS,
     )
     preprocess: str | None = setting(
         None, _M, "Input preprocessing (default: the backbone's own).", choices=PREPROCESS_MODES
@@ -118,7 +126,9 @@ class TrainConfig:
         "none", _D, "auto: balanced weights for imbalanced classes.", choices=CLASS_WEIGHTS
     )
     min_size: int = setting(
-        d.DEFAULT_MIN_SIZE, _D, "Skip images whose width or height is below N pixels."
+        d.DEFAULT_MIN_SIZE,
+        _D,
+        "Skip images whose width or height is below N pixels (default: only 1-pixel ones).",
     )
     strict: bool = setting(False, _D, "Fail on any data-check problem instead of skipping.")
     cache: bool = setting(True, _P, "Train frozen-backbone phases on cached backbone features.")

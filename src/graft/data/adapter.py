@@ -198,14 +198,21 @@ def checked(
         usable[name] = FilesAdapter(files)
     empty = [c for c, n in usable["train"].files.counts().items() if n == 0]
     if empty:
+        small = report.too_small_hint()
         raise DataError(
-            f"Class(es) without a single usable training image: {', '.join(empty)}.",
-            hint="add readable images to them or remove their folders.",
+            f"Class(es) without a single usable training image: {', '.join(empty)}."
+            + (f" {small}." if small else ""),
+            hint="add readable images to them or remove their folders"
+            + (" (or lower min_size)." if small else "."),
         )
     for name in ("val", "test"):
         if usable.get(name) is not None and usable[name].files is not None:
             if not usable[name].count:
-                raise DataError(f"No usable images left in the {name} data after the check.")
+                small = report.too_small_hint()
+                raise DataError(
+                    f"No usable images left in the {name} data after the check."
+                    + (f" {small}." if small else "")
+                )
     return usable, report
 
 
@@ -238,6 +245,10 @@ def labelled_batches(
         report = datacheck.check(source.files, min_size=min_size)
         source, skipped = FilesAdapter(report.splits["train"]), report.skipped
         if not source.count:
-            raise DataError(f"No usable images in {source.files.source} (all {skipped} skipped).")
+            small = report.too_small_hint()
+            raise DataError(
+                f"No usable images in {source.files.source} (all {skipped} skipped)."
+                + (f" {small}." if small else "")
+            )
     count = source.count if isinstance(source.count, int) else None
     return source.batches(image_size, channels, batch_size), count, skipped

@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
-import threading
 import warnings
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from graft.config.defaults import DEFAULT_MIN_SIZE
+from graft.data.convert import converted_dir, describe_mode, needs_pillow, write_png_copy
 from graft.data.sources import LabelledFiles, display, read_regular
 from graft.errors import DataError, first_line
 
@@ -48,38 +48,14 @@ KINDS: dict[str, tuple[str, str]] = {
     "tiny_class": ("warning", "classes with fewer than 2 images"),
     "duplicate": ("warning", "exact duplicate images within a split"),
     "leakage": ("warning", "exact duplicates across train/validation/test (leakage)"),
-    "converted": ("info", "images converted to RGB"),
+    "converted": (
+        "info",
+        "images converted to the backbone's channels when read (not stored as RGB)",
+    ),
     "animated": ("info", "animated GIFs (first frame used)"),
 }
 
-DEFAULT_MIN_SIZE = 16
 SPLITS = ("train", "val", "test")
-
-# Format/mode combinations tf.io.decode_image reads correctly; the rest go through Pillow.
-_TF_NATIVE = {
-    "JPEG": {"RGB", "L", "CMYK"},
-    "PNG": None,  # every PNG mode, 16-bit included (tf scales it properly; Pillow clips)
-    "GIF": None,
-    "BMP": {"RGB", "RGBA"},
-    "WEBP": None,
-}
-_MODE_NAMES = {
-    "L": "grayscale",
-    "LA": "grayscale with alpha",
-    "RGBA": "RGBA",
-    "CMYK": "CMYK",
-    "P": "palette",
-    "PA": "palette with alpha",
-    "1": "1-bit",
-    "I;16": "16-bit",
-    "I;16B": "16-bit",
-    "I;16L": "16-bit",
-    "I": "32-bit integer",
-    "F": "32-bit float",
-    "YCbCr": "YCbCr",
-    "LAB": "LAB",
-    "HSV": "HSV",
-}
 
 
 @dataclass
@@ -91,6 +67,7 @@ class FileResult:
     detail: str = ""
     digest: str = ""
     notes: tuple[tuple[str, str], ...] = ()  # info-kind findings: (kind, detail)
+    mode: str = ""  # the stored colour mode, e.g. "RGB", "grayscale"
     use_path: str | None = None  # the file the pipeline should read
 
 
@@ -111,6 +88,33 @@ class CheckReport:
     problems: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     min_size: int = DEFAULT_MIN_SIZE
     _cache: object = field(default=None, repr=False)  # keeps converted files alive
+    modes: dict[str, str] = field(default_factory=dict)  # used path -> stored colour mode
+
+    def too_small_hint(self) -> str:
+        """A hint naming ``min_size`` when it is what left images out, else ``""``."""
+        if not self.count("too_small"):
+            return ""
+        return (
+            f"{self.count('too_small')} image(s) were smaller than min_size={self.min_size} "
+            f"pixels; pass a smaller min_size to keep them"
+        )
+
+    def channel_line(self, channels: int) -> str | None:
+        """What decoding for a ``channels``-channel model does to these images (or ``None``)."""
+        target = "RGB" if channels == 3 else "grayscale"
+        modes: dict[str, int] = defaultdict(int)
+        for files in self.splits.values():
+            for path in files.paths:
+                mode = self.modes.get(path, "RGB")
+                if mode != target:
+                    modes[mode] += 1
+        if not modes:
+            return None
+        found = ", ".join(f"{n} {m}" for m, n in sorted(modes.items()))
+        return (
+            f"Channels: {sum(modes.values())} image(s) converted to {target} for a "
+            f"{channels}-channel backbone ({found})"
+        )
 
     def count(self, kind: str) -> int:
         """How many times ``kind`` was found."""
@@ -146,7 +150,8 @@ class CheckReport:
             if not found:
                 continue
             if kind == "too_small":
-                text = f"images smaller than {self.min_size}x{self.min_size} px"
+                n = self.min_size
+                text = f"images smaller than {n}x{n} px (min_size={n})"
             label = {"skipped": "skipped", "warning": "warning", "info": "note"}[severity]
             shown = "; ".join(
                 f"{where} ({detail})" if detail else where for where, detail in found[:examples]
@@ -166,13 +171,6 @@ class CheckReport:
                 f"--strict: the data check found problems: {parts} (first: {where}).",
                 hint="run 'graft data check DATA' for the details, or drop --strict to skip them.",
             )
-
-
-def _describe_mode(image) -> str:
-    mode = image.mode
-    if mode == "P" and "transparency" in image.info:
-        return "palette with transparency"
-    return _MODE_NAMES.get(mode, mode)
 
 
 def check_file(
@@ -216,7 +214,7 @@ def check_file(
             return result
         frames = getattr(image, "n_frames", 1)
         image.load()
-        described = _describe_mode(image)
+        described = describe_mode(image)
     except UnidentifiedImageError:
         result.kind = "not_image"
         return result
@@ -231,20 +229,14 @@ def check_file(
         result.kind, result.detail = "too_small", f"{w}x{h}"
         return result
     notes = []
+    result.mode = "RGB" if mode == "RGB" else described
     if mode != "RGB":
         notes.append(("converted", f"{described} {fmt}"))
     if frames > 1:
         notes.append(("animated", f"{frames} frames"))
     result.notes = tuple(notes)
-    native = _TF_NATIVE.get(fmt, set())
-    needs_pillow = (native is not None and mode not in native) or (fmt == "WEBP" and frames > 1)
-    if needs_pillow and convert_dir is not None:
-        image.seek(0)
-        result.use_path = os.path.join(convert_dir, f"{result.digest}.png")
-        if not os.path.exists(result.use_path):  # written whole, then renamed into place
-            partial = f"{result.use_path}.{threading.get_ident()}.tmp"
-            image.convert("RGB").save(partial, "PNG")
-            os.replace(partial, result.use_path)
+    if convert_dir is not None and needs_pillow(fmt, mode, frames):
+        result.use_path = write_png_copy(image, convert_dir, result.digest)
     return result
 
 
@@ -274,14 +266,14 @@ def check(
         A :class:`CheckReport`; ``report.splits`` holds the usable data.
     """
     if min_size < 1:
-        raise DataError(f"--min-size must be at least 1, got {min_size}.")
+        raise DataError(f"min_size must be at least 1. Received: min_size={min_size}")
     given = {"train": train, "val": val, "test": test}
     splits = {name: files for name, files in given.items() if files is not None}
     problems: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for files in splits.values():
         for p in files.problems:
             problems[p.kind].append((display(p.where), p.detail))
-    cache = _converted() if convert else None
+    cache = converted_dir() if convert else None
     convert_dir = cache.name if cache else None
     every = [(name, i) for name, files in splits.items() for i in range(len(files))]
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
@@ -318,22 +310,9 @@ def check(
     _duplicates(clean, digests, problems)
     _classes(clean, problems)
     ordered = {k: problems[k] for k in KINDS if problems.get(k)}
-    return CheckReport(clean, {n: len(f) for n, f in splits.items()}, ordered, min_size, cache)
-
-
-_CONVERTED: list = []
-
-
-def _converted() -> tempfile.TemporaryDirectory:
-    """The folder of converted copies: one per process, removed when the process ends.
-
-    The copies are named by content digest, so each image is converted once. The folder
-    must outlive every pipeline that reads from it (the check's report and even the
-    split objects may be gone by then), hence the lifetime of the process.
-    """
-    if not _CONVERTED:
-        _CONVERTED.append(tempfile.TemporaryDirectory(prefix="graft-converted-"))
-    return _CONVERTED[0]
+    report = CheckReport(clean, {n: len(f) for n, f in splits.items()}, ordered, min_size, cache)
+    report.modes = {r.use_path: r.mode for r in results if r.kind is None}
+    return report
 
 
 def _duplicates(clean, digests, problems) -> None:

@@ -86,14 +86,39 @@ def load_image(path: str | os.PathLike, image_size: tuple[int, int], channels: i
         raise ValueError(f"not a readable image: {detail.splitlines()[0]}") from None
 
 
+def match_channels(x, channels: int, what: str = "Images"):
+    """Images (an array or a tensor, channels last) converted to ``channels``.
+
+    The conversion every in-memory source shares with the file decoder: grayscale to RGB
+    (repeated), RGB to grayscale (``tf.image.rgb_to_grayscale``); anything else is one
+    :class:`~graft.errors.DataError`.
+    """
+    have = x.shape[-1]
+    if have == channels or have is None:
+        return x
+    import tensorflow as tf
+
+    if have == 1 and channels == 3:
+        return tf.image.grayscale_to_rgb(tf.convert_to_tensor(x))
+    if have == 3 and channels == 1:
+        return tf.image.rgb_to_grayscale(tf.convert_to_tensor(x))
+    raise channel_error(have, channels, what, x.shape)
+
+
+def channel_error(have: int, channels: int, what: str, shape) -> DataError:
+    """The one error for images whose channel count cannot be converted."""
+    return DataError(
+        f"{what} have {have} channels; the backbone takes {channels}. "
+        f"Received: images of shape {tuple(shape)}",
+        hint="pass grayscale (1-channel) or RGB (3-channel) images.",
+    )
+
+
 def fit_arrays(x, image_size: tuple[int, int], channels: int) -> np.ndarray:
     """In-memory images resized (bilinear) to ``image_size`` with ``channels`` (float32)."""
     x = np.asarray(x)
     if x.shape[-1] != channels:
-        if x.shape[-1] == 1 and channels == 3:
-            x = np.repeat(x, 3, axis=-1)
-        else:
-            raise DataError(f"Images have {x.shape[-1]} channels; the backbone takes {channels}.")
+        x = np.asarray(match_channels(x.astype("float32"), channels))
     if tuple(x.shape[1:3]) != tuple(image_size):
         import tensorflow as tf
 
@@ -241,10 +266,12 @@ def dataset_pipeline(
     elif rank != 4:
         raise DataError(f"Dataset images must have shape (H, W, C), got {spec[0].shape}.")
 
+    have = spec[0].shape[-1]
+    if have not in (None, channels) and {have, channels} != {1, 3}:
+        raise channel_error(have, channels, "Dataset images", spec[0].shape)  # not mid-fit
+
     def fit(x, y):
-        x = tf.cast(x, tf.float32)
-        if x.shape[-1] == 1 and channels == 3:
-            x = tf.image.grayscale_to_rgb(x)
+        x = match_channels(tf.cast(x, tf.float32), channels, "Dataset images")
         x = tf.image.resize(x, image_size, method="bilinear")
         return x, y
 

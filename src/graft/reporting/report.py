@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from graft.data.adapter import labelled_batches
 from graft.errors import GraftError
 from graft.reporting import evaluation, plots
 from graft.reporting.model_card import write_model_card
@@ -102,11 +103,10 @@ def regenerate(
     classes = runs.read_labels(run_dir)
     history = runs.read_csv(run_dir / runs.HISTORY_FILE)
     if data is not None:
-        from graft.data.adapter import labelled_batches
-
         model, classes = model_io.load(run_dir, safe_mode=safe_mode)
-        _, h, w, ch = model.input_shape
-        batches, _, _ = labelled_batches(data, classes, (h, w), ch, batch_size)
+        _, h, w, ch = model.input_shape  # read as the run did: its size, channels, min_size
+        min_size = model_io.run_min_size(run_dir)
+        batches, _, _ = labelled_batches(data, classes, (h, w), ch, batch_size, min_size)
         finish_run(run_dir, model, classes, history, batches, split=str(data))
     else:
         metrics = run_metrics.read(run_dir)

@@ -54,6 +54,28 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def run_setting(model_or_run: str | os.PathLike, name: str, default=None):
+    """A setting of the run that made a model (its ``config.yaml``), or ``default``.
+
+    ``model_or_run`` is a run folder or a model file inside one; a model file anywhere
+    else has no run settings.
+    """
+    from graft.runs.layout import CONFIG_FILE
+
+    path = Path(model_or_run).expanduser()
+    folder = path if path.is_dir() else path.parent
+    config = files.read_yaml(folder / CONFIG_FILE, {}) if (folder / CONFIG_FILE).is_file() else {}
+    value = config.get(name) if isinstance(config, dict) else None
+    return default if value is None else value
+
+
+def run_min_size(model_or_run: str | os.PathLike) -> int:
+    """The ``min_size`` the run that made a model read its images with (or the default)."""
+    from graft.config.defaults import DEFAULT_MIN_SIZE
+
+    return int(run_setting(model_or_run, "min_size", DEFAULT_MIN_SIZE))
+
+
 def load(model_or_run: str | os.PathLike, safe_mode: bool = True):
     """A trained model and its class names from a run folder or a ``.keras`` file.
 

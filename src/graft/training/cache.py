@@ -27,9 +27,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.core.model import BACKBONE_NAME, HEAD_PREFIX, preprocess_layers
+from graft.core.model import (
+    BACKBONE_NAME,
+    HEAD_PREFIX,
+    head_input,
+    head_input_layer,
+    preprocess_layers,
+)
 
-POOL_NAME = f"{HEAD_PREFIX}pool"
 FORMAT_VERSION = 1
 
 
@@ -39,20 +44,10 @@ def default_dir() -> Path:
     return Path(root) / "features"
 
 
-def _head_input_layer(model: keras.Model) -> str:
-    """Name of the layer whose output the cache stores (the pooled backbone output)."""
-    names = [layer.name for layer in model.layers]
-    for candidate in (POOL_NAME, f"{HEAD_PREFIX}flatten"):
-        if candidate in names:
-            return candidate
-    return BACKBONE_NAME
-
-
 def features_model(model: keras.Model) -> keras.Model:
-    """Raw images -> the head's input: preprocessing, backbone and pooling of ``model``."""
-    return keras.Model(
-        model.input, model.get_layer(_head_input_layer(model)).output, name="graft_features"
-    )
+    """Raw images -> the head's input (:func:`graft.core.model.head_input`): preprocessing,
+    backbone and pooling of ``model``."""
+    return keras.Model(model.input, head_input(model), name="graft_features")
 
 
 def head_model(model: keras.Model) -> keras.Model:
@@ -60,16 +55,27 @@ def head_model(model: keras.Model) -> keras.Model:
 
     Training this model trains ``model``'s head: the layers (and weights) are shared.
     """
-    start = _head_input_layer(model)
-    layers = model.layers[[layer.name for layer in model.layers].index(start) + 1 :]
+    start = head_input_layer(model)
+    layers = model.layers[model.layers.index(start) + 1 :]
     if not all(layer.name.startswith(HEAD_PREFIX) for layer in layers):
         raise ValueError("The model's head is not a simple chain of head_* layers.")
-    source = model.get_layer(start).output
+    source = start.output
     inputs = keras.Input(tuple(source.shape[1:]), name="features")
     x = inputs
     for layer in layers:
         x = layer(x)
     return keras.Model(inputs, x, name="graft_head")
+
+
+def _layer_key(layer) -> list:
+    return [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
+
+
+def pooling_layers_of(model: keras.Model) -> list:
+    """The layers from the backbone's output to the head's input (pooling, identity)."""
+    end = model.layers.index(head_input_layer(model))
+    start = model.layers.index(model.get_layer(BACKBONE_NAME))
+    return model.layers[start + 1 : end + 1]
 
 
 def weights_fingerprint(model: keras.Model) -> str:
@@ -113,10 +119,9 @@ def cache_key(
         "format": FORMAT_VERSION,
         "source": source,
         # Preprocessing layers may have no weights (Rescaling): key them by their config.
-        "preprocessing": [
-            [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
-            for layer in preprocess_layers(model)
-        ],
+        "preprocessing": [_layer_key(layer) for layer in preprocess_layers(model)],
+        # The pooling between backbone and head (avg and max give the same shape).
+        "pooling": [_layer_key(layer) for layer in pooling_layers_of(model)],
         "input": list(model.input_shape[1:]),
         "output": list(features.output_shape[1:]),
         "weights": weights or weights_fingerprint(features),
