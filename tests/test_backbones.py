@@ -142,7 +142,7 @@ def test_offline_imagenet_gives_one_actionable_line(monkeypatch, tmp_path):
     with pytest.raises(WeightsUnavailableError) as info:
         load_backbone("mobilenet_v2", weights="imagenet", image_size=96)
     text = str(info.value)
-    assert "\n" not in text and url in text and "--weights" in text
+    assert "\n" not in text and url in text and "weights=" in text and "--weights" not in text
 
 
 def test_unknown_backbone_suggests_a_name():

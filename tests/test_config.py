@@ -140,3 +140,33 @@ def test_to_flags_maps_known_settings_only():
     assert to_flags("pass gradual_blocks=N") == "pass --gradual-blocks N"
     assert to_flags("Received: backbone_lr=1") == "Received: backbone_lr=1"  # a phase field
     assert to_flags("plan.yaml: phase 1: Received: lr=0") == "plan.yaml: phase 1: Received: lr=0"
+
+
+def test_cli_flags_are_derived_from_every_command():
+    """Library messages name Python arguments; the CLI names the flags of its commands."""
+    from graft.cli.main import app
+    from graft.cli.options import command_flags, to_flags
+
+    flags = command_flags(app)
+    assert flags["out"] == "--out" and flags["top_k"] == "--top-k"
+    assert flags["fmt"] == "--format" and flags["overwrite=True"] == "--overwrite"
+    message = "out=runs/x is not empty. HINT: pass overwrite=True, or safe_mode=False."
+    assert (
+        to_flags(message, flags)
+        == "--out runs/x is not empty. HINT: pass --overwrite, or --unsafe."
+    )
+    assert to_flags("top_k must be at least 1. Received: top_k=0", flags) == (
+        "--top-k must be at least 1. Received: --top-k 0"
+    )
+
+
+def test_library_errors_name_python_arguments(tmp_path):
+    """A Python user reads argument names, not flags (Keras's 'Received: x=...' style)."""
+    import graft
+    from graft.errors import GraftError
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(GraftError) as info:
+        graft.train(tmp_path, "mobilenet_v2", out=tmp_path / "x", batch_size=0)
+    assert "batch_size" in str(info.value) and "--" not in str(info.value)

@@ -108,7 +108,7 @@ def test_preset_directory_with_any_size_input(tmp_path):
 def test_any_size_input_needs_an_image_size(tmp_path):
     path = tmp_path / "resnet.keras"
     tiny_resnet().save(path)
-    with pytest.raises(GraftError, match="--image-size"):
+    with pytest.raises(GraftError, match="image_size"):
         resolve(str(path))
     bb = resolve(str(path), image_size=IMAGE)
     assert bb.image_size == (IMAGE, IMAGE) and bb.channels == 3

@@ -107,7 +107,7 @@ def test_evaluate_uses_the_runs_class_order(trained_run, digits_folder):
 
 
 def test_refuses_to_overwrite_a_run(trained_run, digits_folder):
-    with pytest.raises(graft.GraftError, match="--overwrite"):
+    with pytest.raises(graft.GraftError, match="overwrite=True"):
         graft.train(
             digits_folder,
             "mobilenet_v2",

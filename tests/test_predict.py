@@ -149,7 +149,7 @@ def test_cli_predict_errors_are_one_line(trained, images, tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [
         f"graft: error: No such file or folder: {tmp_path / 'nope.jpg'}.",
-        "graft: error: --top-k must be at least 1, got 0.",
+        "graft: error: --top-k must be at least 1. Received: --top-k 0",
         "graft: error: No images to predict. HINT: pass image files or folders holding "
         ".jpg, .jpeg, .png, .bmp, .gif, .webp files.",
     ]

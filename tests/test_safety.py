@@ -165,5 +165,5 @@ def test_out_of_memory_suggests_a_smaller_batch(
     args = ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool"]
     assert cli.main([*args, "--batch-size", "64", "--no-cache", "--out", str(out)]) == 1
     line = _one_error_line(capsys)
-    assert "Out of memory" in line and "--batch-size 64" in line and "e.g. 32" in line
+    assert "Out of memory" in line and "--batch-size 64" in line and "--batch-size 32" in line
     assert json.loads((out / "status.json").read_text())["status"] == "failed"

@@ -120,7 +120,7 @@ def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes,
         log(
             "Feature cache off: augmentation changes every training image in every epoch, "
             "so frozen-backbone phases run the backbone on augmented images "
-            "(--cache-views K caches K augmented views instead)."
+            "(cache_views=K caches K augmented views instead)."
         )
         return None
     if data.train.labels is None:

@@ -198,7 +198,7 @@ def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
         return None
     path = Path(req.out).expanduser()
     if path.exists() and not path.is_dir():
-        raise GraftError(f"--out {req.out} exists and is not a folder.")
+        raise GraftError(f"out={req.out} exists and is not a folder.")
     path.mkdir(parents=True, exist_ok=True)
     held.enter_context(lock.RunLock(path))
     run_dir = files.prepare(path, req.overwrite, req.resume)
@@ -247,8 +247,8 @@ def _source_task(req: Request, cfg: TrainConfig, bb) -> drift.SourceTask | None:
     if source_model is None:
         if not backbones.is_model_path(cfg.backbone):
             raise GraftError(
-                "--source-eval needs the original classifier with its head.",
-                hint="pass --source-model PATH (a .keras file whose outputs are DATA's classes).",
+                "source_eval= needs the original classifier with its head.",
+                hint="pass source_model=PATH (a .keras file whose outputs are DATA's classes).",
             )
         source_model = cfg.backbone
     return drift.SourceTask.prepare(

@@ -15,7 +15,7 @@ import click
 
 from graft.cli import tools, train
 from graft.cli.base import GraftGroup, state
-from graft.cli.options import to_flags
+from graft.cli.options import FLAGS, command_flags, to_flags
 from graft.errors import GraftError, first_line
 
 
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except GraftError as exc:
         if state["debug"]:
             raise
-        print(f"graft: error: {to_flags(str(exc))}", file=sys.stderr)
+        flags = {**FLAGS, **command_flags(app)}
+        print(f"graft: error: {to_flags(str(exc), flags)}", file=sys.stderr)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

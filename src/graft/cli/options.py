@@ -112,13 +112,36 @@ def settings(names: Iterable[str] | None = None, *, groups: Iterable[str] = (), 
     return decorate
 
 
-def to_flags(message: str) -> str:
+def command_flags(group: click.Group) -> dict[str, str]:
+    """``{python argument: --flag}`` of every option of every command under ``group``,
+    derived from the commands themselves (``safe_mode=False`` is ``--unsafe``)."""
+    table = {"safe_mode=False": "--unsafe"}
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            table = {**command_flags(command), **table}
+            continue
+        for param in command.params:
+            long = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+            if not (isinstance(param, click.Option) and long):
+                continue
+            if param.is_flag:  # overwrite=True -> --overwrite
+                table.setdefault(f"{param.name}=True", long[0])
+            else:
+                table.setdefault(param.name, long[0])
+    return table
+
+
+def to_flags(message: str, flags: dict[str, str] | None = None) -> str:
     """Name command-line flags where a library message names Python arguments:
-    ``Received: finetune_lr=-1`` -> ``Received: --finetune-lr -1``. Messages about a
-    plan file's phases keep their field names."""
+    ``Received: finetune_lr=-1`` -> ``Received: --finetune-lr -1``, ``overwrite=True``
+    -> ``--overwrite``. Messages about a plan file's phases keep their field names."""
     if ": phase " in message:
         return message
-    for name, flag in FLAGS.items():
+    table = FLAGS if flags is None else flags
+    for name, flag in table.items():
+        if "=" in name:
+            message = re.sub(rf"(?<![\w.-]){re.escape(name)}(?!\w)", flag, message)
+            continue
         message = re.sub(rf"(?<![\w.-]){name}=", f"{flag} ", message)
         message = re.sub(rf"^{name} (must|needs)\b", rf"{flag} \1", message)
     return message

@@ -101,7 +101,7 @@ def converter_mode(converter) -> str:
     raise GraftError(
         f"The preset's image converter scales pixels by {scale.tolist()} and shifts them by "
         f"{offset.tolist()}; graft has no preprocessing mode that does this.",
-        hint="pass --preprocess none|unit|symmetric|torch|caffe to choose one.",
+        hint="pass preprocess=none|unit|symmetric|torch|caffe to choose one.",
     )
 
 

@@ -90,12 +90,15 @@ def load_backbone(
     if size < spec.min_size:
         raise GraftError(
             f"Image size {size} is below {spec.name}'s minimum of {spec.min_size} pixels.",
-            hint=f"pass --image-size {spec.min_size} or more.",
+            hint=f"pass image_size={spec.min_size} or more.",
         )
     kwargs = {}
     if alpha is not None:
         if not spec.takes_alpha:
-            raise GraftError(f"{spec.name} has no width multiplier; --alpha is for MobileNets.")
+            raise GraftError(
+                f"{spec.name} has no width multiplier (alpha is for MobileNets). "
+                f"Received: alpha={alpha}"
+            )
         kwargs["alpha"] = alpha
     weights_arg, weights_label = _resolve_weights(weights)
     constructor = getattr(keras.applications, spec.constructor)
@@ -136,7 +139,7 @@ def _resolve_weights(weights) -> tuple[str | None, str]:
     if not path.is_file():
         raise WeightsUnavailableError(
             f"Weights file not found: {weights}.",
-            hint="pass --weights imagenet, --weights none, or the path of a weights file.",
+            hint="pass weights=imagenet, weights=none, or the path of a weights file.",
         )
     return str(path), str(path.resolve())
 
@@ -161,7 +164,7 @@ def _build_application(constructor, **kwargs) -> keras.Model:
             raise WeightsUnavailableError(
                 "ImageNet weights are not in Keras's cache and could not be downloaded "
                 "(no network?).",
-                hint=f"on a connected machine download {where} and pass --weights "
+                hint=f"on a connected machine download {where} and pass weights="
                 f"PATH_TO_THAT_FILE, or put it in {cache}.",
             ) from None
         if isinstance(exc, ValueError):
@@ -201,8 +204,8 @@ def load_user_backbone(
     """
     if weights == "imagenet":
         raise GraftError(
-            "--weights imagenet is for registry backbones; a model file brings its own.",
-            hint="leave --weights out to keep the file's weights, or pass none or a path.",
+            "weights=imagenet is for registry backbones; a model file brings its own.",
+            hint="leave weights= out to keep the file's weights, or pass none or a path.",
         )
     file = Path(path).expanduser()
     if not file.exists():
@@ -245,7 +248,7 @@ def _load_file(file: Path, safe_mode: bool) -> keras.Model:
         if "safe_mode" in text or "Lambda" in text:
             raise GraftError(
                 f"{file} contains code (a Lambda layer) that would run when loaded; refused.",
-                hint="only if you trust the file, pass --unsafe (safe_mode=False in Python).",
+                hint="only if you trust the file, pass safe_mode=False.",
             ) from None
         raise GraftError(f"Cannot load a Keras model from {file}: {text}") from None
     if not isinstance(model, keras.Model):
@@ -291,13 +294,13 @@ def from_model(
             raise GraftError(
                 f"{source} takes images of any size {model.input_shape}; "
                 "graft needs to know which.",
-                hint="pass --image-size N (image_size=N in Python).",
+                hint="pass image_size=N.",
             )
         height = width = int(image_size)
     elif image_size is not None and (image_size, image_size) != (height, width):
         raise GraftError(
-            f"{source} takes {height}x{width} images; --image-size {image_size} does not fit it.",
-            hint="leave --image-size out for model files; images are resized to fit.",
+            f"{source} takes {height}x{width} images; image_size={image_size} does not fit it.",
+            hint="leave image_size= out for model files; images are resized to fit.",
         )
     if channels is None:
         raise GraftError(f"{source} takes inputs of shape {model.input_shape}: channels unknown.")
@@ -348,7 +351,10 @@ def resolve(
             image_size=image_size,
         )
     if cut is not None:
-        raise GraftError("--cut is for backbones loaded from a model file, not registry names.")
+        raise GraftError(
+            "cut is for backbones loaded from a model file, not registry names. "
+            f"Received: cut={cut}"
+        )
     bb = load_backbone(
         backbone,
         weights="imagenet" if weights is None else weights,

@@ -146,7 +146,7 @@ def pooling_layers(shape: tuple, pool: str = "auto") -> list[keras.layers.Layer]
         raise GraftError(
             f"The backbone's output has shape {shape}; graft grafts a head onto 2-D (features), "
             "3-D (tokens) or 4-D (feature map) outputs.",
-            hint="pass --cut LAYER at a layer with such an output (run 'graft inspect MODEL').",
+            hint="pass cut=LAYER at a layer with such an output (run 'graft inspect MODEL').",
         )
     if pool == "auto":
         pool = accepted[0]
@@ -154,13 +154,13 @@ def pooling_layers(shape: tuple, pool: str = "auto") -> list[keras.layers.Layer]
         raise GraftError(
             f"The backbone's output {shape} is already a feature vector; pool={pool!r} does "
             f"not apply. Received: pool={pool!r}",
-            hint="leave --pool out, or --cut at an earlier layer (a feature map or tokens).",
+            hint="leave pool= out, or cut= at an earlier layer (a feature map or tokens).",
         )
     if pool not in accepted:
         raise GraftError(
             f"pool={pool!r} does not apply to a backbone output of shape {shape}; it takes "
             f"{', '.join(accepted)}. Received: pool={pool!r}",
-            hint="leave --pool out for the default, or --cut at another layer.",
+            hint="leave pool= out for the default, or cut= at another layer.",
         )
     name = HEAD_INPUT
     if pool == "identity":

@@ -61,7 +61,7 @@ def preprocessing_layers(mode: str, channels: int = 3) -> list[keras.layers.Laye
     if mode in ("caffe", "torch") and channels != 3:
         raise UnknownNameError(
             f"Preprocessing {mode!r} needs 3-channel images, the backbone takes {channels}.",
-            hint="use --preprocess unit, symmetric or none for grayscale backbones.",
+            hint="use preprocess=unit, symmetric or none for grayscale backbones.",
         )
     name = f"{LAYER_PREFIX}_{mode}"
     if mode == "none":

@@ -168,8 +168,8 @@ class CheckReport:
             first = next(k for k in KINDS if k in issues)
             where = self.problems[first][0][0]
             raise DataError(
-                f"--strict: the data check found problems: {parts} (first: {where}).",
-                hint="run 'graft data check DATA' for the details, or drop --strict to skip them.",
+                f"strict=True: the data check found problems: {parts} (first: {where}).",
+                hint="run 'graft data check DATA' for details, or drop strict=True to skip them.",
             )
 
 

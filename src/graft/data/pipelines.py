@@ -142,7 +142,8 @@ def augmentation(level: str = "standard", seed: int | None = None):
     """
     if level not in AUGMENT_LEVELS:
         raise UnknownNameError(
-            f"Unknown --augment level: {level!r}.{did_you_mean(level, AUGMENT_LEVELS)}",
+            f"Unknown augment level: {level!r}.{did_you_mean(level, AUGMENT_LEVELS)} "
+            f"Received: augment={level}",
             hint=f"expected one of {', '.join(AUGMENT_LEVELS)}.",
         )
     if level == "none":

@@ -341,7 +341,7 @@ def stratified_split(
         ``(train, validation)``.
     """
     if not 0 < fraction < 1:
-        raise DataError(f"--val-split must be between 0 and 1, got {fraction}.")
+        raise DataError(f"val_split must be between 0 and 1. Received: val_split={fraction}")
     rng = np.random.default_rng(seed)
     strata = files.strata()
     train_idx, val_idx = [], []
@@ -372,7 +372,7 @@ def class_weights(labels, multi_label: bool = False) -> dict[int, float]:
     if multi_label or np.asarray(labels).ndim != 1:
         raise DataError(
             "--class-weight auto does not apply to multi-label data.",
-            hint="drop --class-weight for a CSV with a|b labels.",
+            hint="drop class_weight=auto for a CSV with a|b labels.",
         )
     labels = np.asarray(labels)
     present = np.unique(labels)

@@ -217,7 +217,7 @@ class SourceTask:
             raise DataError(
                 f"The source model {path} has {model.output_shape[-1]} outputs but the "
                 f"source data has {len(classes)} classes.",
-                hint="--source-eval needs one class folder per output of --source-model, "
+                hint="source_eval= needs one class folder per output of source_model=, "
                 "in the model's output order (sorted folder names).",
             )
         missing = _unmatched(backbone_model, model)
@@ -225,8 +225,8 @@ class SourceTask:
             raise GraftError(
                 f"The backbone's layer(s) {', '.join(missing[:3])} are not in the source "
                 f"model {path}, so its head cannot be re-attached to the fine-tuned backbone.",
-                hint="pass the model file the backbone was cut from (--backbone FILE --cut "
-                "LAYER) as --source-model.",
+                hint="pass the model file the backbone was cut from (backbone=FILE cut="
+                "LAYER) as source_model=.",
             )
         return cls(model, files, classes, preprocess, path)
 

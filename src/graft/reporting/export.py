@@ -128,21 +128,26 @@ def export(
             ``FLOAT_TOLERANCE``.
     """
     if fmt not in FORMATS:
-        raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")
+        raise GraftError(
+            f"Unknown format: {fmt!r}. Expected one of {', '.join(FORMATS)}. Received: fmt={fmt}"
+        )
     if quantize not in QUANTIZE:
-        raise GraftError(f"Unknown --quantize {quantize!r}. Expected one of {', '.join(QUANTIZE)}.")
+        raise GraftError(
+            f"Unknown quantization: {quantize!r}. Expected one of {', '.join(QUANTIZE)}. "
+            f"Received: quantize={quantize}"
+        )
     if quantize != "none" and fmt != "tflite":
-        raise GraftError(f"--quantize {quantize} applies to --format tflite only.")
+        raise GraftError(f"quantize={quantize} applies to fmt=tflite only.")
     if quantize == "int8" and calibration is None:
         raise GraftError(
-            "--quantize int8 needs representative images to calibrate on.",
-            hint="pass --calibration DATA (a folder of typical input images, ~100 are enough).",
+            "quantize=int8 needs representative images to calibrate on.",
+            hint="pass calibration=DATA (a folder of typical input images, ~100 are enough).",
         )
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
-        raise GraftError(f"{out} already exists.", hint="pass another --out, or --overwrite.")
+        raise GraftError(f"{out} already exists.", hint="pass another out=..., or overwrite=True.")
     if fmt == "keras" and out.suffix != ".keras":
-        raise GraftError(f"--out for --format keras must end in .keras, got {out}.")
+        raise GraftError(f"out for fmt=keras must end in .keras. Received: out={out}")
     _check_target(out, fmt)
     model, classes = model_io.load(model_or_run, safe_mode=safe_mode)
     labels_at = out if fmt == "savedmodel" else out.parent  # a SavedModel is replaced whole
@@ -181,7 +186,7 @@ def export(
     if not check["passed"]:
         raise ExportCheckFailed(
             f"The exported model differs from the Keras model: {result.summary_line()}.",
-            hint="report this with the model and versions (run with --debug for details).",
+            hint="report this with the model and versions (graft --debug shows the details).",
         )
     return result
 
@@ -197,17 +202,17 @@ def _check_target(out: Path, fmt: str) -> None:
         return
     if fmt != "savedmodel":
         if out.is_dir() or out.is_symlink():
-            raise GraftError(f"--out {out} is a folder or a link; refusing to replace it.")
+            raise GraftError(f"out={out} is a folder or a link; refusing to replace it.")
         return
     if out.is_symlink() or not out.is_dir():
-        raise GraftError(f"--out {out} is not a SavedModel folder; refusing to replace it.")
+        raise GraftError(f"out={out} is not a SavedModel folder; refusing to replace it.")
     entries = {p.name for p in out.iterdir()}
     if entries and not ("saved_model.pb" in entries and entries <= SAVEDMODEL_ENTRIES):
         shown = ", ".join(sorted(entries - SAVEDMODEL_ENTRIES)[:3]) or "no saved_model.pb"
         raise GraftError(
-            f"--out {out} is not empty and is not a SavedModel ({shown}); "
+            f"out={out} is not empty and is not a SavedModel ({shown}); "
             "refusing to replace a folder graft did not write.",
-            hint="pass a new or empty folder as --out.",
+            hint="pass a new or empty folder as out=....",
         )
 
 
@@ -224,7 +229,7 @@ def _check_labels(path: Path, classes: list[str]) -> None:
         raise GraftError(
             f"{path} already exists for other classes (another run or export); "
             "refusing to replace it.",
-            hint="export into a folder of its own (a new --out).",
+            hint="export into a folder of its own (a new out=...).",
         )
 
 
@@ -257,7 +262,7 @@ def load_calibration(source, image_size: tuple[int, int], channels: int) -> np.n
         except (OSError, ValueError):
             continue
     if not images:
-        raise GraftError(f"No readable images in --calibration {source}.")
+        raise GraftError(f"No readable images in calibration={source}.")
     return np.stack(images).astype("float32")
 
 

@@ -117,9 +117,9 @@ def predict_files(
         Predictions, in the order of ``files``.
     """
     if top_k < 1:
-        raise GraftError(f"--top-k must be at least 1, got {top_k}.")
+        raise GraftError(f"top_k must be at least 1. Received: top_k={top_k}")
     if batch_size < 1:
-        raise GraftError(f"--batch-size must be at least 1, got {batch_size}.")
+        raise GraftError(f"batch_size must be at least 1. Received: batch_size={batch_size}")
     top_k = min(top_k, len(classes))
     _, h, w, ch = model.input_shape
     paths: list[str] = []
@@ -275,7 +275,9 @@ def predict_to_file(
         A :class:`Summary` (number predicted, files skipped).
     """
     if fmt not in FORMATS:
-        raise GraftError(f"Unknown --format {fmt!r}. Expected one of {', '.join(FORMATS)}.")
+        raise GraftError(
+            f"Unknown format: {fmt!r}. Expected one of {', '.join(FORMATS)}. Received: fmt={fmt}"
+        )
     files = expand(sources)
     model, classes = model_io.load(model_or_run, safe_mode=safe_mode)
     summary = Summary()

@@ -60,7 +60,7 @@ def _convert(converter, quantize: str, calibration) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "int8":
         if calibration is None or not len(calibration):
-            raise GraftError("--quantize int8 needs calibration images.")
+            raise GraftError("quantize=int8 needs calibration images (calibration=DATA).")
 
         def representative():
             for image in calibration:

@@ -37,7 +37,7 @@ def _disk_full(path: Path, exc: OSError) -> OSError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
             f"No space left on the device while writing {path}.",
-            hint="free some space, or pass another --out (or --cache-dir for the cache).",
+            hint="free some space, or pass another out=... (or cache_dir= for the cache).",
         )
     return exc
 
@@ -142,7 +142,7 @@ def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = 
     """
     path = Path(run_dir).expanduser()
     if path.exists() and not path.is_dir():
-        raise GraftError(f"--out {run_dir} exists and is not a folder.")
+        raise GraftError(f"out={run_dir} exists and is not a folder.")
     path.mkdir(parents=True, exist_ok=True)
     if resume:
         return path
@@ -155,13 +155,13 @@ def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = 
         else:
             raise GraftError(
                 f"Run folder {run_dir} already exists and is not empty; refusing to overwrite it.",
-                hint="pass another --out, or --overwrite to replace its files.",
+                hint="pass another out=..., or overwrite=True to replace its files.",
             )
     if overwrite and ours and not is_run:
         raise GraftError(
-            f"--out {run_dir} is not a graft run folder, yet it holds "
+            f"out={run_dir} is not a graft run folder, yet it holds "
             f"{', '.join(sorted(ours))}; refusing to replace files graft did not create.",
-            hint="pass another --out.",
+            hint="pass another out=....",
         )
     if overwrite:
         for name in sorted(ours):

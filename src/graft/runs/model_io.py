@@ -44,7 +44,7 @@ def load_file(path: str | os.PathLike, safe_mode: bool = True, compile: bool = T
         if safe_mode and ("safe_mode" in text or "Lambda" in text):
             raise GraftError(
                 f"{path} contains code (a Lambda layer) that would run when loaded; refused.",
-                hint="only if you trust the file, pass safe_mode=False (--unsafe in the CLI).",
+                hint="only if you trust the file, pass safe_mode=False.",
             ) from None
         raise GraftError(f"Cannot load the {what} {path}: {text}") from None
 

@@ -105,7 +105,7 @@ def load_state(run_dir: str | Path) -> State | None:
     except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise GraftError(
             f"The checkpoint {path} is damaged ({type(exc).__name__}: {exc}).",
-            hint="restore the run folder, or start the run again with --overwrite.",
+            hint="restore the run folder, or start the run again with overwrite=True.",
         ) from None
     for value in state.states.values():  # arrays saved by value next to state.json
         if isinstance(value, dict) and isinstance(value.get("arrays"), str):
@@ -389,7 +389,7 @@ def as_user_error(exc: BaseException, batch_size: int) -> BaseException:
     name = type(exc).__name__
     if name == "ResourceExhaustedError" or isinstance(exc, MemoryError):
         return TrainingFailed(
-            f"Out of memory while training with --batch-size {batch_size}.",
-            hint=f"try a smaller --batch-size (e.g. {max(1, batch_size // 2)}) or --image-size.",
+            f"Out of memory while training with batch_size={batch_size}.",
+            hint=f"try batch_size={max(1, batch_size // 2)} or a smaller image_size.",
         )
     return exc

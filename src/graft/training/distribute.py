@@ -54,7 +54,7 @@ def split_cpu(devices: int) -> None:
         )
     except RuntimeError:
         raise GraftError(
-            f"--devices {devices}: TensorFlow has already started its devices in this process.",
+            f"devices={devices}: TensorFlow has already started its devices in this process.",
             hint="set devices before any TensorFlow work (a fresh process, e.g. the CLI).",
         ) from None
 
@@ -93,7 +93,7 @@ def strategy(name: str, devices: int = 0):
 
         if "TF_CONFIG" not in os.environ:
             raise GraftError(
-                "--distribute multi-worker needs the TF_CONFIG environment variable.",
+                "distribute=multi-worker needs the TF_CONFIG environment variable.",
                 hint='set TF_CONFIG=\'{"cluster": {"worker": [...]}, "task": '
                 '{"type": "worker", "index": I}}\' on every worker.',
             )
@@ -102,7 +102,10 @@ def strategy(name: str, devices: int = 0):
         except ValueError as exc:
             raise GraftError(f"TF_CONFIG is not valid JSON: {exc}") from None
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise GraftError(f"Unknown --distribute: {name!r}.", hint=f"expected {', '.join(STRATEGIES)}.")
+    raise GraftError(
+        f"Unknown distribute mode: {name!r}. Received: distribute={name}",
+        hint=f"expected {', '.join(STRATEGIES)}.",
+    )
 
 
 def describe(strategy, per_replica: int) -> str:

@@ -45,7 +45,7 @@ def callback(run_dir: str | os.PathLike, histograms: bool = False):
 
     if importlib.util.find_spec("tensorboard") is None:
         raise GraftError(
-            "--tensorboard needs the tensorboard package.", hint="pip install tensorboard"
+            "tensorboard=True needs the tensorboard package.", hint="pip install tensorboard"
         )
     import shutil
 
