@@ -108,9 +108,13 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, names: dict
 # Per strategy: graft settings, all with the same budget of 40 epochs (few labels mean
 # one to four steps per epoch). Everything else is graft's default.
 _SETTINGS = {
-    "scratch": dict(
+    "scratch": dict(  # graft compare's scratch recipe (compare.scratch_phase), 40 epochs
         weights="none",
-        phases=[dict(name="scratch", trainable="all", epochs=40, lr=1e-3, train_bn=True)],
+        phases=[
+            dict(
+                name="scratch", trainable="all", epochs=40, lr=1e-3, train_bn=True, precise_bn=True
+            )
+        ],  # fmt: skip
     ),
     "feature": dict(strategy="feature", epochs=40),
     "finetune": dict(strategy="finetune", epochs=40, unfreeze="blocks:1"),

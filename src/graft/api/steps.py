@@ -103,6 +103,8 @@ class Pipelines:
     train: object
     val: object
     batch_size: int
+    #: The training split in order, not augmented (precise BN), or ``None`` (tf.data).
+    train_eval: object = None
 
 
 @dataclass
@@ -229,9 +231,11 @@ def make_pipelines(
     size, ch = bb.image_size, bb.channels
     train = data.train.batches(size, ch, bs, shuffle=True, seed=cfg.seed, augment=data.augment)
     val = None if data.val is None else data.val.batches(size, ch, bs)
+    plain = None if data.train.labels is None else data.train.batches(size, ch, bs)
     if cfg.deterministic:
         train, val = distribute.deterministic(train), distribute.deterministic(val)
-    return Pipelines(train, val, bs)
+        plain = distribute.deterministic(plain)
+    return Pipelines(train, val, bs, plain)
 
 
 def make_trainer(
