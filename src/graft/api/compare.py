@@ -150,6 +150,7 @@ def compare(
     if int(seeds) < 1:
         raise GraftError(f"seeds must be at least 1. Received: seeds={seeds}")
     budget = epoch_budget(str(backbone), names, settings)
+    settings = shared_scaling(data_source, str(backbone), settings, safe_mode, log)
     first = int(settings.pop("seed", 0))
     rows = []
     for name in names:
@@ -166,6 +167,26 @@ def compare(
         rows.append(summarise(runs_of_row))
     write(rows, out)
     return rows
+
+
+def shared_scaling(data_source, backbone: str, settings: dict, safe_mode: bool, log) -> dict:
+    """``settings`` with the input scaling inferred once for a model file, so every row
+    (scratch, whose fresh weights hold no evidence, too) scales its input the same way."""
+    from graft.api import building, steps
+    from graft.config.settings import TrainConfig
+    from graft.core import backbones
+    from graft.data.adapter import adapt
+
+    if settings.get("preprocess") is not None or not backbones.is_model_path(backbone):
+        return settings
+    weights = settings.get("weights")
+    weights = None if weights is not None and str(weights).lower() == "none" else weights
+    cfg = TrainConfig(backbone=backbone, **{**settings, "weights": weights})
+    bb = building.resolve_backbone(cfg, safe_mode)
+    steps.match_scaling(cfg, bb, adapt(data_source), log)
+    if bb.scaling is None or bb.scaling["choice"] is None:
+        return settings
+    return {**settings, "preprocess": bb.preprocess}
 
 
 def summarise(rows: list[dict]) -> dict:

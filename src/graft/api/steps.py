@@ -19,7 +19,7 @@ import keras
 from graft.api import building
 from graft.config import strategies
 from graft.config.settings import TrainConfig
-from graft.core import backbones
+from graft.core import backbones, scaling
 from graft.core.model import HeadConfig
 from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
@@ -187,6 +187,8 @@ def open_run(cfg: TrainConfig, req: Request) -> Path | None:
 def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) -> Built:
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
     bb = building.resolve_backbone(cfg, req.safe_mode)
+    if backbones.is_model_path(cfg.backbone):
+        match_scaling(cfg, bb, data.train, req.log)
     source_task = _source_task(req, cfg, bb)
     counts = data.counts
     req.log(
@@ -199,6 +201,27 @@ def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) 
         model = assemble(bb, len(data.classes), head)
     loss, metrics = building.task(data.multi_label)
     return Built(bb, model, loss, metrics, source_task)
+
+
+def match_scaling(cfg: TrainConfig, bb: backbones.Backbone, train, log) -> None:
+    """A model file's input scaling: inferred when ``preprocess`` is not given (the choice
+    and its evidence are logged and kept in ``bb.scaling`` for ``config.yaml``), checked
+    when it is (a clearly different choice is a warning with the same evidence)."""
+    if cfg.weights is not None and str(cfg.weights).lower() == "none":
+        if cfg.preprocess is None:
+            log("Input scaling not inferred: weights none has no pre-trained statistics to match")
+        return
+    batch = next(iter(train.batches(bb.image_size, bb.channels, 128)), None)
+    if batch is None:
+        return
+    evidence = scaling.infer(bb.model, batch[0], bb.channels)
+    bb.scaling = evidence.as_dict()
+    if cfg.preprocess is None:
+        if evidence.clear:
+            bb.preprocess = evidence.choice
+        log(evidence.line()[0].upper() + evidence.line()[1:])
+    elif evidence.clear and evidence.choice != cfg.preprocess:
+        log(f"Warning: preprocess={cfg.preprocess} was asked for, but {evidence.line()}")
 
 
 def _source_task(req: Request, cfg: TrainConfig, bb) -> drift.SourceTask | None:

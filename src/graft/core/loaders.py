@@ -40,9 +40,13 @@ class Backbone:
     channels: int
     source: str
     weights: str
+    #: How ``preprocess`` was inferred or checked (:mod:`graft.core.scaling`), if it was.
+    scaling: dict | None = None
 
     def describe(self) -> dict:
+        extra = {} if self.scaling is None else {"preprocess_evidence": self.scaling}
         return {
+            **extra,
             "source": self.source,
             "weights": self.weights,
             "preprocess": self.preprocess,
