@@ -267,8 +267,21 @@ drawn afresh: the training images, {VAL_PER_CLASS} validation images per class (
 measure feature drift) and all remaining images as the test set. Every strategy gets
 {int(EPOCHS * args.epochs_scale)} epochs in total (split in half between the phases of
 two-phase strategies), head learning rate 1e-3, backbone learning rate {FINETUNE_LR:g},
-batch 16, BatchNormalization frozen except for scratch. `scratch` trains the same
-architecture from random weights.
+batch 16, BatchNormalization frozen except for scratch.
+
+Baselines: `plain-keras` trains the same CNN from random weights with plain `model.fit` on
+arrays (inputs in [0, 1], Adam 1e-3); `scratch` is graft's scratch recipe (`graft compare`'s:
+fresh weights, everything trains, BN too, full learning rate, precise BN: the BN statistics
+are re-estimated on the training images after training); `scratch-no-precise-bn` is the same
+without precise BN, i.e. graft's scratch row before issue 15. `auto` is `--strategy auto`
+({AUTO_TRIALS} trials on the validation images, then the best transfer configuration and
+scratch as full-budget finalists; its head phase gets the full epoch budget and hybrid's
+fine-tuning phase half of it, so its finalists may train longer than the other rows).
+
+A note on plain Keras: after `keras.utils.set_random_seed`, `model.fit` on numpy arrays with
+`shuffle=True` feeds the same batch order in every epoch (Keras 3.15 / TF 2.21), while graft's
+`tf.data` pipeline really reshuffles; that makes plain Keras's BN moving statistics look
+steadier than they are. With precise BN both score the same.
 
 Columns: test accuracy on digits 5-9; linear CKA and mean cosine similarity between the
 pre-trained and the trained backbone's pooled features on the validation images

@@ -55,3 +55,45 @@ def test_scratch_is_within_noise_of_plain_keras_over_seeds(split, cnn_path):
     ours = [graft_scratch(split, cnn_path, seed=s) for s in seeds]
     assert np.mean(ours) >= plain - 0.03, (ours, plain)
     assert max(ours) - min(ours) <= 0.08, ours
+
+
+def test_precise_bn_is_on_exactly_where_bn_trains():
+    from graft.config.phase import Phase
+    from graft.config.settings import TrainConfig
+
+    assert Phase("a", "all", train_bn=True).uses_precise_bn
+    assert not Phase("a", "none", train_bn=True).uses_precise_bn  # BN frozen with the backbone
+    assert not Phase("a", "all").uses_precise_bn  # frozen BN keeps its statistics
+    assert not Phase("a", "all", train_bn=True, precise_bn=False).uses_precise_bn
+    assert Phase("a", "none", precise_bn=True).uses_precise_bn
+    cfg = dict(backbone="m.keras", strategy="hybrid", train_bn=True)
+    assert [p.uses_precise_bn for p in TrainConfig(**cfg).resolved_plan()] == [False, True]
+    off = TrainConfig(**cfg, precise_bn=False).resolved_plan()
+    assert [p.uses_precise_bn for p in off] == [False, False]
+    custom = TrainConfig(backbone="m.keras", phases=[scratch_phase(3)], precise_bn=False)
+    assert not custom.resolved_plan()[0].uses_precise_bn
+
+
+def test_precise_bn_re_estimates_only_the_bn_layers_that_trained(small_arrays, cnn_file):
+    """Frozen BN layers keep their pre-trained statistics; the ones that trained match the
+    training images under the final weights (the log says how many)."""
+    from conftest import snapshot
+
+    lines = []
+    run = graft.train(
+        small_arrays, str(cnn_file), cut="block3_pool", strategy="finetune", unfreeze="blocks:1",
+        train_bn=True, epochs=1, val_split=0.0, batch_size=8, log=lines.append, verbose=0,
+    )  # fmt: skip
+    assert "Precise BN: re-estimated the statistics of 1 BatchNorm layers" in "\n".join(lines)
+    weights = snapshot(run.model)
+    mean = next(v for k, v in weights.items() if "block3_bn" in k and "moving_mean" in k)
+    frozen = next(v for k, v in weights.items() if "block1_bn" in k and "moving_mean" in k)
+    np.testing.assert_array_equal(frozen, np.linspace(-0.5, 0.5, frozen.shape[0]).astype("float32"))
+    # block3_bn's moving mean is the mean of its inputs over the 24 training images.
+    import keras
+
+    bb = run.backbone.model
+    probe = keras.Model(bb.inputs[0], bb.get_layer("block3_bn").input)
+    x = np.asarray(small_arrays[0], "float32")
+    want = np.asarray(probe(x, training=False)).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(mean, want, rtol=1e-3, atol=1e-4)
