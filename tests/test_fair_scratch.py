@@ -97,3 +97,24 @@ def test_precise_bn_re_estimates_only_the_bn_layers_that_trained(small_arrays, c
     x = np.asarray(small_arrays[0], "float32")
     want = np.asarray(probe(x, training=False)).mean(axis=(0, 1, 2))
     np.testing.assert_allclose(mean, want, rtol=1e-3, atol=1e-4)
+
+
+def test_precise_bn_revalidates_the_last_epoch(small_arrays, cnn_file, tmp_path):
+    """The phase's last val_accuracy was measured with the old BN statistics; after precise
+    BN it is measured again, so metrics, history.csv and auto/compare rank the kept model."""
+    import csv
+
+    from graft.api import evaluate
+
+    lines = []
+    run = graft.train(
+        small_arrays, str(cnn_file), tmp_path / "run", val=small_arrays, cut="block3_pool",
+        weights="none", phases=[scratch_phase(2, lr=0.01)], batch_size=8, log=lines.append,
+        verbose=0,
+    )  # fmt: skip
+    assert "val_accuracy now" in "\n".join(lines)
+    again = evaluate(tmp_path / "run", small_arrays)
+    assert run.metrics["val_accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    with open(tmp_path / "run" / "history.csv", newline="") as handle:
+        last = list(csv.DictReader(handle))[-1]
+    assert float(last["val_accuracy"]) == pytest.approx(again["accuracy"], abs=1e-6)

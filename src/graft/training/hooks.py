@@ -33,6 +33,10 @@ class PhaseContext:
     #: A non-shuffled, non-augmented pass over the training split (precise BN);
     #: ``None``: ``train``.
     train_eval: object = None
+    #: The validation data, and the run's history rows so far (this phase's included
+    #: once it has been fitted).
+    val: object = None
+    history: list | None = None
 
     @property
     def on_cache(self) -> bool:
@@ -97,11 +101,19 @@ class BatchNormRecalibration(Hook):
             return
         data = ctx.train if ctx.train_eval is None else ctx.train_eval
         n = regularizers.recalibrate_bn(ctx.model, data, only_trainable=True)
-        if n:
-            self.log(
-                f"Precise BN: re-estimated the statistics of {n} BatchNorm layers on the "
-                "training images"
-            )
+        if not n:
+            return
+        text = f"Precise BN: re-estimated the statistics of {n} BatchNorm layers on the "
+        text += "training images"
+        rows = [r for r in ctx.history or () if r.get("phase_index") == ctx.position.index]
+        if ctx.val is not None and rows and "val_loss" in rows[-1]:
+            # The phase's last row was validated with the old statistics: measure again,
+            # so metrics, history and checkpoint describe the model that is kept.
+            scores = ctx.model.evaluate(ctx.val, verbose=0, return_dict=True)
+            rows[-1].update({f"val_{k}": float(v) for k, v in scores.items()})
+            if "accuracy" in scores:
+                text += f"; val_accuracy now {scores['accuracy']:.4f}"
+        self.log(text)
 
 
 class L2SPAnchors(Hook):

@@ -204,7 +204,10 @@ class Trainer:
             on_cache = head is not None and phase.backbone_frozen
             target = head if on_cache else self.model
             position = Position(index, epoch - skip, skip)
-            ctx = PhaseContext(phase, position, len(plan), self.model, target, train, train_eval)
+            ctx = PhaseContext(
+                phase, position, len(plan), self.model, target, train, train_eval, val,
+                result.history,
+            )  # fmt: skip
             result.phases.append(
                 self._run_phase(ctx, train, val, cached, result, states if skip else {})
             )
