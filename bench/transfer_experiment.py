@@ -249,9 +249,45 @@ def table(rows: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def closing_note(rows: list[dict]) -> str:
+    """Before/after of the scratch baseline, and what auto chose, per budget."""
+    lines = []
+    for budget in sorted({r["labels_per_class"] for r in rows}):
+        mean = {}
+        for name in (
+            "plain-keras",
+            "scratch-no-precise-bn",
+            "scratch",
+            "feature",
+            "hybrid",
+            "auto",
+        ):
+            group = [
+                r["test_accuracy"]
+                for r in rows
+                if (r["labels_per_class"], r["strategy"], r["l2sp"] or 0) == (budget, name, 0)
+            ]
+            if group:
+                mean[name] = float(np.mean(group))
+        chose = sorted({r.get("auto_chose") for r in rows if r["labels_per_class"] == budget
+                        and r["strategy"] == "auto" and r.get("auto_chose")})  # fmt: skip
+        text = ", ".join(f"{k} {v:.3f}" for k, v in mean.items())
+        lines.append(
+            f"- {budget}/class: {text}" + (f"; auto chose {', '.join(chose)}" if chose else "")
+        )
+    head = (
+        "Before/after (issue 15): `scratch-no-precise-bn` is graft's scratch row before, "
+        "`scratch` after; `auto` before could not choose scratch.\n\n"
+    )
+    return head + "\n".join(lines) + "\n" if lines else ""
+
+
 def document(rows: list[dict], args, command: str, seconds: float) -> str:
     seeds = sorted({r["seed"] for r in rows})
-    before = rows[0]["source_accuracy_before"] if rows else float("nan")
+    before = next(
+        (r["source_accuracy_before"] for r in rows if r["source_accuracy_before"] is not None),
+        float("nan"),
+    )
     return f"""# Transfer experiment: accuracy and forgetting per strategy
 
 Produced by one command (numbers below are pasted from an actual run, {seconds / 60:.1f} min on
@@ -291,6 +327,7 @@ head re-attached to the trained backbone (before training: {before:.3f}). Mean Â
 over seeds.
 
 {table(rows)}
+{closing_note(rows)}
 {" ".join(line + "." for line in skipped_lines(args.strategies.split(",")))}
 
 Raw per-run numbers: `docs/transfer_experiment.csv`.
