@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import yaml
 
 from graft import cli
@@ -28,10 +29,18 @@ def test_auto_records_trials_and_trains_the_best(tmp_path, digits_folder, cnn_fi
     assert trials[0]["settings"] == record["prior"] and record["prior"]["strategy"] == "feature"
     assert trials[1]["settings"] != trials[0]["settings"]
     best = max(trials, key=lambda t: (t["val_accuracy"], -t["val_loss"], -t["trial"]))
-    assert record["chosen"] == best["settings"] and record["chosen_trial"] == best["trial"]
+    assert record["chosen_trial"] == best["trial"]
+    # The best transfer trial and scratch were the finalists; the better one is the run.
+    finalists = record["finalists"]
+    assert [f["settings"]["strategy"] for f in finalists][1] == "scratch"
+    assert finalists[0]["settings"] == best["settings"]
+    assert record["chosen"] in (finalists[0]["settings"], finalists[1]["settings"])
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["strategy"] == record["chosen"]["strategy"]
-    assert config["lr"] == record["chosen"]["lr"]
+    if record["chosen"]["strategy"] == "scratch":
+        assert config["weights"] == "none" and config["phases"][0]["name"] == "scratch"
+    else:
+        assert config["strategy"] == record["chosen"]["strategy"]
+        assert config["lr"] == record["chosen"]["lr"]
     if "unfreeze" in record["chosen"]:
         assert config["unfreeze"] == record["chosen"]["unfreeze"]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -59,3 +68,29 @@ def test_auto_without_validation_is_a_one_line_error(tmp_path, digits_folder, cn
     err = capsys.readouterr().err.strip()
     assert code == 2 and "needs validation data" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_auto_chooses_scratch_where_the_backbone_is_useless(tmp_path):
+    """A backbone whose first convolution is all zeros gives every image the same features:
+    every transfer strategy is at chance, and auto must fall back to training from scratch."""
+    from graft import api
+    from graft.runs.files import save_model
+    from plain_keras import build_cnn, digits_split
+
+    model = build_cnn(5)
+    kernel = model.get_layer("block1_conv").kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))
+    save_model(model, tmp_path / "useless.keras")
+    xtr, ytr, xte, yte = digits_split(per_class=10, seed=0)
+    run = api.train(
+        (xtr, ytr), str(tmp_path / "useless.keras"), tmp_path / "auto", test=(xte[:200], yte[:200]),
+        cut="block3_relu", strategy="auto", budget_trials=2, epochs=10, finetune_epochs=10,
+        batch_size=16, head=(), preprocess="unit", log=lambda _: None, verbose=0,
+    )  # fmt: skip
+    record = json.loads((tmp_path / "auto" / autostrategy.AUTO_FILE).read_text())
+    assert record["chosen"] == {"strategy": "scratch", "lr": 1e-3, "epochs": 20}, record
+    scratch, transfer = record["finalists"][1], record["finalists"][0]
+    assert scratch["val_accuracy"] > transfer["val_accuracy"]
+    config = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert config["weights"] == "none" and config["phases"][0]["precise_bn"] is True
+    assert run.metrics["test_accuracy"] > 0.5

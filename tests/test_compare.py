@@ -6,9 +6,12 @@ import csv
 import json
 
 import numpy as np
+import pytest
+import yaml
 from PIL import Image
 
 from graft import cli
+from graft.api import compare as compare_mod
 from graft.api.demo import write_folder
 
 
@@ -59,3 +62,40 @@ def test_compare_rejects_unknown_strategy_in_one_line(tmp_path, digits_folder, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and "Unknown strategy: 'hybird'" in err and "hybrid" in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_compare_with_seeds_reports_mean_and_std(tmp_path, digits_folder, cnn_file):
+    out = tmp_path / "cmp"
+    code = cli.main(
+        ["compare", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
+         "--strategies", "feature,scratch", "--seeds", "2", "--seed", "3", "--epochs", "1",
+         "--head", "", "--batch-size", "16", "-o", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    with open(out / "compare.csv", newline="") as handle:
+        rows = {r["strategy"]: r for r in csv.DictReader(handle)}
+    for name, row in rows.items():
+        runs = [json.loads((out / name / f"seed{s}" / "metrics.json").read_text()) for s in (3, 4)]
+        accuracies = [m["val_accuracy"] for m in runs]
+        assert row["seeds"] == "2"
+        assert float(row["val_accuracy"]) == pytest.approx(np.mean(accuracies))
+        assert float(row["val_accuracy_std"]) == pytest.approx(np.std(accuracies))
+        configs = [(out / name / f"seed{s}" / "config.yaml").read_text() for s in (3, 4)]
+        assert "seed: 3" in configs[0] and "seed: 4" in configs[1]
+    scratch = yaml.safe_load((out / "scratch" / "seed3" / "config.yaml").read_text())
+    assert scratch["phases"][0]["precise_bn"] is True and scratch["phases"][0]["epochs"] == 1
+    md = (out / "compare.md").read_text()
+    assert " ± " in md and "over 2 seeds" in md
+
+
+def test_scratch_gets_the_largest_epoch_budget():
+    settings = {"epochs": 5, "finetune_epochs": 7}
+    assert compare_mod.epoch_budget("m.keras", ["feature", "hybrid", "scratch"], settings) == 12
+    assert compare_mod.epoch_budget("m.keras", ["feature", "scratch"], settings) == 5
+    phase = compare_mod.scratch_phase(12, "auto")
+    assert (phase.trainable, phase.train_bn, phase.precise_bn, phase.lr) == (
+        "all",
+        True,
+        True,
+        1e-3,
+    )

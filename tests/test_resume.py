@@ -310,3 +310,19 @@ def test_resumed_early_stopping_matches_uninterrupted_run(
     )
     assert len(_history(ref)) - 1 < 10  # it stopped early
     _assert_same_history_and_weights(run, ref)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])
+def test_resumed_precise_bn_phase_matches_uninterrupted_run(
+    tmp_path, monkeypatch, digits_folder, cnn_file, stop_at
+):
+    """Precise BN runs after the phase, before its final checkpoint: stopped in the phase
+    (3) or right after its last epoch (4), the resumed run still re-estimates BN."""
+    settings = dict(
+        POLICY_RUN, strategy="hybrid", epochs=2, finetune_epochs=2, lr=0.05, finetune_lr=0.05,
+        unfreeze="blocks:1", train_bn=True,
+    )  # fmt: skip
+    run, ref = _interrupted_then_resumed(
+        tmp_path, monkeypatch, digits_folder, cnn_file, stop_at, **settings
+    )
+    _assert_same_history_and_weights(run, ref)

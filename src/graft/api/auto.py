@@ -13,6 +13,14 @@ cheap), scored by validation accuracy (ties: lower validation loss, then the ear
 trial). The chosen configuration is then trained with the full epoch budget into the
 run folder, and ``RUN_DIR/auto_search.json`` records the space, every trial and the choice.
 
+Auto never loses to training from scratch: after the search, the best transfer
+configuration and the scratch baseline (:func:`graft.api.compare.scratch_phase`: fresh
+weights, everything trains, precise BN) are both trained with the full epoch budget (the
+most epochs any strategy gets), and the one with the better validation accuracy (ties:
+lower validation loss) is the run. A short scratch trial would say nothing about a full
+one, so scratch is a finalist rather than a trial. Budget: ``budget_trials`` short trials
+plus two full-budget runs (three when scratch wins: it is retrained into the run folder).
+
 The classic guidance is the *prior*, not the decision: the first trial is the space's
 default, which is feature extraction with a shallow unfreeze depth for small datasets
 (fewer than :data:`SMALL_DATA` training images per class) and hybrid fine-tuning of
@@ -26,6 +34,7 @@ import dataclasses
 import tempfile
 import time
 
+from graft.api.compare import SCRATCH
 from graft.errors import GraftError
 from graft.runs.layout import AUTO_SEARCH_FILE as AUTO_FILE  # noqa: F401
 
@@ -163,22 +172,7 @@ def search(
             trial_settings = {**settings, **settings_of(values, trial_epochs)}
             start = time.perf_counter()
             try:
-                run = execute(
-                    dataclasses.replace(
-                        request,
-                        data=source,
-                        out=None,
-                        test=None,
-                        overwrite=False,
-                        log=lambda _line: None,
-                        verbose=0,
-                        tensorboard=False,
-                        source_eval=None,
-                        source_model=None,
-                        resume=False,
-                        settings=trial_settings,
-                    )  # fmt: skip
-                )
+                run = execute(dataclasses.replace(_quiet(request, trial_settings), data=source))
             except GraftError as exc:
                 failure.append(exc)
                 raise kt.errors.FatalError(str(exc)) from exc
@@ -218,7 +212,7 @@ def search(
                 raise failure[0] from None
             raise
     if not records:
-        raise GraftError("--strategy auto: no trial finished.")
+        raise GraftError("strategy=auto: no trial finished.")
     best = min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
     return {
         "objective": "val_accuracy (ties: val_loss, then the earlier trial)",
@@ -236,16 +230,54 @@ def search(
 def _check_validation(val, settings: dict) -> None:
     if val is None and not settings.get("val_split", 0.2):
         raise GraftError(
-            "--strategy auto chooses by validation accuracy and needs validation data.",
-            hint="pass --val DATA or a --val-split above 0.",
+            "strategy=auto chooses by validation accuracy and needs validation data.",
+            hint="pass val=DATA or a val_split above 0.",
         )
+
+
+def _quiet(request, settings: dict):
+    """``request`` as an in-memory, silent run with ``settings`` (a trial or a finalist)."""
+    return dataclasses.replace(
+        request, out=None, test=None, overwrite=False, log=lambda _line: None, verbose=0,
+        tensorboard=False, source_eval=None, source_model=None, resume=False, settings=settings,
+    )  # fmt: skip
 
 
 def _describe(settings: dict) -> str:
     text = f"{settings['strategy']} lr {settings['lr']:g}"
+    if "epochs" in settings and settings["strategy"] == SCRATCH:
+        text += f", {settings['epochs']} epochs"
     if "unfreeze" in settings:
         text += f", {settings['unfreeze']} at {settings['finetune_lr']:g}"
     return text
+
+
+def scratch_choice(backbone: str, settings: dict) -> dict:
+    """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget."""
+    from graft.api.compare import epoch_budget
+    from graft.config.strategies import STRATEGIES
+
+    lr = settings.get("lr")
+    budget = epoch_budget(backbone, [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES], settings)
+    return {
+        "strategy": SCRATCH,
+        "lr": 1e-3 if lr in (None, "auto") else float(lr),
+        "epochs": budget,
+    }
+
+
+def runnable(chosen: dict) -> dict:
+    """graft settings of a choice (scratch becomes fresh weights and its one phase)."""
+    if chosen["strategy"] != SCRATCH:
+        return dict(chosen)
+    from graft.api.compare import scratch_phase
+
+    return {"weights": "none", "phases": [scratch_phase(chosen["epochs"], chosen["lr"])]}
+
+
+def _better(a: dict, b: dict) -> bool:
+    """Whether metrics ``a`` beat ``b`` (validation accuracy; ties: validation loss)."""
+    return (a["val_accuracy"], -a["val_loss"]) > (b["val_accuracy"], -b["val_loss"])
 
 
 def train_auto(request, budget_trials: int | None = None):
@@ -277,14 +309,33 @@ def train_auto(request, budget_trials: int | None = None):
         budget_trials=budget_trials or DEFAULT_TRIALS,
         trial_epochs=min(TRIAL_EPOCHS, int(settings.get("epochs", TRIAL_EPOCHS))),
     )
-    chosen = record["chosen"]
+    transfer, scratch = record["chosen"], scratch_choice(str(request.backbone), settings)
     request.log(
-        f"Auto strategy chose {_describe(chosen)} (trial {record['chosen_trial']}: val_accuracy "
-        f"{record['trials'][record['chosen_trial'] - 1]['val_accuracy']:.4f} over "
-        f"{len(record['trials'])} trial(s)); training it with the full epoch budget"
+        f"Auto search: best transfer {_describe(transfer)} (trial {record['chosen_trial']}: "
+        f"val_accuracy {record['trials'][record['chosen_trial'] - 1]['val_accuracy']:.4f} over "
+        f"{len(record['trials'])} trial(s)); finalists with the full epoch budget: it and "
+        f"scratch ({scratch['epochs']} epochs)"
     )
-    final = dataclasses.replace(request, overwrite=overwrite, settings={**settings, **chosen})
+    baseline = execute(_quiet(request, {**settings, **runnable(scratch)})).metrics
+    final = dataclasses.replace(request, overwrite=overwrite, settings={**settings, **transfer})
     run = execute(final)
+    finalists = [
+        {"settings": c, **{k: float(m[k]) for k in ("val_accuracy", "val_loss")}}
+        for c, m in ((transfer, run.metrics), (scratch, baseline))
+    ]
+    chosen = transfer
+    if _better(baseline, run.metrics):
+        chosen = scratch
+        request.log(
+            f"Auto strategy: scratch beat {_describe(transfer)} on validation "
+            f"({baseline['val_accuracy']:.4f} vs {run.metrics['val_accuracy']:.4f}); "
+            "training scratch into the run folder"
+        )
+        run = execute(
+            dataclasses.replace(request, overwrite=True, settings={**settings, **runnable(chosen)})
+        )
+    request.log(f"Auto strategy chose {_describe(chosen)}")
+    record.update(finalists=finalists, chosen=chosen)
     run.metrics["auto_search"] = {"chosen": chosen, "trials": len(record["trials"])}
     if run.run_dir is not None:
         files.write_json(run.run_dir / layout.AUTO_SEARCH_FILE, record)

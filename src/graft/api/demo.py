@@ -108,9 +108,13 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, names: dict
 # Per strategy: graft settings, all with the same budget of 40 epochs (few labels mean
 # one to four steps per epoch). Everything else is graft's default.
 _SETTINGS = {
-    "scratch": dict(
+    "scratch": dict(  # graft compare's scratch recipe (compare.scratch_phase), 40 epochs
         weights="none",
-        phases=[dict(name="scratch", trainable="all", epochs=40, lr=1e-3, train_bn=True)],
+        phases=[
+            dict(
+                name="scratch", trainable="all", epochs=40, lr=1e-3, train_bn=True, precise_bn=True
+            )
+        ],  # fmt: skip
     ),
     "feature": dict(strategy="feature", epochs=40),
     "finetune": dict(strategy="finetune", epochs=40, unfreeze="blocks:1"),
@@ -125,8 +129,13 @@ def run(
     seed: int = 0,
     log: Callable[[str], None] = print,
     epochs_scale: float = 1.0,
+    seeds: int = 1,
 ) -> list[dict]:
     """Run the demo; returns one row per (budget, strategy) and writes results.csv/.md.
+
+    With ``seeds`` above 1, every row is trained with the seeds ``seed``, ``seed + 1``,
+    ... on the same images (as ``graft compare --seeds``) and reports the mean test
+    accuracy and its standard deviation (``test_accuracy_std``).
 
     Args:
         out: Folder for the data, one run folder per experiment and the results.
@@ -140,6 +149,10 @@ def run(
     from graft.config.strategies import Phase
     from graft.runs import files as runs
 
+    if int(seeds) < 1:
+        from graft.errors import GraftError
+
+        raise GraftError(f"seeds must be at least 1. Received: seeds={seeds}")
     out = Path(out)
     backbone = pretrained_backbone(log)
     x, y = digits_rgb()
@@ -167,44 +180,51 @@ def run(
                     for p in settings["phases"]
                 ]
             log(f"[{budget}/class] {strategy} ...")
-            start = time.perf_counter()
-            result = api.train(
-                train_dir,
-                str(backbone),
-                out / f"{strategy}_{budget}",
-                overwrite=True,
-                cut=CUT_LAYER,
-                preprocess="unit",
-                val_split=0.0,
-                batch_size=16,
-                seed=seed,
-                log=lambda _line: None,
-                verbose=0,
-                **settings,
-            )
-            seconds = time.perf_counter() - start
-            test = api.evaluate(result.run_dir, test_dir)
+            accuracies, times = [], []
+            for k in range(seeds):
+                start = time.perf_counter()
+                suffix = "" if seeds == 1 else f"_seed{seed + k}"
+                result = api.train(
+                    train_dir, str(backbone), out / f"{strategy}_{budget}{suffix}",
+                    overwrite=True, cut=CUT_LAYER, preprocess="unit", val_split=0.0,
+                    batch_size=16, seed=seed + k, log=lambda _line: None, verbose=0, **settings,
+                )  # fmt: skip
+                times.append(time.perf_counter() - start)
+                accuracies.append(api.evaluate(result.run_dir, test_dir)["accuracy"])
             trainable = max(p["trainable_params"] for p in result.metrics["phases"])
             rows.append(
                 {
                     "labels_per_class": budget,
                     "strategy": strategy,
                     "trainable_params": trainable,
-                    "test_accuracy": round(test["accuracy"], 4),
-                    "seconds": round(seconds, 1),
+                    "test_accuracy": round(float(np.mean(accuracies)), 4),
+                    "test_accuracy_std": round(float(np.std(accuracies)), 4),
+                    "seeds": seeds,
+                    "seconds": round(float(np.mean(times)), 1),
                 }
             )
-            log(f"    test accuracy {test['accuracy']:.3f} ({seconds:.1f} s)")
+            spread = f" ± {np.std(accuracies):.3f} over {seeds} seeds" if seeds > 1 else ""
+            log(f"    test accuracy {np.mean(accuracies):.3f}{spread} ({np.mean(times):.1f} s)")
     runs.write_csv(out / "results.csv", rows)
     runs.atomic_write(out / "results.md", markdown_table(rows))
     return rows
 
 
+def accuracy_text(row: dict) -> str:
+    """``0.912`` or, over several seeds, ``0.912 ± 0.010``."""
+    text = f"{row['test_accuracy']:.3f}"
+    if (row.get("seeds") or 1) > 1:
+        text += f" ± {row['test_accuracy_std']:.3f}"
+    return text
+
+
 def markdown_table(rows: list[dict]) -> str:
+    seeds = max((r.get("seeds") or 1 for r in rows), default=1)
     head = "| labels/class | strategy | trainable params | test accuracy | seconds |\n"
     head += "|---:|---|---:|---:|---:|\n"
-    return head + "".join(
+    table = head + "".join(
         f"| {r['labels_per_class']} | {r['strategy']} | {r['trainable_params']:,} | "
-        f"{r['test_accuracy']:.3f} | {r['seconds']} |\n"
+        f"{accuracy_text(r)} | {r['seconds']} |\n"
         for r in rows
     )
+    return table + (f"\nMean ± standard deviation over {seeds} seeds.\n" if seeds > 1 else "")

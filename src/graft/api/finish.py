@@ -87,7 +87,9 @@ def fit(
         checkpoints.stop_on_signals(setup.checkpointer),
         devices.workarounds(),
     ):
-        result = setup.trainer.fit(phases, pipes.train, pipes.val, cached=cached, resume=state)
+        result = setup.trainer.fit(
+            phases, pipes.train, pipes.val, cached=cached, resume=state, train_eval=pipes.train_eval
+        )
     return s.Fitted(result, phases, time.perf_counter() - start, lr_found, reference)
 
 

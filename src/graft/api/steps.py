@@ -19,7 +19,7 @@ import keras
 from graft.api import building
 from graft.config import strategies
 from graft.config.settings import TrainConfig
-from graft.core import backbones, freezing
+from graft.core import backbones, freezing, scaling
 from graft.core.model import HeadConfig
 from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
@@ -117,6 +117,8 @@ class Pipelines:
     train: object
     val: object
     batch_size: int
+    #: The training split in order, not augmented (precise BN), or ``None`` (tf.data).
+    train_eval: object = None
 
 
 @dataclass
@@ -216,6 +218,8 @@ def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) 
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
     model = req.backbone if isinstance(req.backbone, keras.Model) else None
     bb = building.resolve_backbone(cfg, req.safe_mode, model)
+    if model is None and backbones.is_model_path(cfg.backbone):
+        match_scaling(cfg, bb, data.train, req.log)
     source_task = _source_task(req, cfg, bb)
     counts = data.counts
     req.log(
@@ -232,6 +236,27 @@ def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) 
     freezing.check_plan(model, bb.blocks, plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
     return Built(bb, model, loss, metrics, source_task)
+
+
+def match_scaling(cfg: TrainConfig, bb: backbones.Backbone, train, log) -> None:
+    """A model file's input scaling: inferred when ``preprocess`` is not given (the choice
+    and its evidence are logged and kept in ``bb.scaling`` for ``config.yaml``), checked
+    when it is (a clearly different choice is a warning with the same evidence)."""
+    if cfg.weights is not None and str(cfg.weights).lower() == "none":
+        if cfg.preprocess is None:
+            log("Input scaling not inferred: weights none has no pre-trained statistics to match")
+        return
+    batch = next(iter(train.batches(bb.image_size, bb.channels, 128)), None)
+    if batch is None:
+        return
+    evidence = scaling.infer(bb.model, batch[0], bb.channels)
+    bb.scaling = evidence.as_dict()
+    if cfg.preprocess is None:
+        if evidence.clear:
+            bb.preprocess = evidence.choice
+        log(evidence.line()[0].upper() + evidence.line()[1:])
+    elif evidence.clear and evidence.choice != cfg.preprocess:
+        log(f"Warning: preprocess={cfg.preprocess} was asked for, but {evidence.line()}")
 
 
 def _source_task(req: Request, cfg: TrainConfig, bb) -> drift.SourceTask | None:
@@ -264,9 +289,11 @@ def make_pipelines(
     size, ch = bb.image_size, bb.channels
     train = data.train.batches(size, ch, bs, shuffle=True, seed=cfg.seed, augment=data.augment)
     val = None if data.val is None else data.val.batches(size, ch, bs)
+    plain = None if data.train.labels is None else data.train.batches(size, ch, bs)
     if cfg.deterministic:
         train, val = distribute.deterministic(train), distribute.deterministic(val)
-    return Pipelines(train, val, bs)
+        plain = distribute.deterministic(plain)
+    return Pipelines(train, val, bs, plain)
 
 
 def make_trainer(

@@ -22,6 +22,7 @@ _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 FLAGS = {
     **fields.flags(TrainConfig),
     "budget_trials": "--budget-trials",
+    "seeds": "--seeds",
     "source_eval": "--source-eval",
     "source_model": "--source-model",
 }

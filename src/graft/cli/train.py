@@ -249,7 +249,15 @@ def lr_find(data, out, plan_file, unsafe, phase, start_lr, end_lr, steps, **sett
     show_default=True,
     help="Comma-separated strategies (any of graft's, plus scratch).",
 )
-def compare(data, strategies, out, val, test, overwrite, unsafe, **settings):
+@_opt(
+    "--seeds",
+    group="strategy",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Train every row with N seeds (--seed, --seed + 1, ...); report mean ± std.",
+)
+def compare(data, strategies, seeds, out, val, test, overwrite, unsafe, **settings):
     """Train several strategies on DATA with the same split and seed; compare them.
 
     Takes the options of 'graft train' (shared by every run); runs go to OUT/<strategy>.
@@ -262,11 +270,13 @@ def compare(data, strategies, out, val, test, overwrite, unsafe, **settings):
             raise GraftError(f"--{name.replace('_', '-')} is not supported by graft compare.")
     rows = compare_mod.compare(
         data, out=out, strategies=strategies, val=val, test=test, overwrite=overwrite, log=log,
-        verbose=fit_verbosity(), safe_mode=not unsafe, **settings,
+        verbose=fit_verbosity(), safe_mode=not unsafe, seeds=seeds, **settings,
     )  # fmt: skip
     table = Table(*compare_mod.COLUMNS)
     for r in rows:
-        table.add_row(*(compare_mod.cell(r.get(c), c) for c in compare_mod.COLUMNS))
+        table.add_row(
+            *(compare_mod.cell(r.get(c), c, r.get(f"{c}_std")) for c in compare_mod.COLUMNS)
+        )
     console.print(table)
     log(f"Comparison: {out / compare_mod.CSV_FILE}, .md and {compare_mod.PLOT_FILE}")
 

@@ -45,6 +45,11 @@ class Phase:
             pre-trained values (see :mod:`graft.core.regularizers`).
         recalibrate_bn: Re-estimate the backbone's BN statistics on the training data
             before the phase starts (AdaBN).
+        precise_bn: Re-estimate the BN statistics of the BN layers that trained on a
+            non-shuffled, non-augmented pass over the training images *after* the phase
+            ("precise BN", Wu & Johnson 2021), so the moving statistics match the final
+            weights. ``None`` (default): on exactly when BN trains in this phase
+            (``train_bn`` and a trainable backbone); ``True``/``False`` force it.
         head: Hidden units of the head this plan needs (``[]``: a linear probe);
             ``None``: the run's ``head``. Read from the first phase only, because the
             head is built once before training.
@@ -65,6 +70,7 @@ class Phase:
     weight_decay: float = 0.0
     l2sp: float = 0.0
     recalibrate_bn: bool = False
+    precise_bn: bool | None = None
     head: tuple[int, ...] | None = None
 
     def __post_init__(self):
@@ -90,6 +96,13 @@ class Phase:
     def backbone_frozen(self) -> bool:
         """True when no backbone weight trains (the phase could run on cached features)."""
         return TrainableSpec.parse(self.trainable).kind == "none"
+
+    @property
+    def uses_precise_bn(self) -> bool:
+        """Whether BN statistics are re-estimated after this phase (see ``precise_bn``)."""
+        if self.precise_bn is not None:
+            return bool(self.precise_bn)
+        return bool(self.train_bn) and not self.backbone_frozen
 
     @property
     def effective_backbone_lr(self) -> float | None:

@@ -80,12 +80,16 @@ def load(path: str | os.PathLike) -> list[Phase]:
     return phases
 
 
-def with_options(phases: list[Phase], recalibrate_bn: bool = False, **options) -> list[Phase]:
+def with_options(
+    phases: list[Phase], recalibrate_bn: bool = False, precise_bn: bool = True, **options
+) -> list[Phase]:
     """Copy run-wide options into every phase (``None`` values are left alone).
 
     Args:
         phases: A strategy's phases.
         recalibrate_bn: Recalibrate BN before the first phase.
+        precise_bn: ``False`` turns precise BN off in every phase (``True`` leaves each
+            phase's own choice: on where BN trains).
         **options: Any of :data:`PHASE_OPTIONS`.
 
     Returns:
@@ -99,6 +103,8 @@ def with_options(phases: list[Phase], recalibrate_bn: bool = False, **options) -
         if "warmup_epochs" in fields:  # a short phase warms up for fewer epochs
             fields["warmup_epochs"] = min(int(fields["warmup_epochs"]), p.epochs - 1)
         out.append(dataclasses.replace(p, **fields))
+    if not precise_bn:
+        out = [dataclasses.replace(p, precise_bn=False) for p in out]
     if recalibrate_bn and out:
         out[0] = dataclasses.replace(out[0], recalibrate_bn=True)
     return out
@@ -123,6 +129,8 @@ def rows(phases: list[Phase]) -> list[dict]:
             extras.append(f"early_stop {p.early_stop}")
         if p.recalibrate_bn:
             extras.append("recalibrate BN")
+        if p.uses_precise_bn:
+            extras.append("precise BN")
         if p.head is not None:
             extras.append(f"head {list(p.head) or 'linear'}")
         schedule = p.schedule + (f" (+{p.warmup_epochs} warmup)" if p.warmup_epochs else "")

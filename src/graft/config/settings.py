@@ -117,6 +117,12 @@ class TrainConfig:
     recalibrate_bn: bool = setting(
         False, _O, "AdaBN: re-estimate BN statistics on the training images first."
     )
+    precise_bn: bool = setting(
+        True,
+        _O,
+        "Precise BN: after a phase where BN trains, re-estimate its statistics on the "
+        "training images (non-shuffled).",
+    )
     batch_size: int = setting(d.DEFAULT_BATCH_SIZE, _D, "Images per batch.")
     val_split: float = setting(
         d.DEFAULT_VAL_SPLIT, _D, "Fraction of DATA held out for validation (stratified)."
@@ -164,7 +170,8 @@ class TrainConfig:
         from graft.config import plans
 
         if self.phases is not None:
-            return [p if isinstance(p, Phase) else Phase.from_dict(p) for p in self.phases]
+            custom = [p if isinstance(p, Phase) else Phase.from_dict(p) for p in self.phases]
+            return plans.with_options(custom, precise_bn=self.precise_bn)
         phases = plan(
             self.strategy,
             epochs=self.epochs,
@@ -181,6 +188,7 @@ class TrainConfig:
         return plans.with_options(
             phases,
             recalibrate_bn=self.recalibrate_bn,
+            precise_bn=self.precise_bn,
             **{k: getattr(self, k) for k in plans.PHASE_OPTIONS},
         )
 

@@ -37,10 +37,14 @@ class Backbone:
     source: str
     weights: str
     requires: tuple[str, ...] = ()  # packages beyond Keras that loading the model needs
+    #: How ``preprocess`` was inferred or checked (:mod:`graft.core.scaling`), if it was.
+    scaling: dict | None = None
 
     def describe(self) -> dict:
+        extra = {} if self.scaling is None else {"preprocess_evidence": self.scaling}
         return {
             **({"requires": list(self.requires)} if self.requires else {}),
+            **extra,
             "source": self.source,
             "weights": self.weights,
             "preprocess": self.preprocess,

@@ -103,7 +103,9 @@ def bn_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     ]
 
 
-def recalibrate_bn(model: keras.Model, dataset, max_batches: int | None = None) -> int:
+def recalibrate_bn(
+    model: keras.Model, dataset, max_batches: int | None = None, only_trainable: bool = False
+) -> int:
     """AdaBN: re-estimate the backbone's BN statistics on ``dataset``; nothing else changes.
 
     One pass in training mode with a cumulative average instead of Keras's momentum
@@ -119,11 +121,14 @@ def recalibrate_bn(model: keras.Model, dataset, max_batches: int | None = None) 
         model: A grafted model.
         dataset: Batches of raw images, or ``(images, labels, ...)`` tuples.
         max_batches: Stop after this many batches (``None``: one full pass).
+        only_trainable: Re-estimate only the BN layers that are trainable now (precise
+            BN after a phase: frozen BN layers keep their statistics and run in
+            inference mode, as they did during the phase).
 
     Returns:
         The number of BatchNormalization layers recalibrated.
     """
-    layers = bn_layers(model)
+    layers = [layer for layer in bn_layers(model) if layer.trainable or not only_trainable]
     if not layers:
         return 0
     backbone = backbone_of(model)

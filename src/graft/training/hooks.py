@@ -30,6 +30,13 @@ class PhaseContext:
     model: keras.Model
     target: keras.Model
     train: object = None
+    #: A non-shuffled, non-augmented pass over the training split (precise BN);
+    #: ``None``: ``train``.
+    train_eval: object = None
+    #: The validation data, and the run's history rows so far (this phase's included
+    #: once it has been fitted).
+    val: object = None
+    history: list | None = None
 
     @property
     def on_cache(self) -> bool:
@@ -73,7 +80,13 @@ class Hook:
 
 
 class BatchNormRecalibration(Hook):
-    """AdaBN before every phase with ``recalibrate_bn`` (not again in a resumed phase)."""
+    """AdaBN before every phase with ``recalibrate_bn`` (not again in a resumed phase), and
+    precise BN after every phase that uses it (:attr:`Phase.uses_precise_bn`).
+
+    Precise BN runs before the checkpointer marks the phase done, so the phase's final
+    checkpoint (and every resume or export from it) holds the re-estimated statistics;
+    a run stopped after the phase's last epoch but before that recalibrates on resume.
+    """
 
     def __init__(self, log: Callable[[str], None] = print):
         self.log = log
@@ -82,6 +95,25 @@ class BatchNormRecalibration(Hook):
         if ctx.phase.recalibrate_bn and ctx.position.done == 0:
             n = regularizers.recalibrate_bn(ctx.model, ctx.train)
             self.log(f"Recalibrated the statistics of {n} BatchNorm layers (AdaBN)")
+
+    def after_phase(self, ctx: PhaseContext) -> None:
+        if not ctx.phase.uses_precise_bn or ctx.on_cache:
+            return
+        data = ctx.train if ctx.train_eval is None else ctx.train_eval
+        n = regularizers.recalibrate_bn(ctx.model, data, only_trainable=True)
+        if not n:
+            return
+        text = f"Precise BN: re-estimated the statistics of {n} BatchNorm layers on the "
+        text += "training images"
+        rows = [r for r in ctx.history or () if r.get("phase_index") == ctx.position.index]
+        if ctx.val is not None and rows and "val_loss" in rows[-1]:
+            # The phase's last row was validated with the old statistics: measure again,
+            # so metrics, history and checkpoint describe the model that is kept.
+            scores = ctx.model.evaluate(ctx.val, verbose=0, return_dict=True)
+            rows[-1].update({f"val_{k}": float(v) for k, v in scores.items()})
+            if "accuracy" in scores:
+                text += f"; val_accuracy now {scores['accuracy']:.4f}"
+        self.log(text)
 
 
 class L2SPAnchors(Hook):

@@ -161,7 +161,9 @@ class Trainer:
         )
         return report
 
-    def fit(self, plan: list[Phase], train, val=None, cached=None, resume=None) -> TrainResult:
+    def fit(
+        self, plan: list[Phase], train, val=None, cached=None, resume=None, train_eval=None
+    ) -> TrainResult:
         """Run every phase of ``plan`` in order on ``train`` (validating on ``val``).
 
         Args:
@@ -175,6 +177,8 @@ class Trainer:
             resume: A committed :class:`graft.training.checkpoints.State` whose weights are already
                 in the model: skip the phases and epochs it has done, hand every hook and
                 policy its saved state, and start from its history rows.
+            train_eval: The training split, not shuffled and not augmented, for precise
+                BN after a phase (``None``: ``train``).
         """
         result = TrainResult()
         epoch, start_phase, done, states = 0, 1, 0, {}
@@ -200,7 +204,10 @@ class Trainer:
             on_cache = head is not None and phase.backbone_frozen
             target = head if on_cache else self.model
             position = Position(index, epoch - skip, skip)
-            ctx = PhaseContext(phase, position, len(plan), self.model, target, train)
+            ctx = PhaseContext(
+                phase, position, len(plan), self.model, target, train, train_eval, val,
+                result.history,
+            )  # fmt: skip
             result.phases.append(
                 self._run_phase(ctx, train, val, cached, result, states if skip else {})
             )
