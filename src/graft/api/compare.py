@@ -69,7 +69,7 @@ def parse_strategies(text: str | Sequence[str]) -> list[str]:
                 + did_you_mean(name, known)
             )
     if not names:
-        raise GraftError("strategies needs at least one name, e.g. strategies=feature,finetune,hybrid.")
+        raise GraftError("strategies needs at least one name, e.g. strategies=feature,hybrid.")
     return names
 
 
