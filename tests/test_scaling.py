@@ -11,7 +11,13 @@ import graft
 from conftest import IMAGE, conv_block
 from graft.core import scaling
 
-SCALES = {"unit": lambda x: x / 255.0, "symmetric": lambda x: x / 127.5 - 1.0}
+SCALES = {
+    "unit": lambda x: x / 255.0,
+    "symmetric": lambda x: x / 127.5 - 1.0,
+    # Keras's own preprocess_input of the families that use each scaling.
+    "torch": lambda x: keras.applications.densenet.preprocess_input(x.copy()),
+    "caffe": lambda x: keras.applications.resnet50.preprocess_input(x.copy()),
+}
 
 
 def pretrained_on(scale: str, digits) -> keras.Model:
