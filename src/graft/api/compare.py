@@ -150,7 +150,7 @@ def compare(
         raise GraftError("compare sets the strategy of each run; pass strategies=... instead.")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise GraftError(f"{out} is not empty.", hint="pass overwrite=True or another out=....")
+        raise GraftError(f"{out} is not empty.", hint="pass overwrite=True or another out=DIR.")
     if int(seeds) < 1:
         raise GraftError(f"seeds must be at least 1. Received: seeds={seeds}")
     budget = epoch_budget(str(backbone), names, settings)

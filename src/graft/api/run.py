@@ -132,7 +132,7 @@ def _resumed_settings(resume, saved: dict, given: dict) -> dict:
         raise GraftError(
             f"resume continues {resume} with its own settings; refusing other ones. "
             f"Received: {shown}",
-            hint="drop them to resume, or start a new run with another out=....",
+            hint="drop them to resume, or start a new run with another out=DIR.",
         )
     settings.pop("backbone", None)
     return settings

@@ -196,7 +196,7 @@ def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
     save ``config.yaml`` and mark the run as running."""
     if req.out is None:
         if req.tensorboard:
-            raise GraftError("tensorboard=True needs a run folder (out=...) to write logs to.")
+            raise GraftError("tensorboard=True needs a run folder (out=DIR) to write logs to.")
         return None
     path = Path(req.out).expanduser()
     if path.exists() and not path.is_dir():

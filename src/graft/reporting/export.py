@@ -145,7 +145,7 @@ def export(
         )
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
-        raise GraftError(f"{out} already exists.", hint="pass another out=..., or overwrite=True.")
+        raise GraftError(f"{out} already exists.", hint="pass another out=DIR, or overwrite=True.")
     if fmt == "keras" and out.suffix != ".keras":
         raise GraftError(f"out for fmt=keras must end in .keras. Received: out={out}")
     _check_target(out, fmt)
@@ -212,7 +212,7 @@ def _check_target(out: Path, fmt: str) -> None:
         raise GraftError(
             f"out={out} is not empty and is not a SavedModel ({shown}); "
             "refusing to replace a folder graft did not write.",
-            hint="pass a new or empty folder as out=....",
+            hint="pass a new or empty folder as out=DIR.",
         )
 
 
@@ -229,7 +229,7 @@ def _check_labels(path: Path, classes: list[str]) -> None:
         raise GraftError(
             f"{path} already exists for other classes (another run or export); "
             "refusing to replace it.",
-            hint="export into a folder of its own (a new out=...).",
+            hint="export into a folder of its own (a new out=DIR).",
         )
 
 

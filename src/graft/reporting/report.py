@@ -121,7 +121,7 @@ def _check_run_dir(run_dir) -> Path:
     if not path.is_dir() or not (path / runs.METRICS_FILE).is_file():
         raise GraftError(
             f"{run_dir} is not a graft run folder (no {runs.METRICS_FILE}).",
-            hint="pass the run folder (out=...) of 'graft train'.",
+            hint="pass the run folder (out=DIR) of 'graft train'.",
         )
     return path
 

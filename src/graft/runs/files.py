@@ -37,7 +37,7 @@ def _disk_full(path: Path, exc: OSError) -> OSError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
             f"No space left on the device while writing {path}.",
-            hint="free some space, or pass another out=... (or cache_dir= for the cache).",
+            hint="free some space, or pass another out=DIR (or cache_dir= for the cache).",
         )
     return exc
 
@@ -62,19 +62,14 @@ def shared_mode(directory: bool = False) -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w"):
-    """Open a temporary file next to ``path``; on success it is synced and renamed to
-    ``path``, on failure it is removed. Readers never see a half-written file."""
-    path = Path(path)
+def _replacing(path: Path, suffix: str):
+    """A fresh temporary file name next to ``path`` (mode as the umask gives): renamed to
+    ``path`` when the block succeeds, removed when it fails. The one rename-or-clean rule."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.fchmod(fd, shared_mode())  # mkstemp makes 0600; the artifact follows the umask
-    text = "b" not in mode
     try:
-        with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if text else {})) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield fd, tmp
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -82,6 +77,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Open a temporary file next to ``path``; on success it is synced and renamed to
+    ``path``, on failure it is removed. Readers never see a half-written file."""
+    text = "b" not in mode
+    with _replacing(Path(path), ".tmp") as (fd, _):
+        with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if text else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
@@ -113,19 +120,9 @@ def write_csv(path, rows: list[dict]) -> Path:
 def save_model(model, path) -> Path:
     """Save a Keras model atomically (Keras writes a zip; we rename it into place)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".keras", dir=path.parent)
-    os.fchmod(fd, shared_mode())
-    os.close(fd)
-    try:
+    with _replacing(path, ".keras") as (fd, tmp):
+        os.close(fd)
         model.save(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise _disk_full(path, exc) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -155,13 +152,13 @@ def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = 
         else:
             raise GraftError(
                 f"Run folder {run_dir} already exists and is not empty; refusing to overwrite it.",
-                hint="pass another out=..., or overwrite=True to replace its files.",
+                hint="pass another out=DIR, or overwrite=True to replace its files.",
             )
     if overwrite and ours and not is_run:
         raise GraftError(
             f"out={run_dir} is not a graft run folder, yet it holds "
             f"{', '.join(sorted(ours))}; refusing to replace files graft did not create.",
-            hint="pass another out=....",
+            hint="pass another out=DIR.",
         )
     if overwrite:
         for name in sorted(ours):

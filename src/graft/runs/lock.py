@@ -62,7 +62,7 @@ class RunLock:
                     raise RunLocked(
                         f"Run folder {self.path.parent} is in use by another graft process "
                         f"(pid {pid}).",
-                        hint="wait for it to finish, or pass another out=....",
+                        hint="wait for it to finish, or pass another out=DIR.",
                     ) from None
                 # The file may have been removed by the previous holder in between.
                 with contextlib.suppress(OSError):

@@ -41,13 +41,13 @@ def saved_config(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise GraftError(
             f"Cannot resume {run_dir}: it has no {runs.CONFIG_FILE}.",
-            hint="pass the run folder (out=...) of an earlier 'graft train'.",
+            hint="pass the run folder (out=DIR) of an earlier 'graft train'.",
         )
     config = read_run_config(path)
     if read_status(run_dir).get("status") == "completed":
         raise GraftError(
             f"{run_dir} finished training already; there is nothing to resume.",
-            hint="start a new run with another out=....",
+            hint="start a new run with another out=DIR.",
         )
     return config
 

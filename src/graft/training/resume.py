@@ -14,7 +14,7 @@ from graft.runs import fingerprints
 from graft.runs.layout import STATE_FILE
 from graft.training.checkpoints import Interrupted, State, checkpoint_dir
 
-_HINT = "start a new run with another out=... (or put the run folder back as it was)."
+_HINT = "start a new run with another out=DIR (or put the run folder back as it was)."
 
 
 def validate(state: State, phases: list, run_dir: str | Path) -> None:
