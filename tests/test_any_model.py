@@ -401,6 +401,13 @@ def test_small_real_images_train_evaluate_and_predict_with_defaults(
     assert cli.main(["evaluate", str(out), str(digits_8px)]) == 0
     assert cli.main(["predict", str(out), str(digits_8px / "1")]) == 0
     assert len([ln for ln in capsys.readouterr().out.splitlines() if ".png" in ln]) >= 12
+    # predict reads images as the run did: the 1x1 pixel is skipped by the run's min_size
+    assert cli.main(["predict", str(out), str(digits_8px / "0")]) == 0
+    captured = capsys.readouterr()
+    assert "pixel.png" not in captured.out and "pixel.png: image too small" in captured.err
+    assert "--min-size 2" in captured.err
+    assert cli.main(["predict", str(out), str(digits_8px / "0"), "--min-size", "1"]) == 0
+    assert "pixel.png" in capsys.readouterr().out
     # evaluate reads images with the run's own min_size (config.yaml), unless overridden
     config = yaml.safe_load((out / "config.yaml").read_text())
     (out / "config.yaml").write_text(yaml.safe_dump({**config, "min_size": 9}))

@@ -72,13 +72,16 @@ def report(run_dir, data, batch_size):
 )
 @click.option("--out", "-o", default=None, help="Output file (default: stdout).")
 @options.settings(["batch_size"])
+@click.option(
+    "--min-size", type=int, default=None, help="Skip smaller images (default: the run's own)."
+)
 @click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
-def predict(model, images, top_k, fmt, out, batch_size, unsafe):
+def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
     """Predict the classes of IMAGES (files or folders) with MODEL (a run folder or .keras)."""
     from graft.reporting import predict as predict_mod
 
     def skipped(item):
-        print(f"graft: skipped {item.path}: {item.reason}", file=sys.stderr)
+        print(f"graft: skipped {item.path}: {options.to_flags(item.reason)}", file=sys.stderr)
 
     summary = predict_mod.predict_to_file(
         model,
@@ -89,6 +92,7 @@ def predict(model, images, top_k, fmt, out, batch_size, unsafe):
         batch_size=batch_size,
         on_skip=skipped,
         safe_mode=not unsafe,
+        min_size=min_size,
     )
     where = f" to {out}" if out not in (None, "-") else ""
     print(

@@ -37,8 +37,9 @@ def decode_image(data, image_size: tuple[int, int], channels: int):
     return image
 
 
-def check_pixels(data: bytes, max_pixels: int | None = None) -> None:
-    """Refuse an encoded image with more pixels than ``max_pixels`` before decoding it.
+def check_pixels(data: bytes, max_pixels: int | None = None, min_size: int = 0) -> None:
+    """Refuse an encoded image with more pixels than ``max_pixels`` (or a side under
+    ``min_size``) before decoding it.
 
     The size is read from the header with Pillow (nothing is decoded); the default
     limit is Pillow's decompression-bomb limit, ``PIL.Image.MAX_IMAGE_PIXELS``.
@@ -65,10 +66,15 @@ def check_pixels(data: bytes, max_pixels: int | None = None) -> None:
             f"image too large: {width}x{height} = {width * height} pixels, over the "
             f"decompression-bomb limit of {limit}"
         )
+    if min(width, height) < min_size:
+        raise ValueError(f"image too small: {width}x{height}. Received: min_size={min_size}")
 
 
-def load_image(path: str | os.PathLike, image_size: tuple[int, int], channels: int) -> np.ndarray:
-    """Read one image file with :func:`decode_image` (float32, 0-255).
+def load_image(
+    path: str | os.PathLike, image_size: tuple[int, int], channels: int, min_size: int = 0
+) -> np.ndarray:
+    """Read one image file with :func:`decode_image` (float32, 0-255); an image with a
+    side under ``min_size`` is refused like the data check refuses it.
 
     Raises:
         OSError: The file cannot be read, or is not a regular file.
@@ -78,7 +84,7 @@ def load_image(path: str | os.PathLike, image_size: tuple[int, int], channels: i
     import tensorflow as tf
 
     data = read_regular(path)  # never a FIFO or a device, never unbounded
-    check_pixels(data)
+    check_pixels(data, min_size=min_size)
     try:
         return decode_image(data, tuple(image_size), channels).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:

@@ -102,6 +102,7 @@ def predict_files(
     top_k: int = 1,
     batch_size: int = 32,
     on_skip: Callable[[Skipped], None] | None = None,
+    min_size: int = 0,
 ) -> Iterator[Prediction]:
     """Predict image files a batch at a time, yielding one :class:`Prediction` per readable file.
 
@@ -112,6 +113,7 @@ def predict_files(
         top_k: How many classes to report per image.
         batch_size: Images per model call.
         on_skip: Called with a :class:`Skipped` for each unreadable file.
+        min_size: Skip images with a side under this many pixels (as training did).
 
     Yields:
         Predictions, in the order of ``files``.
@@ -133,7 +135,7 @@ def predict_files(
         paths.clear()
         images.clear()
 
-    for path, image, error in _decoded(files, (h, w), ch, lookahead=batch_size):
+    for path, image, error in _decoded(files, (h, w), ch, batch_size, min_size):
         if error is not None:
             if on_skip is not None:
                 reason = (
@@ -149,7 +151,7 @@ def predict_files(
         yield from flush()
 
 
-def _decoded(files: Iterable[str], image_size, channels: int, lookahead: int, workers: int = 4):
+def _decoded(files: Iterable[str], image_size, channels: int, lookahead: int, min_size: int = 0):
     """``(path, image, error)`` in input order; decoding runs ahead in a thread pool.
 
     At most ``lookahead`` files beyond the one being yielded are read ahead, so a batch
@@ -160,13 +162,13 @@ def _decoded(files: Iterable[str], image_size, channels: int, lookahead: int, wo
 
     pending: deque = deque()
     source = iter(files)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
 
         def submit() -> bool:
             path = next(source, None)
             if path is None:
                 return False
-            pending.append((path, pool.submit(load_image, path, image_size, channels)))
+            pending.append((path, pool.submit(load_image, path, image_size, channels, min_size)))
             return True
 
         while len(pending) < lookahead and submit():
@@ -253,6 +255,7 @@ def predict_to_file(
     batch_size: int = 32,
     on_skip: Callable[[Skipped], None] | None = None,
     safe_mode: bool = True,
+    min_size: int | None = None,
 ) -> Summary:
     """Predict files and folders with a run's model and write CSV or JSON.
 
@@ -270,6 +273,8 @@ def predict_to_file(
         batch_size: Images per model call.
         on_skip: Called for each unreadable file.
         safe_mode: Refuse model files whose loading could run code.
+        min_size: Skip images with a side under this many pixels; ``None``: the run's
+            own ``min_size`` (from its ``config.yaml``), so images are read as in training.
 
     Returns:
         A :class:`Summary` (number predicted, files skipped).
@@ -287,7 +292,9 @@ def predict_to_file(
         if on_skip is not None:
             on_skip(item)
 
-    predictions = predict_files(model, classes, files, top_k, batch_size, skipped)
+    if min_size is None:
+        min_size = model_io.run_min_size(model_or_run)
+    predictions = predict_files(model, classes, files, top_k, batch_size, skipped, min_size)
     with _output(out) as handle:
         if fmt == "csv":
             writer = csv.writer(handle, lineterminator="\n")
