@@ -57,8 +57,12 @@ def evaluate(model, data, batch_size, min_size, as_json, unsafe):
 def report(run_dir, data, batch_size):
     """(Re)generate RUN_DIR/report.html, its plots and MODEL_CARD.md."""
     from graft.reporting import report as report_mod
+    from graft.runs.status import status_note
 
     path = report_mod.regenerate(run_dir, data=data, batch_size=batch_size)
+    note = status_note(run_dir)
+    if note:
+        log(note)
     log(f"Report: {path}")
     log(f"Model card: {path.parent / report_mod.MODEL_CARD_FILE}")
 
