@@ -388,6 +388,7 @@ def test_small_real_images_train_evaluate_and_predict_with_defaults(
     from graft import cli
 
     out = tmp_path / "run"
+
     lines = []
     graft.train(
         digits_8px, backbone=str(model_files["plain"]), cut="fc", out=out, strategy="feature",
@@ -419,3 +420,32 @@ def test_small_real_images_train_evaluate_and_predict_with_defaults(
     assert "--min-size 9" in capsys.readouterr().err
     with pytest.raises(DataError, match="min_size=9"):  # training names it too
         graft.train(digits_8px, backbone=str(model_files["plain"]), cut="fc", min_size=9, **QUIET)
+
+
+@pytest.mark.parametrize(
+    "shape, pool, expected",
+    [
+        ((None, 4, 4, 16), "auto", "global average pooling of (4, 4, 16) -> 16 features"),
+        ((None, 4, 4, 16), "avgmax", "concatenated, -> 32 features"),
+        ((None, 4, 4, 16), "flatten", "flattening of (4, 4, 16) -> 256 features"),
+        ((None, 17, 16), "auto", "the mean of the patch tokens of (17, 16) -> 16 features"),
+        ((None, 17, 16), "cls", "the CLS token of (17, 16) -> 16 features"),
+        ((None, 16), "auto", "the (16,) output as it is -> 16 features"),
+    ],
+)
+def test_pooling_summary_names_the_pooling_and_the_feature_count(shape, pool, expected):
+    from graft.core.model import pooling_summary
+
+    assert pooling_summary(shape, pool).endswith(expected)
+
+
+def test_training_logs_the_head_input_once(tmp_path, cnn_file, small_arrays):
+    import graft
+
+    lines = []
+    graft.train(
+        small_arrays, str(cnn_file), None, cut="block3_pool", strategy="feature", epochs=1,
+        batch_size=8, verbose=0, log=lines.append,
+    )  # fmt: skip
+    head = [line for line in lines if line.startswith("Head input:")]
+    assert head == ["Head input: global average pooling of (4, 4, 16) -> 16 features"]

@@ -361,3 +361,35 @@ def test_17_a_run_that_failed_before_training_does_not_block_the_same_command(
 
 def test_signals_are_restored_after_a_run(finished):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _dead_running_copy(finished, tmp_path) -> tuple[Path, int]:
+    """A copy of the finished run whose status.json says running, by a process now gone."""
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / layout.STATUS_FILE).write_text(json.dumps({"status": "running", "pid": dead.pid}))
+    return run, dead.pid
+
+
+def test_17_report_tells_a_dead_running_run_is_interrupted(finished, tmp_path, capsys):
+    run, pid = _dead_running_copy(finished, tmp_path)
+    capsys.readouterr()
+    assert cli.main(["report", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"Status: interrupted (the process that ran it (pid {pid})" in out
+    assert f"graft train --resume {run}" in out
+    assert "Status: interrupted" in (run / layout.REPORT_FILE).read_text()
+    (run / layout.METRICS_FILE).unlink()  # died before its end: no report to regenerate
+    assert cli.main(["report", str(run)]) == 2
+    assert "has no report yet. Status: interrupted" in _one_error_line(capsys)
+
+
+def test_16_resume_with_an_unparsable_status_json_is_one_line(finished, tmp_path, capsys):
+    run = _interrupted_copy(finished, tmp_path)
+    (run / layout.STATUS_FILE).write_text('{"status": "runn')
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    line = _one_error_line(capsys)
+    assert "status.json is unreadable" in line and "delete" in line

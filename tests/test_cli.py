@@ -233,3 +233,12 @@ def test_config_file_reproduces_a_run_and_flags_override(cli_run, digits_folder,
 def test_missing_backbone_without_config(tmp_path, digits_folder, capsys):
     assert main(["train", str(digits_folder), "--out", str(tmp_path / "r")]) == 2
     assert "--backbone" in capsys.readouterr().err
+
+
+def test_inspect_shows_the_output_shape_and_its_pooling(cnn_file):
+    done = _graft("inspect", cnn_file, "--cut", "block3_pool")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        "Output (4, 4, 16); head input by default: global average pooling of (4, 4, 16) "
+        "-> 16 features (--pool avg|max|avgmax|flatten)"
+    ) in done.stdout

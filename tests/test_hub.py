@@ -149,3 +149,25 @@ def test_a_cut_that_would_not_load_again_is_refused(tmp_path):
     # a KerasHub CNN made of plain Keras layers can be cut anywhere
     bb = resolve(tiny_resnet(), cut="stack0_block0_out", image_size=IMAGE)
     assert [b.name for b in bb.blocks] == ["stem", "stack0_block0"]
+
+
+def test_run_model_loads_in_plain_keras_with_its_optimizer_state(tmp_path, small_arrays):
+    """A KerasHub backbone forgets its layers' trainable flags when loaded: the shipped
+    optimizer state must still fit what ``load_model(compile=True)`` rebuilds."""
+    import warnings
+
+    path = tmp_path / "vit.keras"
+    tiny_vit().save(path)
+    x, y = small_arrays
+    run = graft.train(
+        (x, y), str(path), tmp_path / "run", strategy="feature", epochs=1, batch_size=8,
+        val_split=0.0, preprocess="symmetric", log=lambda _: None, verbose=0,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []
+    assert len(loaded.optimizer.variables) == len(run.model.optimizer.variables)
+    np.testing.assert_allclose(
+        np.asarray(loaded(x[:4])), np.asarray(run.model(x[:4])), rtol=1e-5, atol=1e-6
+    )

@@ -120,3 +120,33 @@ def test_refuses_to_overwrite_a_run(trained_run, digits_folder):
             verbose=0,
             log=lambda _: None,
         )
+
+
+@pytest.mark.parametrize("strategy", ["feature", "finetune"])
+def test_plain_keras_loads_model_keras_with_no_warning(tmp_path, cnn_file, small_arrays, strategy):
+    """compile=True in a fresh Python: no optimizer-variable mismatch, same predictions."""
+    x, y = small_arrays
+    run = graft.train(
+        (x, y), str(cnn_file), tmp_path / "run", cut="block3_pool", strategy=strategy,
+        epochs=1, batch_size=8, verbose=0, log=lambda _: None,
+    )  # fmt: skip
+    expected = np.asarray(run.model.predict(x[:4], verbose=0))
+    np.save(tmp_path / "batch.npy", x[:4])
+    code = textwrap.dedent(f"""
+        import warnings
+        import numpy as np
+        import keras
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = keras.saving.load_model({str(tmp_path / "run" / "model.keras")!r})
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                print("WARNING:", w.message)
+        p = model.predict(np.load({str(tmp_path / "batch.npy")!r}), verbose=0)
+        np.save({str(tmp_path / "loaded.npy")!r}, p)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "WARNING:" not in done.stdout, done.stdout
+    assert "Skipping variable loading" not in done.stderr, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "loaded.npy"), expected, atol=1e-5)

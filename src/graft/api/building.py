@@ -107,11 +107,36 @@ def balance(
 def compile_for_shipping(
     model: keras.Model, last_phase, loss="sparse_categorical_crossentropy", metrics=("accuracy",)
 ) -> None:
-    """Recompile with a plain, serialisable optimizer so model.keras loads anywhere."""
+    """Recompile with a plain, serialisable optimizer so model.keras loads anywhere.
+
+    ``keras.saving.load_model(path)`` (``compile=True``) rebuilds the optimizer on the
+    *reloaded* model's trainable variables and skips the saved optimizer state, with a
+    warning, when their number differs. Most models keep their per-layer ``trainable``
+    flags through a save, so the optimizer is built on the trainable variables the last
+    phase left (only the head's after feature extraction: a small file). Some do not:
+    a KerasHub backbone is rebuilt from its constructor arguments, so every one of its
+    layers comes back trainable. The config is round-tripped here to see what loading
+    will rebuild; where it differs, the shipped model is made wholly trainable (which
+    round-trips everywhere) before the optimizer is built, so loading finds exactly the
+    state that was saved. Freeze layers again before fitting such a model further.
+    """
+    if _reloaded_trainable(model) != [v.path for v in model.trainable_variables]:
+        # Every layer: a KerasHub backbone's own setter does not reach its layers.
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            layer.trainable = True
     plain = type(last_phase)(**{**last_phase.as_dict(), "backbone_lr": None, "trainable": "none"})
     optimizer = make_optimizer(plain, model)
     model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
     optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
+
+
+def _reloaded_trainable(model: keras.Model) -> list[str]:
+    """Paths of the variables that are trainable after a save and a load of ``model``."""
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)  # the training optimizer is replaced anyway
+    # Our own in-memory model: any Lambda in it was already allowed when it was loaded.
+    clone = keras.saving.deserialize_keras_object(config, safe_mode=False)
+    return [v.path for v in clone.trainable_variables]
 
 
 def versions() -> dict:

@@ -20,7 +20,7 @@ from graft.api import building
 from graft.config import strategies
 from graft.config.settings import TrainConfig
 from graft.core import backbones, freezing, scaling
-from graft.core.model import HeadConfig
+from graft.core.model import BACKBONE_NAME, HeadConfig, pooling_summary
 from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
 from graft.errors import DataError, GraftError
@@ -233,6 +233,7 @@ def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) 
     with building.precision(cfg.precision):
         head = HeadConfig(plan.head, cfg.dropout, data.multi_label, cfg.pool)
         model = assemble(bb, len(data.classes), head)
+    req.log(f"Head input: {pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, cfg.pool)}")
     freezing.check_plan(model, bb.blocks, plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
     return Built(bb, model, loss, metrics, source_task)

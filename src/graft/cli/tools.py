@@ -57,8 +57,12 @@ def evaluate(model, data, batch_size, min_size, as_json, unsafe):
 def report(run_dir, data, batch_size):
     """(Re)generate RUN_DIR/report.html, its plots and MODEL_CARD.md."""
     from graft.reporting import report as report_mod
+    from graft.runs.status import status_note
 
     path = report_mod.regenerate(run_dir, data=data, batch_size=batch_size)
+    note = status_note(run_dir)
+    if note:
+        log(note)
     log(f"Report: {path}")
     log(f"Model card: {path.parent / report_mod.MODEL_CARD_FILE}")
 
@@ -190,6 +194,7 @@ def inspect(backbone, image_size, alpha, cut, layers):
         f"preprocess {bb.preprocess}, {info['params']:,} params, {len(bb.blocks)} blocks"
         + (f"; loading it needs {', '.join(bb.requires)}" if bb.requires else "")
     )
+    log(_head_input_line(bb))
     path = {id(layer): name for name, layer in walk(bb.model)}  # nested: model/layer
     table = Table("#", "block", "layers", "params", "first layer", "last layer")
     for i, block in enumerate(bb.blocks, start=1):
@@ -206,6 +211,18 @@ def inspect(backbone, image_size, alpha, cut, layers):
         for block in bb.blocks:
             names = (path.get(id(layer), layer.name) for layer in block.layers)
             log(f"{block.name}: " + ", ".join(names))
+
+
+def _head_input_line(bb) -> str:
+    """The backbone's output shape, its default pooling and the --pool choices."""
+    from graft.core.model import pool_choices, pooling_summary, single_output
+
+    shape = tuple(single_output(bb.model).shape)
+    choices = pool_choices(shape)
+    line = f"Output {tuple(shape[1:])}; head input by default: {pooling_summary(shape)}"
+    if len(shape) == 2:
+        return line + " (--pool does not apply)"
+    return line + (f" (--pool {'|'.join(choices)})" if choices else "")
 
 
 @click.command(cls=GraftCommand)

@@ -16,6 +16,7 @@ the feature cache, the drift snapshot, evaluation and export all start from it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import keras
@@ -141,8 +142,8 @@ def pooling_layers(shape: tuple, pool: str = "auto") -> list[keras.layers.Layer]
     layers = keras.layers
     if pool not in POOLS:
         raise GraftError(f"Unknown pool: {pool!r}. Expected one of {', '.join(POOLS)}.")
-    accepted = {4: POOLS_4D, 3: POOLS_3D, 2: POOLS_2D}.get(len(shape))
-    if accepted is None:
+    accepted = pool_choices(shape)
+    if not accepted:
         raise GraftError(
             f"The backbone's output has shape {shape}; graft grafts a head onto 2-D (features), "
             "3-D (tokens) or 4-D (feature map) outputs.",
@@ -181,6 +182,42 @@ def pooling_layers(shape: tuple, pool: str = "auto") -> list[keras.layers.Layer]
         layers.Cropping1D((1, 0), name=f"{HEAD_PREFIX}patch_tokens"),
         layers.GlobalAveragePooling1D(name=name),
     ]
+
+
+_POOL_WORDS = {
+    "avg": "global average pooling of {}",
+    "max": "global max pooling of {}",
+    "avgmax": "global average and max pooling of {}, concatenated,",
+    "flatten": "flattening of {}",
+    "mean": "the mean of the patch tokens of {}",
+    "cls": "the CLS token of {}",
+    "identity": "the {} output as it is",
+}
+
+
+def pool_choices(shape: tuple) -> tuple[str, ...]:
+    """The ``pool`` values a backbone output of ``shape`` (batch first) takes; the first
+    is what ``"auto"`` picks."""
+    return {4: POOLS_4D, 3: POOLS_3D, 2: POOLS_2D}.get(len(shape), ())
+
+
+def pooling_summary(shape: tuple, pool: str = "auto") -> str:
+    """How the head's input is made from a backbone output of ``shape`` (batch first),
+    e.g. ``"global average pooling of (4, 4, 64) -> 64 features"``."""
+    choices = pool_choices(shape)
+    chosen = choices[0] if pool == "auto" and choices else pool
+    if chosen == "mean" and len(shape) == 3 and shape[1] == 1:
+        chosen = "cls"  # a single token is its own mean (see pooling_layers)
+    dims = tuple(shape[1:])
+    last = dims[-1] if dims else None
+    if chosen == "avgmax":
+        n = None if last is None else 2 * last
+    elif chosen == "flatten":
+        n = None if any(d is None for d in dims) else math.prod(dims)
+    else:
+        n = last
+    words = _POOL_WORDS.get(chosen, chosen + " of {}").format(dims)
+    return f"{words} -> {n if n else '?'} features"
 
 
 class _AvgMax:

@@ -1,13 +1,11 @@
 """The run report: one self-contained ``report.html`` and a ``MODEL_CARD.md`` per run.
 
 Everything is read back from the run folder (``config.yaml``, ``metrics.json``,
-``history.csv``, ``labels.json``, ``plots/*.png``), so ``graft report RUN_DIR`` can
-regenerate both files at any time. The HTML has no scripts and no external resources:
-the plots are embedded as base64 PNG, so it opens offline, from e-mail or a CI artifact.
-
+``history.csv``, ``labels.json``, ``status.json``, ``plots/*.png``), so ``graft report
+RUN_DIR`` can regenerate both at any time (a run that did not complete says so). No
+scripts, no external resources: plots are embedded as base64 PNG, so it opens offline.
 :func:`finish_run` is what :func:`graft.train` calls at the end of a run: evaluate on the
-validation split, save the numbers in ``metrics.json``, draw the plots, write the report
-and the model card.
+validation split, save ``metrics.json``, draw the plots, write the report and the card.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from graft.reporting.text import fmt as _fmt
 from graft.runs import files as runs
 from graft.runs import metrics as run_metrics
 from graft.runs import model_io
+from graft.runs import status as run_status
 from graft.runs.layout import EXPORTS_FILE, MODEL_CARD_FILE, REPORT_FILE  # noqa: F401
 
 PLOT_TITLES = {
@@ -119,14 +118,14 @@ def regenerate(
 def _check_run_dir(run_dir) -> Path:
     path = Path(run_dir).expanduser()
     if not path.is_dir() or not (path / runs.METRICS_FILE).is_file():
+        note = run_status.status_note(path) if path.is_dir() else None
+        why = f"{run_dir} has no report yet. {note}" if note else None
         raise GraftError(
-            f"{run_dir} is not a graft run folder (no {runs.METRICS_FILE}).",
-            hint="pass the run folder (out=DIR) of 'graft train'.",
+            why or f"{run_dir} is not a graft run folder (no {runs.METRICS_FILE}).",
+            hint=None if note else "pass the run folder (out=DIR) of 'graft train'.",
         )
     return path
 
-
-# ----------------------------------------------------------------------------- HTML
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
@@ -189,6 +188,7 @@ def render_html(run_dir: str | os.PathLike) -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>graft run report: {_e(run_dir.resolve().name)}</h1>",
         f'<p class="muted">{_e(_describe_model(config))}</p>',
+        (f"<p><b>{_e(note)}</b></p>" if (note := run_status.status_note(run_dir)) else ""),
         _headline(metrics, ev),
         '<h2 id="data">Data</h2>',
         _data_section(metrics, ev, classes),

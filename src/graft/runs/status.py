@@ -11,7 +11,7 @@ from graft.config.settings import read_run_config
 from graft.errors import GraftError
 from graft.runs import files as runs
 from graft.runs import lock
-from graft.runs.layout import STATUS_FILE  # noqa: E402,F401
+from graft.runs.layout import STATUS_FILE
 
 
 def write_status(
@@ -44,7 +44,14 @@ def saved_config(run_dir: str | Path) -> dict:
             hint="pass the run folder (out=DIR) of an earlier 'graft train'.",
         )
     config = read_run_config(path)
-    if read_status(run_dir).get("status") == "completed":
+    now = read_status(run_dir)
+    if now.get("status") == "unknown":  # damaged: whether it completed cannot be told
+        raise GraftError(
+            f"Cannot resume {run_dir}: its {now['error']}.",
+            hint=f"if its training did not finish, delete {Path(run_dir) / STATUS_FILE} "
+            "and resume again (the checkpoint decides where it goes on).",
+        )
+    if now.get("status") == "completed":
         raise GraftError(
             f"{run_dir} finished training already; there is nothing to resume.",
             hint="start a new run with another out=DIR.",
@@ -73,6 +80,22 @@ def read_status(run_dir: str | Path) -> dict:
             "error": f"the process that ran it (pid {pid}) ended without recording why",
         }
     return body
+
+
+def status_note(run_dir: str | Path) -> str | None:
+    """One line on a run that did not complete (``None`` when it did, or has no status):
+    ``"Status: interrupted (the process that ran it (pid 7) ended ...); resume: ..."``."""
+    body = read_status(run_dir)
+    state = body.get("status")
+    if state in (None, "completed"):
+        return None
+    why = body.get("error") or body.get("signal")
+    line = f"Status: {state}" + (f" ({why})" if why else "")
+    if state == "running":
+        line += f", pid {body.get('pid')}"
+    elif state in ("interrupted", "failed"):
+        line += f"; resume: graft train --resume {run_dir}"
+    return line
 
 
 def describe_failure(exc: BaseException) -> tuple[str, dict]:
