@@ -48,7 +48,7 @@ def execute(req: s.Request) -> Run:
             model = finalize(built, fitted, devices, scope, run_dir, req)
             metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
-            return write(run, req, pipes.val)
+            return write(run, req, pipes.val, _paths(data.val))
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -245,7 +245,13 @@ def measure(
     return metrics
 
 
-def write(run: Run, req: s.Request, val_ds) -> Run:
+def _paths(split) -> list[str] | None:
+    """The files of a split in its (unshuffled) batch order; ``None`` for in-memory data."""
+    files_ = None if split is None else split.files
+    return None if files_ is None else [str(p) for p in files_.paths]
+
+
+def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None) -> Run:
     """Save the run folder's artifacts, evaluate, draw, report; mark it completed."""
     d = run.run_dir
     if d is None:
@@ -263,7 +269,9 @@ def write(run: Run, req: s.Request, val_ds) -> Run:
     files.write_yaml(d / layout.CONFIG_FILE, config)
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
-    evaluated = report.finish_run(d, run.model, run.classes, run.history, val_ds, log=req.log)
+    evaluated = report.finish_run(
+        d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths
+    )
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated
     checkpoints.write_status(d, "completed")
