@@ -22,11 +22,14 @@ def labelled_batches(
     classes: list[str],
     batch_size: int = 32,
     min_size: int = datacheck.DEFAULT_MIN_SIZE,
+    with_paths: bool = False,
 ):
     """Labelled batches of ``data_source`` sized for ``model``
     (see :func:`graft.data.adapter.labelled_batches`)."""
     _, h, w, ch = model.input_shape
-    return adapter.labelled_batches(data_source, classes, (h, w), ch, batch_size, min_size)
+    return adapter.labelled_batches(
+        data_source, classes, (h, w), ch, batch_size, min_size, with_paths=with_paths
+    )
 
 
 def check_data(
@@ -83,7 +86,9 @@ def evaluate(
     model, classes = load(model_or_run, safe_mode=safe_mode)
     if min_size is None:
         min_size = model_io.run_min_size(model_or_run)
-    ds, _, skipped = labelled_batches(model, data_source, classes, batch_size, min_size)
-    result = evaluation.evaluate_model(model, ds, classes).as_dict()
+    ds, _, skipped, paths = labelled_batches(
+        model, data_source, classes, batch_size, min_size, with_paths=True
+    )
+    result = evaluation.evaluate_model(model, ds, classes, paths=paths).as_dict()
     result["skipped"] = skipped
     return result

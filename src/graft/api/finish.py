@@ -48,7 +48,7 @@ def execute(req: s.Request) -> Run:
             model = finalize(built, fitted, devices, scope, run_dir, req)
             metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
-            return write(run, req, pipes.val)
+            return write(run, req, pipes.val, _paths(data.val))
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -90,7 +90,8 @@ def fit(
         result = setup.trainer.fit(
             phases, pipes.train, pipes.val, cached=cached, resume=state, train_eval=pipes.train_eval
         )
-    return s.Fitted(result, phases, time.perf_counter() - start, lr_found, reference)
+    seconds = time.perf_counter() - start
+    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper)
 
 
 def _auto_lr(cfg: TrainConfig, trainer, plan: s.Plan, train_ds, run_dir, log):
@@ -150,7 +151,37 @@ def finalize(built: s.Built, fitted: s.Fitted, devices: s.Devices, scope, run_di
 
         tb.write_phases(run_dir, fitted.result.history)
     building.compile_for_shipping(model, fitted.phases[-1], built.loss, built.metrics)
+    _keep(model, fitted, run_dir, req.log)
     return model
+
+
+def kept_row(fitted: s.Fitted) -> dict:
+    """The history row of the epoch ``model.keras`` holds (the last one unless best kept)."""
+    history = fitted.result.history
+    best = fitted.keeper.best if fitted.keeper is not None else None
+    if best is not None:
+        return next((r for r in history if r["epoch"] == best["epoch"]), history[-1])
+    return history[-1] if history else {}
+
+
+def _keep(model: keras.Model, fitted: s.Fitted, run_dir, log) -> None:
+    """``keep="best"``: save the last epoch as ``last.keras``, then hold the best epoch."""
+    keeper, history = fitted.keeper, fitted.result.history
+    if keeper is None or not history:
+        return
+    if run_dir is not None:
+        files.save_model(model, Path(run_dir) / layout.LAST_MODEL_FILE)
+    last = history[-1]["epoch"]
+    if keeper.best is None:
+        log(f"Kept the last epoch ({last}): no {keeper.monitor} to choose the best by.")
+        return
+    model.set_weights(keeper.weights)
+    best = keeper.best
+    log(
+        f"Kept epoch {best['epoch']} of {last} (phase {best['phase_index']} '{best['phase']}'): "
+        f"lowest {best['monitor']} {best['value']:.4f}"
+        + (f"; the last epoch is in {layout.LAST_MODEL_FILE}" if run_dir is not None else "")
+    )
 
 
 def measure(
@@ -163,10 +194,21 @@ def measure(
     devices: s.Devices,
     req: s.Request,
 ) -> dict:
-    """The run's metrics: last epoch, data counts, drift, source task, test scores."""
+    """The run's metrics: the kept epoch, data counts, drift, source task, test scores."""
     log, bb = req.log, built.bb
-    last = fitted.result.history[-1] if fitted.result.history else {}
-    metrics = {k: last[k] for k in ("val_accuracy", "val_loss", "accuracy", "loss") if k in last}
+    kept = kept_row(fitted) if fitted.result.history else {}
+    metrics = {k: kept[k] for k in ("val_accuracy", "val_loss", "accuracy", "loss") if k in kept}
+    if kept:
+        best = fitted.keeper.best if fitted.keeper is not None else None
+        metrics["kept"] = {
+            "keep": "best" if best is not None else "last",
+            "epoch": kept["epoch"],
+            "phase": kept.get("phase"),
+            "phase_index": kept.get("phase_index"),
+            "monitor": best["monitor"] if best is not None else None,
+            "last_epoch": fitted.result.history[-1]["epoch"],
+        }
+        metrics["best_epoch"] = kept["epoch"]
     metrics.update(
         train_images=data.counts["train"],
         val_images=data.counts["val"],
@@ -203,7 +245,13 @@ def measure(
     return metrics
 
 
-def write(run: Run, req: s.Request, val_ds) -> Run:
+def _paths(split) -> list[str] | None:
+    """The files of a split in its (unshuffled) batch order; ``None`` for in-memory data."""
+    files_ = None if split is None else split.files
+    return None if files_ is None else [str(p) for p in files_.paths]
+
+
+def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None) -> Run:
     """Save the run folder's artifacts, evaluate, draw, report; mark it completed."""
     d = run.run_dir
     if d is None:
@@ -221,7 +269,9 @@ def write(run: Run, req: s.Request, val_ds) -> Run:
     files.write_yaml(d / layout.CONFIG_FILE, config)
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
-    evaluated = report.finish_run(d, run.model, run.classes, run.history, val_ds, log=req.log)
+    evaluated = report.finish_run(
+        d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths
+    )
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated
     checkpoints.write_status(d, "completed")

@@ -27,6 +27,7 @@ from graft.errors import DataError, GraftError
 from graft.reporting import drift
 from graft.runs import files, fingerprints, layout, lock
 from graft.training import checkpoints, distribute, resume
+from graft.training.hooks import KeepBest
 from graft.training.trainer import Trainer, TrainResult
 
 
@@ -127,6 +128,7 @@ class TrainerSetup:
     checkpointer: checkpoints.Checkpointer | None
     state: checkpoints.State | None
     reference: list | None = None
+    keeper: KeepBest | None = None
 
 
 @dataclass
@@ -136,6 +138,7 @@ class Fitted:
     seconds: float
     lr_found: dict | None
     reference: list | None
+    keeper: KeepBest | None = None
 
 
 def choose_devices(cfg: TrainConfig) -> Devices:
@@ -321,7 +324,9 @@ def make_trainer(
         checkpointer = checkpoints.Checkpointer(run_dir, req.log, fingerprints=prints)
     if state is not None:
         checkpointer.resume_from(state)
-    hooks = []
+    # Before the checkpointer: each checkpoint holds the best weights so far.
+    keeper = KeepBest() if cfg.keep == "best" else None
+    hooks = [keeper] if keeper is not None else []
     if req.tensorboard:
         from graft.training import tensorboard as tb
 
@@ -339,7 +344,7 @@ def make_trainer(
         class_weight=data.class_weight,
         hooks=hooks,
     )
-    return TrainerSetup(trainer, checkpointer, state, reference)
+    return TrainerSetup(trainer, checkpointer, state, reference, keeper)
 
 
 def _fingerprints(cfg: TrainConfig, data: PreparedData, built: Built) -> dict:

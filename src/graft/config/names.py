@@ -13,6 +13,8 @@ AUGMENT_LEVELS = ("none", "light", "standard")
 JIT_MODES = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed")
 CLASS_WEIGHTS = ("none", "auto")
+#: Which epoch becomes ``model.keras`` (``best``: lowest ``val_loss``; ``last``: the last one).
+KEEP_MODES = ("best", "last")
 PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")
 #: The searched strategy (``graft.api.auto``); not a plan of its own.
 AUTO_STRATEGY = "auto"

@@ -20,6 +20,7 @@ from graft.config.names import (
     CLASS_WEIGHTS,
     DISTRIBUTE_MODES,
     JIT_MODES,
+    KEEP_MODES,
     OPTIMIZERS,
     POOLS,
     PRECISIONS,
@@ -107,6 +108,13 @@ class TrainConfig:
         _O,
         "Stop a phase after PATIENCE epochs without improvement; keep its best epoch.",
         metavar="PATIENCE",
+    )
+    keep: str = setting(
+        "best",
+        _O,
+        "Which epoch model.keras holds: best (lowest val_loss over the whole run; "
+        "last.keras has the last) or last.",
+        choices=KEEP_MODES,
     )
     weight_decay: float | None = setting(
         None, _O, "Decoupled weight decay (never BN weights or biases)."

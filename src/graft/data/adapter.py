@@ -223,6 +223,7 @@ def labelled_batches(
     channels: int,
     batch_size: int = 32,
     min_size: int = datacheck.DEFAULT_MIN_SIZE,
+    with_paths: bool = False,
 ):
     """Labelled ``(images, labels)`` batches of ``data_source`` sized for a model.
 
@@ -236,8 +237,11 @@ def labelled_batches(
         batch_size: Images per batch.
         min_size: Smallest image side the check accepts.
 
+        with_paths: Also return the file of every image in batch order (``None`` for
+            in-memory data).
+
     Returns:
-        ``(dataset, number_of_images_or_None, number_of_skipped_files)``.
+        ``(dataset, number_of_images_or_None, number_of_skipped_files)`` (and the paths).
     """
     source = adapt(data_source, classes)
     skipped = 0
@@ -251,4 +255,7 @@ def labelled_batches(
                 + (f" {small}." if small else "")
             )
     count = source.count if isinstance(source.count, int) else None
-    return source.batches(image_size, channels, batch_size), count, skipped
+    out = (source.batches(image_size, channels, batch_size), count, skipped)
+    if with_paths:
+        out += (None if source.files is None else [str(p) for p in source.files.paths],)
+    return out

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,10 +37,13 @@ class WorstError:
     predicted: int
     confidence: float
     image: np.ndarray = field(repr=False)
+    #: The image's file, where the data came from files.
+    path: str | None = None
 
     def as_dict(self, classes: list[str]) -> dict:
         return {
             "index": self.index,
+            **({"path": self.path} if self.path is not None else {}),
             "true": classes[self.true],
             "predicted": classes[self.predicted],
             "confidence": round(self.confidence, DIGITS),
@@ -229,6 +232,7 @@ def evaluate_model(
     keep_worst: int = 16,
     top_k: Iterable[int] = (2, 3, 5),
     threshold: float = 0.5,
+    paths: Sequence[str] | None = None,
 ) -> Evaluation:
     """Predict every batch once and compute all metrics.
 
@@ -240,6 +244,7 @@ def evaluate_model(
         keep_worst: How many of the most confidently wrong images to keep (single-label).
         top_k: Values of k for top-k accuracy.
         threshold: Decision threshold for multi-label models.
+        paths: The file of every image, in batch order (names the worst errors).
 
     Returns:
         An :class:`Evaluation`.
@@ -271,7 +276,7 @@ def evaluate_model(
     else:
         metrics = {"task": "single_label", **classification_metrics(y_true, probs, classes, top_k)}
     worst = [
-        WorstError(index, true, pred, conf, image)
+        WorstError(index, true, pred, conf, image, None if paths is None else str(paths[index]))
         for conf, index, true, pred, image in sorted(heap, key=lambda e: (-e[0], e[1]))
     ]
     return Evaluation(metrics, y_true, probs, worst, list(classes))

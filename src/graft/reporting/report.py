@@ -19,7 +19,7 @@ from pathlib import Path
 
 from graft.data.adapter import labelled_batches
 from graft.errors import GraftError
-from graft.reporting import evaluation, plots
+from graft.reporting import evaluation, gallery, plots
 from graft.reporting.model_card import write_model_card
 from graft.reporting.text import fmt as _fmt
 from graft.runs import files as runs
@@ -45,6 +45,7 @@ def finish_run(
     data_summary: dict | None = None,
     split: str = "validation",
     log: Callable[[str], None] | None = None,
+    paths: list[str] | None = None,
 ) -> dict | None:
     """Evaluate a freshly trained run and write its metrics, plots, report and model card.
 
@@ -59,6 +60,7 @@ def finish_run(
             saved as ``metrics.json``'s ``"data"``.
         split: Name of the evaluated split, recorded with the numbers.
         log: Receives one line with the headline numbers.
+        paths: The file of every evaluated image, in batch order (names the worst errors).
 
     Returns:
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
@@ -69,8 +71,9 @@ def finish_run(
     worst = None
     if val_batches is not None:
         start = time.perf_counter()
-        ev = evaluation.evaluate_model(model, val_batches, classes)
+        ev = evaluation.evaluate_model(model, val_batches, classes, paths=paths)
         result = {"split": split, **ev.as_dict()}
+        gallery.write_thumbnails(run_dir, ev.worst, result["worst_errors"])
         result["seconds"] = round(time.perf_counter() - start, 2)
         sections["evaluation"] = result
         worst = ev.worst
@@ -105,8 +108,10 @@ def regenerate(
         model, classes = model_io.load(run_dir, safe_mode=safe_mode)
         _, h, w, ch = model.input_shape  # read as the run did: its size, channels, min_size
         min_size = model_io.run_min_size(run_dir)
-        batches, _, _ = labelled_batches(data, classes, (h, w), ch, batch_size, min_size)
-        finish_run(run_dir, model, classes, history, batches, split=str(data))
+        batches, _, _, paths = labelled_batches(
+            data, classes, (h, w), ch, batch_size, min_size, with_paths=True
+        )
+        finish_run(run_dir, model, classes, history, batches, split=str(data), paths=paths)
     else:
         metrics = run_metrics.read(run_dir)
         plots.write_all(run_dir, history, metrics.get("evaluation"), classes, None)
@@ -185,7 +190,7 @@ def render_html(run_dir: str | os.PathLike) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>graft run report: {_e(run_dir.resolve().name)}</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{_CSS}{gallery.CSS}</style></head><body>",
         f"<h1>graft run report: {_e(run_dir.resolve().name)}</h1>",
         f'<p class="muted">{_e(_describe_model(config))}</p>',
         (f"<p><b>{_e(note)}</b></p>" if (note := run_status.status_note(run_dir)) else ""),
@@ -201,7 +206,8 @@ def render_html(run_dir: str | os.PathLike) -> str:
         _image(run_dir, plots.CONFUSION),
         _image(run_dir, plots.F1),
         '<h2 id="errors">Worst errors</h2>',
-        _errors_section(run_dir, ev),
+        gallery.errors_section(run_dir, ev),
+        _image(run_dir, plots.ERRORS),
         '<h2 id="calibration">Calibration</h2>',
         _calibration_section(ev),
         '<h2 id="drift">Feature drift</h2>',
@@ -235,8 +241,7 @@ def _headline(metrics: dict, ev: dict) -> str:
         items += [("accuracy", ev.get("accuracy")), ("macro F1", ev["macro_avg"]["f1"])]
         items += [(f"top-{k}", v) for k, v in ev.get("top_k_accuracy", {}).items()]
         items += [("ECE", ev.get("ece"))]
-    elif "val_accuracy" in metrics:
-        items += [("val accuracy", metrics["val_accuracy"])]
+    items += gallery.headline_items(metrics)
     items += [("epochs", metrics.get("epochs")), ("seconds", metrics.get("seconds"))]
     cells = "".join(f"<div><b>{_e(_fmt(v))}</b>{_e(k)}</div>" for k, v in items if v is not None)
     html_out = f'<div class="headline">{cells}</div>'
@@ -245,6 +250,8 @@ def _headline(metrics: dict, ev: dict) -> str:
             f'<p class="muted">Evaluated on the {_e(ev["split"])} split '
             f"({_e(_fmt(ev['images']))} images).</p>"
         )
+    if gallery.kept_line(metrics):
+        html_out += f'<p class="muted">{_e(gallery.kept_line(metrics))}</p>'
     return html_out
 
 
@@ -325,20 +332,6 @@ def _metrics_section(ev: dict) -> str:
             _table(["true \\ predicted", *names, "total"], rows, set(range(1, len(names) + 2)))
         )
     return "\n".join(out)
-
-
-def _errors_section(run_dir: Path, ev: dict) -> str:
-    worst = ev.get("worst_errors")
-    if not ev.get("images") or ev.get("task") == "multi_label":
-        return '<p class="muted">No evaluation data.</p>'
-    if not worst:
-        return "<p>No wrong predictions on the evaluated images.</p>" + _image(
-            run_dir, plots.ERRORS
-        )
-    rows = [[w["index"], w["true"], w["predicted"], w["confidence"]] for w in worst]
-    return _image(run_dir, plots.ERRORS) + _table(
-        ["image # in split", "true", "predicted", "confidence"], rows, {0, 3}
-    )
 
 
 def _calibration_section(ev: dict) -> str:

@@ -3,6 +3,7 @@
 ::
 
     RUN_DIR/model.keras        the trained model (raw images in, probabilities out)
+    RUN_DIR/last.keras         the last epoch's model (when model.keras is the best epoch)
     RUN_DIR/labels.json        class names in output order
     RUN_DIR/backbone.keras     the backbone a keras.Model object brought (for --resume)
     RUN_DIR/config.yaml        every resolved setting; enough to reproduce the run
@@ -21,6 +22,7 @@
 """
 
 MODEL_FILE = "model.keras"
+LAST_MODEL_FILE = "last.keras"
 LABELS_FILE = "labels.json"
 BACKBONE_FILE = "backbone.keras"
 CONFIG_FILE = "config.yaml"
@@ -41,7 +43,7 @@ LOCK_FILE = ".graft.lock"
 
 #: Everything graft writes into a run folder: ``--overwrite`` clears these (and only these).
 ARTIFACTS = (
-    MODEL_FILE, LABELS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE,
+    MODEL_FILE, LAST_MODEL_FILE, LABELS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE,
     MODEL_CARD_FILE, EXPORTS_FILE, PLOTS_DIR, CHECKPOINT_DIR, STATUS_FILE, TENSORBOARD_DIR,
     LR_FIND_CSV, LR_FIND_PLOT, AUTO_SEARCH_FILE,
 )  # fmt: skip

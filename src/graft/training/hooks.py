@@ -67,7 +67,8 @@ class Hook:
         return []
 
     def epoch_end(self, ctx: PhaseContext, row: dict, states: dict) -> None:
-        """After every finite epoch: its history row and every policy's and hook's state."""
+        """After every finite epoch: its history row and every policy's and hook's state
+        (as the hooks before this one left it)."""
 
     def after_phase(self, ctx: PhaseContext) -> None:
         """After the phase ended (also early); the model holds its final weights."""
@@ -77,6 +78,10 @@ class Hook:
 
     def load_state(self, state: dict) -> None:
         """Restore what :meth:`state` returned (called before :meth:`before_fit`)."""
+
+    def resumed(self, history: list, model: keras.Model) -> None:
+        """On resume, after every :meth:`load_state`: the history so far; ``model`` holds
+        the checkpoint's weights."""
 
 
 class BatchNormRecalibration(Hook):
@@ -142,3 +147,58 @@ class L2SPAnchors(Hook):
 
     def load_state(self, state: dict) -> None:
         self._saved = state.get("arrays") or None
+
+
+class KeepBest(Hook):
+    """The weights of the run's best epoch by ``val_loss`` (lowest), across every phase.
+
+    A candidate is every validated epoch as it ends and, after a phase, the phase's last
+    row again: precise BN may have re-estimated the statistics and validated again, and
+    then the end-of-phase weights (with their new statistics) replace that epoch's. The
+    weights are part of the hook's state, so they survive a checkpoint and a resume.
+    """
+
+    name = "keep_best"
+    monitor = "val_loss"
+
+    def __init__(self):
+        self.best: dict | None = None  # the kept row's epoch, phase and monitored value
+        self.weights: list | None = None
+
+    def _consider(self, row: dict | None, model: keras.Model) -> None:
+        value = (row or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        same = self.best is not None and self.best["epoch"] == row["epoch"]
+        if same or self.best is None or value < self.best["value"]:
+            self.best = {
+                "epoch": row["epoch"],
+                "phase": row.get("phase"),
+                "phase_index": row.get("phase_index"),
+                "monitor": self.monitor,
+                "value": float(value),
+            }
+            self.weights = [np.array(w) for w in model.get_weights()]
+
+    def epoch_end(self, ctx: PhaseContext, row: dict, states: dict) -> None:
+        self._consider(row, ctx.model)
+
+    def after_phase(self, ctx: PhaseContext) -> None:
+        rows = [r for r in ctx.history or () if r.get("phase_index") == ctx.position.index]
+        if rows:
+            self._consider(rows[-1], ctx.model)
+
+    def resumed(self, history: list, model: keras.Model) -> None:
+        # A run stopped after a phase ended: its last row may have been validated again
+        # after precise BN; the model holds that phase's end weights.
+        if history:
+            self._consider(history[-1], model)
+
+    def state(self) -> dict:
+        if self.best is None:
+            return {}
+        return {"best": dict(self.best), "arrays": list(self.weights)}
+
+    def load_state(self, state: dict) -> None:
+        if state.get("best") and state.get("arrays") is not None:
+            self.best, self.weights = dict(state["best"]), list(state["arrays"])

@@ -64,9 +64,9 @@ class _Recorder(keras.callbacks.Callback):
         self.rows.append(row)
         if not math.isfinite(row.get("loss", 0.0)):
             return
-        states = {name: policy.state() for name, policy in self.policies.items()}
-        states.update({h.name: h.state() for h in self.hooks if h.name})
-        for hook in self.hooks:
+        for hook in self.hooks:  # each sees the states the hooks before it left
+            states = {name: policy.state() for name, policy in self.policies.items()}
+            states.update({h.name: h.state() for h in self.hooks if h.name})
             hook.epoch_end(self.ctx, row, states)
 
 
@@ -194,6 +194,8 @@ class Trainer:
             for hook in self.hooks:
                 if hook.name in states:
                     hook.load_state(states[hook.name])
+            for hook in self.hooks:
+                hook.resumed(result.history, self.model)
         for hook in self.hooks:
             hook.before_fit(plan, self.model)
         head = cache.head_model(self.model) if cached is not None else None

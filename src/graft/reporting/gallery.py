@@ -1,0 +1,124 @@
+"""What the report shows of the held-out results: the test scores next to validation,
+the kept epoch, and the gallery of the worst errors (thumbnails with file name, true
+and predicted label, confidence).
+
+The thumbnails are PNG files in ``RUN_DIR/plots/`` (``error_NN.png``), written when the
+run is evaluated, so ``graft report`` can redraw the report without the images.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+
+from graft.reporting import plots
+
+#: File name of the k-th worst error's thumbnail in ``RUN_DIR/plots/``.
+THUMBNAIL = "error_{:02d}.png"
+THUMBNAIL_SIDE = 96
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def write_thumbnails(run_dir: str | os.PathLike, worst: list, entries: list[dict]) -> None:
+    """Save each worst error's image as a thumbnail; name it in its ``entries`` dict."""
+    from PIL import Image
+
+    folder = Path(run_dir) / plots.PLOTS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(THUMBNAIL.replace("{:02d}", "*")):
+        stale.unlink(missing_ok=True)
+    for k, (item, entry) in enumerate(zip(worst, entries)):
+        image = Image.fromarray(item.image)
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+        image.save(folder / THUMBNAIL.format(k))
+        entry["thumbnail"] = f"{plots.PLOTS_DIR}/{THUMBNAIL.format(k)}"
+
+
+def errors_section(run_dir: Path, ev: dict) -> str:
+    """The worst errors: a gallery of thumbnails, then a table by file name."""
+    worst = ev.get("worst_errors")
+    if not ev.get("images") or ev.get("task") == "multi_label":
+        return '<p class="muted">No evaluation data.</p>'
+    if not worst:
+        return "<p>No wrong predictions on the evaluated images.</p>"
+    cards = []
+    for w in worst:
+        name = w.get("path") or f"image #{w['index']} in the split"
+        label = Path(name).name if w.get("path") else name
+        thumb = run_dir / w["thumbnail"] if w.get("thumbnail") else None
+        img = ""
+        if thumb is not None and thumb.is_file():
+            data = base64.b64encode(thumb.read_bytes()).decode("ascii")
+            img = f'<img src="data:image/png;base64,{data}" alt="{_e(label)}">'
+        cards.append(
+            f'<figure class="error" title="{_e(name)}">{img}<figcaption><b>{_e(label)}</b><br>'
+            f"true {_e(w['true'])}, predicted {_e(w['predicted'])} "
+            f"({float(w['confidence']):.2f})</figcaption></figure>"
+        )
+    rows = "".join(
+        f"<tr><td>{_e(w.get('path') or w['index'])}</td><td>{_e(w['true'])}</td>"
+        f'<td>{_e(w["predicted"])}</td><td class="num">{float(w["confidence"]):.4f}</td></tr>'
+        for w in worst
+    )
+    return (
+        f'<div class="gallery">{"".join(cards)}</div>'
+        "<table><thead><tr><th>image</th><th>true</th><th>predicted</th><th>confidence</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+CSS = (
+    ".gallery{display:flex;flex-wrap:wrap;gap:.6rem}.gallery figure.error{width:120px;"
+    "margin:0;font-size:.8rem;word-break:break-all}.gallery img{width:96px;height:auto;"
+    "image-rendering:pixelated;border:2px solid #c33}"
+)
+
+
+def headline_items(metrics: dict) -> list[tuple[str, object]]:
+    """Test and kept-epoch numbers for the report's headline."""
+    items = []
+    if "test_accuracy" in metrics:
+        items += [("test accuracy", metrics["test_accuracy"]), ("test loss", metrics["test_loss"])]
+    if "val_accuracy" in metrics:
+        items += [("val accuracy", metrics["val_accuracy"])]
+    if "val_loss" in metrics:
+        items += [("val loss", metrics["val_loss"])]
+    if metrics.get("best_epoch") is not None:
+        items += [("kept epoch", metrics["best_epoch"])]
+    return items
+
+
+def kept_line(metrics: dict) -> str:
+    """One sentence: which epoch ``model.keras`` holds and why."""
+    kept = metrics.get("kept")
+    if not kept:
+        return ""
+    where = f"epoch {kept['epoch']} of {kept.get('last_epoch', '?')} (phase {kept.get('phase')})"
+    if kept.get("keep") == "best":
+        return f"model.keras holds {where}: the lowest {kept.get('monitor')}; last.keras the last."
+    return f"model.keras holds the last epoch, {where}."
+
+
+def card_lines(metrics: dict) -> list[str]:
+    """Markdown lines for the model card: test next to validation, and the kept epoch."""
+    lines = []
+    rows = [
+        (name, metrics.get(f"{prefix}accuracy"), metrics.get(f"{prefix}loss"), images)
+        for name, prefix, images in (
+            ("validation (kept epoch)", "val_", metrics.get("val_images")),
+            ("test", "test_", metrics.get("test_images")),
+        )
+    ]
+    rows = [r for r in rows if r[1] is not None]
+    if rows:
+        lines += ["| split | accuracy | loss | images |", "|---|---:|---:|---:|"]
+        lines += [f"| {n} | {a:.4f} | {lo:.4f} | {i} |" for n, a, lo, i in rows]
+        lines.append("")
+    if kept_line(metrics):
+        lines += [kept_line(metrics), ""]
+    return lines
