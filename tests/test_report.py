@@ -246,7 +246,9 @@ def _render(page: Path, tmp_path: Path) -> tuple[dict, str]:
 def test_report_renders_in_headless_chromium_without_errors(run, tmp_path):
     _, out, _ = run
     found, log = _render(out / report.REPORT_FILE, tmp_path)
-    assert found == {"images": len(PLOT_FILES), "loaded": len(PLOT_FILES), "errors": 0}
+    # the plots, plus the worst-error thumbnails of the gallery: every one must load
+    assert found["images"] >= len(PLOT_FILES), found
+    assert found["loaded"] == found["images"] and found["errors"] == 0, found
     assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
 
 

@@ -120,14 +120,18 @@ def compile_for_shipping(
     round-trips everywhere) before the optimizer is built, so loading finds exactly the
     state that was saved. Freeze layers again before fitting such a model further.
     """
+    # The same optimizer kind and rate, none of the training-time extras (L2-SP anchors,
+    # per-block rates, schedules): those are not serialisable, and shipping needs none.
+    plain = type(last_phase)(
+        last_phase.name, "none", last_phase.epochs, last_phase.lr, optimizer=last_phase.optimizer
+    )
+    model.compile(optimizer=make_optimizer(plain, model), loss=loss, metrics=list(metrics))
     if _reloaded_trainable(model) != [v.path for v in model.trainable_variables]:
         # Every layer: a KerasHub backbone's own setter does not reach its layers.
         for layer in model._flatten_layers(include_self=True, recursive=True):
             layer.trainable = True
-    plain = type(last_phase)(**{**last_phase.as_dict(), "backbone_lr": None, "trainable": "none"})
-    optimizer = make_optimizer(plain, model)
-    model.compile(optimizer=optimizer, loss=loss, metrics=list(metrics))
-    optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
+        model.compile(optimizer=make_optimizer(plain, model), loss=loss, metrics=list(metrics))
+    model.optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
 
 
 def _reloaded_trainable(model: keras.Model) -> list[str]:
