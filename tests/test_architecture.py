@@ -23,11 +23,12 @@ ALLOWED: set[tuple[str, str]] = set()
 
 
 def _layer(module: str) -> str | None:
-    """``graft.core.model`` -> ``core``; ``graft._quiet`` and ``graft.errors`` -> ``errors``."""
+    """``graft.core.model`` -> ``core``; ``graft._quiet``, ``graft.errors`` and
+    ``graft.progress`` -> ``errors`` (the base layer)."""
     parts = module.split(".")
     if parts[0] != "graft" or len(parts) == 1:
         return None
-    if parts[1] in ("errors", "_quiet"):
+    if parts[1] in ("errors", "_quiet", "progress"):
         return "errors"
     return parts[1] if parts[1] in LAYERS else "top"
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from graft import progress
+
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 IMAGE_SIZE = 32
@@ -87,7 +89,10 @@ def pretrained_backbone(log: Callable[[str], None] = print, seed: int = 0) -> Pa
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    model.fit(xs, ys, batch_size=32, epochs=10, verbose=0, shuffle=True)
+    epochs = 10
+    with progress.track("Pre-training", epochs, "epochs") as bar:
+        advance = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bar.advance())
+        model.fit(xs, ys, batch_size=32, epochs=epochs, verbose=0, callbacks=[advance])
     acc = model.evaluate(xs, ys, verbose=0, return_dict=True)["accuracy"]
     log(f"  source accuracy (inference mode, training digits): {acc:.3f}")
     save_model(model, path)
@@ -190,7 +195,8 @@ def run(
                     batch_size=16, seed=seed + k, log=lambda _line: None, verbose=0, **settings,
                 )  # fmt: skip
                 times.append(time.perf_counter() - start)
-                accuracies.append(api.evaluate(result.run_dir, test_dir)["accuracy"])
+                with progress.silenced():
+                    accuracies.append(api.evaluate(result.run_dir, test_dir)["accuracy"])
             trainable = max(p["trainable_params"] for p in result.metrics["phases"])
             rows.append(
                 {

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import keras
 
+from graft import progress
 from graft.api import building
 from graft.api import steps as s
 from graft.api.result import Run
+from graft.config.paths import AS_TYPED, make_portable
 from graft.config.settings import TrainConfig
 from graft.core.model import backbone_of
 from graft.reporting import drift, report
@@ -29,6 +31,8 @@ def execute(req: s.Request) -> Run:
     """Run every step of a training run; on failure, record why in ``status.json``."""
     run_dir = None
     held = contextlib.ExitStack()  # the run folder's lock, released last
+    if req.verbose == 0:  # nobody watches: no progress lines either
+        held.enter_context(progress.silenced())
     try:
         with contextlib.ExitStack() as scope:
             cfg = TrainConfig(backbone=s.backbone_setting(req.backbone), **req.settings)
@@ -137,7 +141,7 @@ def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes,
     data_cfg = dataclasses.replace(cfg, batch_size=pipes.batch_size)
     return cache.cached_datasets(
         built.model, bb, splits, data_cfg, augment=data.augment, log=log,
-        verbose=1 if req.verbose else 0,
+        verbose=req.verbose or 0,
     )  # fmt: skip
 
 
@@ -266,12 +270,15 @@ def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None) 
     config.update(data=req.sources(), safe_mode=req.safe_mode)
     if s.saved_backbone(req, d):
         config["backbone"] = s.saved_backbone(req, d)
-    files.write_yaml(d / layout.CONFIG_FILE, config)
+    with contextlib.suppress(Exception):  # a resumed run keeps the spellings of its start
+        config[AS_TYPED] = files.read_yaml(d / layout.CONFIG_FILE, {}).get(AS_TYPED)
+    files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, req.typed()))
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
-    evaluated = report.finish_run(
-        d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths
-    )
+    with progress.status("Evaluating and writing the report"):
+        evaluated = report.finish_run(
+            d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths
+        )
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated
     checkpoints.write_status(d, "completed")

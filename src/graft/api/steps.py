@@ -18,6 +18,7 @@ import keras
 
 from graft.api import building
 from graft.config import strategies
+from graft.config.paths import make_portable
 from graft.config.settings import TrainConfig
 from graft.core import backbones, freezing, scaling
 from graft.core.model import BACKBONE_NAME, HeadConfig, pooling_summary
@@ -50,6 +51,10 @@ class Request:
     source_model: str | os.PathLike | None = None
     resume: bool = False
     settings: dict = field(default_factory=dict)
+
+    def typed(self) -> dict:
+        """The data sources as the caller spelled them (``config.yaml``'s ``as_typed``)."""
+        return {"train": self.data, "val": self.val, "test": self.test}
 
     def sources(self) -> dict:
         """Where the data came from, as saved in ``config.yaml`` (paths only)."""
@@ -212,7 +217,7 @@ def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
         if isinstance(req.backbone, keras.Model):  # resume reloads it from the run folder
             req.backbone.save(run_dir / layout.BACKBONE_FILE)
             config["backbone"] = saved_backbone(req, run_dir)
-        files.write_yaml(run_dir / layout.CONFIG_FILE, config)
+        files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, req.typed()))
     checkpoints.write_status(run_dir, "running")
     return run_dir
 

@@ -3,15 +3,14 @@ that groups ``--help`` by setting group and imports the backend only when it run
 
 from __future__ import annotations
 
-import sys
-
 import click
 from rich.console import Console
 
-from graft import _quiet
+from graft import _quiet, progress
 from graft.config.fields import GROUPS
 
-console = Console()
+#: No styles (escape codes) where progress is plain: NO_COLOR, TERM=dumb, CI, no terminal.
+console = Console(color_system="auto" if progress.live() else None)
 state = {"debug": False, "verbose": False}
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -21,7 +20,8 @@ def log(line: str) -> None:
 
 
 def fit_verbosity() -> int:
-    return 1 if sys.stdout.isatty() else 2
+    """Keras's live bar on a terminal, one plain line per epoch elsewhere."""
+    return progress.keras_verbosity("auto")
 
 
 class SettingOption(click.Option):

@@ -3,6 +3,7 @@ predict, export, backbones, data check, inspect, demo."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from graft import progress
 from graft.cli import options
 from graft.cli.base import GraftCommand, GraftGroup, console, log
 
@@ -33,9 +35,10 @@ def evaluate(model, data, batch_size, min_size, as_json, unsafe):
     from graft import api
     from graft.reporting.evaluation import summary_line
 
-    result = api.evaluate(
-        model, data, batch_size=batch_size, min_size=min_size, safe_mode=not unsafe
-    )
+    with progress.silenced() if as_json else contextlib.nullcontext():  # stdout is data
+        result = api.evaluate(
+            model, data, batch_size=batch_size, min_size=min_size, safe_mode=not unsafe
+        )
     if as_json:
         print(json.dumps(result))
         return
@@ -160,13 +163,31 @@ def data():
 @click.option("--test", default=None, help="Test folder or .csv to check with DATA.")
 @options.settings(["min_size"])
 @click.option("--strict", is_flag=True, help="Exit 2 on any problem (converted images aside).")
-def data_check(data_path, val, test, min_size, strict):
-    """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images."""
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def data_check(data_path, val, test, min_size, strict, as_json):
+    """Check every file of DATA once: unreadable, tiny, duplicate, leaked, ... images;
+    images per class and an imbalance note."""
     from graft import api
 
-    report = api.check_data(data_path, val=val, test=test, min_size=min_size)
+    with progress.silenced() if as_json else contextlib.nullcontext():  # stdout is data
+        report = api.check_data(data_path, val=val, test=test, min_size=min_size)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        report.raise_if_strict(strict)
+        return
     for line in report.lines():
         log(line)
+    rows = report.class_rows()
+    splits = [k for k in rows[0] if k not in ("class", "share")] if rows else []
+    table = Table("class", *splits, "share of train")
+    for row in rows:
+        table.add_row(row["class"], *(str(row[k]) for k in splits), f"{row['share']:.1%}")
+    console.print(table)
+    summary = report.imbalance()
+    if summary["note"]:
+        log(summary["note"])
+    elif summary["ratio"] is not None:
+        log(f"Balanced: largest/smallest training class {summary['ratio']:.1f}x")
     report.raise_if_strict(strict)
 
 

@@ -98,7 +98,7 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
             safe_mode=not settings["unsafe"],
             **_given_with_resume(ctx, data, config_file, out, val, test, plan_file, settings),
         )
-        log(f"Done in {run.metrics['seconds']:.1f} s: saved to {run.run_dir}/")
+        _closing_lines(run)
         return
     unsafe = settings.pop("unsafe")
     api_args = {k: settings.pop(k) for k in ("overwrite", "tensorboard", "source_eval")}
@@ -106,6 +106,7 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
     api_args.update(budget_trials=settings.pop("budget_trials"))
     if config_file is not None:
         settings = _with_config_file(ctx, config_file, settings)
+        data, val, test = _config_data(config_file, data, val, test)
     if plan_file is not None:
         settings["phases"] = _load_plan(plan_file)
     backbone = settings.pop("backbone")
@@ -123,12 +124,19 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
         data, backbone, out, val=val, test=test, log=log, verbose=fit_verbosity(),
         safe_mode=not unsafe, **api_args, **settings,
     )  # fmt: skip
+    _closing_lines(run)
+
+
+def _closing_lines(run) -> None:
+    """The last lines of a run, new or resumed: its metrics, folder and report."""
+    from graft.runs.layout import REPORT_FILE
+
     acc = run.metrics.get("val_accuracy")
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
     if "test_accuracy" in run.metrics:
         summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
     log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
-    log(f"Report: {run.run_dir / 'report.html'}")
+    log(f"Report: {run.run_dir / REPORT_FILE}")
 
 
 def _load_plan(path):
@@ -183,6 +191,19 @@ def _with_config_file(ctx, path: Path, settings: dict) -> dict:
         elif key not in explicit:
             merged[key] = value
     return merged
+
+
+def _config_data(path: Path, data, val, test):
+    """Without DATA on the command line, the data a run's config.yaml records (and its
+    --val/--test unless given)."""
+    from graft.config.paths import saved_sources
+
+    if data is not None:
+        return data, val, test
+    saved = saved_sources(path)
+    if "train" in saved:
+        log(f"Data from {path}: {saved['train']}")
+    return saved.get("train"), val or saved.get("val"), test or saved.get("test")
 
 
 def _print_plan(backbone: str, settings: dict) -> None:

@@ -23,6 +23,7 @@ def setting(
     flag: str | None | object = _UNSET,
     short: str | None = None,
     metavar: str | None = None,
+    path: str | None = None,
 ):
     """A dataclass field with its metadata.
 
@@ -34,6 +35,9 @@ def setting(
         flag: The command-line flag; default ``--name-with-dashes``; ``None``: no flag.
         short: A short flag such as ``-b``.
         metavar: The placeholder shown in ``--help``.
+        path: ``"always"``: the value is a file or folder path; ``"existing"``: it is a
+            path when one exists (else a name). Saved absolute in ``config.yaml``
+            (:mod:`graft.config.paths`).
     """
     if group not in GROUPS:
         raise ValueError(f"Unknown group: {group!r}. Expected one of {', '.join(GROUPS)}.")
@@ -44,6 +48,7 @@ def setting(
         "flag": flag,
         "short": short,
         "metavar": metavar,
+        "path": path,
     }
     return dataclasses.field(default=default, metadata=metadata)
 

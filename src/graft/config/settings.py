@@ -34,7 +34,15 @@ from graft.errors import GraftError, UnknownNameError, did_you_mean, first_line,
 
 AUTO_LR_PLACEHOLDER = d.AUTO_LR_PLACEHOLDER
 #: Keys a run's ``config.yaml`` holds besides the settings (a record of the run).
-RUN_RECORD_KEYS = ("data", "safe_mode", "resolved_backbone", "classes", "multi_label", "versions")
+RUN_RECORD_KEYS = (
+    "data",
+    "safe_mode",
+    "resolved_backbone",
+    "classes",
+    "multi_label",
+    "versions",
+    "as_typed",
+)
 _M, _S, _O, _D, _P, _R = GROUPS  # model, strategy, optimisation, data, speed, run
 
 
@@ -47,9 +55,13 @@ class TrainConfig:
         _M,
         "Registry name (see 'graft backbones'), a .keras/.h5 path or a KerasHub preset dir.",
         short="-b",
+        path="existing",
     )
     weights: str | None = setting(
-        None, _M, "imagenet | none | PATH (default: imagenet, or a model file's own weights)."
+        None,
+        _M,
+        "imagenet | none | PATH (default: imagenet, or a model file's own weights).",
+        path="existing",
     )
     cut: str | None = setting(
         None, _M, "Cut a model file at this layer (drop its head); a/b cuts inside nested model a."
@@ -147,7 +159,7 @@ class TrainConfig:
     strict: bool = setting(False, _D, "Fail on any data-check problem instead of skipping.")
     cache: bool = setting(True, _P, "Train frozen-backbone phases on cached backbone features.")
     cache_dir: str | None = setting(
-        None, _P, "Feature cache folder (default: ~/.cache/keras-graft/features)."
+        None, _P, "Feature cache folder (default: ~/.cache/keras-graft/features).", path="always"
     )
     cache_views: int = setting(
         0, _P, "With augment: cache K augmented views per image (0: no cache, run the backbone)."

@@ -25,7 +25,9 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from graft import progress
 from graft.config.defaults import DEFAULT_MIN_SIZE
+from graft.data import balance
 from graft.data.convert import converted_dir, describe_mode, needs_pillow, write_png_copy
 from graft.data.sources import LabelledFiles, display, read_regular
 from graft.errors import DataError, first_line
@@ -160,6 +162,25 @@ class CheckReport:
             out.append(f"  {label}: {len(found)} {text}: {shown}{more}")
         return out
 
+    def class_rows(self) -> list[dict]:
+        """Usable images per class and split, and each class's share of train."""
+        return balance.class_rows(self.splits)
+
+    def imbalance(self, class_weight: str = "none") -> dict:
+        """The training classes' imbalance ratio and note (:mod:`graft.data.balance`)."""
+        return balance.imbalance_summary(self.splits["train"].counts(), class_weight)
+
+    def as_dict(self) -> dict:
+        """Everything the check found, for ``graft data check --json``."""
+        return {
+            "scanned": self.scanned,
+            "usable": {name: len(files) for name, files in self.splits.items()},
+            "skipped": self.skipped,
+            "problems": {k: [list(p) for p in v] for k, v in self.problems.items()},
+            "classes": self.class_rows(),
+            "imbalance": self.imbalance(),
+        }
+
     def raise_if_strict(self, strict: bool) -> None:
         """With ``strict``, any problem (not just a converted image) is a DataError."""
         issues = self.issues()
@@ -279,16 +300,21 @@ def check(
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     from PIL import Image
 
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
+    with (
+        warnings.catch_warnings(),
+        ThreadPoolExecutor(max_workers=workers) as pool,
+        progress.track("Data check", len(every), "files") as bar,
+    ):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        results = list(
-            pool.map(
-                lambda item: check_file(
-                    splits[item[0]].paths[item[1]], min_size, max_pixels, convert_dir
-                ),
-                every,
-            )
-        )
+        results = []
+        for result in pool.map(
+            lambda item: check_file(
+                splits[item[0]].paths[item[1]], min_size, max_pixels, convert_dir
+            ),
+            every,
+        ):
+            results.append(result)
+            bar.advance()
     by_split: dict[str, list[FileResult]] = defaultdict(list)
     for (name, _), res in zip(every, results):
         by_split[name].append(res)

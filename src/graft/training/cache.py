@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from graft import progress
 from graft.core.model import (
     BACKBONE_NAME,
     HEAD_PREFIX,
@@ -151,8 +152,10 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
         extractor: ``features_model(model)``; reuse one for several calls, since each
             new model traces its predict function again.
         inputs: A dataset of image batches, or an array of images.
-        verbose: Keras's progress bar (1) or silence (0).
+        verbose: Keras's progress bar (1; plain lines where the output is not a live
+            terminal, :func:`graft.progress.keras_verbosity`) or silence (0).
     """
+    verbose = progress.keras_verbosity(verbose)
     return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from graft import progress
 from graft.config.strategies import Phase
 from graft.core.optim import sub_optimizers
 from graft.runs.layout import LR_FIND_CSV, LR_FIND_PLOT
@@ -173,14 +174,16 @@ def sweep(
     try:
         trainer.prepare(dataclasses.replace(phase, schedule="constant", early_stop=0))
         sweep_cb = _Sweep(rates, phase.lr, beta, stop_factor)
-        model.fit(
-            train.repeat(),
-            steps_per_epoch=1,
-            epochs=steps,
-            verbose=0,
-            callbacks=[sweep_cb],
-            shuffle=False,
-        )
+        with progress.track("LR finder", steps, "steps") as bar:
+            advance = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bar.advance())
+            model.fit(
+                train.repeat(),
+                steps_per_epoch=1,
+                epochs=steps,
+                verbose=0,
+                callbacks=[sweep_cb, advance],
+                shuffle=False,
+            )
     finally:
         model.set_weights(saved)
     lrs, smoothed = sweep_cb.lrs, sweep_cb.smoothed

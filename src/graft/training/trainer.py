@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import keras
 
+from graft import progress
 from graft.config.strategies import Phase
 from graft.core import freezing, schedules
 from graft.core.blocks import Block
@@ -247,7 +248,7 @@ class Trainer:
             steps_per_epoch=cached[2] if on_cache else None,
             initial_epoch=position.first_run_epoch,
             epochs=position.start + phase.epochs,
-            verbose=self.verbose,
+            verbose=progress.keras_verbosity(self.verbose),
             callbacks=[*self.callbacks, *callbacks],
             class_weight=self.class_weight,
             shuffle=False,  # the pipeline shuffles

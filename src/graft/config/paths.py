@@ -1,0 +1,76 @@
+"""Portable run configs: every path in ``config.yaml`` is absolute, as typed beside it.
+
+A run's ``config.yaml`` must reproduce the run from any directory
+(``graft train --config RUN/config.yaml``), so every path setting (the fields whose
+metadata has ``path``: ``backbone`` and ``weights`` when they name an existing file,
+``cache_dir``) and every data source is stored absolute. What the user typed is kept in
+the run-record key ``as_typed`` (``{"backbone": "../models/cnn.keras",
+"data.train": "pets"}``), which ``--config`` skips like every run-record key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from graft.config.settings import TrainConfig
+
+#: ``{setting: "always" | "existing"}`` (see :func:`graft.config.fields.setting`).
+PATH_SETTINGS = {
+    f.name: f.metadata["path"] for f in dataclasses.fields(TrainConfig) if f.metadata.get("path")
+}
+#: The run-record key holding the spellings as typed.
+AS_TYPED = "as_typed"
+
+
+def absolute(value, kind: str = "always") -> str | None:
+    """``value`` as an absolute path, or ``None`` when it is not a path (not a string,
+    a URL-like preset, or -- for ``kind="existing"`` -- nothing by that name exists)."""
+    if not isinstance(value, (str, os.PathLike)) or not str(value) or "://" in str(value):
+        return None
+    path = Path(value).expanduser()
+    if kind == "existing" and not path.exists():
+        return None
+    return str(path.resolve())
+
+
+def make_portable(config: dict, typed_sources: dict | None = None) -> dict:
+    """``config`` (a run's ``config.yaml`` mapping) with absolute paths, in place.
+
+    Args:
+        config: Settings and run record; its ``data`` mapping holds absolute sources.
+        typed_sources: ``{"train" | "val" | "test": the source as typed}``.
+
+    Returns:
+        ``config``, with ``as_typed`` for every value whose spelling changed.
+    """
+    typed = dict(config.get(AS_TYPED) or {})
+    for name, kind in PATH_SETTINGS.items():
+        value = config.get(name)
+        full = absolute(value, kind)
+        if full is not None and full != value:
+            typed.setdefault(name, str(value))
+            config[name] = full
+    data = config.get("data") or {}
+    for split, value in (typed_sources or {}).items():
+        if isinstance(value, (str, os.PathLike)) and str(value) != data.get(split):
+            typed.setdefault(f"data.{split}", str(value))
+    if typed:
+        config[AS_TYPED] = typed
+    return config
+
+
+def saved_sources(path) -> dict:
+    """The data sources a run's ``config.yaml`` records (``{"train", "val", "test"}``,
+    absolute), or ``{}`` for a config file without them."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).expanduser().read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}  # read_settings reports an unreadable file
+    data = loaded.get("data") if isinstance(loaded, dict) else None
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k in ("train", "val", "test") if isinstance(v := data.get(k), str)}
