@@ -192,7 +192,8 @@ def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
     monkeypatch.undo()
     assert cli.main(["train", "--resume", str(out)]) == 0
     assert [int(line.split(",")[2]) for line in _history(out)[1:]] == [1, 2, 3]
-    capsys.readouterr()
+    last = capsys.readouterr().out.strip().splitlines()[-2:]  # as a run that was not resumed
+    assert "val_accuracy" in last[0] and last[1] == f"Report: {out / 'report.html'}"
     assert cli.main(["train", "--resume", str(out)]) == 2
     assert "nothing to resume" in capsys.readouterr().err
 

@@ -13,6 +13,8 @@ AUGMENT_LEVELS = ("none", "light", "standard")
 JIT_MODES = ("auto", "on", "off")
 PRECISIONS = ("float32", "mixed")
 CLASS_WEIGHTS = ("none", "auto")
+#: ``weights`` values that are names, not files (a file by that name is never read).
+WEIGHT_NAMES = ("imagenet", "none")
 #: Which epoch becomes ``model.keras`` (``best``: lowest ``val_loss``; ``last``: the last one).
 KEEP_MODES = ("best", "last")
 PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")

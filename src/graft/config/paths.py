@@ -14,6 +14,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from graft.config.names import WEIGHT_NAMES
 from graft.config.settings import TrainConfig
 
 #: ``{setting: "always" | "existing"}`` (see :func:`graft.config.fields.setting`).
@@ -28,6 +29,8 @@ def absolute(value, kind: str = "always") -> str | None:
     """``value`` as an absolute path, or ``None`` when it is not a path (not a string,
     a URL-like preset, or -- for ``kind="existing"`` -- nothing by that name exists)."""
     if not isinstance(value, (str, os.PathLike)) or not str(value) or "://" in str(value):
+        return None
+    if str(value).lower() in WEIGHT_NAMES:
         return None
     path = Path(value).expanduser()
     if kind == "existing" and not path.exists():
