@@ -171,3 +171,95 @@ def test_run_model_loads_in_plain_keras_with_its_optimizer_state(tmp_path, small
     np.testing.assert_allclose(
         np.asarray(loaded(x[:4])), np.asarray(run.model(x[:4])), rtol=1e-5, atol=1e-6
     )
+
+
+def tiny_hub_mobilenet() -> keras.Model:
+    keras.utils.set_random_seed(7)
+    return keras_hub.models.MobileNetBackbone(
+        stackwise_expansion=[[40], [64, 72]],
+        stackwise_num_blocks=[1, 2],
+        stackwise_num_filters=[[16], [24, 24]],
+        stackwise_kernel_size=[[3], [5, 5]],
+        stackwise_num_strides=[[2], [2, 1]],
+        stackwise_se_ratio=[[None], [0.25, 0.25]],
+        stackwise_activation=[["relu"], ["hard_swish", "hard_swish"]],
+        stackwise_padding=[[1], [2, 2]],
+        output_num_filters=48,
+        depthwise_filters=8,
+        depthwise_stride=2,
+        depthwise_residual=False,
+        last_layer_filter=48,
+        image_shape=(IMAGE, IMAGE, 3),
+    )
+
+
+def tiny_hub_efficientnet() -> keras.Model:
+    keras.utils.set_random_seed(7)
+    return keras_hub.models.EfficientNetBackbone(
+        stackwise_width_coefficients=[1.0] * 3,
+        stackwise_depth_coefficients=[1.0] * 3,
+        stackwise_kernel_sizes=[3, 3, 3],
+        stackwise_num_repeats=[1, 2, 1],
+        stackwise_input_filters=[8, 8, 16],
+        stackwise_output_filters=[8, 16, 24],
+        stackwise_expansion_ratios=[1, 4, 4],
+        stackwise_squeeze_and_excite_ratios=[0.0, 0.0, 0.25],
+        stackwise_strides=[1, 2, 2],
+        stackwise_block_types=["fused", "fused", "unfused"],
+        input_shape=(IMAGE, IMAGE, 3),
+        num_features=32,
+    )
+
+
+@pytest.mark.parametrize(
+    "make, names",
+    [
+        (
+            tiny_hub_mobilenet,
+            ["stem", "block_0_0", "block_1_0", "block_2_0", "block_2_1", "block_3_0"],
+        ),
+        (tiny_hub_efficientnet, ["stem", "block1a", "block2a", "block2b", "block3a", "top"]),
+    ],
+)
+def test_hub_cnn_blocks_follow_their_own_naming(make, names):
+    """KerasHub's MobileNet and EfficientNet blocks are their inverted-residual modules,
+    with the stem and the head convolution grouped as a user reads them."""
+    model = make()
+    bb = resolve(model)
+    assert [b.name for b in bb.blocks] == names
+    grouped = [id(layer) for b in bb.blocks for layer in b.layers]
+    assert len(grouped) == len(set(grouped))  # no layer in two blocks
+    assert {id(layer) for layer in model.layers if layer.weights} <= set(grouped)
+
+
+def test_a_run_started_from_a_model_object_resumes_exactly(tmp_path, monkeypatch, small_arrays):
+    """Interrupted after its first fine-tuning epoch, a run whose backbone was a Python
+    object resumes from the saved backbone.keras and ends where the uninterrupted run ends."""
+    from graft.training.checkpoints import Checkpointer, Interrupted
+
+    settings = dict(
+        classes=["a", "b", "c"], strategy="hybrid", epochs=1, finetune_epochs=2,
+        unfreeze="blocks:1", batch_size=8, val_split=0.0, seed=3, deterministic=True,
+        preprocess="symmetric", log=lambda _: None, verbose=0,
+    )  # fmt: skip
+    ref = tmp_path / "reference"
+    graft.train(small_arrays, tiny_vit(), ref, **settings)
+
+    original = Checkpointer.save
+
+    def save(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.state.epoch == 2:
+            self.stop_signal = "SIGINT"
+
+    run = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpointer, "save", save)
+        with pytest.raises(Interrupted):
+            graft.train(small_arrays, tiny_vit(), run, **settings)
+    graft.train(small_arrays, resume=run, log=lambda _: None, verbose=0)
+    a, _ = model_io.load(run)
+    b, _ = model_io.load(ref)
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=x.path)
+    assert (run / "history.csv").read_text().count("\n") == 4  # header + 3 epochs, once each

@@ -311,7 +311,7 @@ def make_trainer(
     """The trainer, with the checkpointer and (on resume) the checked, restored state."""
     reference = drift.snapshot(built.model)  # the pre-trained weights, before any restore
     state = checkpoints.load_state(run_dir) if req.resume else None
-    prints = _fingerprints(cfg, data, built) if run_dir is not None else {}
+    prints = _fingerprints(cfg, data, built, saved_backbone(req, run_dir)) if run_dir else {}
     if state is not None:
         resume.validate(state, plan.phases, run_dir)
         resume.check_unchanged(state, prints, run_dir)
@@ -352,14 +352,16 @@ def make_trainer(
     return TrainerSetup(trainer, checkpointer, state, reference, keeper)
 
 
-def _fingerprints(cfg: TrainConfig, data: PreparedData, built: Built) -> dict:
-    """What the run starts with (stored with every checkpoint, checked on resume)."""
+def _fingerprints(cfg: TrainConfig, data: PreparedData, built: Built, saved: str | None) -> dict:
+    """What the run starts with (stored with every checkpoint, checked on resume).
+    A ``keras.Model`` backbone is recorded as ``saved``, the file a resume loads it from."""
+    settings = cfg.as_dict() if saved is None else {**cfg.as_dict(), "backbone": saved}
     return {
         "data": fingerprints.data_digest(data.train.raw),
         "validation": fingerprints.data_digest(None if data.val is None else data.val.raw),
         "backbone": {
-            "source": str(built.bb.source),
+            "source": saved or str(built.bb.source),
             "weights": fingerprints.weights_digest(built.bb.model),
         },
-        "settings": fingerprints.plain(cfg.as_dict()),
+        "settings": fingerprints.plain(settings),
     }
