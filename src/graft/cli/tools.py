@@ -11,7 +11,8 @@ import click
 from rich.table import Table
 
 from graft.cli import options
-from graft.cli.base import GraftCommand, GraftGroup, console, log
+from graft.cli.base import GraftCommand, GraftGroup, console, import_backend, log
+from graft.config import catalog
 
 
 @click.command(cls=GraftCommand)
@@ -132,21 +133,79 @@ def export(model, fmt, out, quantize, calibration, overwrite):
     log(result.summary_line())
 
 
-@click.command(cls=GraftCommand)
-def backbones():
-    """List the architectures graft knows by name."""
-    from graft.core.registry import REGISTRY, block_count
+@click.command(cls=GraftCommand, needs_backend=False)
+@click.option(
+    "--family", type=click.Choice(catalog.FAMILIES), default=None, help="Only this family."
+)
+@click.option(
+    "--max-params",
+    default=None,
+    metavar="N",
+    help="Only backbones with at most N million parameters (10, 10M or 500k).",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(catalog.SORT_KEYS),
+    default=None,
+    help="Order by name, params or size (smallest first) or top1 (best first); default: by family.",
+)
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Also measure forward speed on this machine (images/s, batch 32, random "
+    "weights); builds every listed backbone, so filter first.",
+)
+@click.option(
+    "--image-size", type=int, default=None, help="Input side for --measure (default: each one's)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
+def backbones(family, max_params, sort, measure, image_size, as_json):
+    """List the architectures graft knows by name: size, ImageNet accuracy, speed.
 
-    table = Table("name", "input size", "min size", "preprocess", "blocks")
-    for spec in REGISTRY.values():
-        table.add_row(
-            spec.name,
-            str(spec.default_size),
-            str(spec.min_size),
-            spec.preprocess,
-            str(block_count(spec.name)),
-        )
+    Parameters, weight file size and ImageNet top-1/top-5 are Keras's published
+    figures (with the 1000-class top); --measure times the forward pass here.
+    """
+    limit = None if max_params is None else catalog.parse_count(max_params)
+    rows = [r.as_dict() for r in catalog.select(family, limit, sort)]
+    counts = catalog.block_counts()
+    for row in rows:
+        row["blocks"] = counts.get(row["name"])
+    if measure:
+        import_backend()
+        from graft.core.speed import MEASURE_BATCH, forward_speed
+
+        for row in rows:
+            if not as_json:
+                log(f"measuring {row['name']} ...")
+            row.update(forward_speed(row["name"], image_size=image_size))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    columns = ("name", "params", "MB", "top-1", "top-5", "input", "min", "preproc", "blocks")
+    table = Table(*columns, box=None, pad_edge=False)
+    if measure:
+        table.add_column("images/s")
+    for i, column in enumerate(table.columns):
+        column.no_wrap, column.justify = True, "left" if i in (0, 7) else "right"
+    for r in rows:
+        cells = [r["name"], _num(r["params_m"]), _num(r["size_mb"], ".0f"), _num(r["top1"])]
+        cells += [_num(r["top5"]), str(r["default_size"]), str(r["min_size"]), r["preprocess"]]
+        cells.append(_num(r["blocks"], "d"))
+        if measure:
+            cells.append(f"{r['images_per_s']:.1f}")
+        table.add_row(*cells)
     console.print(table)
+    log(
+        "params: millions; MB: weight file; top-1/top-5: ImageNet accuracy %; all with the "
+        "1000-class top, from Keras's published table. input/min: image side (px)."
+    )
+    if measure:
+        size = f"{image_size} px" if image_size else "each one's input size"
+        log(f"images/s: forward pass (no top), batch {MEASURE_BATCH}, at {size}, on this machine.")
+
+
+def _num(value, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 @click.group(cls=GraftGroup)
