@@ -12,7 +12,7 @@ from rich.table import Table
 
 from graft.cli import options
 from graft.cli.base import GraftCommand, GraftGroup, console, import_backend, log
-from graft.config import catalog
+from graft.config import catalog, names
 
 
 @click.command(cls=GraftCommand)
@@ -109,13 +109,11 @@ def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
 
 @click.command(cls=GraftCommand)
 @click.argument("model")
-@click.option(
-    "--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]), required=True
-)
+@click.option("--format", "fmt", type=click.Choice(names.EXPORT_FORMATS), required=True)
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output path.")
 @click.option(
     "--quantize",
-    type=click.Choice(["none", "dynamic", "int8"]),
+    type=click.Choice(names.QUANTIZE_MODES),
     default="none",
     show_default=True,
     help="TFLite quantization.",
@@ -123,7 +121,10 @@ def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
 @click.option("--calibration", default=None, help="Representative images (int8; the check).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def export(model, fmt, out, quantize, calibration, overwrite):
-    """Export MODEL (a run folder or .keras) and check it against the Keras model."""
+    """Export MODEL (a run folder or .keras) and check it against the Keras model.
+
+    onnx needs the extra: pip install "keras-graft[onnx]"; its check runs in ONNX Runtime.
+    """
     from graft.reporting import export as export_mod
 
     result = export_mod.export(
