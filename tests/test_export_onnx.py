@@ -78,3 +78,50 @@ def test_onnx_without_the_extra_is_one_line(trained, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'pip install "keras-graft[onnx]"' in err, err
     assert "tf2onnx" in err and not out.exists()
+
+
+def _tiny_file(folder, *layers):
+    """A .keras model (raw pixels in, 3 probabilities out) with labels.json beside it."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    x = inputs
+    for layer in (*layers, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)):
+        x = layer(x)
+    model = keras.Model(inputs, keras.layers.Softmax()(x))
+    folder.mkdir()
+    model.save(folder / "model.keras")
+    runs.write_json(folder / runs.LABELS_FILE, ["a", "b", "c"])
+    return folder / "model.keras"
+
+
+def test_captured_constants_become_part_of_the_file(tmp_path):
+    """Normalization's mean and variance (as in EfficientNet) are constants the traced
+    function captures; Keras's tf2onnx call leaves them as graph inputs."""
+    import keras
+
+    pytest.importorskip("tf2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    norm = keras.layers.Normalization(mean=[120.0, 110.0, 100.0], variance=[4e3, 3e3, 2e3])
+    source = _tiny_file(tmp_path / "m", norm, keras.layers.Conv2D(4, 3))
+    result = export.export(source, "onnx", tmp_path / "m.onnx")
+    assert result.check["passed"], result.summary_line()
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["images"]
+
+
+def test_a_model_onnx_runtime_cannot_load_is_one_line_and_no_file(tmp_path, capsys):
+    """tf2onnx leaves Keras's grouped convolutions (ConvNeXt) as unconvertible calls."""
+    import keras
+
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    grouped = _tiny_file(
+        tmp_path / "g", keras.layers.Conv2D(6, 3), keras.layers.Conv2D(6, 3, groups=3)
+    )
+    out = tmp_path / "g.onnx"
+    assert main(["export", str(grouped), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ONNX Runtime cannot load" in err, err
+    assert not out.exists()

@@ -6,7 +6,9 @@ model preprocesses them itself, as in every other format), and returns
 ``probabilities``, float32 ``(batch, classes)``. The class names are in the file's
 metadata (``labels``, a JSON list) as well as in ``labels.json`` beside it.
 
-The packages are an optional extra: ``pip install "keras-graft[onnx]"``.
+The packages are an optional extra: ``pip install "keras-graft[onnx]"``. A model that
+tf2onnx cannot convert into something ONNX Runtime loads (Keras's grouped convolutions,
+as in ConvNeXt) is refused with one line, and nothing is written.
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ def require() -> None:
 
 
 def to_onnx(model, out: str | os.PathLike, classes: list[str] | None = None) -> Path:
-    """Write ``out`` (atomically) with Keras's ONNX exporter.
+    """Write ``out`` (atomically) with Keras's ONNX exporter, once ONNX Runtime loads it.
+
+    Keras converts with ``tf2onnx.convert.from_function``, which leaves tensors the model
+    captured as constants (EfficientNet's ``Normalization`` mean and variance) as extra
+    graph inputs; such a model is converted again with ``tf2onnx.convert.from_keras``,
+    which freezes them.
 
     Args:
         model: The Keras model (raw 0-255 images in, probabilities out). Its batch
@@ -51,28 +58,61 @@ def to_onnx(model, out: str | os.PathLike, classes: list[str] | None = None) -> 
 
     Returns:
         ``out``.
-    """
-    import keras
-    import onnx
 
+    Raises:
+        GraftError: The conversion failed, or ONNX Runtime cannot load its result (a
+            file is written only when it can).
+    """
     require()
-    _, h, w, ch = model.input_shape
-    spec = keras.InputSpec(shape=(None, h, w, ch), dtype="float32", name=INPUT_NAME)
-    with tempfile.TemporaryDirectory(prefix="graft-onnx-") as folder:
-        tmp = os.path.join(folder, "model.onnx")
-        try:
-            # tf2onnx's and TensorFlow's log lines; Keras's numpy-2 patch of tf2onnx warns
-            with _quiet.fd2_captured(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                model.export(tmp, format="onnx", verbose=False, input_signature=[spec])
-        except Exception as exc:  # the converter raises many types; keep the first line
-            raise GraftError(f"ONNX conversion failed: {first_line(exc)}") from exc
-        proto = onnx.load(tmp)
+    try:
+        # tf2onnx's and TensorFlow's log lines; Keras's numpy-2 patch of tf2onnx warns
+        with _quiet.fd2_captured(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            proto = _convert(model)
+    except Exception as exc:  # the converter raises many types; keep the first line
+        raise GraftError(f"ONNX conversion failed: {first_line(exc)}") from exc
     _name_output(proto.graph, OUTPUT_NAME)
     if classes is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = "labels", json.dumps(list(classes))
-    return runs.atomic_write(out, proto.SerializeToString())
+    data = proto.SerializeToString()
+    try:
+        _session(data)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise GraftError(
+            f"The ONNX conversion gave a model ONNX Runtime cannot load: {first_line(exc)[:200]}",
+            hint="export to savedmodel or tflite instead (tf2onnx cannot convert every "
+            "layer, e.g. ConvNeXt's grouped convolutions).",
+        ) from exc
+    return runs.atomic_write(out, data)
+
+
+def _convert(model):
+    import keras
+    import onnx
+
+    _, h, w, ch = model.input_shape
+    spec = keras.InputSpec(shape=(None, h, w, ch), dtype="float32", name=INPUT_NAME)
+    with tempfile.TemporaryDirectory(prefix="graft-onnx-") as folder:
+        tmp = os.path.join(folder, "model.onnx")
+        model.export(tmp, format="onnx", verbose=False, input_signature=[spec])
+        proto = onnx.load(tmp)
+    if len(proto.graph.input) > 1 and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+        import tf2onnx
+
+        signature = [tf.TensorSpec((None, h, w, ch), tf.float32, name=INPUT_NAME)]
+        proto, _ = tf2onnx.convert.from_keras(model, signature)
+    return proto
+
+
+def _session(model):
+    """An ONNX Runtime session (CPU) on a file or serialized model."""
+    import onnxruntime
+
+    if isinstance(model, os.PathLike):
+        model = str(model)
+    return onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 def _name_output(graph, name: str) -> None:
@@ -93,9 +133,7 @@ def run_onnx(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
         The model's output, float32 ``(n, classes)``.
     """
     require()
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = _session(Path(path))
     (inp,) = session.get_inputs()
     (y,) = session.run(None, {inp.name: np.asarray(images, "float32")})
     return np.asarray(y, "float32")
@@ -104,8 +142,5 @@ def run_onnx(path: str | os.PathLike, images: np.ndarray) -> np.ndarray:
 def labels(path: str | os.PathLike) -> list[str] | None:
     """The class names stored in an ``.onnx`` file's metadata (``None``: none)."""
     require()
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    text = session.get_modelmeta().custom_metadata_map.get("labels")
+    text = _session(Path(path)).get_modelmeta().custom_metadata_map.get("labels")
     return None if text is None else json.loads(text)
