@@ -182,19 +182,28 @@ def backbones(family, max_params, sort, measure, image_size, as_json):
     if as_json:
         print(json.dumps(rows))
         return
-    columns = ("name", "params", "MB", "top-1", "top-5", "input", "min", "preproc", "blocks")
+    columns = {  # header: cell; text columns are left-aligned
+        "name": lambda r: r["name"],
+        "params": lambda r: _num(r["params_m"]),
+        "MB": lambda r: _num(r["size_mb"], ".0f"),
+        "top-1": lambda r: _num(r["top1"]),
+        "top-5": lambda r: _num(r["top5"]),
+        "input": lambda r: str(r.get("image_size", r["default_size"])),  # as measured
+        "min": lambda r: str(r["min_size"]),
+        "preproc": lambda r: r["preprocess"],
+        "blocks": lambda r: _num(r["blocks"], "d"),
+        "img/s": lambda r: _num(r.get("images_per_s")),
+    }
+    if measure:  # room for the speed in 80 columns
+        del columns["min"], columns["blocks"]
+    else:
+        del columns["img/s"]
     table = Table(*columns, box=None, pad_edge=False)
-    if measure:
-        table.add_column("images/s")
-    for i, column in enumerate(table.columns):
-        column.no_wrap, column.justify = True, "left" if i in (0, 7) else "right"
+    for column in table.columns:
+        column.no_wrap = True
+        column.justify = "left" if column.header in ("name", "preproc") else "right"
     for r in rows:
-        cells = [r["name"], _num(r["params_m"]), _num(r["size_mb"], ".0f"), _num(r["top1"])]
-        cells += [_num(r["top5"]), str(r["default_size"]), str(r["min_size"]), r["preprocess"]]
-        cells.append(_num(r["blocks"], "d"))
-        if measure:
-            cells.append(f"{r['images_per_s']:.1f}")
-        table.add_row(*cells)
+        table.add_row(*(cell(r) for cell in columns.values()))
     console.print(table)
     log(
         "params: millions; MB: weight file; top-1/top-5: ImageNet accuracy %; all with the "
@@ -202,7 +211,7 @@ def backbones(family, max_params, sort, measure, image_size, as_json):
     )
     if measure:
         size = f"{image_size} px" if image_size else "each one's input size"
-        log(f"images/s: forward pass (no top), batch {MEASURE_BATCH}, at {size}, on this machine.")
+        log(f"img/s: forward pass (no top), batch {MEASURE_BATCH}, at {size}, on this machine.")
 
 
 def _num(value, fmt: str = ".1f") -> str:
