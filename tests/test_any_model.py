@@ -23,7 +23,7 @@ from graft.config.names import POOLS_4D
 from graft.errors import DataError, GraftError
 
 QUIET = dict(log=lambda _: None, verbose=0)
-FAST = dict(epochs=1, finetune_epochs=1, batch_size=8, seed=0, unfreeze="all")
+FAST = dict(epochs=1, finetune_epochs=1, batch_size=8, seed=0, unfreeze="all", keep="last")
 
 
 def _bn_stats(model):

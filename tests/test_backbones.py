@@ -10,7 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from graft.core import backbones, registry
+from graft.config import catalog
+from graft.core import backbones
 from graft.core.backbones import REGISTRY, load_backbone, resolve
 from graft.core.model import build_model
 from graft.core.preprocessing import preprocessing_layers
@@ -91,7 +92,7 @@ def test_blocks_are_the_natural_units(name):
 
 
 def test_block_count_table_covers_the_registry():
-    table = json.loads(registry.BLOCK_COUNTS_FILE.read_text())
+    table = json.loads(catalog.BLOCK_COUNTS_FILE.read_text())
     assert set(table) == set(REGISTRY)
     assert all(n >= 3 for n in table.values())
 

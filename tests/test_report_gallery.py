@@ -67,3 +67,36 @@ def test_evaluate_json_names_the_worst_errors_by_file(run_with_test, digits_fold
     assert result["worst_errors"]
     for w in result["worst_errors"]:
         assert Path(w["path"]).is_file() and Path(w["path"]).parent.name == w["true"]
+
+
+def test_report_shows_the_test_splits_worst_errors_too(run_with_test):
+    metrics = json.loads((run_with_test / "metrics.json").read_text())
+    test = metrics["test_evaluation"]
+    assert test["split"] == "test" and test["images"] == 24
+    assert test["worst_errors"], "a one-epoch model on digits makes mistakes"
+    for w in test["worst_errors"]:
+        assert Path(w["path"]).parts[-3] == "test" and Path(w["path"]).parent.name == w["true"]
+        assert Path(w["thumbnail"]).name.startswith("test_error_")
+        assert (run_with_test / w["thumbnail"]).is_file()
+    val = metrics["evaluation"]["worst_errors"]
+    assert all((run_with_test / w["thumbnail"]).is_file() for w in val)  # both kept
+    html = (run_with_test / "report.html").read_text()
+    errors = html[html.index('<h2 id="errors">') : html.index('<h2 id="calibration">')]
+    on_test, on_val = errors.index("On the test split (24 images)"), errors.index("split (24")
+    assert on_test < errors.index(Path(test["worst_errors"][0]["path"]).name)
+    assert errors.count("On the ") == 2 and on_val >= 0
+    shown = len(test["worst_errors"]) + len(val)
+    assert errors.count("data:image/png;base64,") >= shown
+
+
+def test_both_galleries_load_in_headless_chromium(run_with_test, tmp_path):
+    from test_report import _chromium, _render
+
+    if _chromium() is None:
+        pytest.skip("no chromium binary (installed by .ci/run)")
+    metrics = json.loads((run_with_test / "metrics.json").read_text())
+    thumbnails = len(metrics["evaluation"]["worst_errors"])
+    thumbnails += len(metrics["test_evaluation"]["worst_errors"])
+    found, _ = _render(run_with_test / "report.html", tmp_path)
+    assert found["images"] >= thumbnails and found["loaded"] == found["images"], found
+    assert found["errors"] == 0, found

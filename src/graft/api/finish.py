@@ -52,7 +52,7 @@ def execute(req: s.Request) -> Run:
             model = finalize(built, fitted, devices, scope, run_dir, req)
             metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
-            return write(run, req, pipes.val, _paths(data.val))
+            return write(run, req, pipes.val, _paths(data.val), _test(cfg, data, built))
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -255,8 +255,19 @@ def _paths(split) -> list[str] | None:
     return None if files_ is None else [str(p) for p in files_.paths]
 
 
-def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None) -> Run:
-    """Save the run folder's artifacts, evaluate, draw, report; mark it completed."""
+def _test(cfg: TrainConfig, data: s.PreparedData, built: s.Built) -> tuple | None:
+    """``(batches, paths)`` of the test split, for the report's worst errors."""
+    if data.test is None:
+        return None
+    bb = built.bb
+    return data.test.batches(bb.image_size, bb.channels, cfg.batch_size), _paths(data.test)
+
+
+def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None, test=None) -> Run:
+    """Save the run folder's artifacts, evaluate, draw, report; mark it completed.
+
+    ``test``: ``(batches, paths)`` of the test split, whose worst errors the report shows.
+    """
     d = run.run_dir
     if d is None:
         return run
@@ -277,7 +288,8 @@ def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None) 
     run_metrics.record(d, run.metrics, fresh=True)
     with progress.status("Evaluating and writing the report"):
         evaluated = report.finish_run(
-            d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths
+            d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths,
+            test=test,
         )
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated

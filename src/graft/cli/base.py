@@ -19,6 +19,11 @@ def log(line: str) -> None:
     console.print(line, highlight=False, soft_wrap=True)
 
 
+def import_backend() -> None:
+    """Import TensorFlow/Keras quietly (or not, with ``graft --verbose``)."""
+    _quiet.import_backend(state["verbose"])
+
+
 def fit_verbosity() -> int:
     """Keras's live bar on a terminal, one plain line per epoch elsewhere."""
     return progress.keras_verbosity("auto")
@@ -34,14 +39,18 @@ class SettingOption(click.Option):
 
 class GraftCommand(click.Command):
     """A command whose help lists options by group, and which imports Keras (quietly)
-    only when it runs, so that ``--help`` and usage errors stay fast."""
+    only when it runs, so that ``--help`` and usage errors stay fast. A command made
+    with ``needs_backend=False`` never imports it (it calls :func:`import_backend`
+    itself where it needs Keras)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, needs_backend: bool = True, **kwargs):
         kwargs.setdefault("context_settings", CONTEXT)
         super().__init__(*args, **kwargs)
+        self.needs_backend = needs_backend
 
     def invoke(self, ctx: click.Context):
-        _quiet.import_backend(state["verbose"])
+        if self.needs_backend:
+            import_backend()
         return super().invoke(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -13,7 +13,8 @@ from rich.table import Table
 
 from graft import progress
 from graft.cli import options
-from graft.cli.base import GraftCommand, GraftGroup, console, log
+from graft.cli.base import GraftCommand, GraftGroup, console, import_backend, log
+from graft.config import catalog, names
 
 
 @click.command(cls=GraftCommand)
@@ -111,13 +112,11 @@ def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
 
 @click.command(cls=GraftCommand)
 @click.argument("model")
-@click.option(
-    "--format", "fmt", type=click.Choice(["keras", "savedmodel", "tflite"]), required=True
-)
+@click.option("--format", "fmt", type=click.Choice(names.EXPORT_FORMATS), required=True)
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output path.")
 @click.option(
     "--quantize",
-    type=click.Choice(["none", "dynamic", "int8"]),
+    type=click.Choice(names.QUANTIZE_MODES),
     default="none",
     show_default=True,
     help="TFLite quantization.",
@@ -125,7 +124,10 @@ def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
 @click.option("--calibration", default=None, help="Representative images (int8; the check).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def export(model, fmt, out, quantize, calibration, overwrite):
-    """Export MODEL (a run folder or .keras) and check it against the Keras model."""
+    """Export MODEL (a run folder or .keras) and check it against the Keras model.
+
+    onnx needs the extra: pip install "keras-graft[onnx]"; its check runs in ONNX Runtime.
+    """
     from graft.reporting import export as export_mod
 
     result = export_mod.export(
@@ -135,21 +137,88 @@ def export(model, fmt, out, quantize, calibration, overwrite):
     log(result.summary_line())
 
 
-@click.command(cls=GraftCommand)
-def backbones():
-    """List the architectures graft knows by name."""
-    from graft.core.registry import REGISTRY, block_count
+@click.command(cls=GraftCommand, needs_backend=False)
+@click.option(
+    "--family", type=click.Choice(catalog.FAMILIES), default=None, help="Only this family."
+)
+@click.option(
+    "--max-params",
+    default=None,
+    metavar="N",
+    help="Only backbones with at most N million parameters (10, 10M or 500k).",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(catalog.SORT_KEYS),
+    default=None,
+    help="Order by name, params or size (smallest first) or top1 (best first); default: by family.",
+)
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Also measure forward speed on this machine (images/s, batch 32, random "
+    "weights); builds every listed backbone, so filter first.",
+)
+@click.option(
+    "--image-size", type=int, default=None, help="Input side for --measure (default: each one's)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list on stdout.")
+def backbones(family, max_params, sort, measure, image_size, as_json):
+    """List the architectures graft knows by name: size, ImageNet accuracy, speed.
 
-    table = Table("name", "input size", "min size", "preprocess", "blocks")
-    for spec in REGISTRY.values():
-        table.add_row(
-            spec.name,
-            str(spec.default_size),
-            str(spec.min_size),
-            spec.preprocess,
-            str(block_count(spec.name)),
-        )
+    Parameters, weight file size and ImageNet top-1/top-5 are Keras's published
+    figures (with the 1000-class top); --measure times the forward pass here.
+    """
+    limit = None if max_params is None else catalog.parse_count(max_params)
+    rows = [r.as_dict() for r in catalog.select(family, limit, sort)]
+    counts = catalog.block_counts()
+    for row in rows:
+        row["blocks"] = counts.get(row["name"])
+    if measure:
+        import_backend()
+        from graft.core.speed import MEASURE_BATCH, forward_speed
+
+        for row in rows:
+            if not as_json:
+                log(f"measuring {row['name']} ...")
+            row.update(forward_speed(row["name"], image_size=image_size))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    columns = {  # header: cell; text columns are left-aligned
+        "name": lambda r: r["name"],
+        "params": lambda r: _num(r["params_m"]),
+        "MB": lambda r: _num(r["size_mb"], ".0f"),
+        "top-1": lambda r: _num(r["top1"]),
+        "top-5": lambda r: _num(r["top5"]),
+        "input": lambda r: str(r.get("image_size", r["default_size"])),  # as measured
+        "min": lambda r: str(r["min_size"]),
+        "preproc": lambda r: r["preprocess"],
+        "blocks": lambda r: _num(r["blocks"], "d"),
+        "img/s": lambda r: _num(r.get("images_per_s")),
+    }
+    if measure:  # room for the speed in 80 columns
+        del columns["min"], columns["blocks"]
+    else:
+        del columns["img/s"]
+    table = Table(*columns, box=None, pad_edge=False)
+    for column in table.columns:
+        column.no_wrap = True
+        column.justify = "left" if column.header in ("name", "preproc") else "right"
+    for r in rows:
+        table.add_row(*(cell(r) for cell in columns.values()))
     console.print(table)
+    log(
+        "params: millions; MB: weight file; top-1/top-5: ImageNet accuracy %; all with the "
+        "1000-class top, from Keras's published table. input/min: image side (px)."
+    )
+    if measure:
+        size = f"{image_size} px" if image_size else "each one's input size"
+        log(f"img/s: forward pass (no top), batch {MEASURE_BATCH}, at {size}, on this machine.")
+
+
+def _num(value, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 @click.group(cls=GraftGroup)

@@ -17,6 +17,9 @@ CLASS_WEIGHTS = ("none", "auto")
 WEIGHT_NAMES = ("imagenet", "none")
 #: Which epoch becomes ``model.keras`` (``best``: lowest ``val_loss``; ``last``: the last one).
 KEEP_MODES = ("best", "last")
+#: ``graft export --format`` and TFLite's ``--quantize`` (``graft.reporting.export``).
+EXPORT_FORMATS = ("keras", "savedmodel", "tflite", "onnx")
+QUANTIZE_MODES = ("none", "dynamic", "int8")
 PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")
 #: The searched strategy (``graft.api.auto``); not a plan of its own.
 AUTO_STRATEGY = "auto"

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import keras
 
+from graft.config.catalog import BLOCK_COUNTS_FILE
 from graft.core import blocks as _blocks
 from graft.core import cutting, hub
 from graft.core.blocks import Block
 from graft.core.preprocessing import EFFICIENTNET_V1, check_mode, imagenet_stem_scaling
-from graft.core.registry import BLOCK_COUNTS_FILE, REGISTRY, block_rule_for, get_spec
+from graft.core.registry import REGISTRY, block_rule_for, get_spec
 from graft.errors import GraftError, WeightsUnavailableError, first_line
 
 

@@ -2,15 +2,16 @@
 
 Every image classification architecture in ``keras.applications`` is listed by a
 snake_case name with its constructor, default and minimum input size, the input
-preprocessing its pre-trained weights expect, and the rule that groups its layers into
-blocks. :mod:`graft.core.loaders` builds them.
+preprocessing its pre-trained weights expect (all from the pure-Python catalog,
+:mod:`graft.config.catalog`), and the rule that groups its layers into blocks.
+:mod:`graft.core.loaders` builds them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from graft.config.catalog import CATALOG, BackboneFacts, block_counts
 from graft.core.blocks import BlockRule
 from graft.errors import UnknownNameError, did_you_mean
 
@@ -93,64 +94,37 @@ _CONVNEXT = BlockRule(
 )
 
 
-def _spec(name, constructor, size, preprocess, rule, min_size=32, **kw) -> BackboneSpec:
-    return BackboneSpec(name, constructor, size, min_size, preprocess, rule, **kw)
+#: Block rule by constructor name prefix; the first match wins.
+_RULES = (
+    ("VGG", _VGG),
+    ("ResNet", _RESNET),
+    ("MobileNetV3", _MOBILENET_V3),
+    ("MobileNetV2", _MOBILENET_V2),
+    ("MobileNet", _MOBILENET),
+    ("InceptionResNet", _INCEPTION_RESNET_V2),
+    ("Inception", _INCEPTION_V3),
+    ("Xception", _XCEPTION),
+    ("DenseNet", _DENSENET),
+    ("NASNet", _NASNET),
+    ("EfficientNet", _EFFICIENTNET),
+    ("ConvNeXt", _CONVNEXT),
+)
 
 
-_TABLE = [
-    _spec("vgg16", "VGG16", 224, "caffe", _VGG),
-    _spec("vgg19", "VGG19", 224, "caffe", _VGG),
-    _spec("resnet50", "ResNet50", 224, "caffe", _RESNET),
-    _spec("resnet101", "ResNet101", 224, "caffe", _RESNET),
-    _spec("resnet152", "ResNet152", 224, "caffe", _RESNET),
-    _spec("resnet50_v2", "ResNet50V2", 224, "symmetric", _RESNET),
-    _spec("resnet101_v2", "ResNet101V2", 224, "symmetric", _RESNET),
-    _spec("resnet152_v2", "ResNet152V2", 224, "symmetric", _RESNET),
-    _spec("mobilenet", "MobileNet", 224, "symmetric", _MOBILENET, takes_alpha=True),
-    _spec("mobilenet_v2", "MobileNetV2", 224, "symmetric", _MOBILENET_V2, takes_alpha=True),
-    _spec("mobilenet_v3_small", "MobileNetV3Small", 224, "none", _MOBILENET_V3, takes_alpha=True),
-    _spec("mobilenet_v3_large", "MobileNetV3Large", 224, "none", _MOBILENET_V3, takes_alpha=True),
-    _spec("inception_v3", "InceptionV3", 299, "symmetric", _INCEPTION_V3, min_size=75),
-    _spec(
-        "inception_resnet_v2",
-        "InceptionResNetV2",
-        299,
-        "symmetric",
-        _INCEPTION_RESNET_V2,
-        min_size=75,
-    ),
-    _spec("xception", "Xception", 299, "symmetric", _XCEPTION, min_size=71),
-    _spec("densenet121", "DenseNet121", 224, "torch", _DENSENET),
-    _spec("densenet169", "DenseNet169", 224, "torch", _DENSENET),
-    _spec("densenet201", "DenseNet201", 224, "torch", _DENSENET),
-    _spec("nasnet_mobile", "NASNetMobile", 224, "symmetric", _NASNET),
-    _spec("nasnet_large", "NASNetLarge", 331, "symmetric", _NASNET),
-    *[
-        _spec(f"efficientnet_b{i}", f"EfficientNetB{i}", size, "none", _EFFICIENTNET)
-        for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600))
-    ],
-    *[
-        _spec(f"efficientnet_v2_{v.lower()}", f"EfficientNetV2{v}", size, "none", _EFFICIENTNET)
-        for v, size in (
-            ("B0", 224),
-            ("B1", 240),
-            ("B2", 260),
-            ("B3", 300),
-            ("S", 384),
-            ("M", 480),
-            ("L", 480),
-        )
-    ],
-    _spec("convnext_tiny", "ConvNeXtTiny", 224, "none", _CONVNEXT),
-    _spec("convnext_small", "ConvNeXtSmall", 224, "none", _CONVNEXT),
-    _spec("convnext_base", "ConvNeXtBase", 224, "none", _CONVNEXT),
-    _spec("convnext_large", "ConvNeXtLarge", 224, "none", _CONVNEXT),
-    _spec("convnext_xlarge", "ConvNeXtXLarge", 224, "none", _CONVNEXT),
-]
-REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _TABLE}
+def _spec(facts: BackboneFacts) -> BackboneSpec:
+    rule = next(r for prefix, r in _RULES if facts.constructor.startswith(prefix))
+    return BackboneSpec(
+        facts.name,
+        facts.constructor,
+        facts.default_size,
+        facts.min_size,
+        facts.preprocess,
+        rule,
+        facts.takes_alpha,
+    )
 
 
-BLOCK_COUNTS_FILE = Path(__file__).with_name("block_counts.json")
+REGISTRY: dict[str, BackboneSpec] = {name: _spec(facts) for name, facts in CATALOG.items()}
 
 
 def block_count(name: str) -> int | None:
@@ -159,11 +133,7 @@ def block_count(name: str) -> int | None:
     Building all forty architectures to count blocks takes minutes, so the counts are
     generated once by ``python -m graft.core.loaders`` (tests check them against a build).
     """
-    import json
-
-    if not BLOCK_COUNTS_FILE.is_file():
-        return None
-    return json.loads(BLOCK_COUNTS_FILE.read_text("utf-8")).get(get_spec(name).name)
+    return block_counts().get(get_spec(name).name)
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -1,9 +1,11 @@
-"""Ship a trained model: Keras file, TensorFlow SavedModel (TF Serving) or TFLite, checked.
+"""Ship a trained model: Keras file, TensorFlow SavedModel (TF Serving), TFLite or ONNX,
+checked.
 
 After writing, every export is loaded back and run on sample images next to the Keras
 model, and the comparison is returned (and printed by ``graft export``):
 
-- float exports (``keras``, ``savedmodel``, ``tflite`` without quantization) must agree
+- float exports (``keras``, ``savedmodel``, ``onnx`` (run in ONNX Runtime), ``tflite``
+  without quantization) must agree
   within ``FLOAT_TOLERANCE`` (max absolute difference of the probabilities), otherwise
   :class:`ExportCheckFailed` is raised;
 - quantized TFLite models (``dynamic``, ``int8``) report their top-1 agreement with the
@@ -33,15 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.config.names import EXPORT_FORMATS as FORMATS
+from graft.config.names import QUANTIZE_MODES as QUANTIZE
 from graft.data.pipelines import decode_image, load_image
 from graft.errors import GraftError
+from graft.reporting import onnx
 from graft.reporting.model_card import write_model_card
 from graft.reporting.tflite import run_tflite, to_tflite
 from graft.runs import files as runs
 from graft.runs import layout, model_io
 
-FORMATS = ("keras", "savedmodel", "tflite")
-QUANTIZE = ("none", "dynamic", "int8")
 FLOAT_TOLERANCE = 1e-4
 CHECK_IMAGES = 16
 MAX_CALIBRATION = 200
@@ -59,7 +62,7 @@ class ExportResult:
 
     Attributes:
         path: The exported file or folder.
-        format: ``keras``, ``savedmodel`` or ``tflite``.
+        format: ``keras``, ``savedmodel``, ``tflite`` or ``onnx``.
         quantize: ``none``, ``dynamic`` or ``int8``.
         check: ``{"images", "sample", "max_abs_diff", "top1_agreement", "tolerance",
             "passed"}`` (and per-signature numbers for SavedModel).
@@ -108,8 +111,9 @@ def export(
 
     Args:
         model_or_run: A run folder or a ``.keras`` file (``labels.json`` beside it).
-        fmt: ``"keras"`` (a ``.keras`` file), ``"savedmodel"`` (a folder) or
-            ``"tflite"`` (a ``.tflite`` file).
+        fmt: ``"keras"`` (a ``.keras`` file), ``"savedmodel"`` (a folder),
+            ``"tflite"`` (a ``.tflite`` file) or ``"onnx"`` (an ``.onnx`` file; needs
+            ``pip install "keras-graft[onnx]"``).
         out: Where to write. ``labels.json`` is written beside the file (inside the
             SavedModel folder).
         quantize: TFLite only: ``"none"``, ``"dynamic"`` (int8 weights) or ``"int8"``
@@ -149,6 +153,8 @@ def export(
     if fmt == "keras" and out.suffix != ".keras":
         raise GraftError(f"out for fmt=keras must end in .keras. Received: out={out}")
     _check_target(out, fmt)
+    if fmt == "onnx":
+        onnx.require()  # before loading anything
     model, classes = model_io.load(model_or_run, safe_mode=safe_mode)
     labels_at = out if fmt == "savedmodel" else out.parent  # a SavedModel is replaced whole
     if fmt != "savedmodel":
@@ -170,6 +176,9 @@ def export(
     elif fmt == "savedmodel":
         to_savedmodel(model, classes, out)
         check = check_savedmodel(out, model, check_images)
+    elif fmt == "onnx":
+        onnx.to_onnx(model, out, classes)
+        check = compare(model.predict_on_batch(check_images), onnx.run_onnx(out, check_images))
     else:
         to_tflite(model, out, quantize, images if quantize == "int8" else None)
         check = compare(model.predict_on_batch(check_images), run_tflite(out, check_images))

@@ -1,9 +1,11 @@
 """What the report shows of the held-out results: the test scores next to validation,
 the kept epoch, and the gallery of the worst errors (thumbnails with file name, true
-and predicted label, confidence).
+and predicted label, confidence) of the validation split and, with ``--test``, of the
+test split (``metrics.json``'s ``"test_evaluation"``), each labelled.
 
-The thumbnails are PNG files in ``RUN_DIR/plots/`` (``error_NN.png``), written when the
-run is evaluated, so ``graft report`` can redraw the report without the images.
+The thumbnails are PNG files in ``RUN_DIR/plots/`` (``error_NN.png``, and
+``test_error_NN.png`` for the test split), written when the run is evaluated, so
+``graft report`` can redraw the report without the images.
 """
 
 from __future__ import annotations
@@ -11,32 +13,74 @@ from __future__ import annotations
 import base64
 import html
 import os
+import time
 from pathlib import Path
 
-from graft.reporting import plots
+from graft.reporting import evaluation, plots
 
 #: File name of the k-th worst error's thumbnail in ``RUN_DIR/plots/``.
 THUMBNAIL = "error_{:02d}.png"
 THUMBNAIL_SIDE = 96
+#: ``metrics.json`` section of the test split's evaluation (its worst errors included).
+TEST_SECTION = "test_evaluation"
+TEST_PREFIX = "test_"
 
 
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def write_thumbnails(run_dir: str | os.PathLike, worst: list, entries: list[dict]) -> None:
-    """Save each worst error's image as a thumbnail; name it in its ``entries`` dict."""
+def evaluate_split(
+    run_dir: Path, model, batches, classes: list[str], split: str, paths=None, prefix: str = ""
+) -> tuple[dict, list]:
+    """Evaluate ``model`` on one split and write its worst errors' thumbnails.
+
+    Returns:
+        The evaluation as a ``metrics.json`` section (``split``, ``seconds`` and
+        ``worst_errors`` with file paths and thumbnails), and the worst errors' pixels.
+    """
+    start = time.perf_counter()
+    ev = evaluation.evaluate_model(model, batches, classes, paths=paths)
+    result = {"split": split, **ev.as_dict()}
+    write_thumbnails(run_dir, ev.worst, result["worst_errors"], prefix)
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result, ev.worst
+
+
+def write_thumbnails(
+    run_dir: str | os.PathLike, worst: list, entries: list[dict], prefix: str = ""
+) -> None:
+    """Save each worst error's image as a thumbnail; name it in its ``entries`` dict.
+
+    ``prefix`` tells the splits' thumbnails apart (``""``: validation, ``"test_"``)."""
     from PIL import Image
 
     folder = Path(run_dir) / plots.PLOTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(THUMBNAIL.replace("{:02d}", "*")):
+    name = prefix + THUMBNAIL
+    for stale in folder.glob(name.replace("{:02d}", "*")):
         stale.unlink(missing_ok=True)
     for k, (item, entry) in enumerate(zip(worst, entries)):
         image = Image.fromarray(item.image)
         image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
-        image.save(folder / THUMBNAIL.format(k))
-        entry["thumbnail"] = f"{plots.PLOTS_DIR}/{THUMBNAIL.format(k)}"
+        image.save(folder / name.format(k))
+        entry["thumbnail"] = f"{plots.PLOTS_DIR}/{name.format(k)}"
+
+
+def errors_sections(run_dir: Path, metrics: dict) -> str:
+    """The worst errors of the test split (when evaluated) and of the evaluated split,
+    each under its own heading; just the latter's gallery when there is no test split."""
+    ev = metrics.get("evaluation") or {}
+    test = metrics.get(TEST_SECTION)
+    if not test:
+        return errors_section(run_dir, ev)
+    return "".join(
+        f'<h3 id="errors-{_e(part.get("split", "validation")).replace(" ", "-")}">'
+        f"On the {_e(part.get('split', 'validation'))} split "
+        f"({_e(part.get('images', 0))} images)</h3>{errors_section(run_dir, part)}"
+        for part in (test, ev)
+        if part
+    )
 
 
 def errors_section(run_dir: Path, ev: dict) -> str:

@@ -46,6 +46,7 @@ def finish_run(
     split: str = "validation",
     log: Callable[[str], None] | None = None,
     paths: list[str] | None = None,
+    test: tuple[Iterable, list[str] | None] | None = None,
 ) -> dict | None:
     """Evaluate a freshly trained run and write its metrics, plots, report and model card.
 
@@ -61,6 +62,7 @@ def finish_run(
         split: Name of the evaluated split, recorded with the numbers.
         log: Receives one line with the headline numbers.
         paths: The file of every evaluated image, in batch order (names the worst errors).
+        test: ``(batches, paths)`` of the test split: its worst errors are shown too.
 
     Returns:
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
@@ -70,15 +72,14 @@ def finish_run(
     result = None
     worst = None
     if val_batches is not None:
-        start = time.perf_counter()
-        ev = evaluation.evaluate_model(model, val_batches, classes, paths=paths)
-        result = {"split": split, **ev.as_dict()}
-        gallery.write_thumbnails(run_dir, ev.worst, result["worst_errors"])
-        result["seconds"] = round(time.perf_counter() - start, 2)
+        result, worst = gallery.evaluate_split(run_dir, model, val_batches, classes, split, paths)
         sections["evaluation"] = result
-        worst = ev.worst
         if log is not None:
             log(f"Evaluation on the {split} split: {evaluation.summary_line(result)}")
+    if test is not None:
+        sections[gallery.TEST_SECTION], _ = gallery.evaluate_split(
+            run_dir, model, test[0], classes, "test", test[1], gallery.TEST_PREFIX
+        )
     metrics = run_metrics.record(run_dir, sections)
     plots.write_all(run_dir, history, metrics.get("evaluation"), classes, worst)
     write_report(run_dir)
@@ -206,7 +207,7 @@ def render_html(run_dir: str | os.PathLike) -> str:
         _image(run_dir, plots.CONFUSION),
         _image(run_dir, plots.F1),
         '<h2 id="errors">Worst errors</h2>',
-        gallery.errors_section(run_dir, ev),
+        gallery.errors_sections(run_dir, metrics),
         _image(run_dir, plots.ERRORS),
         '<h2 id="calibration">Calibration</h2>',
         _calibration_section(ev),
