@@ -17,6 +17,7 @@ from graft.api import steps as s
 from graft.api.result import Run
 from graft.config.settings import TrainConfig
 from graft.core.model import backbone_of
+from graft.data.pipelines import load_image
 from graft.reporting import drift, report
 from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
@@ -48,7 +49,7 @@ def execute(req: s.Request) -> Run:
             model = finalize(built, fitted, devices, scope, run_dir, req)
             metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
-            return write(run, req, pipes.val, _paths(data.val))
+            return write(run, req, pipes.val, _paths(data.val), *_evaluated_on(built, fitted, data))
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -91,7 +92,7 @@ def fit(
             phases, pipes.train, pipes.val, cached=cached, resume=state, train_eval=pipes.train_eval
         )
     seconds = time.perf_counter() - start
-    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper)
+    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper, cached)
 
 
 def _auto_lr(cfg: TrainConfig, trainer, plan: s.Plan, train_ds, run_dir, log):
@@ -224,7 +225,9 @@ def measure(
     train_eval = None
     if data.train.labels is not None:
         train_eval = lambda: data.train.batches(bb.image_size, bb.channels, cfg.batch_size)  # noqa: E731
-    feature_drift = drift.run_drift(model, fitted.reference, pipes.val, train_eval, log)
+    feature_drift = drift.run_drift(
+        model, fitted.reference, pipes.val, train_eval, log, counts=data.counts
+    )
     if feature_drift is not None:
         metrics["feature_drift"] = feature_drift
     if built.source_task is not None:
@@ -245,14 +248,42 @@ def measure(
     return metrics
 
 
+def _evaluated_on(built: s.Built, fitted: s.Fitted, data: s.PreparedData) -> tuple:
+    """``(val_batches, model, pixels)`` for the end-of-run evaluation when it can skip the
+    backbone: the validation features are cached and the backbone ended the run with
+    exactly the weights they were computed with (every phase left it frozen). The head
+    alone then predicts on them, and only the worst errors' images are read. Else ``()``.
+    """
+    cached, val = fitted.cached, None if data.val is None else data.val.files
+    if cached is None or cached[1] is None or val is None:
+        return ()
+    if not drift.unchanged(built.model, fitted.reference):
+        return ()
+    size, channels = built.bb.image_size, built.bb.channels
+    paths = list(val.paths)
+    return cached[1], cache.head_model(built.model), lambda i: load_image(paths[i], size, channels)
+
+
 def _paths(split) -> list[str] | None:
     """The files of a split in its (unshuffled) batch order; ``None`` for in-memory data."""
     files_ = None if split is None else split.files
     return None if files_ is None else [str(p) for p in files_.paths]
 
 
-def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None) -> Run:
-    """Save the run folder's artifacts, evaluate, draw, report; mark it completed."""
+def write(
+    run: Run,
+    req: s.Request,
+    val_ds,
+    val_paths: list[str] | None = None,
+    eval_ds=None,
+    eval_model=None,
+    pixels=None,
+) -> Run:
+    """Save the run folder's artifacts, evaluate, draw, report; mark it completed.
+
+    ``eval_ds``/``eval_model``/``pixels``: evaluate the head on cached validation features
+    instead of ``run.model`` on ``val_ds`` (see :func:`_evaluated_on`).
+    """  # fmt: skip
     d = run.run_dir
     if d is None:
         return run
@@ -270,8 +301,9 @@ def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None) 
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
     evaluated = report.finish_run(
-        d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths
-    )
+        d, eval_model or run.model, run.classes, run.history,
+        val_ds if eval_ds is None else eval_ds, log=req.log, paths=val_paths, pixels=pixels,
+    )  # fmt: skip
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated
     checkpoints.write_status(d, "completed")

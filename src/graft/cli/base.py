@@ -34,14 +34,19 @@ class SettingOption(click.Option):
 
 class GraftCommand(click.Command):
     """A command whose help lists options by group, and which imports Keras (quietly)
-    only when it runs, so that ``--help`` and usage errors stay fast."""
+    only when it runs, so that ``--help`` and usage errors stay fast. A run with one of
+    :attr:`NO_BACKEND` set (``--print-plan``) answers without importing it at all."""
+
+    #: Flags whose command answers from the settings alone (no Keras, no TensorFlow).
+    NO_BACKEND = ("print_plan",)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("context_settings", CONTEXT)
         super().__init__(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
-        _quiet.import_backend(state["verbose"])
+        if not any(ctx.params.get(flag) for flag in self.NO_BACKEND):
+            _quiet.import_backend(state["verbose"])
         return super().invoke(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

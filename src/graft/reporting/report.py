@@ -46,6 +46,7 @@ def finish_run(
     split: str = "validation",
     log: Callable[[str], None] | None = None,
     paths: list[str] | None = None,
+    pixels=None,
 ) -> dict | None:
     """Evaluate a freshly trained run and write its metrics, plots, report and model card.
 
@@ -61,6 +62,8 @@ def finish_run(
         split: Name of the evaluated split, recorded with the numbers.
         log: Receives one line with the headline numbers.
         paths: The file of every evaluated image, in batch order (names the worst errors).
+        pixels: With batches of cached features (and ``model`` the head alone), the
+            image at an index (see :func:`graft.reporting.evaluation.evaluate_model`).
 
     Returns:
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
@@ -71,7 +74,7 @@ def finish_run(
     worst = None
     if val_batches is not None:
         start = time.perf_counter()
-        ev = evaluation.evaluate_model(model, val_batches, classes, paths=paths)
+        ev = evaluation.evaluate_model(model, val_batches, classes, paths=paths, pixels=pixels)
         result = {"split": split, **ev.as_dict()}
         gallery.write_thumbnails(run_dir, ev.worst, result["worst_errors"])
         result["seconds"] = round(time.perf_counter() - start, 2)
