@@ -164,6 +164,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one timed run of each")
     parser.add_argument("--profile", action="store_true", help="where graft's time goes")
     parser.add_argument("--save", type=Path, help="also write the markdown here")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also time `graft train` from this src/ folder (e.g. an older checkout), "
+        "interleaved with the others: before/after under the same load",
+    )
     args = parser.parse_args()
     runs = 1 if args.quick else args.runs
     py = sys.executable
@@ -183,7 +189,7 @@ def main() -> None:
 
         run_count = [0]
 
-        def graft_train() -> tuple[list[str], dict]:
+        def graft_train(src: Path | None = None) -> tuple[list[str], dict]:
             run_count[0] += 1
             cache = root / f"cache{run_count[0]}"  # cold: a fresh feature cache every run
             out = root / f"run{run_count[0]}"
@@ -192,7 +198,10 @@ def main() -> None:
                 "--image-size", str(SIZE), "--strategy", "feature", "--epochs", str(EPOCHS),
                 "--out", str(out),
             )  # fmt: skip
-            return cmd, {**env, "GRAFT_CACHE": str(cache)}
+            run_env = {**env, "GRAFT_CACHE": str(cache)}
+            if src is not None:
+                run_env["PYTHONPATH"] = str(src.resolve())
+            return cmd, run_env
 
         commands = {
             "classic": lambda: ([py, str(scripts["classic"]), str(data), str(weights),
@@ -205,6 +214,8 @@ def main() -> None:
             "print_plan": lambda: (graft_cmd("train", "--backbone", "mobilenet_v2",
                                              "--strategy", "feature", "--print-plan"), env),
         }  # fmt: skip
+        if args.baseline_src is not None:
+            commands["graft_baseline"] = lambda: graft_train(args.baseline_src)
         for make in commands.values():  # warm-up: file caches, .pyc files
             timed(*make())
         times: dict[str, list[float]] = {name: [] for name in commands}
@@ -232,6 +243,16 @@ def main() -> None:
             f"| `graft train --help` | {med['train_help']:.2f} s | | <= 1 s |",
             f"| `graft train --print-plan` | {med['print_plan']:.2f} s | | |",
             "",
+            *(
+                [
+                    f"\nBaseline `graft train` from {args.baseline_src}: "
+                    f"{med['graft_baseline']:.1f} s (classic/baseline "
+                    f"{med['classic'] / med['graft_baseline']:.2f}x, baseline/floor "
+                    f"{med['graft_baseline'] / med['floor']:.2f}x)\n"
+                ]
+                if args.baseline_src is not None
+                else []
+            ),
             "All timed runs (s): "
             + "; ".join(f"{k} " + ", ".join(f"{v:.1f}" for v in vs) for k, vs in times.items()),
         ]
