@@ -49,7 +49,8 @@ def execute(req: s.Request) -> Run:
             model = finalize(built, fitted, devices, scope, run_dir, req)
             metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
-            return write(run, req, pipes.val, _paths(data.val), *_evaluated_on(built, fitted, data))
+            evaluated_on = _evaluated_on(model, built.bb, fitted, data)
+            return write(run, req, pipes.val, _paths(data.val), *evaluated_on)
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -248,7 +249,7 @@ def measure(
     return metrics
 
 
-def _evaluated_on(built: s.Built, fitted: s.Fitted, data: s.PreparedData) -> tuple:
+def _evaluated_on(model: keras.Model, bb, fitted: s.Fitted, data: s.PreparedData) -> tuple:
     """``(val_batches, model, pixels)`` for the end-of-run evaluation when it can skip the
     backbone: the validation features are cached and the backbone ended the run with
     exactly the weights they were computed with (every phase left it frozen). The head
@@ -257,11 +258,11 @@ def _evaluated_on(built: s.Built, fitted: s.Fitted, data: s.PreparedData) -> tup
     cached, val = fitted.cached, None if data.val is None else data.val.files
     if cached is None or cached[1] is None or val is None:
         return ()
-    if not drift.unchanged(built.model, fitted.reference):
+    if not drift.unchanged(model, fitted.reference):  # the shipped model (undistributed)
         return ()
-    size, channels = built.bb.image_size, built.bb.channels
+    size, channels = bb.image_size, bb.channels
     paths = list(val.paths)
-    return cached[1], cache.head_model(built.model), lambda i: load_image(paths[i], size, channels)
+    return cached[1], cache.head_model(model), lambda i: load_image(paths[i], size, channels)
 
 
 def _paths(split) -> list[str] | None:

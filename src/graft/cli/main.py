@@ -109,8 +109,11 @@ def run() -> None:
     import os
 
     atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (graft ... | head)
+            pass
     os._exit(code)
 
 
