@@ -126,12 +126,23 @@ def compile_for_shipping(
         last_phase.name, "none", last_phase.epochs, last_phase.lr, optimizer=last_phase.optimizer
     )
     model.compile(optimizer=make_optimizer(plain, model), loss=loss, metrics=list(metrics))
-    if _reloaded_trainable(model) != [v.path for v in model.trainable_variables]:
+    if not _builtin(model) and _reloaded_trainable(model) != [
+        v.path for v in model.trainable_variables
+    ]:
         # Every layer: a KerasHub backbone's own setter does not reach its layers.
         for layer in model._flatten_layers(include_self=True, recursive=True):
             layer.trainable = True
         model.compile(optimizer=make_optimizer(plain, model), loss=loss, metrics=list(metrics))
     model.optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
+
+
+def _builtin(model: keras.Model) -> bool:
+    """Whether every layer of ``model`` is one of Keras's own: their configs carry their
+    ``trainable`` flag, so a save and load keeps it and no round trip need check."""
+    return all(
+        type(layer).__module__.startswith("keras.")
+        for layer in model._flatten_layers(include_self=True, recursive=True)
+    )
 
 
 def _reloaded_trainable(model: keras.Model) -> list[str]:

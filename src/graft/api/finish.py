@@ -19,6 +19,7 @@ from graft.api.result import Run
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.settings import TrainConfig
 from graft.core.model import backbone_of
+from graft.data.pipelines import load_image
 from graft.reporting import drift, report
 from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
@@ -52,7 +53,9 @@ def execute(req: s.Request) -> Run:
             model = finalize(built, fitted, devices, scope, run_dir, req)
             metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
-            return write(run, req, pipes.val, _paths(data.val), _test(cfg, data, built))
+            evaluated_on = _evaluated_on(model, built.bb, fitted, data)
+            test = _test(cfg, data, built)
+            return write(run, req, pipes.val, _paths(data.val), *evaluated_on, test=test)
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -95,7 +98,7 @@ def fit(
             phases, pipes.train, pipes.val, cached=cached, resume=state, train_eval=pipes.train_eval
         )
     seconds = time.perf_counter() - start
-    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper)
+    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper, cached)
 
 
 def _auto_lr(cfg: TrainConfig, trainer, plan: s.Plan, train_ds, run_dir, log):
@@ -228,7 +231,9 @@ def measure(
     train_eval = None
     if data.train.labels is not None:
         train_eval = lambda: data.train.batches(bb.image_size, bb.channels, cfg.batch_size)  # noqa: E731
-    feature_drift = drift.run_drift(model, fitted.reference, pipes.val, train_eval, log)
+    feature_drift = drift.run_drift(
+        model, fitted.reference, pipes.val, train_eval, log, counts=data.counts
+    )
     if feature_drift is not None:
         metrics["feature_drift"] = feature_drift
     if built.source_task is not None:
@@ -249,6 +254,22 @@ def measure(
     return metrics
 
 
+def _evaluated_on(model: keras.Model, bb, fitted: s.Fitted, data: s.PreparedData) -> tuple:
+    """``(val_batches, model, pixels)`` for the end-of-run evaluation when it can skip the
+    backbone: the validation features are cached and the backbone ended the run with
+    exactly the weights they were computed with (every phase left it frozen). The head
+    alone then predicts on them, and only the worst errors' images are read. Else ``()``.
+    """
+    cached, val = fitted.cached, None if data.val is None else data.val.files
+    if cached is None or cached[1] is None or val is None:
+        return ()
+    if not drift.unchanged(model, fitted.reference):  # the shipped model (undistributed)
+        return ()
+    size, channels = bb.image_size, bb.channels
+    paths = list(val.paths)
+    return cached[1], cache.head_model(model), lambda i: load_image(paths[i], size, channels)
+
+
 def _paths(split) -> list[str] | None:
     """The files of a split in its (unshuffled) batch order; ``None`` for in-memory data."""
     files_ = None if split is None else split.files
@@ -263,11 +284,22 @@ def _test(cfg: TrainConfig, data: s.PreparedData, built: s.Built) -> tuple | Non
     return data.test.batches(bb.image_size, bb.channels, cfg.batch_size), _paths(data.test)
 
 
-def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None, test=None) -> Run:
+def write(
+    run: Run,
+    req: s.Request,
+    val_ds,
+    val_paths: list[str] | None = None,
+    eval_ds=None,
+    eval_model=None,
+    pixels=None,
+    test=None,
+) -> Run:
     """Save the run folder's artifacts, evaluate, draw, report; mark it completed.
 
-    ``test``: ``(batches, paths)`` of the test split, whose worst errors the report shows.
-    """
+    ``eval_ds``/``eval_model``/``pixels``: evaluate the head on cached validation features
+    instead of ``run.model`` on ``val_ds`` (see :func:`_evaluated_on`). ``test``:
+    ``(batches, paths)`` of the test split, whose worst errors the report shows.
+    """  # fmt: skip
     d = run.run_dir
     if d is None:
         return run
@@ -288,9 +320,9 @@ def write(run: Run, req: s.Request, val_ds, val_paths: list[str] | None = None, 
     run_metrics.record(d, run.metrics, fresh=True)
     with progress.status("Evaluating and writing the report"):
         evaluated = report.finish_run(
-            d, run.model, run.classes, run.history, val_ds, log=req.log, paths=val_paths,
-            test=test,
-        )
+            d, run.model, run.classes, run.history, val_ds if eval_ds is None else eval_ds,
+            log=req.log, paths=val_paths, test=test, head=eval_model, pixels=pixels,
+        )  # fmt: skip
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated
     checkpoints.write_status(d, "completed")

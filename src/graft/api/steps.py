@@ -144,6 +144,8 @@ class Fitted:
     lr_found: dict | None
     reference: list | None
     keeper: KeepBest | None = None
+    #: The feature cache's ``(train, val, steps)`` datasets, if the run used it.
+    cached: tuple | None = None
 
 
 def choose_devices(cfg: TrainConfig) -> Devices:

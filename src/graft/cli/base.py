@@ -41,7 +41,11 @@ class GraftCommand(click.Command):
     """A command whose help lists options by group, and which imports Keras (quietly)
     only when it runs, so that ``--help`` and usage errors stay fast. A command made
     with ``needs_backend=False`` never imports it (it calls :func:`import_backend`
-    itself where it needs Keras)."""
+    itself where it needs Keras), nor does a run with one of :attr:`NO_BACKEND` set
+    (``--print-plan``), which answers from the settings alone."""
+
+    #: Flags whose command answers from the settings alone (no Keras, no TensorFlow).
+    NO_BACKEND = ("print_plan",)
 
     def __init__(self, *args, needs_backend: bool = True, **kwargs):
         kwargs.setdefault("context_settings", CONTEXT)
@@ -49,7 +53,7 @@ class GraftCommand(click.Command):
         self.needs_backend = needs_backend
 
     def invoke(self, ctx: click.Context):
-        if self.needs_backend:
+        if self.needs_backend and not any(ctx.params.get(flag) for flag in self.NO_BACKEND):
             import_backend()
         return super().invoke(ctx)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import threading
 
 import click
 
@@ -95,8 +96,25 @@ def _disk_full(exc: BaseException) -> bool:
 
 
 def run() -> None:
-    """The ``graft`` console script."""
-    sys.exit(main())
+    """The ``graft`` console script.
+
+    Once TensorFlow is loaded, tearing the interpreter down (its modules, C++ objects)
+    takes seconds of nothing for the user: after the command, the exit handlers run
+    (temporary folders, logging) and the process ends at once.
+    """
+    code = main()
+    if "tensorflow" not in sys.modules or threading.active_count() > 1:
+        sys.exit(code)
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (graft ... | head)
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

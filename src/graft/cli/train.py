@@ -88,9 +88,9 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
     """Train a classifier on DATA (a folder of class subfolders, or a path,label .csv).
 
     An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
-    from graft import api
-
     if resume is not None:
+        from graft import api
+
         run = api.train(
             resume=resume,
             log=log,
@@ -120,6 +120,8 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
             "train needs DATA, --backbone and --out.",
             hint="or --config FILE for the settings, or --resume RUN_DIR to continue a run.",
         )
+    from graft import api  # after --print-plan, which answers without Keras
+
     run = api.train(
         data, backbone, out, val=val, test=test, log=log, verbose=fit_verbosity(),
         safe_mode=not unsafe, **api_args, **settings,

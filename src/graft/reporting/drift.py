@@ -100,6 +100,20 @@ def snapshot(model: keras.Model) -> list[np.ndarray]:
     return [np.array(w) for w in features_model(model).get_weights()]
 
 
+def _same(weights: list, reference: list) -> bool:
+    return len(weights) == len(reference) and all(
+        np.array_equal(a, b) for a, b in zip(weights, reference)
+    )
+
+
+def unchanged(model: keras.Model, reference: list[np.ndarray] | None) -> bool:
+    """Whether ``model``'s feature extractor still has exactly the :func:`snapshot` weights
+    (its features of any image are then the pre-trained ones)."""
+    from graft.training.cache import features_model
+
+    return reference is not None and _same(features_model(model).get_weights(), reference)
+
+
 def _images(dataset, limit: int):
     """``dataset`` (batches of ``(image, label)`` or images) cut to about ``limit`` images."""
     spec = dataset.element_spec
@@ -120,6 +134,7 @@ def measure(
     dataset,
     max_images: int = MAX_IMAGES,
     split: str = "val",
+    count: int | None = None,
 ) -> dict:
     """Feature drift of ``model``'s backbone from the ``reference`` weights.
 
@@ -129,6 +144,8 @@ def measure(
         dataset: A ``tf.data`` pipeline of ``(image, label)`` batches (not shuffled).
         max_images: Use at most this many images (cost bound).
         split: Which data the images are from, recorded in the result.
+        count: How many images ``dataset`` holds, if known: an unchanged backbone is
+            then reported without reading a single image.
 
     Returns:
         ``{"cka", "cosine", "images", "split"}``; ``"unchanged": True`` when no
@@ -139,11 +156,10 @@ def measure(
     extractor = features_model(model)
     trained = extractor.get_weights()
     images = _images(dataset, max_images)
-    unchanged = len(trained) == len(reference) and all(
-        np.array_equal(a, b) for a, b in zip(trained, reference)
-    )
-    if unchanged:
-        count = int(sum(1 for _ in images.unbatch()))
+    if _same(trained, reference):
+        if count is None:
+            count = int(sum(1 for _ in images.unbatch()))
+        count = min(int(count), max_images)
         return {"cka": 1.0, "cosine": 1.0, "images": count, "split": split, "unchanged": True}
     after = _predict(extractor, images)
     try:
@@ -313,6 +329,7 @@ def run_drift(
     val_ds,
     train_eval: Callable | None,
     log: Callable[[str], None],
+    counts: dict | None = None,
 ) -> dict | None:
     """Drift for :func:`graft.train`: on the validation images, else the training ones.
 
@@ -322,6 +339,7 @@ def run_drift(
         val_ds: Validation pipeline or ``None``.
         train_eval: Builds a non-augmented, non-shuffled training pipeline (or ``None``).
         log: Receives the summary line.
+        counts: Images per split (``{"val": n, "train": m}``), if known.
 
     Returns:
         The drift dict, or ``None`` when there are no images to measure on.
@@ -334,7 +352,8 @@ def run_drift(
         dataset, split = train_eval(), "train"
     else:
         return None
-    result = measure(model, reference, dataset, split=split)
+    count = (counts or {}).get(split)
+    result = measure(model, reference, dataset, split=split, count=count)
     if not result["images"] or (isinstance(result["cka"], float) and math.isnan(result["cka"])):
         return None
     log(summary_line(result))

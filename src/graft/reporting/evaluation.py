@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -233,6 +233,7 @@ def evaluate_model(
     top_k: Iterable[int] = (2, 3, 5),
     threshold: float = 0.5,
     paths: Sequence[str] | None = None,
+    pixels: Callable[[int], np.ndarray] | None = None,
 ) -> Evaluation:
     """Predict every batch once and compute all metrics.
 
@@ -245,6 +246,9 @@ def evaluate_model(
         top_k: Values of k for top-k accuracy.
         threshold: Decision threshold for multi-label models.
         paths: The file of every image, in batch order (names the worst errors).
+        pixels: When the batches hold what ``model`` takes instead of images (cached
+            features and the head alone), the image at a batch-order index: only the
+            worst errors are read.
 
     Returns:
         An :class:`Evaluation`.
@@ -262,7 +266,7 @@ def evaluate_model(
             pred = probs.argmax(axis=1)
             for i in np.flatnonzero(pred != labels.astype(int)):
                 item = (float(probs[i, pred[i]]), seen + int(i), int(labels[i]), int(pred[i]))
-                entry = (*item, _to_uint8(images[i]))
+                entry = (*item, None if pixels is not None else _to_uint8(images[i]))
                 if len(heap) < keep_worst:
                     heapq.heappush(heap, entry)
                 elif item[0] > heap[0][0]:
@@ -276,9 +280,12 @@ def evaluate_model(
     else:
         metrics = {"task": "single_label", **classification_metrics(y_true, probs, classes, top_k)}
     worst = [
-        WorstError(index, true, pred, conf, image, None if paths is None else str(paths[index]))
+        WorstError(
+            index, true, pred, conf, _to_uint8(pixels(index)) if pixels is not None else image,
+            None if paths is None else str(paths[index]),
+        )
         for conf, index, true, pred, image in sorted(heap, key=lambda e: (-e[0], e[1]))
-    ]
+    ]  # fmt: skip
     return Evaluation(metrics, y_true, probs, worst, list(classes))
 
 

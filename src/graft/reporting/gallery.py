@@ -31,7 +31,14 @@ def _e(value) -> str:
 
 
 def evaluate_split(
-    run_dir: Path, model, batches, classes: list[str], split: str, paths=None, prefix: str = ""
+    run_dir: Path,
+    model,
+    batches,
+    classes: list[str],
+    split: str,
+    paths=None,
+    prefix: str = "",
+    pixels=None,
 ) -> tuple[dict, list]:
     """Evaluate ``model`` on one split and write its worst errors' thumbnails.
 
@@ -40,7 +47,7 @@ def evaluate_split(
         ``worst_errors`` with file paths and thumbnails), and the worst errors' pixels.
     """
     start = time.perf_counter()
-    ev = evaluation.evaluate_model(model, batches, classes, paths=paths)
+    ev = evaluation.evaluate_model(model, batches, classes, paths=paths, pixels=pixels)
     result = {"split": split, **ev.as_dict()}
     write_thumbnails(run_dir, ev.worst, result["worst_errors"], prefix)
     result["seconds"] = round(time.perf_counter() - start, 2)

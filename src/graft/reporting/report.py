@@ -47,6 +47,8 @@ def finish_run(
     log: Callable[[str], None] | None = None,
     paths: list[str] | None = None,
     test: tuple[Iterable, list[str] | None] | None = None,
+    head=None,
+    pixels=None,
 ) -> dict | None:
     """Evaluate a freshly trained run and write its metrics, plots, report and model card.
 
@@ -63,6 +65,10 @@ def finish_run(
         log: Receives one line with the headline numbers.
         paths: The file of every evaluated image, in batch order (names the worst errors).
         test: ``(batches, paths)`` of the test split: its worst errors are shown too.
+        head: With ``val_batches`` of cached features: the head alone, which evaluates
+            them instead of ``model`` (the test split is always raw images for ``model``).
+        pixels: With ``head``, the image at an index (see
+            :func:`graft.reporting.evaluation.evaluate_model`).
 
     Returns:
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
@@ -72,7 +78,9 @@ def finish_run(
     result = None
     worst = None
     if val_batches is not None:
-        result, worst = gallery.evaluate_split(run_dir, model, val_batches, classes, split, paths)
+        result, worst = gallery.evaluate_split(
+            run_dir, head or model, val_batches, classes, split, paths, pixels=pixels
+        )
         sections["evaluation"] = result
         if log is not None:
             log(f"Evaluation on the {split} split: {evaluation.summary_line(result)}")

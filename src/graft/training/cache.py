@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,18 +146,55 @@ class CacheStats:
     note: str | None = None
 
 
+#: Images per batch of an inference-only pass over plain images (no gradients are kept,
+#: so a larger batch than training's costs little memory and runs nearer the backbone's rate).
+INFERENCE_BATCH = 64
+
+
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward(extractor: keras.Model, spec):
+    """``extractor`` in inference mode as one ``tf.function`` for any batch size, traced
+    once per extractor and input shape (the train and validation passes share it)."""
+    import tensorflow as tf
+
+    signature = tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
+    functions = _FORWARD.setdefault(extractor, {})
+    key = (tuple(signature.shape), signature.dtype.name)
+    if key not in functions:
+        model = weakref.ref(extractor)  # the function must not keep its key alive
+        functions[key] = tf.function(
+            lambda x: model()(x, training=False), input_signature=[signature]
+        )
+    return functions[key]
+
+
 def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     """Run a feature extractor (:func:`features_model`) over images in inference mode.
 
+    A ``tf.data`` input runs through one compiled function traced once for any batch
+    size (a last, smaller batch does not trace the backbone again), batch by batch.
+
     Args:
-        extractor: ``features_model(model)``; reuse one for several calls, since each
-            new model traces its predict function again.
+        extractor: ``features_model(model)``; reuse one for several calls.
         inputs: A dataset of image batches, or an array of images.
         verbose: Keras's progress bar (1; plain lines where the output is not a live
             terminal, :func:`graft.progress.keras_verbosity`) or silence (0).
     """
     verbose = progress.keras_verbosity(verbose)
-    return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
+    if isinstance(inputs, np.ndarray) or keras.backend.backend() != "tensorflow":
+        return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
+    forward = _forward(extractor, inputs.element_spec)
+    total = inputs.cardinality().numpy()
+    bar = keras.utils.Progbar(total if total > 0 else None, verbose=verbose or 0)
+    parts = []
+    for step, batch in enumerate(inputs, start=1):
+        parts.append(np.asarray(forward(batch), dtype="float32"))
+        bar.update(step)
+    if not parts:
+        return np.zeros((0, *extractor.output_shape[1:]), "float32")
+    return np.concatenate(parts)
 
 
 def _checksum(data: bytes) -> str:
@@ -279,8 +317,11 @@ def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbo
         key = cache_key(model, bb.source, content, view=tag, weights=weights)
         n = len(split[1]) if isinstance(split, tuple) else len(split)
         aug = None if view is None else augment
+        # Plain images: large inference batches; augmented views keep the training batch
+        # (an augmentation draws its randomness per batch).
+        batch = cfg.batch_size if aug is not None else max(cfg.batch_size, INFERENCE_BATCH)
         values, stats = load_or_compute(
-            extractor, _images(split, bb, cfg.batch_size, aug), key, n, directory, verbose
+            extractor, _images(split, bb, batch, aug), key, n, directory, verbose
         )
         label = name if view is None else f"{name}, augmented view {view + 1}/{views}"
         if stats.note:
