@@ -65,10 +65,8 @@ def finish_run(
         log: Receives one line with the headline numbers.
         paths: The file of every evaluated image, in batch order (names the worst errors).
         test: ``(batches, paths)`` of the test split: its worst errors are shown too.
-        head: With ``val_batches`` of cached features: the head alone, which evaluates
-            them instead of ``model`` (the test split is always raw images for ``model``).
-        pixels: With ``head``, the image at an index (see
-            :func:`graft.reporting.evaluation.evaluate_model`).
+        head, pixels: With ``val_batches`` of cached features: the head that evaluates
+            them, and the image at an index (``evaluation.evaluate_model``).
 
     Returns:
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
