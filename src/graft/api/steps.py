@@ -139,6 +139,8 @@ class Fitted:
     lr_found: dict | None
     reference: list | None
     keeper: KeepBest | None = None
+    #: What the activation cache did (metrics.json's ``activation_cache``), if used.
+    activation_cache: dict | None = None
 
 
 def choose_devices(cfg: TrainConfig) -> Devices:

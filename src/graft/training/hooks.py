@@ -37,10 +37,18 @@ class PhaseContext:
     #: once it has been fitted).
     val: object = None
     history: list | None = None
+    #: ``target`` is the top of the model, trained on cached bottom activations.
+    activations: bool = False
 
     @property
     def on_cache(self) -> bool:
-        return self.target is not self.model
+        """Whether ``target`` is the head alone, on cached features."""
+        return self.target is not self.model and not self.activations
+
+    @property
+    def pass_key(self) -> str:
+        """Which shuffled dataset the phase iterates (counted for resuming)."""
+        return "cached" if self.on_cache else "activations" if self.activations else "full"
 
 
 class Hook:
