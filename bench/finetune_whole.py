@@ -52,15 +52,18 @@ base = app(input_shape=(size, size, 3), include_top=False, weights=None, **kw)
 unfreeze = set(json.load(open(names)))
 for layer in base.layers:
     layer.trainable = layer.name in unfreeze and not isinstance(layer, keras.layers.BatchNormalization)
-pre = {"mobilenet_v2": keras.applications.mobilenet_v2.preprocess_input,
-       "resnet50": keras.applications.resnet50.preprocess_input}[name]
 inputs = keras.Input((size, size, 3))
-x = base(keras.layers.Lambda(pre)(inputs))
+if name == "mobilenet_v2":  # the applications' own preprocess_input, as layers
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+else:  # caffe: RGB -> BGR, minus the ImageNet means
+    x = keras.layers.Lambda(lambda t: t[..., ::-1] - keras.ops.convert_to_tensor(
+        [103.939, 116.779, 123.68]))(inputs)
+x = base(x)
 x = keras.layers.GlobalAveragePooling2D()(x)
 x = keras.layers.Dense(128, activation="relu")(x)
 x = keras.layers.Dropout(0.2)(x)
 model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 h = model.fit(train, validation_data=val, epochs=epochs, verbose=0)
 print("VAL_ACC", h.history["val_accuracy"][-1])
 """

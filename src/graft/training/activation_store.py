@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +104,11 @@ def _choose_dtype(top: keras.Model, batch: np.ndarray) -> str:
     return "float16" if float(np.abs(full - half).max()) <= PARITY else "float32"
 
 
-def store(bottom, top, images, boundary, key: str, rows: int, directory: Path):
+class _Overflow(Exception):
+    """A later batch does not fit float16."""
+
+
+def store(bottom, top, images, boundary, key: str, rows: int, directory: Path, dtype=None):
     """Stream ``bottom`` over ``images`` (a dataset of batches) into ``directory/<key>.npy``
     (reused when present and verified)."""
     path = directory / f"{key}.npy"
@@ -113,22 +118,31 @@ def store(bottom, top, images, boundary, key: str, rows: int, directory: Path):
     start = time.perf_counter()
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    digest, dtype, done, offset = hashlib.sha256(), None, 0, 0
-    with open(partial, "wb") as handle:
-        for batch in images:
-            values = np.asarray(bottom.predict_on_batch(batch), dtype="float32")
-            if dtype is None:
-                chosen = time.perf_counter()
-                dtype = _choose_dtype(top, values)
-                start += time.perf_counter() - chosen  # not a cost of the cache itself
-                head = _header(rows, boundary.shape, dtype)
-                offset = len(head)
-                handle.write(head)
-                digest.update(head)
-            data = np.ascontiguousarray(values.astype(dtype)).tobytes()
-            handle.write(data)
-            digest.update(data)
-            done += len(values)
+    digest, done, offset = hashlib.sha256(), 0, 0
+    try:
+        with open(partial, "wb") as handle:
+            for batch in images:
+                values = np.asarray(bottom.predict_on_batch(batch), dtype="float32")
+                if dtype is None:
+                    chosen = time.perf_counter()
+                    dtype = _choose_dtype(top, values)
+                    start += time.perf_counter() - chosen  # not a cost of the cache itself
+                    head = _header(rows, boundary.shape, dtype)
+                    offset = len(head)
+                    handle.write(head)
+                    digest.update(head)
+                cast = np.ascontiguousarray(values.astype(dtype))
+                if dtype == "float16" and not np.isfinite(cast).all():
+                    raise _Overflow
+                data = cast.tobytes()
+                handle.write(data)
+                digest.update(data)
+                done += len(values)
+    except BaseException as exc:  # nothing half-written stays behind
+        partial.unlink(missing_ok=True)
+        if isinstance(exc, _Overflow) and dtype == "float16":
+            return store(bottom, top, images, boundary, key, rows, directory, "float32")
+        raise
     if done != rows:
         partial.unlink(missing_ok=True)
         raise RuntimeError(f"Internal error: the bottom gave {done} activations for {rows}.")
@@ -172,7 +186,7 @@ def reader(entry: Entry):
             start = stop
         return out.reshape(len(indices), *entry.shape).astype("float32")
 
-    rows.fd = fd
+    weakref.finalize(rows, os.close, fd)
     return rows
 
 

@@ -250,22 +250,26 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
     def labels_of(split):
         return split[1] if isinstance(split, tuple) else split.labels
 
-    train, val = splits["train"], splits["val"]
-    labels = labels_of(train)
-    if views:
-        entries = [entry(train, v) for v in range(views)]
-        parts = [dataset(e, labels, bs, True, cfg.seed + v) for v, e in enumerate(entries)]
-        train_ds = parts[0]
-        for part in parts[1:]:
-            train_ds = train_ds.concatenate(part)
-        train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
-    else:
-        entries = [entry(train)]
-        train_ds, steps = dataset(entries[0], labels, bs, True, cfg.seed), None
-    val_ds = None
-    if val is not None:
-        entries.append(entry(val))
-        val_ds = dataset(entries[-1], labels_of(val), bs)
+    try:
+        train, val = splits["train"], splits["val"]
+        labels = labels_of(train)
+        if views:
+            entries = [entry(train, v) for v in range(views)]
+            parts = [dataset(e, labels, bs, True, cfg.seed + v) for v, e in enumerate(entries)]
+            train_ds = parts[0]
+            for part in parts[1:]:
+                train_ds = train_ds.concatenate(part)
+            train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
+        else:
+            entries = [entry(train)]
+            train_ds, steps = dataset(entries[0], labels, bs, True, cfg.seed), None
+        val_ds = None
+        if val is not None:
+            entries.append(entry(val))
+            val_ds = dataset(entries[-1], labels_of(val), bs)
+    except OSError as exc:  # a read-only or full cache disk costs speed, not the run
+        log(f"Activation cache off: cannot write its entries ({exc.strerror or exc}).")
+        return None
     summary = _summary(boundary, entries, phases, served)
     log(_line(summary, all(e.hit for e in entries)))
     return ActivationCache(top, train_ds, val_ds, steps, boundary, served, summary)
