@@ -219,8 +219,8 @@ class Trainer:
             feed = cached if on_cache else activations.feed() if on_acts else None
             position = Position(index, epoch - skip, skip)
             ctx = PhaseContext(
-                phase, position, len(plan), self.model, target, train, train_eval, val,
-                result.history, activations=on_acts,
+                phase, position, len(plan), self.model, target, train, train_eval,
+                feed[1] if on_acts else val, result.history, activations=on_acts,
             )  # fmt: skip
             result.phases.append(
                 self._run_phase(ctx, train, val, feed, result, states if skip else {})
