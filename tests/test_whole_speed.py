@@ -26,7 +26,7 @@ def feature_run(tmp_path_factory, digits_folder):
     real = finish.report.finish_run
 
     def spy(run_dir, model, *args, **kwargs):
-        seen.append(model)
+        seen.append(kwargs.get("head") or model)
         return real(run_dir, model, *args, **kwargs)
 
     mp = pytest.MonkeyPatch()

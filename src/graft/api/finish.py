@@ -25,7 +25,7 @@ from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
-from graft.training import cache, checkpoints, resume
+from graft.training import activations, cache, checkpoints, resume
 
 
 def execute(req: s.Request) -> Run:
@@ -83,6 +83,7 @@ def fit(
     if cfg.lr == "auto":
         phases, lr_found = _auto_lr(cfg, setup.trainer, plan, pipes.train, run_dir, req.log)
     cached = _feature_cache(cfg, phases, data, built, pipes, req)
+    acts = _activation_cache(cfg, phases, data, built, pipes, req)
     reference = setup.reference
     state = setup.state
     if state is not None:
@@ -90,15 +91,19 @@ def fit(
         checkpoints.fast_forward(pipes.train, state.passes.get("full", 0) - mid_phase)
         if cached is not None:
             checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
+        if acts is not None:
+            checkpoints.fast_forward(acts.train, state.passes.get("activations", 0) - mid_phase)
     with (
         checkpoints.stop_on_signals(setup.checkpointer),
         devices.workarounds(),
     ):
         result = setup.trainer.fit(
-            phases, pipes.train, pipes.val, cached=cached, resume=state, train_eval=pipes.train_eval
-        )
+            phases, pipes.train, pipes.val, cached=cached, resume=state,
+            train_eval=pipes.train_eval, activations=acts,
+        )  # fmt: skip
     seconds = time.perf_counter() - start
-    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper, cached)
+    summary = None if acts is None else acts.summary
+    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper, cached, summary)
 
 
 def _auto_lr(cfg: TrainConfig, trainer, plan: s.Plan, train_ds, run_dir, log):
@@ -114,6 +119,25 @@ def _auto_lr(cfg: TrainConfig, trainer, plan: s.Plan, train_ds, run_dir, log):
     if run_dir is not None:
         found.write(run_dir)
     return cfg.resolved_plan(), {"suggestion": cfg.lr, "steps": len(found.lrs)}
+
+
+def _raw_splits(data: s.PreparedData, bb) -> dict:
+    """The train and val splits as files or arrays at the backbone's input size."""
+    return {
+        name: None if split is None else split.fitted(bb.image_size, bb.channels).raw
+        for name, split in (("train", data.train), ("val", data.val))
+    }
+
+
+def _activation_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes, req):
+    """Cached bottom activations for partial fine-tuning phases, or ``None``."""
+    if not cfg.cache or data.train.labels is None:
+        return None
+    data_cfg = dataclasses.replace(cfg, batch_size=pipes.batch_size)
+    return activations.cached_activations(
+        built.model, built.bb, built.bb.blocks, phases, _raw_splits(data, built.bb), data_cfg,
+        augment=data.augment, log=req.log,
+    )  # fmt: skip
 
 
 def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes, req):
@@ -137,10 +161,7 @@ def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes,
         log("Feature cache off: a tf.data.Dataset source is not cached.")
         return None
     bb = built.bb
-    splits = {
-        name: None if split is None else split.fitted(bb.image_size, bb.channels).raw
-        for name, split in (("train", data.train), ("val", data.val))
-    }
+    splits = _raw_splits(data, bb)
     data_cfg = dataclasses.replace(cfg, batch_size=pipes.batch_size)
     return cache.cached_datasets(
         built.model, bb, splits, data_cfg, augment=data.augment, log=log,
@@ -224,6 +245,8 @@ def measure(
         phases=[p.as_dict() for p in fitted.result.phases],
         data=data.counts,
     )
+    if fitted.activation_cache is not None:
+        metrics["activation_cache"] = fitted.activation_cache
     if fitted.lr_found is not None:
         metrics["lr_find"] = fitted.lr_found
     if data.check is not None:

@@ -146,6 +146,8 @@ class Fitted:
     keeper: KeepBest | None = None
     #: The feature cache's ``(train, val, steps)`` datasets, if the run used it.
     cached: tuple | None = None
+    #: What the activation cache did (metrics.json's ``activation_cache``), if used.
+    activation_cache: dict | None = None
 
 
 def choose_devices(cfg: TrainConfig) -> Devices:

@@ -157,9 +157,18 @@ class TrainConfig:
         "Skip images whose width or height is below N pixels (default: only 1-pixel ones).",
     )
     strict: bool = setting(False, _D, "Fail on any data-check problem instead of skipping.")
-    cache: bool = setting(True, _P, "Train frozen-backbone phases on cached backbone features.")
+    cache: bool = setting(
+        True,
+        _P,
+        "Train frozen-backbone phases on cached backbone features, and phases that train "
+        "only the backbone's top on cached activations of its frozen bottom.",
+    )
     cache_dir: str | None = setting(
-        None, _P, "Feature cache folder (default: ~/.cache/keras-graft/features).", path="always"
+        None,
+        _P,
+        "Feature cache folder (default: ~/.cache/keras-graft/features; activations "
+        "in its activations/ subfolder, default ~/.cache/keras-graft/activations).",
+        path="always",
     )
     cache_views: int = setting(
         0, _P, "With augment: cache K augmented views per image (0: no cache, run the backbone)."

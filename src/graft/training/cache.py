@@ -352,3 +352,9 @@ def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbo
         val_labels = val[1] if isinstance(val, tuple) else val.labels
         val_ds = data.array_pipeline(features(val, "val"), val_labels, bs)
     return train_ds, val_ds, steps
+
+
+# Shared with the activation cache (graft.training.activations): the same raw batches
+# and the same content fingerprint of a split.
+split_images = _images
+split_fingerprint = _fingerprint

@@ -271,7 +271,7 @@ class Checkpointer(Hook):
                 value["arrays"] = f"{name}-e{epoch:04d}.npz"
             saved[name] = value
         passes = dict(old.passes)
-        key = "cached" if ctx.on_cache else "full"
+        key = ctx.pass_key
         passes[key] = passes.get(key, 0) + ITERATORS_PER_EPOCH
         self.state = State(
             phase_index=ctx.position.index,
@@ -291,12 +291,11 @@ class Checkpointer(Hook):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
 
-    def add_pass(self, on_cache: bool) -> None:
+    def add_pass(self, key: str) -> None:
         """Count an extra iterator a fit made (the symbolic-build peek under a strategy)."""
         if self._skip_peek:
             self._skip_peek = False
             return
-        key = "cached" if on_cache else "full"
         self.state.passes[key] = self.state.passes.get(key, 0) + 1
 
     def after_phase(self, ctx: PhaseContext) -> None:
@@ -330,7 +329,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if getattr(self.ctx.target, "_distribute_strategy", None) is not None:
-            self.owner.add_pass(self.ctx.on_cache)
+            self.owner.add_pass(self.ctx.pass_key)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.owner.stop_signal:

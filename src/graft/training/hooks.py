@@ -33,14 +33,22 @@ class PhaseContext:
     #: A non-shuffled, non-augmented pass over the training split (precise BN);
     #: ``None``: ``train``.
     train_eval: object = None
-    #: The validation data, and the run's history rows so far (this phase's included
-    #: once it has been fitted).
+    #: The validation data ``target`` is fitted with, and the run's history rows so far
+    #: (this phase's included once it has been fitted).
     val: object = None
     history: list | None = None
+    #: ``target`` is the top of the model, trained on cached bottom activations.
+    activations: bool = False
 
     @property
     def on_cache(self) -> bool:
-        return self.target is not self.model
+        """Whether ``target`` is the head alone, on cached features."""
+        return self.target is not self.model and not self.activations
+
+    @property
+    def pass_key(self) -> str:
+        """Which shuffled dataset the phase iterates (counted for resuming)."""
+        return "cached" if self.on_cache else "activations" if self.activations else "full"
 
 
 class Hook:
@@ -114,7 +122,8 @@ class BatchNormRecalibration(Hook):
         if ctx.val is not None and rows and "val_loss" in rows[-1]:
             # The phase's last row was validated with the old statistics: measure again,
             # so metrics, history and checkpoint describe the model that is kept.
-            scores = ctx.model.evaluate(ctx.val, verbose=0, return_dict=True)
+            # (the top of the model on cached activations: the same scores, compiled)
+            scores = ctx.target.evaluate(ctx.val, verbose=0, return_dict=True)
             rows[-1].update({f"val_{k}": float(v) for k, v in scores.items()})
             if "accuracy" in scores:
                 text += f"; val_accuracy now {scores['accuracy']:.4f}"

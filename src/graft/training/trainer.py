@@ -163,7 +163,14 @@ class Trainer:
         return report
 
     def fit(
-        self, plan: list[Phase], train, val=None, cached=None, resume=None, train_eval=None
+        self,
+        plan: list[Phase],
+        train,
+        val=None,
+        cached=None,
+        resume=None,
+        train_eval=None,
+        activations=None,
     ) -> TrainResult:
         """Run every phase of ``plan`` in order on ``train`` (validating on ``val``).
 
@@ -180,6 +187,9 @@ class Trainer:
                 policy its saved state, and start from its history rows.
             train_eval: The training split, not shuffled and not augmented, for precise
                 BN after a phase (``None``: ``train``).
+            activations: Optional :class:`graft.training.activations.ActivationCache`:
+                the phases it serves train its top model (sharing the model's layers) on
+                cached activations of the frozen bottom of the backbone.
         """
         result = TrainResult()
         epoch, start_phase, done, states = 0, 1, 0, {}
@@ -205,19 +215,21 @@ class Trainer:
                 continue
             skip = done if index == start_phase else 0
             on_cache = head is not None and phase.backbone_frozen
-            target = head if on_cache else self.model
+            on_acts = not on_cache and activations is not None and activations.serves(index)
+            target = head if on_cache else activations.top if on_acts else self.model
+            feed = cached if on_cache else activations.feed() if on_acts else None
             position = Position(index, epoch - skip, skip)
             ctx = PhaseContext(
-                phase, position, len(plan), self.model, target, train, train_eval, val,
-                result.history,
+                phase, position, len(plan), self.model, target, train, train_eval,
+                feed[1] if on_acts else val, result.history, activations=on_acts,
             )  # fmt: skip
             result.phases.append(
-                self._run_phase(ctx, train, val, cached, result, states if skip else {})
+                self._run_phase(ctx, train, val, feed, result, states if skip else {})
             )
             epoch = position.start + result.phases[-1].epochs_run
         return result
 
-    def _run_phase(self, ctx: PhaseContext, train, val, cached, result, states) -> PhaseResult:
+    def _run_phase(self, ctx: PhaseContext, train, val, feed, result, states) -> PhaseResult:
         phase, position, on_cache = ctx.phase, ctx.position, ctx.on_cache
         for hook in self.hooks:
             hook.before_phase(ctx)
@@ -235,7 +247,9 @@ class Trainer:
             f"Phase {position.index}/{ctx.plan_length} '{phase.name}': backbone {report.spec}"
             f"{' (BN trains)' if phase.train_bn else ''}; "
             f"trainable {report.trainable_params:,} / frozen {report.frozen_params:,} params; "
-            f"{lr_text}; {phase.epochs} epochs{' on cached features' if on_cache else ''}"
+            f"{lr_text}; {phase.epochs} epochs"
+            + (" on cached features" if on_cache else "")
+            + (" on cached activations" if ctx.activations else "")
         )
         rows: list[dict] = []
         callbacks = [keras.callbacks.TerminateOnNaN(), *policies.values()]
@@ -243,9 +257,9 @@ class Trainer:
         callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
         start = time.perf_counter()
         ctx.target.fit(
-            cached[0] if on_cache else train,
-            validation_data=cached[1] if on_cache else val,
-            steps_per_epoch=cached[2] if on_cache else None,
+            feed[0] if feed else train,
+            validation_data=feed[1] if feed else val,
+            steps_per_epoch=feed[2] if feed else None,
             initial_epoch=position.first_run_epoch,
             epochs=position.start + phase.epochs,
             verbose=progress.keras_verbosity(self.verbose),

@@ -1,0 +1,197 @@
+"""Fine-tuning as WHOLE processes: the classic recipe vs ``graft train``, with and without
+the activation cache (issue 14, items 2 and 3).
+
+    python bench/finetune_whole.py            # medians of 3 runs per command
+    python bench/finetune_whole.py --quick    # 1 run each, fewer images/epochs for RSS
+
+Every command is a fresh ``python`` subprocess timed from start to exit (imports, data,
+training, saving, reports: what a user waits for). Data: the first 901 scikit-learn
+digits, upscaled to 32 px PNG files in class folders (10 classes). Cases:
+
+* MobileNetV2 (alpha 1.0, random weights) at 96 px and ResNet50 (random weights) at 64 px,
+  10 epochs, the layers graft's ``blocks:2`` unfreezes:
+  - classic: ``image_dataset_from_directory`` (20 % validation), the same backbone with
+    exactly those layers trainable (BN frozen), GAP + Dense(128) + Dropout + softmax,
+    ``fit`` 10 epochs (a script written to a temporary folder);
+  - ``graft train DATA --strategy finetune --unfreeze blocks:2`` with ``--no-cache``
+    and with the cache (a cold cache folder per run).
+  Printed: wall medians, classic/graft ratios, final val accuracy (cache vs no cache).
+  Targets: classic/graft >= 2.5x; |val acc (cache) - val acc (no cache)| <= 0.01.
+* Peak RSS of ``graft train`` with the activation cache on 5000 vs 500 images (target
+  <= 1.3x), from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper process per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+PY = sys.executable
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": SRC}
+CASES = {"mobilenet_v2": (96, ["--alpha", "1.0"]), "resnet50": (64, [])}
+
+CLASSIC = r"""
+import json, sys, time
+import keras
+data, size, name, names, epochs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+train, val = keras.utils.image_dataset_from_directory(
+    data, validation_split=0.2, subset="both", seed=0, image_size=(size, size), batch_size=32)
+app = {"mobilenet_v2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50}[name]
+kw = {"alpha": 1.0} if name == "mobilenet_v2" else {}
+base = app(input_shape=(size, size, 3), include_top=False, weights=None, **kw)
+unfreeze = set(json.load(open(names)))
+for layer in base.layers:
+    layer.trainable = layer.name in unfreeze and not isinstance(layer, keras.layers.BatchNormalization)
+inputs = keras.Input((size, size, 3))
+if name == "mobilenet_v2":  # the applications' own preprocess_input, as layers
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+else:  # caffe: RGB -> BGR, minus the ImageNet means
+    x = keras.layers.Lambda(lambda t: t[..., ::-1] - keras.ops.convert_to_tensor(
+        [103.939, 116.779, 123.68]))(inputs)
+x = base(x)
+x = keras.layers.GlobalAveragePooling2D()(x)
+x = keras.layers.Dense(128, activation="relu")(x)
+x = keras.layers.Dropout(0.2)(x)
+model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+h = model.fit(train, validation_data=val, epochs=epochs, verbose=0)
+print("VAL_ACC", h.history["val_accuracy"][-1])
+"""
+
+NAMES = r"""
+import json, sys
+from graft import _quiet
+_quiet.import_backend()
+from graft.core.backbones import load_backbone
+from graft.core.freezing import select
+name, size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+kw = {"alpha": 1.0} if name == "mobilenet_v2" else {}
+bb = load_backbone(name, weights=None, image_size=size, **kw)
+json.dump([l.name for l in select(bb.model, bb.blocks, "blocks:2")], open(out, "w"))
+"""
+
+RSS = "import resource,subprocess,sys; subprocess.run(sys.argv[1:], check=True); "
+RSS += "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+
+
+def write_digits(root: Path, count: int) -> Path:
+    """``count`` digits (repeating the 1797 if needed) as 32 px PNGs in class folders."""
+    sys.path.insert(0, SRC)
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for i in range(count):
+        image = digits.images[i % len(digits.images)]
+        pixels = (np.kron(image, np.ones((4, 4))) * (255 / 16)).astype("uint8")
+        folder = root / str(digits.target[i % len(digits.images)])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).convert("RGB").save(folder / f"{i:05d}.png")
+    return root
+
+
+def run(args: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"failed: {' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return seconds, done.stdout + done.stderr
+
+
+def graft_cmd(data, out, name, size, extra, epochs, cache: bool, cache_dir) -> list[str]:
+    return [
+        PY, "-m", "graft.cli", "train", str(data), "--backbone", name, "--weights", "none",
+        "--image-size", str(size), *extra, "--strategy", "finetune", "--unfreeze", "blocks:2",
+        "--epochs", str(epochs), "--val-split", "0.2", "--out", str(out),
+        "--cache" if cache else "--no-cache", "--cache-dir", str(cache_dir),
+    ]  # fmt: skip
+
+
+def val_acc(run_dir: Path) -> float:
+    return float(json.loads((run_dir / "metrics.json").read_text())["val_accuracy"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 run each, smaller RSS case")
+    parser.add_argument("-n", type=int, default=3, help="runs per command (median)")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--cases", default="mobilenet_v2,resnet50")
+    parser.add_argument("--no-rss", action="store_true")
+    a = parser.parse_args()
+    n = 1 if a.quick else a.n
+    tmp = Path(tempfile.mkdtemp(prefix="graft-finetune-bench-"))
+    data = write_digits(tmp / "digits", 901)
+    (tmp / "classic.py").write_text(CLASSIC)
+    (tmp / "names.py").write_text(NAMES)
+    import keras
+    import tensorflow as tf
+
+    print("# Fine-tuning, whole processes (bench/finetune_whole.py)")
+    print(f"date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.platform()}; "
+          f"{platform.processor() or platform.machine()}; {os.cpu_count()} CPUs; Python "
+          f"{platform.python_version()}; TensorFlow {tf.__version__}; Keras {keras.__version__}; "
+          f"medians of {n}; {a.epochs} epochs; 901 PNGs (32 px files)\n")  # fmt: skip
+    print("| backbone | classic s | graft --no-cache s | graft (activation cache) s "
+          "| classic/graft | val acc classic / no cache / cache |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---|")
+    for name in a.cases.split(","):
+        size, extra = CASES[name]
+        names = tmp / f"{name}.json"
+        run([PY, str(tmp / "names.py"), name, str(size), str(names)])
+        walls: dict[str, list[float]] = {"classic": [], "plain": [], "cache": []}
+        accs: dict[str, list[float]] = {"classic": [], "plain": [], "cache": []}
+        summary = None
+        for i in range(n):
+            seconds, out = run(
+                [PY, str(tmp / "classic.py"), str(data), str(size), name, str(names), str(a.epochs)]
+            )
+            walls["classic"].append(seconds)
+            accs["classic"].append(float(out.split("VAL_ACC")[-1].split()[0]))
+            for key, cache in (("plain", False), ("cache", True)):
+                out_dir, cache_dir = tmp / f"{name}-{key}-{i}", tmp / f"cache-{name}-{i}"
+                cmd = graft_cmd(data, out_dir, name, size, extra, a.epochs, cache, cache_dir)
+                seconds, _ = run(cmd)
+                walls[key].append(seconds)
+                accs[key].append(val_acc(out_dir))
+                if cache:
+                    metrics = json.loads((out_dir / "metrics.json").read_text())
+                    summary = metrics.get("activation_cache")
+        med = {k: statistics.median(v) for k, v in walls.items()}
+        acc = {k: statistics.median(v) for k, v in accs.items()}
+        print(f"| {name} {size} px | {med['classic']:.1f} | {med['plain']:.1f} | {med['cache']:.1f} "
+              f"| {med['classic'] / med['cache']:.2f}x (no cache {med['classic'] / med['plain']:.2f}x) "
+              f"| {acc['classic']:.3f} / {acc['plain']:.3f} / {acc['cache']:.3f} "
+              f"(diff {acc['cache'] - acc['plain']:+.3f}) |")  # fmt: skip
+        print(f"<!-- {name} activation_cache: {json.dumps(summary)} -->")
+    if a.no_rss:
+        return
+    counts = (200, 2000) if a.quick else (500, 5000)
+    rss = {}
+    for count in counts:
+        folder = write_digits(tmp / f"rss-{count}", count)
+        size, extra = CASES["mobilenet_v2"]
+        cmd = graft_cmd(folder, tmp / f"rss-run-{count}", "mobilenet_v2", size, extra, 1, True,
+                        tmp / f"rss-cache-{count}")  # fmt: skip
+        _, out = run([PY, "-c", RSS, *cmd])
+        rss[count] = int(out.split("PEAK_RSS_KB")[-1].split()[0]) / 1024
+    small, big = counts
+    print(f"\nPeak RSS, graft train with the activation cache (mobilenet_v2 96 px, 1 epoch): "
+          f"{small} images {rss[small]:.0f} MiB, {big} images {rss[big]:.0f} MiB, "
+          f"ratio {rss[big] / rss[small]:.2f}x (target <= 1.3x)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The activation cache: fine-tune the top of a backbone on cached bottom activations.
+
+A phase that trains only the top of the backbone (``blocks:N``, ``layers:N``,
+``from:X``) leaves every layer below its lowest trainable layer frozen, and frozen
+layers (BN in inference mode, no dropout) compute the same activation for the same
+image in every epoch. graft computes that *bottom* once per image (raw image ->
+in-model preprocessing -> backbone up to the *boundary*, the input of the lowest
+trainable layer), streams it to disk, and trains a *top* model (boundary -> rest of the
+backbone -> pooling -> head) on it. Both models are built from the full model's own layer
+objects, so training the top trains the full model, and the saved ``model.keras`` is the
+plain full model.
+
+Exactly one tensor must cross the boundary. Where a skip connection also crosses it,
+the boundary moves down to the nearest block edge that one tensor crosses (the layers in
+between run frozen in the top, as without the cache); with none, there is no cache and
+the run says why in one line. An entry is keyed by everything that determines it (data
+content, the bottom's layers and weights, boundary, image size, dtype, view) and its
+checksum is verified before use. Entries are float16 when the top's predictions on the
+first batch agree with float32 activations
+(:data:`graft.training.activation_store.PARITY`), else float32. Training reads
+rows from disk batch by batch, so memory stays flat as the dataset grows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+from graft.core.blocks import Block, units
+from graft.core.freezing import select
+from graft.core.model import backbone_of, preprocess_layers
+from graft.training import activation_store, cache
+from graft.training.activation_store import Entry, dataset, store
+
+_STOCHASTIC = (
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout1D,
+    keras.layers.SpatialDropout2D,
+    keras.layers.SpatialDropout3D,
+    keras.layers.GaussianNoise,
+    keras.layers.GaussianDropout,
+    keras.layers.AlphaDropout,
+)
+
+
+@dataclass
+class Boundary:
+    """Where the bottom ends: ``index`` is the first top layer in ``backbone.layers``."""
+
+    index: int
+    layer: str
+    tensor: object
+    moved_from: str | None = None
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(int(d) for d in self.tensor.shape[1:])
+
+
+def lowest_index(backbone: keras.Model, blocks: list[Block], spec) -> int | None:
+    """Index in ``backbone.layers`` of the lowest layer ``spec`` trains; ``None`` when the
+    spec trains nothing (``none``), everything (``all``) or a layer inside a nested model."""
+    chosen = select(backbone, blocks, spec)
+    if not chosen or len(chosen) == len(units(backbone)):
+        return None
+    index = {id(layer): i for i, layer in enumerate(backbone.layers)}
+    found = [index.get(id(layer)) for layer in chosen]
+    return None if None in found else min(found)
+
+
+def _own_nodes(model: keras.Model) -> list:
+    return [node for nodes in model._nodes_by_depth.values() for node in nodes]
+
+
+def crossing(backbone: keras.Model, index: int) -> list:
+    """The distinct tensors made below ``backbone.layers[index]`` and read at or above it."""
+    below = {id(layer) for layer in backbone.layers[:index]}
+    above = {id(layer) for layer in backbone.layers[index:]}
+    found: dict[int, object] = {}
+    for node in _own_nodes(backbone):
+        if id(node.operation) not in above:
+            continue
+        for tensor in keras.tree.flatten(node.input_tensors):
+            if id(tensor._keras_history.operation) in below:
+                found[id(tensor)] = tensor
+    if any(id(t._keras_history.operation) in below for t in backbone.outputs):
+        found.update({id(t): t for t in backbone.outputs})
+    return list(found.values())
+
+
+def find_boundary(
+    backbone: keras.Model, blocks: list[Block], index: int
+) -> tuple[Boundary | None, str | None]:
+    """The boundary below ``backbone.layers[index]``, moved down to the nearest block
+    edge one tensor crosses if needed; ``(None, why)`` when there is none."""
+    name = backbone.layers[index].name
+    tensors = crossing(backbone, index)
+    if len(tensors) == 1:
+        return Boundary(index, name, tensors[0]), None
+    position = {id(layer): i for i, layer in enumerate(backbone.layers)}
+    edges = sorted(
+        {position[id(b.layers[0])] for b in blocks if b.layers and id(b.layers[0]) in position},
+        reverse=True,
+    )
+    for edge in (e for e in edges if 1 < e < index):
+        tensors = crossing(backbone, edge)
+        if len(tensors) == 1:
+            return Boundary(edge, backbone.layers[edge].name, tensors[0], moved_from=name), None
+    return None, (
+        f"{len(crossing(backbone, index))} tensors cross the boundary below {name} "
+        "(a skip connection) and no lower block edge is crossed by one tensor"
+    )
+
+
+def _preprocessed(model: keras.Model):
+    layers = preprocess_layers(model)
+    return layers[-1].output if layers else model.input
+
+
+def bottom_model(model: keras.Model, boundary: Boundary) -> keras.Model:
+    """Raw images -> the boundary activation (in-model preprocessing included)."""
+    backbone = backbone_of(model)
+    inner = keras.Model(backbone.input, boundary.tensor, name="graft_bottom_backbone")
+    return keras.Model(model.input, inner(_preprocessed(model)), name="graft_bottom")
+
+
+def top_model(model: keras.Model, boundary: Boundary) -> keras.Model:
+    """The boundary activation -> probabilities, through the *same* layers as ``model``."""
+    backbone = backbone_of(model)
+    inner = keras.Model(boundary.tensor, backbone.output, name="graft_top_backbone")
+    called = next(n for n in _own_nodes(model) if n.operation is backbone)
+    after = keras.Model(called.output_tensors[0], model.output, name="graft_top_head")
+    inputs = keras.Input(boundary.shape, name="activations")
+    return keras.Model(inputs, after(inner(inputs)), name="graft_top")
+
+
+def stochastic_bottom(model: keras.Model, boundary: Boundary) -> list[str]:
+    """Layers of the bottom that act randomly in training (so cannot be cached)."""
+    backbone = backbone_of(model)
+    layers = [*preprocess_layers(model), *backbone.layers[: boundary.index]]
+    return [
+        x.name
+        for layer in layers
+        for x in layer._flatten_layers(include_self=True, recursive=True)
+        if isinstance(x, _STOCHASTIC) or type(x).__name__.startswith("Random")
+    ]
+
+
+@dataclass
+class ActivationCache:
+    """What the trainer needs: the top model, its datasets, and the phases it serves."""
+
+    top: keras.Model
+    train: object
+    val: object
+    steps: int | None
+    boundary: Boundary
+    phases: set = field(default_factory=set)  # indices (1-based) of the phases it serves
+    summary: dict = field(default_factory=dict)
+
+    def serves(self, index: int) -> bool:
+        return index in self.phases
+
+    def feed(self) -> tuple:
+        return self.train, self.val, self.steps
+
+
+def plan(model: keras.Model, blocks: list[Block], phases) -> tuple:
+    """The boundary of the deepest partial phase and the phases (1-based) that can use it.
+
+    A phase that trains from a lower layer than the boundary cannot use it; so the
+    boundary goes below the lowest trainable layer of every partial phase, and phases that
+    train less run their extra frozen layers in the top (as without the cache).
+    """
+    backbone = backbone_of(model)
+    if not hasattr(backbone, "_nodes_by_depth"):
+        return None, set(), "the backbone is not a functional model"
+    lows, changes = {}, []
+    for i, phase in enumerate(phases, start=1):
+        low = None if phase.backbone_frozen else lowest_index(backbone, blocks, phase.trainable)
+        if low is not None and low > 1 and not phase.recalibrate_bn:
+            lows[i] = low
+        elif phase.recalibrate_bn or not phase.backbone_frozen:
+            changes.append((i, 0))  # trains or re-estimates the whole backbone
+    if not lows:
+        return None, set(), None
+    boundary, why = find_boundary(backbone, blocks, min(lows.values()))
+    if boundary is None:
+        return None, set(), why
+    # The entry holds the bottom as it is before training: a phase that changes the
+    # bottom (trains all of it, or re-estimates its BN) ends the phases that can use it.
+    first = min((i for i, _ in changes), default=len(phases) + 1)
+    served = {i for i, low in lows.items() if low >= boundary.index and i < first}
+    if not served:
+        return None, set(), f"phase {first} changes the frozen bottom before any phase uses it"
+    return boundary, served, None
+
+
+def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log=print):
+    """An :class:`ActivationCache` for the plan's partial fine-tuning phases, or ``None``
+    (with a one-line note in ``log`` when a phase could have used one).
+
+    Args:
+        model: The grafted model.
+        bb: Its :class:`graft.core.backbones.Backbone`.
+        blocks: The backbone's blocks.
+        phases: The plan.
+        splits: ``{"train": files_or_arrays, "val": files_or_arrays_or_None}``.
+        cfg: The run's settings (``batch_size``, ``seed``, ``cache_dir``, ``cache_views``,
+            ``augment``).
+        augment: The training augmentation (``None``: none).
+        log: Receives the run's lines.
+    """
+    boundary, served, why = plan(model, blocks, phases)
+    if boundary is None:
+        if why:
+            log(f"Activation cache off: {why}.")
+        return None
+    views = cfg.cache_views if augment is not None else 0
+    if augment is not None and not views:
+        log("Activation cache off: augmentation changes every training image in every epoch "
+            "(cache_views=K caches K augmented views instead).")  # fmt: skip
+        return None
+    bottom = bottom_model(model, boundary)
+    noisy = stochastic_bottom(model, boundary)
+    if noisy:
+        log(f"Activation cache off: {', '.join(noisy[:3])} below the boundary act randomly "
+            "in training.")  # fmt: skip
+        return None
+    top = top_model(model, boundary)
+    root = Path(cfg.cache_dir) if cfg.cache_dir else cache.default_dir().parent
+    directory = root / "activations"
+    bs = cfg.batch_size
+
+    def entry(split, view=None):
+        content = cache.split_fingerprint(split)
+        tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
+        key = activation_store.cache_key(bottom, boundary, bb.source, content, tag)
+        rows = len(split[1]) if isinstance(split, tuple) else len(split)
+        # One bottom pass in large batches (inference only; the batch size is no setting).
+        images = cache.split_images(split, bb, max(bs, 64), None if view is None else augment)
+        found = store(bottom, top, images, boundary, key, rows, directory)
+        if found.note:
+            log(f"Activation cache: {found.note}")
+        return found
+
+    def labels_of(split):
+        return split[1] if isinstance(split, tuple) else split.labels
+
+    try:
+        train, val = splits["train"], splits["val"]
+        labels = labels_of(train)
+        if views:
+            entries = [entry(train, v) for v in range(views)]
+            parts = [dataset(e, labels, bs, True, cfg.seed + v) for v, e in enumerate(entries)]
+            train_ds = parts[0]
+            for part in parts[1:]:
+                train_ds = train_ds.concatenate(part)
+            train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
+        else:
+            entries = [entry(train)]
+            train_ds, steps = dataset(entries[0], labels, bs, True, cfg.seed), None
+        val_ds = None
+        if val is not None:
+            entries.append(entry(val))
+            val_ds = dataset(entries[-1], labels_of(val), bs)
+    except OSError as exc:  # a read-only or full cache disk costs speed, not the run
+        log(f"Activation cache off: cannot write its entries ({exc.strerror or exc}).")
+        return None
+    summary = _summary(boundary, entries, phases, served)
+    log(_line(summary, all(e.hit for e in entries)))
+    return ActivationCache(top, train_ds, val_ds, steps, boundary, served, summary)
+
+
+def _summary(boundary: Boundary, entries: list[Entry], phases, served: set) -> dict:
+    epochs = sum(phases[i - 1].epochs for i in served)
+    hit = all(e.hit for e in entries)
+    one_pass = sum(e.seconds for e in entries)  # the bottom over every image, once
+    spent = 0.0 if hit else one_pass
+    return {
+        "boundary": boundary.layer,
+        "moved_from": boundary.moved_from,
+        "bottom_layers": boundary.index - 1,
+        "shape": list(boundary.shape),
+        "dtype": entries[0].dtype,
+        "images": sum(e.rows for e in entries),
+        "bytes": sum(e.bytes for e in entries),
+        "phases": sorted(served),
+        "epochs": epochs,
+        # Wall-clock only (0 spent: the entries were reused): the bottom's pass over
+        # every image, what this run spent on it, and about what it saved.
+        "seconds": {
+            "one_pass": round(one_pass, 2),
+            "spent": round(spent, 2),
+            "saved_estimate": round(max(one_pass * epochs - spent, 0.0), 2),
+        },
+    }
+
+
+def _line(s: dict, hit: bool) -> str:
+    moved = f" (moved down from {s['moved_from']}: a skip connection)" if s["moved_from"] else ""
+    phases = ", ".join(map(str, s["phases"]))
+    seconds = s["seconds"]
+    done = "reused" if hit else f"computed in {seconds['spent']:.1f} s"
+    return (
+        f"Activation cache: boundary at the input of {s['boundary']}{moved}, "
+        f"{s['bottom_layers']} frozen layers cached as {tuple(s['shape'])} {s['dtype']}; "
+        f"{done} for {s['images']} images ({s['bytes'] / 1e6:.1f} MB); phase(s) {phases} "
+        f"train on it, about {seconds['saved_estimate']:.1f} s of bottom passes saved "
+        f"over {s['epochs']} epochs"
+    )
