@@ -166,8 +166,7 @@ class TrainConfig:
     cache_dir: str | None = setting(
         None,
         _P,
-        "Feature cache folder (default: ~/.cache/keras-graft/features; activations "
-        "in its activations/ subfolder, default ~/.cache/keras-graft/activations).",
+        "Feature cache DIR (default: ~/.cache/keras-graft/features); activations: DIR/activations",
         path="always",
     )
     cache_views: int = setting(
