@@ -105,6 +105,21 @@ def cnn_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def caffe_run(tmp_path_factory, digits_folder, cnn_file):
+    """A finished run whose model has caffe preprocessing: a frozen Dense on the channel
+    axis in front of a nested backbone (raw 0-255 pixels in), the layout exporters must
+    handle. Shared by the export tests (they only add exports to it)."""
+    import graft
+
+    out = tmp_path_factory.mktemp("export") / "run"
+    graft.train(
+        digits_folder, str(cnn_file), out, cut="block3_pool", preprocess="caffe",
+        strategy="feature", epochs=3, lr=1e-2, batch_size=8, verbose=0, log=lambda _: None,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
 def nested_file(tmp_path_factory):
     """A model inside a model inside a model, saved as .keras.
 

@@ -16,24 +16,8 @@ from graft.runs import files as runs
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits_folder, cnn_file):
-    """A run whose model has caffe preprocessing: a frozen Dense on the channel axis in front
-    of a nested backbone, the layout the converters must handle."""
-    out = tmp_path_factory.mktemp("export") / "run"
-    graft.train(
-        digits_folder,
-        str(cnn_file),
-        out,
-        cut="block3_pool",
-        preprocess="caffe",
-        strategy="feature",
-        epochs=3,
-        lr=1e-2,
-        batch_size=8,
-        verbose=0,
-        log=lambda _: None,
-    )
-    return out
+def trained(caffe_run):
+    return caffe_run
 
 
 @pytest.fixture(scope="module")

@@ -16,23 +16,8 @@ from graft.runs import files as runs
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits_folder, cnn_file):
-    """A tiny run with caffe preprocessing inside the model: raw 0-255 pixels in."""
-    out = tmp_path_factory.mktemp("onnx") / "run"
-    graft.train(
-        digits_folder,
-        str(cnn_file),
-        out,
-        cut="block3_pool",
-        preprocess="caffe",
-        strategy="feature",
-        epochs=2,
-        lr=1e-2,
-        batch_size=8,
-        verbose=0,
-        log=lambda _: None,
-    )
-    return out
+def trained(caffe_run):
+    return caffe_run
 
 
 def test_onnx_export_matches_keras_in_onnx_runtime(trained, digits_folder, tmp_path, capsys):

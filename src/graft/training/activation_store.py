@@ -44,8 +44,7 @@ def cache_key(bottom: keras.Model, boundary, source: str, content: str, view: st
         "view": view,
         "keras": keras.__version__,
     }
-    text = json.dumps(description, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
+    return cache.digest(description)
 
 
 @dataclass

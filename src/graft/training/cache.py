@@ -131,6 +131,11 @@ def cache_key(
         "view": view,
         "keras": keras.__version__,
     }
+    return digest(description)
+
+
+def digest(description: dict) -> str:
+    """The cache key of an entry's ``description`` (any JSON-able dict, order-free)."""
     text = json.dumps(description, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=20).hexdigest()
 
