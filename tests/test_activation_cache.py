@@ -169,3 +169,42 @@ def test_a_phase_that_trains_the_bottom_ends_the_cache(cnn_file, digits_folder, 
     assert served == {1}
     boundary, served, why = activations.plan(run.model, run.backbone.blocks, plan[1:])
     assert boundary is None and "changes the frozen bottom" in why
+
+
+def test_evaluation_runs_the_top_on_cached_activations(
+    digits_folder, cnn_file, tmp_path, float32, monkeypatch
+):
+    """The end-of-run evaluation of the validation split predicts with the top on its
+    cached activations (no bottom pass) and scores what the full model scores on the
+    images; once the bottom's weights differ from the cached ones it is not used."""
+    import json
+
+    from graft.api import finish
+    from graft.reporting import evaluation
+
+    used, caches = [], []
+    evaluate, evaluator = evaluation.evaluate_model, activations.ActivationCache.evaluator
+
+    def spy_evaluate(model, *args, **kwargs):
+        used.append(model.name)
+        return evaluate(model, *args, **kwargs)
+
+    def spy_evaluator(self, model):
+        caches.append(self)
+        return evaluator(self, model)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", spy_evaluate)
+    monkeypatch.setattr(activations.ActivationCache, "evaluator", spy_evaluator)
+    _train(digits_folder, cnn_file, tmp_path, out=tmp_path / "a", val_split=0.3)
+    assert used == ["graft_top"]
+    monkeypatch.setattr(finish, "_evaluated_on", lambda *a: ())
+    _train(digits_folder, cnn_file, tmp_path, out=tmp_path / "b", val_split=0.3)
+    assert used[1] != "graft_top"
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text())["evaluation"] for d in "ab")
+    assert a["accuracy"] == b["accuracy"] and a["images"] == b["images"]
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-4)
+    acts = caches[0]
+    assert acts.evaluator(acts.source)  # unchanged bottom
+    kernel = backbone_of(acts.source).get_layer("block1_conv").kernel
+    kernel.assign(kernel + 1.0)
+    assert acts.evaluator(acts.source) == ()

@@ -103,7 +103,9 @@ def fit(
         )  # fmt: skip
     seconds = time.perf_counter() - start
     summary = None if acts is None else acts.summary
-    return s.Fitted(result, phases, seconds, lr_found, reference, setup.keeper, cached, summary)
+    return s.Fitted(
+        result, phases, seconds, lr_found, reference, setup.keeper, cached, summary, acts
+    )
 
 
 def _auto_lr(cfg: TrainConfig, trainer, plan: s.Plan, train_ds, run_dir, log):
@@ -281,16 +283,22 @@ def _evaluated_on(model: keras.Model, bb, fitted: s.Fitted, data: s.PreparedData
     """``(val_batches, model, pixels)`` for the end-of-run evaluation when it can skip the
     backbone: the validation features are cached and the backbone ended the run with
     exactly the weights they were computed with (every phase left it frozen). The head
-    alone then predicts on them, and only the worst errors' images are read. Else ``()``.
+    alone then predicts on them, and only the worst errors' images are read. Or else the
+    top of the model on the cached activations of its bottom, if that ended the run with
+    the weights they were computed with (float16 activations: within their parity bound,
+    :data:`graft.training.activation_store.PARITY`). Else ``()``.
     """
     cached, val = fitted.cached, None if data.val is None else data.val.files
-    if cached is None or cached[1] is None or val is None:
+    if val is None:
         return ()
-    if not drift.unchanged(model, fitted.reference):  # the shipped model (undistributed)
-        return ()
-    size, channels = bb.image_size, bb.channels
-    paths = list(val.paths)
-    return cached[1], cache.head_model(model), lambda i: load_image(paths[i], size, channels)
+    paths, size, channels = list(val.paths), bb.image_size, bb.channels
+    found = ()
+    # (drift: the shipped model, undistributed)
+    if cached is not None and cached[1] is not None and drift.unchanged(model, fitted.reference):
+        found = cached[1], cache.head_model(model)
+    elif fitted.activations is not None:
+        found = fitted.activations.evaluator(model)
+    return (*found, lambda i: load_image(paths[i], size, channels)) if found else ()
 
 
 def _paths(split) -> list[str] | None:

@@ -148,6 +148,8 @@ class Fitted:
     cached: tuple | None = None
     #: What the activation cache did (metrics.json's ``activation_cache``), if used.
     activation_cache: dict | None = None
+    #: The :class:`graft.training.activations.ActivationCache` itself, if used.
+    activations: object = None
 
 
 def choose_devices(cfg: TrainConfig) -> Devices:

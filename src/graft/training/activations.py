@@ -160,9 +160,24 @@ class ActivationCache:
     boundary: Boundary
     phases: set = field(default_factory=set)  # indices (1-based) of the phases it serves
     summary: dict = field(default_factory=dict)
+    #: The model whose layers ``top`` shares, its bottom, and the digest of the bottom's
+    #: weights when the activations were computed.
+    source: keras.Model | None = None
+    bottom: keras.Model | None = None
+    bottom_weights: str | None = None
 
     def serves(self, index: int) -> bool:
         return index in self.phases
+
+    def evaluator(self, model: keras.Model) -> tuple:
+        """``(val_batches, top)`` to evaluate ``model`` on the cached validation
+        activations, when they are still what its bottom computes (every phase left the
+        bottom as it was); else ``()``."""
+        if self.val is None or model is not self.source or self.bottom is None:
+            return ()
+        if cache.weights_fingerprint(self.bottom) != self.bottom_weights:
+            return ()
+        return self.val, self.top
 
     def feed(self) -> tuple:
         return self.train, self.val, self.steps
@@ -272,7 +287,10 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         return None
     summary = _summary(boundary, entries, phases, served)
     log(_line(summary, all(e.hit for e in entries)))
-    return ActivationCache(top, train_ds, val_ds, steps, boundary, served, summary)
+    weights = cache.weights_fingerprint(bottom)
+    return ActivationCache(
+        top, train_ds, val_ds, steps, boundary, served, summary, model, bottom, weights
+    )
 
 
 def _summary(boundary: Boundary, entries: list[Entry], phases, served: set) -> dict:

@@ -3,7 +3,8 @@
 At the end of every completed epoch the trainer writes ``RUN_DIR/checkpoint/``:
 
 * ``weights-eNNNN.npz``: every variable of the FULL model by value, in order (weights,
-  BatchNormalization statistics and the dropout layers' seed-generator states). A phase
+  BatchNormalization statistics and the dropout layers' seed-generator states); after a
+  phase's first epoch only those that can change (:mod:`~graft.training.snapshots`). A phase
   that trains the head on cached features trains layers shared with the full model, so
   the full model is always what is saved.
 * ``optimizer-eNNNN.npz``: the optimizer's variables in order (iteration counter,
@@ -25,7 +26,6 @@ checkpoint. Nothing here uses pickle: arrays are loaded with ``allow_pickle=Fals
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import random
 import signal
@@ -41,9 +41,10 @@ from graft.errors import GraftError
 from graft.runs import files as runs
 from graft.runs import status as run_status
 from graft.runs.layout import CHECKPOINT_DIR, STATE_FILE
+from graft.training import snapshots
 from graft.training.hooks import Hook, PhaseContext
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _SIGNAL_CODES = {"SIGINT": 130, "SIGTERM": 143}
 # Keras 3's epoch iterator (keras/src/trainers/epoch_iterator.py) makes two iterators of
 # a finite dataset per completed epoch: one to run the epoch, and one made eagerly when
@@ -73,6 +74,7 @@ class State:
     history: list[dict] = field(default_factory=list)
     passes: dict = field(default_factory=lambda: {"full": 0, "cached": 0})
     weights: str | None = None
+    base: str | None = None  # the phase's full snapshot that ``weights`` completes
     optimizer: str | None = None
     rng: dict = field(default_factory=dict)
     states: dict = field(default_factory=dict)
@@ -109,7 +111,7 @@ def load_state(run_dir: str | Path) -> State | None:
         ) from None
     for value in state.states.values():  # arrays saved by value next to state.json
         if isinstance(value, dict) and isinstance(value.get("arrays"), str):
-            value["arrays"] = _load_arrays(checkpoint_dir(run_dir) / value["arrays"])
+            value["arrays"] = snapshots.load_arrays(checkpoint_dir(run_dir) / value["arrays"])
     return state
 
 
@@ -119,8 +121,9 @@ def _check_types(state: State) -> None:
             raise ValueError(f"{name} is {getattr(state, name)!r}")
     if not isinstance(state.history, list) or not isinstance(state.states, dict):
         raise ValueError("its history or states entry is not what graft writes")
-    if not isinstance(state.weights, (str, type(None))):
-        raise ValueError(f"weights is {state.weights!r}")
+    for name in ("weights", "base"):
+        if not isinstance(getattr(state, name), (str, type(None))):
+            raise ValueError(f"{name} is {getattr(state, name)!r}")
 
 
 def last_checkpoint(run_dir: str | Path) -> dict | None:
@@ -144,34 +147,9 @@ def write_status(run_dir: str | Path, status: str, **details) -> Path:
     return run_status.write_status(run_dir, status, last_checkpoint(run_dir), **details)
 
 
-def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **{f"v{i:05d}": a for i, a in enumerate(arrays)})
-    runs.atomic_write(path, buffer.getvalue())
-
-
-def _load_arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return [data[k] for k in sorted(data.files)]
-
-
-def _assign(variables, arrays, what: str, path: Path) -> None:
-    if len(variables) != len(arrays) or any(
-        tuple(v.shape) != a.shape for v, a in zip(variables, arrays)
-    ):
-        raise GraftError(
-            f"The checkpoint {path} does not fit this {what} "
-            f"({len(arrays)} saved arrays for {len(variables)} variables).",
-            hint="resume with the same graft version and settings, or start a new run.",
-        )
-    for variable, value in zip(variables, arrays):
-        variable.assign(value)
-
-
 def restore_model(model: keras.Model, run_dir: str | Path, state: State) -> None:
     """Put the checkpoint's values into every variable of ``model`` (same architecture)."""
-    path = checkpoint_dir(run_dir) / state.weights
-    _assign(model.variables, _load_arrays(path), "model", path)
+    snapshots.restore(model, checkpoint_dir(run_dir), state.weights, state.base)
 
 
 def rng_state() -> dict:
@@ -228,6 +206,8 @@ class Checkpointer(Hook):
         self.state = State()
         self.stop_signal: str | None = None
         self._skip_peek = False
+        self._base: tuple | None = None  # (phase index, its full snapshot, changing indices)
+        self._written: dict[str, tuple] = {}  # hook name -> (file, the arrays written)
 
     def __repr__(self) -> str:
         return f"Checkpointer(run_dir={str(self.run_dir)!r})"
@@ -244,7 +224,7 @@ class Checkpointer(Hook):
             path = checkpoint_dir(self.run_dir) / self.state.optimizer
             optimizer = ctx.target.optimizer
             optimizer.build(ctx.target.trainable_variables)
-            _assign(optimizer.variables, _load_arrays(path), "optimizer", path)
+            snapshots.assign(optimizer.variables, snapshots.load_arrays(path), "optimizer", path)
 
     def callbacks(self, ctx: PhaseContext) -> list:
         return [_EpochCheckpoint(self, ctx)]
@@ -253,22 +233,31 @@ class Checkpointer(Hook):
         self.save(ctx, row, states)
 
     def save(self, ctx: PhaseContext, row: dict, states: dict) -> None:
-        """Commit one completed epoch: arrays first, then ``state.json`` naming them."""
+        """Commit one completed epoch: arrays first, then ``state.json`` naming them.
+
+        The phase's first checkpoint writes every variable (its base); later epochs
+        write only those training can change (:func:`snapshots.changing`). A hook's
+        arrays are written again only when they are other array objects than the last
+        ones written (a hook replaces its arrays, it never changes them in place)."""
         folder = checkpoint_dir(self.run_dir)
         old = self.state
         epoch = row["epoch"]
         weights = f"weights-e{epoch:04d}.npz"
         optimizer = f"optimizer-e{epoch:04d}.npz"
-        _save_arrays(folder / weights, [np.asarray(v) for v in ctx.model.variables])
-        _save_arrays(folder / optimizer, [np.asarray(v) for v in ctx.target.optimizer.variables])
-        keep = {weights, optimizer}
+        base = self._base if self._base and self._base[0] == ctx.position.index else None
+        changing = None if base is None else base[2]
+        snapshots.save_indexed(folder / weights, snapshots.model_arrays(ctx.model, changing))
+        if base is None:
+            self._base = (ctx.position.index, weights, snapshots.changing(ctx.model))
+        optimizer_arrays = [np.asarray(v) for v in ctx.target.optimizer.variables]
+        snapshots.save_arrays(folder / optimizer, optimizer_arrays)
+        keep = {weights, optimizer, *([base[1]] if base else [])}
         saved = {}
         for name, value in states.items():
             value = dict(value)
             if "arrays" in value:
-                keep.add(f"{name}-e{epoch:04d}.npz")
-                _save_arrays(folder / f"{name}-e{epoch:04d}.npz", value["arrays"])
-                value["arrays"] = f"{name}-e{epoch:04d}.npz"
+                value["arrays"] = self._hook_arrays(folder, name, epoch, value["arrays"])
+                keep.add(value["arrays"])
             saved[name] = value
         passes = dict(old.passes)
         key = ctx.pass_key
@@ -281,6 +270,7 @@ class Checkpointer(Hook):
             history=[*old.history, row],
             passes=passes,
             weights=weights,
+            base=base[1] if base else None,
             optimizer=optimizer,
             rng=rng_state(),
             states=saved,
@@ -290,6 +280,17 @@ class Checkpointer(Hook):
         for stale in folder.glob("*-e*.npz"):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
+
+    def _hook_arrays(self, folder: Path, name: str, epoch: int, arrays: list) -> str:
+        """The file of a hook's arrays: the last one written if they are the same objects."""
+        last = self._written.get(name)
+        if last and len(last[1]) == len(arrays) and all(a is b for a, b in zip(last[1], arrays)):
+            if (folder / last[0]).is_file():
+                return last[0]
+        file = f"{name}-e{epoch:04d}.npz"
+        snapshots.save_arrays(folder / file, arrays)
+        self._written[name] = (file, list(arrays))
+        return file
 
     def add_pass(self, key: str) -> None:
         """Count an extra iterator a fit made (the symbolic-build peek under a strategy)."""
@@ -307,11 +308,12 @@ class Checkpointer(Hook):
             return
         folder, old = checkpoint_dir(self.run_dir), self.state.weights
         self.state.weights = f"weights-e{self.state.epoch:04d}-end.npz"
-        _save_arrays(folder / self.state.weights, [np.asarray(v) for v in ctx.model.variables])
-        self.state.phase_done = True
+        snapshots.save_indexed(folder / self.state.weights, snapshots.model_arrays(ctx.model))
+        stale = {old, self.state.base} - {self.state.weights, None}
+        self.state.base, self.state.phase_done, self._base = None, True, None
         self._commit()
-        if old != self.state.weights:
-            (folder / old).unlink(missing_ok=True)
+        for name in stale:
+            (folder / name).unlink(missing_ok=True)
 
     def _commit(self) -> None:
         state = dict(self.state.__dict__)

@@ -32,6 +32,10 @@ def validate(state: State, phases: list, run_dir: str | Path) -> None:
         problem = f"weights {state.weights!r}"
     elif not (checkpoint_dir(run_dir) / state.weights).is_file():
         problem = f"its weights file {state.weights} is missing"
+    elif state.base is not None and (
+        Path(state.base).name != state.base or not (checkpoint_dir(run_dir) / state.base).is_file()
+    ):
+        problem = f"its weights file {state.base!r} is missing"
     if problem is not None:
         raise GraftError(
             f"The checkpoint {checkpoint_dir(run_dir) / STATE_FILE} does not fit this run: "
