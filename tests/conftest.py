@@ -104,6 +104,21 @@ def cnn_file(tmp_path_factory):
     return path
 
 
+def stop_after(patch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Make the checkpointer act as if Ctrl-C came right after epoch ``epoch`` was saved
+    (the run then raises ``graft.training.checkpoints.Interrupted``)."""
+    from graft.training.checkpoints import Checkpointer
+
+    original = Checkpointer.save
+
+    def save(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.state.epoch == epoch:
+            self.stop_signal = "SIGINT"
+
+    patch.setattr(Checkpointer, "save", save)
+
+
 @pytest.fixture(scope="session")
 def caffe_run(tmp_path_factory, digits_folder, cnn_file):
     """A finished run whose model has caffe preprocessing: a frozen Dense on the channel

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import IMAGE
+from conftest import IMAGE, stop_after
 from graft.config.names import POOLS_4D
 from graft.errors import DataError, GraftError
 
@@ -166,18 +166,11 @@ def _case(tmp_path, data, path, cut, strategy, cache, pool="auto", full=True, re
 
 def _resume(tmp_path, data, settings):
     import graft
-    from graft.training.checkpoints import Checkpointer, Interrupted
-
-    original = Checkpointer.save
-
-    def save(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.state.epoch == 1:
-            self.stop_signal = "SIGINT"
+    from graft.training.checkpoints import Interrupted
 
     out = tmp_path / "resumed"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Checkpointer, "save", save)
+        stop_after(patch, 1)
         with pytest.raises(Interrupted):
             graft.train(data, out=out, **QUIET, **FAST, **settings)
     run = graft.train(data, resume=out, **QUIET)

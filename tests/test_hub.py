@@ -10,7 +10,7 @@ keras_hub = pytest.importorskip("keras_hub")
 import keras  # noqa: E402
 
 import graft  # noqa: E402
-from conftest import IMAGE, changed, snapshot  # noqa: E402
+from conftest import IMAGE, changed, snapshot, stop_after  # noqa: E402
 from graft.core.backbones import resolve  # noqa: E402
 from graft.core.model import build_model  # noqa: E402
 from graft.errors import GraftError  # noqa: E402
@@ -235,7 +235,7 @@ def test_hub_cnn_blocks_follow_their_own_naming(make, names):
 def test_a_run_started_from_a_model_object_resumes_exactly(tmp_path, monkeypatch, small_arrays):
     """Interrupted after its first fine-tuning epoch, a run whose backbone was a Python
     object resumes from the saved backbone.keras and ends where the uninterrupted run ends."""
-    from graft.training.checkpoints import Checkpointer, Interrupted
+    from graft.training.checkpoints import Interrupted
 
     settings = dict(
         classes=["a", "b", "c"], strategy="hybrid", epochs=1, finetune_epochs=2,
@@ -245,16 +245,9 @@ def test_a_run_started_from_a_model_object_resumes_exactly(tmp_path, monkeypatch
     ref = tmp_path / "reference"
     graft.train(small_arrays, tiny_vit(), ref, **settings)
 
-    original = Checkpointer.save
-
-    def save(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.state.epoch == 2:
-            self.stop_signal = "SIGINT"
-
     run = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        patch.setattr(Checkpointer, "save", save)
+        stop_after(patch, 2)
         with pytest.raises(Interrupted):
             graft.train(small_arrays, tiny_vit(), run, **settings)
     graft.train(small_arrays, resume=run, log=lambda _: None, verbose=0)

@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import stop_after
+
 # Phase 1 learns the head; phase 2 fine-tunes at a rate far too high, so it gets worse.
 RUN = dict(
     cut="block3_pool", batch_size=8, seed=3, deterministic=True, optimizer="sgd",
@@ -90,20 +92,13 @@ def test_without_validation_the_last_epoch_is_kept_and_said(tmp_path, splits, cn
 @pytest.mark.parametrize("stop_at", [2, 4])
 def test_resumed_run_keeps_the_same_best_epoch(tmp_path, monkeypatch, splits, cnn_file, stop_at):
     import graft
-    from graft.training.checkpoints import Checkpointer, Interrupted
+    from graft.training.checkpoints import Interrupted
 
     train, val = splits
     ref, run = tmp_path / "reference", tmp_path / "resumed"
     graft.train(train, val=val, backbone=str(cnn_file), out=ref, **QUIET, **RUN)
-    original = Checkpointer.save
-
-    def save(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.state.epoch == stop_at:
-            self.stop_signal = "SIGINT"
-
     with monkeypatch.context() as patch:
-        patch.setattr(Checkpointer, "save", save)
+        stop_after(patch, stop_at)
         with pytest.raises(Interrupted):
             graft.train(train, val=val, backbone=str(cnn_file), out=run, **QUIET, **RUN)
     graft.train(train, val=val, resume=run, **QUIET)

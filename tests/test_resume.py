@@ -19,6 +19,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import stop_after
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 EPOCHS = 5
 
@@ -201,20 +203,6 @@ def test_sigterm_exits_143_resumes_and_a_finished_run_is_not_resumed(
 # ------------------------------------------------- stateful per-phase policies survive a resume
 
 
-def _stop_after(monkeypatch, epoch: int):
-    """Make the checkpointer act as if Ctrl-C came right after epoch ``epoch`` was saved."""
-    from graft.training.checkpoints import Checkpointer
-
-    original = Checkpointer.save
-
-    def save(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.state.epoch == epoch:
-            self.stop_signal = "SIGINT"
-
-    monkeypatch.setattr(Checkpointer, "save", save)
-
-
 def _lr_columns(run_dir: Path) -> list[list[float]]:
     import csv
 
@@ -234,7 +222,7 @@ def _interrupted_then_resumed(tmp_path, monkeypatch, data, backbone, stop_at, **
         stop_at = stop_at(len(_history(ref)) - 1)
     run = tmp_path / "resumed"
     with monkeypatch.context() as patch:
-        _stop_after(patch, stop_at)
+        stop_after(patch, stop_at)
         with pytest.raises(Interrupted):
             graft.train(data, backbone=str(backbone), out=run, **quiet, **settings)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == stop_at
