@@ -20,7 +20,8 @@ from graft.config.paths import AS_TYPED, make_portable
 from graft.config.settings import TrainConfig
 from graft.core.model import backbone_of
 from graft.data.pipelines import load_image
-from graft.reporting import drift, report
+from graft.reporting import drift, plots, report
+from graft.reporting.plot_worker import PlotWorker
 from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
@@ -50,12 +51,15 @@ def execute(req: s.Request) -> Run:
             pipes = s.make_pipelines(cfg, data, built.bb, devices)
             setup = s.make_trainer(cfg, plan, data, built, run_dir, req)
             fitted = fit(cfg, plan, data, built, pipes, setup, devices, run_dir, req)
+            worker = _draw_curves(fitted, run_dir)  # on the other core, from now on
             model = finalize(built, fitted, devices, scope, run_dir, req)
             metrics = measure(cfg, model, data, built, pipes, fitted, devices, req)
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
             evaluated_on = _evaluated_on(model, built.bb, fitted, data)
             test = _test(cfg, data, built)
-            return write(run, req, pipes.val, _paths(data.val), *evaluated_on, test=test)
+            return write(
+                run, req, pipes.val, _paths(data.val), *evaluated_on, test=test, worker=worker
+            )
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -169,6 +173,16 @@ def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes,
         built.model, bb, splits, data_cfg, augment=data.augment, log=log,
         verbose=req.verbose or 0,
     )  # fmt: skip
+
+
+def _draw_curves(fitted: s.Fitted, run_dir) -> PlotWorker | None:
+    """Start drawing the training curves in a second process (see :func:`write`)."""
+    if run_dir is None or not fitted.result.history:
+        return None
+    worker = PlotWorker()
+    path = Path(run_dir) / plots.PLOTS_DIR / plots.CURVES
+    worker.submit("training_curves", fitted.result.history, path)
+    return worker
 
 
 def finalize(built: s.Built, fitted: s.Fitted, devices: s.Devices, scope, run_dir, req):
@@ -324,12 +338,14 @@ def write(
     eval_model=None,
     pixels=None,
     test=None,
+    worker: PlotWorker | None = None,
 ) -> Run:
     """Save the run folder's artifacts, evaluate, draw, report; mark it completed.
 
     ``eval_ds``/``eval_model``/``pixels``: evaluate the head on cached validation features
     instead of ``run.model`` on ``val_ds`` (see :func:`_evaluated_on`). ``test``:
     ``(batches, paths)`` of the test split, whose worst errors the report shows.
+    ``worker``: draws the plots (:mod:`graft.reporting.plot_worker`).
     """  # fmt: skip
     d = run.run_dir
     if d is None:
@@ -353,6 +369,7 @@ def write(
         evaluated = report.finish_run(
             d, run.model, run.classes, run.history, val_ds if eval_ds is None else eval_ds,
             log=req.log, paths=val_paths, test=test, head=eval_model, pixels=pixels,
+            worker=worker,
         )  # fmt: skip
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated

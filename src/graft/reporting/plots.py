@@ -247,6 +247,7 @@ def write_all(
     metrics: dict | None = None,
     classes: list[str] | None = None,
     worst: list | None = None,
+    worker=None,
 ) -> dict[str, Path]:
     """Draw every plot the run has data for into ``RUN_DIR/plots``.
 
@@ -258,22 +259,33 @@ def write_all(
         classes: Class names (needed with ``metrics``).
         worst: Confidently wrong predictions with pixels; ``None`` keeps an existing
             error grid (its images are not stored elsewhere).
+        worker: A :class:`graft.reporting.plot_worker.PlotWorker`: the confusion matrix is
+            drawn here while it draws the others (curves it already has are not redrawn);
+            returns once every plot is written.
 
     Returns:
         ``{"curves" | "confusion" | "f1" | "errors": path}`` for the plots written.
     """
     folder = Path(run_dir) / PLOTS_DIR
-    written: dict[str, Path] = {}
+    jobs: dict[str, tuple[str, tuple]] = {}
     if history:
-        written["curves"] = training_curves(history, folder / CURVES)
+        jobs["curves"] = ("training_curves", (history, folder / CURVES))
     if metrics and metrics.get("images"):
         if metrics.get("task") == "multi_label":
-            written["f1"] = per_class_f1(metrics["per_label"], folder / F1)
+            jobs["f1"] = ("per_class_f1", (metrics["per_label"], folder / F1))
         else:
-            written["confusion"] = confusion_matrix(
-                metrics["confusion_matrix"], classes, folder / CONFUSION
-            )
-            written["f1"] = per_class_f1(metrics["per_class"], folder / F1)
+            jobs["confusion"] = (
+                "confusion_matrix", (metrics["confusion_matrix"], classes, folder / CONFUSION)
+            )  # fmt: skip
+            jobs["f1"] = ("per_class_f1", (metrics["per_class"], folder / F1))
             if worst is not None:
-                written["errors"] = worst_errors(worst, classes, folder / ERRORS)
-    return written
+                jobs["errors"] = ("worst_errors", (worst, classes, folder / ERRORS))
+    here = {k: job for k, job in jobs.items() if worker is None or k == "confusion"}
+    for key, (name, args) in jobs.items():
+        if key not in here and not worker.submitted(name, args[-1]):
+            worker.submit(name, *args)
+    for name, args in here.values():
+        globals()[name](*args)
+    if worker is not None:
+        worker.wait()
+    return {key: Path(args[-1]) for key, (_, args) in jobs.items()}

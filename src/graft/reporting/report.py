@@ -2,10 +2,9 @@
 
 Everything is read back from the run folder (``config.yaml``, ``metrics.json``,
 ``history.csv``, ``labels.json``, ``status.json``, ``plots/*.png``), so ``graft report
-RUN_DIR`` can regenerate both at any time (a run that did not complete says so). No
-scripts, no external resources: plots are embedded as base64 PNG, so it opens offline.
-:func:`finish_run` is what :func:`graft.train` calls at the end of a run: evaluate on the
-validation split, save ``metrics.json``, draw the plots, write the report and the card.
+RUN_DIR`` can regenerate both at any time (a run that did not complete says so); plots
+are embedded as base64 PNG, so it opens offline. :func:`finish_run` ends a run: evaluate,
+save ``metrics.json``, draw the plots, write the report and the card.
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ def finish_run(
     test: tuple[Iterable, list[str] | None] | None = None,
     head=None,
     pixels=None,
+    worker=None,
 ) -> dict | None:
     """Evaluate a freshly trained run and write its metrics, plots, report and model card.
 
@@ -59,14 +59,14 @@ def finish_run(
         history: The run's history rows.
         val_batches: Labelled ``(images, labels)`` batches to evaluate on (``None``:
             no evaluation, only curves, report and card).
-        data_summary: Image counts (``train``, ``val``, ``per_class``, ``skipped``...),
-            saved as ``metrics.json``'s ``"data"``.
+        data_summary: Image counts (``train``, ``val``, ``per_class``...): ``"data"``.
         split: Name of the evaluated split, recorded with the numbers.
         log: Receives one line with the headline numbers.
         paths: The file of every evaluated image, in batch order (names the worst errors).
         test: ``(batches, paths)`` of the test split: its worst errors are shown too.
-        head, pixels: With ``val_batches`` of cached features: the head that evaluates
-            them, and the image at an index (``evaluation.evaluate_model``).
+        head, pixels: With cached features as ``val_batches``: the head that evaluates
+            them, the image at an index (``evaluation.evaluate_model``).
+        worker: A :class:`graft.reporting.plot_worker.PlotWorker` (plots drawn there).
 
     Returns:
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
@@ -87,7 +87,7 @@ def finish_run(
             run_dir, model, test[0], classes, "test", test[1], gallery.TEST_PREFIX
         )
     metrics = run_metrics.record(run_dir, sections)
-    plots.write_all(run_dir, history, metrics.get("evaluation"), classes, worst)
+    plots.write_all(run_dir, history, metrics.get("evaluation"), classes, worst, worker)
     write_report(run_dir)
     write_model_card(run_dir)
     return result

@@ -121,10 +121,13 @@ def store(bottom, top, images, boundary, key: str, rows: int, directory: Path, d
     directory.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     digest, done, offset = hashlib.sha256(), 0, 0
+    # One function traced once for any batch size (train and val share it; predict_on_batch
+    # traces again for a last, smaller batch).
+    forward = cache.forward_function(bottom, images.element_spec)
     try:
         with open(partial, "wb") as handle:
             for batch in images:
-                values = np.asarray(bottom.predict_on_batch(batch), dtype="float32")
+                values = np.asarray(forward(batch), dtype="float32")
                 if dtype is None:
                     chosen = time.perf_counter()
                     dtype = _choose_dtype(top, values)

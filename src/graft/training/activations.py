@@ -250,6 +250,8 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
     directory = root / "activations"
     bs = cfg.batch_size
 
+    chosen: dict = {}
+
     def entry(split, view=None):
         content = cache.split_fingerprint(split)
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
@@ -257,7 +259,9 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         rows = len(split[1]) if isinstance(split, tuple) else len(split)
         # One bottom pass in large batches (inference only; the batch size is no setting).
         images = cache.split_images(split, bb, max(bs, 64), None if view is None else augment)
-        found = store(bottom, top, images, boundary, key, rows, directory)
+        # The float16/float32 choice is made once, on the first entry's first batch.
+        found = store(bottom, top, images, boundary, key, rows, directory, chosen.get("dtype"))
+        chosen.setdefault("dtype", found.dtype)
         if found.note:
             log(f"Activation cache: {found.note}")
         return found

@@ -159,9 +159,12 @@ INFERENCE_BATCH = 64
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _forward(extractor: keras.Model, spec):
+def forward_function(extractor: keras.Model, spec):
     """``extractor`` in inference mode as one ``tf.function`` for any batch size, traced
-    once per extractor and input shape (the train and validation passes share it)."""
+    once per extractor and input shape (the train and validation passes share it).
+    Other backends: Keras's ``predict_on_batch``."""
+    if keras.backend.backend() != "tensorflow":
+        return extractor.predict_on_batch
     import tensorflow as tf
 
     signature = tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
@@ -190,7 +193,7 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     verbose = progress.keras_verbosity(verbose)
     if isinstance(inputs, np.ndarray) or keras.backend.backend() != "tensorflow":
         return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
-    forward = _forward(extractor, inputs.element_spec)
+    forward = forward_function(extractor, inputs.element_spec)
     total = inputs.cardinality().numpy()
     bar = keras.utils.Progbar(total if total > 0 else None, verbose=verbose or 0)
     parts = []
