@@ -8,6 +8,14 @@ pipeline never meets them. Images that ``tf.io`` cannot decode correctly (palett
 1-bit BMPs, and any format it does not read) are converted once to PNG in a temporary
 cache, so the pipeline decodes the same pixels the check saw.
 
+What it decodes (:mod:`graft.data.integrity`): only as much as it takes to find the
+files the pipeline's ``tf.io`` decode would fail on. JPEGs at 1/8 scale (libjpeg still
+parses the whole compressed stream, so truncation and corrupt scans are still found),
+PNGs in full (only inflating finds a broken zlib stream) plus libpng's chunk checks,
+everything else, and every image it converts, in full. The pixels a model sees always
+come from the pipeline's ``tf.io`` decode, never from the check: the exported model
+and ``predict`` decode the same way (no train/serve skew).
+
 Example:
     >>> from graft import data, datacheck
     >>> report = datacheck.check(data.load_source("data/pets"))  # doctest: +SKIP
@@ -29,6 +37,7 @@ from graft import progress
 from graft.config.defaults import DEFAULT_MIN_SIZE
 from graft.data import balance
 from graft.data.convert import converted_dir, describe_mode, needs_pillow, write_png_copy
+from graft.data.integrity import decode_for_check, png_chunk_problem
 from graft.data.sources import LabelledFiles, display, read_regular
 from graft.errors import DataError, first_line
 
@@ -200,7 +209,8 @@ def check_file(
     max_pixels: int | None = None,
     convert_dir: str | None = None,
 ) -> FileResult:
-    """Read one file once: hash it, open and fully decode it with Pillow.
+    """Read one file once: hash it, open it with Pillow and decode as much as
+    :func:`~graft.data.integrity.decode_for_check` needs.
 
     Args:
         path: The file.
@@ -234,8 +244,10 @@ def check_file(
             result.kind, result.detail = "too_large", f"{w}x{h}"
             return result
         frames = getattr(image, "n_frames", 1)
-        image.load()
+        convert = convert_dir is not None and needs_pillow(fmt, mode, frames)
+        decode_for_check(image, full=convert)
         described = describe_mode(image)
+        damaged = png_chunk_problem(payload) if fmt == "PNG" else None
     except UnidentifiedImageError:
         result.kind = "not_image"
         return result
@@ -245,6 +257,9 @@ def check_file(
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, ...
         result.kind = "unreadable"
         result.detail = first_line(exc)[:80]
+        return result
+    if damaged:
+        result.kind, result.detail = "unreadable", damaged
         return result
     if min(w, h) < min_size:
         result.kind, result.detail = "too_small", f"{w}x{h}"
@@ -256,7 +271,7 @@ def check_file(
     if frames > 1:
         notes.append(("animated", f"{frames} frames"))
     result.notes = tuple(notes)
-    if convert_dir is not None and needs_pillow(fmt, mode, frames):
+    if convert:
         result.use_path = write_png_copy(image, convert_dir, result.digest)
     return result
 
