@@ -69,7 +69,8 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="graft_head")
 
 
-def _layer_key(layer) -> list:
+def layer_key(layer) -> list:
+    """A layer's part of a cache key: its type and configuration (name excluded)."""
     return [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
 
 
@@ -121,9 +122,9 @@ def cache_key(
         "format": FORMAT_VERSION,
         "source": source,
         # Preprocessing layers may have no weights (Rescaling): key them by their config.
-        "preprocessing": [_layer_key(layer) for layer in preprocess_layers(model)],
+        "preprocessing": [layer_key(layer) for layer in preprocess_layers(model)],
         # The pooling between backbone and head (avg and max give the same shape).
-        "pooling": [_layer_key(layer) for layer in pooling_layers_of(model)],
+        "pooling": [layer_key(layer) for layer in pooling_layers_of(model)],
         "input": list(model.input_shape[1:]),
         "output": list(features.output_shape[1:]),
         "weights": weights or weights_fingerprint(features),

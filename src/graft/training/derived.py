@@ -53,8 +53,8 @@ def derived_key(entry, extractor: keras.Model, model: keras.Model, boundary) -> 
         "activations": index.get("sha256"),
         "dtype": entry.dtype,
         "boundary": [boundary.index, boundary.layer, list(boundary.shape)],
-        "layers": [cache._layer_key(x) for x in layers],
-        "pooling": [cache._layer_key(x) for x in cache.pooling_layers_of(model)],
+        "layers": [cache.layer_key(x) for x in layers],
+        "pooling": [cache.layer_key(x) for x in cache.pooling_layers_of(model)],
         "weights": cache.weights_fingerprint(extractor),
         "keras": keras.__version__,
     }
