@@ -26,7 +26,7 @@ from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
-from graft.training import activations, cache, checkpoints, resume
+from graft.training import activations, cache, checkpoints, derived, resume
 
 
 def execute(req: s.Request) -> Run:
@@ -86,8 +86,10 @@ def fit(
     phases, lr_found = plan.phases, None
     if cfg.lr == "auto":
         phases, lr_found = _auto_lr(cfg, setup.trainer, plan, pipes.train, run_dir, req.log)
-    cached = _feature_cache(cfg, phases, data, built, pipes, req)
+    # Activations first: the head phase's features are then derived from them (one
+    # bottom pass per image, graft.training.derived).
     acts = _activation_cache(cfg, phases, data, built, pipes, req)
+    cached = _feature_cache(cfg, phases, data, built, pipes, req, acts)
     reference = setup.reference
     state = setup.state
     if state is not None:
@@ -146,7 +148,7 @@ def _activation_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pip
     )  # fmt: skip
 
 
-def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes, req):
+def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes, req, acts=None):
     """Cached backbone features for frozen-backbone phases, or ``None`` (and why, logged)."""
     log = req.log
     if not cfg.cache:
@@ -169,9 +171,10 @@ def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes,
     bb = built.bb
     splits = _raw_splits(data, bb)
     data_cfg = dataclasses.replace(cfg, batch_size=pipes.batch_size)
+    derive = derived.from_activations(acts, built.model, pipes.batch_size)
     return cache.cached_datasets(
         built.model, bb, splits, data_cfg, augment=data.augment, log=log,
-        verbose=req.verbose or 0,
+        verbose=req.verbose or 0, derive=derive,
     )  # fmt: skip
 
 

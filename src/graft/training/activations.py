@@ -165,6 +165,8 @@ class ActivationCache:
     source: keras.Model | None = None
     bottom: keras.Model | None = None
     bottom_weights: str | None = None
+    #: The stored entries by ``(split, view)`` (``view`` ``None``: the plain images).
+    entries: dict = field(default_factory=dict)
 
     def serves(self, index: int) -> bool:
         return index in self.phases
@@ -282,10 +284,12 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         else:
             entries = [entry(train)]
             train_ds, steps = dataset(entries[0], labels, bs, True, cfg.seed), None
+        named = {("train", v if views else None): e for v, e in enumerate(entries)}
         val_ds = None
         if val is not None:
             entries.append(entry(val))
             val_ds = dataset(entries[-1], labels_of(val), bs)
+            named["val", None] = entries[-1]
     except OSError as exc:  # a read-only or full cache disk costs speed, not the run
         log(f"Activation cache off: cannot write its entries ({exc.strerror or exc}).")
         return None
@@ -293,7 +297,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
     log(_line(summary, all(e.hit for e in entries)))
     weights = cache.weights_fingerprint(bottom)
     return ActivationCache(
-        top, train_ds, val_ds, steps, boundary, served, summary, model, bottom, weights
+        top, train_ds, val_ds, steps, boundary, served, summary, model, bottom, weights, named
     )
 
 

@@ -69,7 +69,8 @@ def head_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="graft_head")
 
 
-def _layer_key(layer) -> list:
+def layer_key(layer) -> list:
+    """A layer's part of a cache key: its type and configuration (name excluded)."""
     return [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
 
 
@@ -121,9 +122,9 @@ def cache_key(
         "format": FORMAT_VERSION,
         "source": source,
         # Preprocessing layers may have no weights (Rescaling): key them by their config.
-        "preprocessing": [_layer_key(layer) for layer in preprocess_layers(model)],
+        "preprocessing": [layer_key(layer) for layer in preprocess_layers(model)],
         # The pooling between backbone and head (avg and max give the same shape).
-        "pooling": [_layer_key(layer) for layer in pooling_layers_of(model)],
+        "pooling": [layer_key(layer) for layer in pooling_layers_of(model)],
         "input": list(model.input_shape[1:]),
         "output": list(features.output_shape[1:]),
         "weights": weights or weights_fingerprint(features),
@@ -291,7 +292,9 @@ def _fingerprint(split) -> str:
     return content_fingerprint(paths=split.paths)
 
 
-def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbose: int = 1):
+def cached_datasets(
+    model, bb, splits: dict, cfg, augment=None, log=print, verbose: int = 1, derive=None
+):
     """Cached-feature datasets for the trainer's frozen-backbone phases.
 
     Args:
@@ -305,6 +308,10 @@ def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbo
             trains on view ``e mod K``.
         log: Receives one line per cached split.
         verbose: Show a progress bar while computing features.
+        derive: ``derive(split, view) -> (extractor, batches, key) | None``: features
+            computed from other inputs than the images (the cached activations of the
+            frozen bottom, :func:`graft.training.derived.from_activations`); ``None`` for
+            a split (or no ``derive``): from its images.
 
     Returns:
         ``(train_dataset, val_dataset_or_None, steps_per_epoch_or_None)`` for
@@ -320,23 +327,24 @@ def cached_datasets(model, bb, splits: dict, cfg, augment=None, log=print, verbo
     weights = weights_fingerprint(extractor)
 
     def features(split, name, view=None):
-        content = _fingerprint(split)
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
-        key = cache_key(model, bb.source, content, view=tag, weights=weights)
         n = len(split[1]) if isinstance(split, tuple) else len(split)
-        aug = None if view is None else augment
-        # Plain images: large inference batches; augmented views keep the training batch
-        # (an augmentation draws its randomness per batch).
-        batch = cfg.batch_size if aug is not None else max(cfg.batch_size, INFERENCE_BATCH)
-        values, stats = load_or_compute(
-            extractor, _images(split, bb, batch, aug), key, n, directory, verbose
-        )
+        found = derive(name, view) if derive is not None else None
+        if found is None:
+            aug = None if view is None else augment
+            # Plain images: large inference batches; augmented views keep the training
+            # batch (an augmentation draws its randomness per batch).
+            batch = cfg.batch_size if aug is not None else max(cfg.batch_size, INFERENCE_BATCH)
+            key = cache_key(model, bb.source, _fingerprint(split), view=tag, weights=weights)
+            found = extractor, _images(split, bb, batch, aug), key
+        values, stats = load_or_compute(*found, n, directory, verbose)
         label = name if view is None else f"{name}, augmented view {view + 1}/{views}"
         if stats.note:
             log(f"Feature cache ({label}): {stats.note}")
+        source = "" if found[0] is extractor else " from the cached activations"
         log(
             f"Feature cache ({label}): {'reused' if stats.hit else 'computed'} "
-            f"{stats.images} images in {stats.seconds:.1f} s"
+            f"{stats.images} images{source} in {stats.seconds:.1f} s"
         )
         return values
 

@@ -1,0 +1,91 @@
+"""Head-phase features derived from cached activations: one bottom pass per image.
+
+A hybrid (or gradual) plan first trains the head on a frozen backbone (on the feature
+cache, :mod:`graft.training.cache`), then the top of the backbone on cached activations
+of its frozen bottom (:mod:`graft.training.activations`). Both start from the same images
+and the same bottom, so once the activations are cached the head's input needs no second
+pass over the images: it is the rest of the backbone and the head-input pooling, run in
+inference mode over the cached activation rows (a fraction of the bottom's cost).
+
+A derived feature entry has its own key: the checksum of the activation entry it was
+computed from (so it changes whenever that entry does: other data, bottom, boundary,
+view or dtype), the configuration and weights of the layers above the boundary, and the
+pooling. float16 activations give features within the activation store's parity bound
+(:data:`graft.training.activation_store.PARITY`); float32 ones agree with the image pass
+to float round-off.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+
+from graft.core.model import backbone_of, head_input
+from graft.training import activation_store, cache
+
+FORMAT_VERSION = 1
+
+
+def features_top(model: keras.Model, boundary) -> keras.Model:
+    """The boundary activation -> the head's input (top of the backbone and pooling),
+    through the *same* layers as ``model``."""
+    backbone = backbone_of(model)
+    inner = keras.Model(boundary.tensor, backbone.output, name="graft_top_backbone")
+    nodes = [node for nodes in model._nodes_by_depth.values() for node in nodes]
+    called = next(n for n in nodes if n.operation is backbone)
+    pooled = keras.Model(called.output_tensors[0], head_input(model), name="graft_top_pooling")
+    inputs = keras.Input(boundary.shape, name="activations")
+    return keras.Model(inputs, pooled(inner(inputs)), name="graft_top_features")
+
+
+def derived_key(entry, extractor: keras.Model, model: keras.Model, boundary) -> str | None:
+    """The key of the features derived from activation ``entry`` (``None``: its checksum
+    index cannot be read, so nothing is derived from it)."""
+    try:
+        index = json.loads(entry.path.with_suffix(".json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    layers = backbone_of(model).layers[boundary.index :]
+    description = {
+        "format": FORMAT_VERSION,
+        "activations": index.get("sha256"),
+        "dtype": entry.dtype,
+        "boundary": [boundary.index, boundary.layer, list(boundary.shape)],
+        "layers": [cache.layer_key(x) for x in layers],
+        "pooling": [cache.layer_key(x) for x in cache.pooling_layers_of(model)],
+        "weights": cache.weights_fingerprint(extractor),
+        "keras": keras.__version__,
+    }
+    return None if description["activations"] is None else cache.digest(description)
+
+
+def from_activations(acts, model: keras.Model, batch_size: int):
+    """``derive(split, view)`` for :func:`graft.training.cache.cached_datasets`: the
+    ``(extractor, batches, key)`` that compute a split's features from its cached
+    activations, or ``None`` where ``acts`` holds none for it (or its bottom has changed
+    since): that split is computed from its images as before.
+
+    Every derived split is recorded in ``acts.summary["head_features"]`` (metrics.json).
+    """
+    if acts is None or acts.source is not model or acts.bottom is None:
+        return None
+    if cache.weights_fingerprint(acts.bottom) != acts.bottom_weights:
+        return None
+    extractor = features_top(model, acts.boundary)
+    batch = max(batch_size, cache.INFERENCE_BATCH)
+
+    def derive(split: str, view=None):
+        entry = acts.entries.get((split, view))
+        key = None if entry is None else derived_key(entry, extractor, model, acts.boundary)
+        if key is None:
+            return None
+        labels = np.zeros(entry.rows, "int32")  # not used: the rows, in order
+        rows = activation_store.dataset(entry, labels, batch).map(lambda x, y: x)
+        label = split if view is None else f"{split}, view {view + 1}"
+        acts.summary.setdefault("head_features", {"derived_from_activations": []})
+        acts.summary["head_features"]["derived_from_activations"].append(label)
+        return extractor, rows, key
+
+    return derive
