@@ -41,12 +41,16 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": SRC}
 CASES = {"mobilenet_v2": (96, ["--alpha", "1.0"]), "resnet50": (64, [])}
 
-CLASSIC = r"""
-import json, sys, time
+# What the classic recipe and the floor share: data, the backbone with exactly the layers
+# graft's blocks:2 unfreezes (BN frozen), the applications' own preprocess_input as layers.
+COMMON = r"""
+import json, sys
+import numpy as np
 import keras
+import tensorflow as tf
 data, size, name, names, epochs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
 train, val = keras.utils.image_dataset_from_directory(
-    data, validation_split=0.2, subset="both", seed=0, image_size=(size, size), batch_size=32)
+    data, validation_split=0.2, subset="both", seed=0, image_size=(size, size), batch_size=BATCH)
 app = {"mobilenet_v2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50}[name]
 kw = {"alpha": 1.0} if name == "mobilenet_v2" else {}
 base = app(input_shape=(size, size, 3), include_top=False, weights=sys.argv[6], **kw)
@@ -54,60 +58,48 @@ unfreeze = set(json.load(open(names)))
 for layer in base.layers:
     layer.trainable = layer.name in unfreeze and not isinstance(layer, keras.layers.BatchNormalization)
 inputs = keras.Input((size, size, 3))
-if name == "mobilenet_v2":  # the applications' own preprocess_input, as layers
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+if name == "mobilenet_v2":
+    pre = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
 else:  # caffe: RGB -> BGR, minus the ImageNet means
-    x = keras.layers.Lambda(lambda t: t[..., ::-1] - keras.ops.convert_to_tensor(
+    pre = keras.layers.Lambda(lambda t: t[..., ::-1] - keras.ops.convert_to_tensor(
         [103.939, 116.779, 123.68]))(inputs)
-x = base(x)
-x = keras.layers.GlobalAveragePooling2D()(x)
-x = keras.layers.Dense(128, activation="relu")(x)
-x = keras.layers.Dropout(0.2)(x)
-model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def head(x):
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(128, activation="relu")(x)
+    x = keras.layers.Dropout(0.2)(x)
+    return keras.layers.Dense(10, activation="softmax")(x)
+def compiled(model):
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+"""
+
+CLASSIC = COMMON.replace("BATCH", "32") + r"""
+model = compiled(keras.Model(inputs, head(base(pre))))
 h = model.fit(train, validation_data=val, epochs=epochs, verbose=0)
 print("VAL_ACC", h.history["val_accuracy"][-1])
 """
 
 # The same fine-tuning written by hand the fast way: one pass of the frozen bottom over the
-# images, then the unfrozen top + head trained on those activations held in memory. Not
-# graft: the floor for a run that caches activations (imports, one decode, one bottom pass,
-# the epochs of the top). classic / floor bounds what any such tool can reach.
-FLOOR = r"""
-import json, sys
-import numpy as np
-import keras
-data, size, name, names, epochs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
-train, val = keras.utils.image_dataset_from_directory(
-    data, validation_split=0.2, subset="both", seed=0, image_size=(size, size), batch_size=64)
-app = {"mobilenet_v2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50}[name]
-kw = {"alpha": 1.0} if name == "mobilenet_v2" else {}
-base = app(input_shape=(size, size, 3), include_top=False, weights=sys.argv[6], **kw)
-unfreeze = set(json.load(open(names)))
-for layer in base.layers:
-    layer.trainable = layer.name in unfreeze and not isinstance(layer, keras.layers.BatchNormalization)
+# images (compiled, batches of 64), then the unfrozen top + head trained on those
+# activations held in memory. Not graft: the floor for a run that caches activations
+# (imports, one decode, one bottom pass, the epochs of the top); classic / floor bounds
+# what any such tool can reach.
+FLOOR = COMMON.replace("BATCH", "64") + r"""
 first = next(layer for layer in base.layers if layer.name in unfreeze)
-inputs = keras.Input((size, size, 3))
-if name == "mobilenet_v2":
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-else:
-    x = keras.layers.Lambda(lambda t: t[..., ::-1] - keras.ops.convert_to_tensor(
-        [103.939, 116.779, 123.68]))(inputs)
-bottom = keras.Model(inputs, keras.Model(base.input, first.input)(x))
+bottom = keras.Model(inputs, keras.Model(base.input, first.input)(pre))
+forward = tf.function(lambda t: bottom(t, training=False),
+                      input_signature=[tf.TensorSpec((None, size, size, 3))])
 def activations(ds):
     xs, ys = [], []
-    for images, labels in ds:
-        xs.append(bottom(images, training=False).numpy()); ys.append(labels.numpy())
+    for images, labels in ds:  # one pass: activations and labels in the same order
+        xs.append(forward(images).numpy())
+        ys.append(labels.numpy())
     return np.concatenate(xs), np.concatenate(ys)
 xt, yt = activations(train)
 xv, yv = activations(val)
 top_in = keras.Input(xt.shape[1:])
-x = keras.Model(first.input, base.output)(top_in)
-x = keras.layers.GlobalAveragePooling2D()(x)
-x = keras.layers.Dense(128, activation="relu")(x)
-x = keras.layers.Dropout(0.2)(x)
-top = keras.Model(top_in, keras.layers.Dense(10, activation="softmax")(x))
-top.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+top = compiled(keras.Model(top_in, head(keras.Model(first.input, base.output)(top_in))))
 h = top.fit(xt, yt, validation_data=(xv, yv), epochs=epochs, batch_size=32, verbose=0)
 print("VAL_ACC", h.history["val_accuracy"][-1])
 """

@@ -273,8 +273,9 @@ def measure(
     train_eval = None
     if data.train.labels is not None:
         train_eval = lambda: data.train.batches(bb.image_size, bb.channels, cfg.batch_size)  # noqa: E731
+    through = _drift_inputs(model, fitted)
     feature_drift = drift.run_drift(
-        model, fitted.reference, pipes.val, train_eval, log, counts=data.counts
+        model, fitted.reference, pipes.val, train_eval, log, data.counts, through
     )
     if feature_drift is not None:
         metrics["feature_drift"] = feature_drift
@@ -316,6 +317,15 @@ def _evaluated_on(model: keras.Model, bb, fitted: s.Fitted, data: s.PreparedData
     elif fitted.activations is not None:
         found = fitted.activations.evaluator(model)
     return (*found, lambda i: load_image(paths[i], size, channels)) if found else ()
+
+
+def _drift_inputs(model: keras.Model, fitted: s.Fitted) -> tuple | None:
+    """``(features model, batches)``: drift on the cached validation activations of a
+    bottom no phase changed (only the top of the backbone runs), or ``None``."""
+    found = () if fitted.activations is None else fitted.activations.evaluator(model)
+    if not found:
+        return None
+    return derived.features_top(model, fitted.activations.boundary), found[0]
 
 
 def _paths(split) -> list[str] | None:

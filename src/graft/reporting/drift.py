@@ -124,8 +124,12 @@ def _images(dataset, limit: int):
 
 
 def _predict(extractor: keras.Model, images) -> np.ndarray:
-    # Batch by batch: the capped pipeline has no known length, which predict() warns about.
-    return np.concatenate([np.asarray(extractor.predict_on_batch(x)) for x in images])
+    """Batch by batch through one function traced once for any batch size (the capped
+    pipeline has no known length; the same function serves both weight sets)."""
+    from graft.training.cache import forward_function
+
+    forward = forward_function(extractor, images.element_spec)
+    return np.concatenate([np.asarray(forward(x)) for x in images])
 
 
 def measure(
@@ -135,6 +139,7 @@ def measure(
     max_images: int = MAX_IMAGES,
     split: str = "val",
     count: int | None = None,
+    through: keras.Model | None = None,
 ) -> dict:
     """Feature drift of ``model``'s backbone from the ``reference`` weights.
 
@@ -146,6 +151,10 @@ def measure(
         split: Which data the images are from, recorded in the result.
         count: How many images ``dataset`` holds, if known: an unchanged backbone is
             then reported without reading a single image.
+        through: A model sharing the top layers of ``model``'s feature extractor that
+            computes the same features from what ``dataset`` holds instead of images (the
+            cached activations of a bottom that no phase changed,
+            :func:`graft.training.derived.features_top`).
 
     Returns:
         ``{"cka", "cosine", "images", "split"}``; ``"unchanged": True`` when no
@@ -161,10 +170,11 @@ def measure(
             count = int(sum(1 for _ in images.unbatch()))
         count = min(int(count), max_images)
         return {"cka": 1.0, "cosine": 1.0, "images": count, "split": split, "unchanged": True}
-    after = _predict(extractor, images)
+    features = extractor if through is None else through
+    after = _predict(features, images)
     try:
         extractor.set_weights(reference)
-        before = _predict(extractor, images)
+        before = _predict(features, images)
     finally:
         extractor.set_weights(trained)
     return {
@@ -330,6 +340,7 @@ def run_drift(
     train_eval: Callable | None,
     log: Callable[[str], None],
     counts: dict | None = None,
+    through: tuple | None = None,
 ) -> dict | None:
     """Drift for :func:`graft.train`: on the validation images, else the training ones.
 
@@ -340,6 +351,8 @@ def run_drift(
         train_eval: Builds a non-augmented, non-shuffled training pipeline (or ``None``).
         log: Receives the summary line.
         counts: Images per split (``{"val": n, "train": m}``), if known.
+        through: ``(features model, validation batches)`` to measure on instead of the
+            images (see :func:`measure`).
 
     Returns:
         The drift dict, or ``None`` when there are no images to measure on.
@@ -353,7 +366,10 @@ def run_drift(
     else:
         return None
     count = (counts or {}).get(split)
-    result = measure(model, reference, dataset, split=split, count=count)
+    extractor = None
+    if through is not None and split == "val":
+        extractor, dataset = through
+    result = measure(model, reference, dataset, split=split, count=count, through=extractor)
     if not result["images"] or (isinstance(result["cka"], float) and math.isnan(result["cka"])):
         return None
     log(summary_line(result))
