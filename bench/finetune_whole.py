@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -201,6 +202,13 @@ def main() -> None:
     a = parser.parse_args()
     n = 1 if a.quick else a.n
     tmp = Path(tempfile.mkdtemp(prefix="graft-finetune-bench-"))
+    try:
+        _bench(a, n, tmp)
+    finally:  # data, runs and caches: hundreds of MB
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bench(a, n: int, tmp: Path) -> None:
     data = write_digits(tmp / "digits", 901)
     (tmp / "classic.py").write_text(CLASSIC)
     (tmp / "floor.py").write_text(FLOOR)
