@@ -253,12 +253,16 @@ def evaluate_model(
     Returns:
         An :class:`Evaluation`.
     """
+    from graft.training.cache import forward_function
+
     multi = is_multi_label(model)
     heap: list[tuple[float, int, int, int, np.ndarray]] = []
     y_parts, p_parts, seen = [], [], 0
+    forward = None  # one function traced once for any batch size (the last is smaller)
     for images, labels in batches:
         images = np.asarray(images)
-        probs = np.asarray(model.predict_on_batch(images), dtype="float32")
+        forward = forward or forward_function(model, images)
+        probs = np.asarray(forward(images), dtype="float32")
         labels = np.asarray(labels)
         y_parts.append(labels)
         p_parts.append(probs)

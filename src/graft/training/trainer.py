@@ -29,6 +29,25 @@ from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, Phas
 CACHED_STEPS_PER_EXECUTION = 64
 
 
+def build_state(model: keras.Model, dataset) -> None:
+    """Create the optimizer's and the metrics' variables of a compiled ``model`` before
+    ``fit`` traces its training step. Without a distribution strategy Keras (TensorFlow)
+    creates them while tracing, and a ``tf.function`` that creates variables is traced
+    twice: 0.5-1 s more in the first epoch of every phase. Keras's own (private) symbolic
+    build does it from the dataset's element spec; where that is not available, Keras's
+    lazy build still happens in ``fit``."""
+    build = getattr(model, "_symbolic_build", None)
+    spec = getattr(dataset, "element_spec", None)
+    if keras.backend.backend() != "tensorflow" or build is None or spec is None:
+        return
+    if getattr(model, "_distribute_strategy", None) is not None:
+        return  # Keras builds it itself under a strategy
+    try:
+        build(data_batch=spec)
+    except Exception:  # an optimisation only: fit builds what is missing
+        pass
+
+
 def history_row(
     ctx: PhaseContext, run_epoch: int, logs: dict, seconds: float, lr_factor: float = 1.0
 ) -> dict:
@@ -257,6 +276,7 @@ class Trainer:
         callbacks.append(_Recorder(ctx, policies, self.hooks, rows))
         callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
         start = time.perf_counter()
+        build_state(ctx.target, feed[0] if feed else train)
         ctx.target.fit(
             feed[0] if feed else train,
             validation_data=feed[1] if feed else val,
