@@ -63,6 +63,16 @@ def test_a_job_failing_in_the_worker_fails_here_the_same_way(tmp_path):
         worker.wait()
 
 
+def test_a_job_that_cannot_be_pickled_is_drawn_here(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "noop", lambda *a: drawn.append(a), raising=False)
+    worker = PlotWorker()
+    worker.submit("noop", lambda: None, tmp_path / "x.png")  # a lambda does not pickle
+    assert worker._proc is None
+    worker.wait()
+    assert len(drawn) == 1
+
+
 def test_no_worker_process_still_draws_everything(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("no processes left")

@@ -42,17 +42,21 @@ class PlotWorker:
         if self._failed:
             return
         try:
+            job = pickle.dumps((name, args), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # not picklable: everything is drawn here at wait()
+            self._failed = True
+            return
+        # The worker imports the very graft this process runs (same sys.path).
+        env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(sys.path)}
+        try:
             if self._proc is None:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-c", _MAIN],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env={**os.environ, "MPLBACKEND": "Agg"},
+                    [sys.executable, "-c", _MAIN], stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                 )  # fmt: skip
-            pickle.dump((name, args), self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self._proc.stdin.write(job)
             self._proc.stdin.flush()
-        except (OSError, pickle.PicklingError, ValueError):
+        except (OSError, ValueError):
             self._failed = True
 
     def submitted(self, name: str, path) -> bool:
