@@ -366,10 +366,10 @@ def run_drift(
     else:
         return None
     count = (counts or {}).get(split)
-    extractor = None
+    top = None
     if through is not None and split == "val":
-        extractor, dataset = through
-    result = measure(model, reference, dataset, split=split, count=count, through=extractor)
+        top, dataset = through
+    result = measure(model, reference, dataset, split=split, count=count, through=top)
     if not result["images"] or (isinstance(result["cka"], float) and math.isnan(result["cka"])):
         return None
     log(summary_line(result))

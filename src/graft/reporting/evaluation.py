@@ -261,7 +261,8 @@ def evaluate_model(
     forward = None  # one function traced once for any batch size (the last is smaller)
     for images, labels in batches:
         images = np.asarray(images)
-        forward = forward or forward_function(model, images)
+        if forward is None:
+            forward = forward_function(model, images)
         probs = np.asarray(forward(images), dtype="float32")
         labels = np.asarray(labels)
         y_parts.append(labels)
