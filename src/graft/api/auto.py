@@ -238,9 +238,18 @@ def _check_validation(val, settings: dict) -> None:
 def _quiet(request, settings: dict):
     """``request`` as an in-memory, silent run with ``settings`` (a trial or a finalist)."""
     return dataclasses.replace(
-        request, out=None, test=None, overwrite=False, log=lambda _line: None, verbose=0,
-        tensorboard=False, source_eval=None, source_model=None, resume=False, settings=settings,
-    )  # fmt: skip
+        request,
+        out=None,
+        test=None,
+        overwrite=False,
+        log=lambda _line: None,
+        verbose=0,
+        tensorboard=False,
+        source_eval=None,
+        source_model=None,
+        resume=False,
+        settings=settings,
+    )
 
 
 def _describe(settings: dict) -> str:

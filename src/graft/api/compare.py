@@ -81,8 +81,9 @@ def scratch_phase(epochs: int, lr=None, optimizer: str | None = None):
 
     lr = defaults.DEFAULT_LR if lr in (None, "auto") else float(lr)
     optimizer = optimizer or defaults.DEFAULT_OPTIMIZER
-    return Phase("scratch", "all", int(epochs), lr, train_bn=True, optimizer=optimizer,
-                 precise_bn=True)  # fmt: skip
+    return Phase(
+        "scratch", "all", int(epochs), lr, train_bn=True, optimizer=optimizer, precise_bn=True
+    )
 
 
 def epoch_budget(backbone: str, strategies: Sequence[str], settings: dict) -> int:
@@ -163,10 +164,17 @@ def compare(
             log(f"== {name} ==" if seeds == 1 else f"== {name} (seed {first + k}) ==")
             folder = out / name if seeds == 1 else out / name / f"seed{first + k}"
             request = Request(
-                data_source, backbone, folder, val=val, test=test, overwrite=overwrite, log=log,
-                verbose=verbose, safe_mode=safe_mode,
+                data_source,
+                backbone,
+                folder,
+                val=val,
+                test=test,
+                overwrite=overwrite,
+                log=log,
+                verbose=verbose,
+                safe_mode=safe_mode,
                 settings={**_settings_for(name, settings, budget), "seed": first + k},
-            )  # fmt: skip
+            )
             runs_of_row.append(row_of(name, execute(request).metrics))
         rows.append(summarise(runs_of_row))
     write(rows, out)
@@ -275,9 +283,13 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
     width = 0.8 / max(1, len(series))
     for i, (label, values, errors) in enumerate(series):
         bars = ax.bar(
-            x + (i - (len(series) - 1) / 2) * width, values, width, label=label,
-            yerr=errors, capsize=2,
-        )  # fmt: skip
+            x + (i - (len(series) - 1) / 2) * width,
+            values,
+            width,
+            label=label,
+            yerr=errors,
+            capsize=2,
+        )
         ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1.12)

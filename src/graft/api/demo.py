@@ -119,7 +119,7 @@ _SETTINGS = {
             dict(
                 name="scratch", trainable="all", epochs=40, lr=1e-3, train_bn=True, precise_bn=True
             )
-        ],  # fmt: skip
+        ],
     ),
     "feature": dict(strategy="feature", epochs=40),
     "finetune": dict(strategy="finetune", epochs=40, unfreeze="blocks:1"),
@@ -190,10 +190,19 @@ def run(
                 start = time.perf_counter()
                 suffix = "" if seeds == 1 else f"_seed{seed + k}"
                 result = api.train(
-                    train_dir, str(backbone), out / f"{strategy}_{budget}{suffix}",
-                    overwrite=True, cut=CUT_LAYER, preprocess="unit", val_split=0.0,
-                    batch_size=16, seed=seed + k, log=lambda _line: None, verbose=0, **settings,
-                )  # fmt: skip
+                    train_dir,
+                    str(backbone),
+                    out / f"{strategy}_{budget}{suffix}",
+                    overwrite=True,
+                    cut=CUT_LAYER,
+                    preprocess="unit",
+                    val_split=0.0,
+                    batch_size=16,
+                    seed=seed + k,
+                    log=lambda _line: None,
+                    verbose=0,
+                    **settings,
+                )
                 times.append(time.perf_counter() - start)
                 with progress.silenced():
                     accuracies.append(api.evaluate(result.run_dir, test_dir)["accuracy"])

@@ -104,9 +104,14 @@ def fit(
         devices.workarounds(),
     ):
         result = setup.trainer.fit(
-            phases, pipes.train, pipes.val, cached=cached, resume=state,
-            train_eval=pipes.train_eval, activations=acts,
-        )  # fmt: skip
+            phases,
+            pipes.train,
+            pipes.val,
+            cached=cached,
+            resume=state,
+            train_eval=pipes.train_eval,
+            activations=acts,
+        )
     seconds = time.perf_counter() - start
     summary = None if acts is None else acts.summary
     return s.Fitted(
@@ -143,9 +148,15 @@ def _activation_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pip
         return None
     data_cfg = dataclasses.replace(cfg, batch_size=pipes.batch_size)
     return activations.cached_activations(
-        built.model, built.bb, built.bb.blocks, phases, _raw_splits(data, built.bb), data_cfg,
-        augment=data.augment, log=req.log,
-    )  # fmt: skip
+        built.model,
+        built.bb,
+        built.bb.blocks,
+        phases,
+        _raw_splits(data, built.bb),
+        data_cfg,
+        augment=data.augment,
+        log=req.log,
+    )
 
 
 def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes, req, acts=None):
@@ -173,9 +184,15 @@ def _feature_cache(cfg: TrainConfig, phases, data: s.PreparedData, built, pipes,
     data_cfg = dataclasses.replace(cfg, batch_size=pipes.batch_size)
     derive = derived.from_activations(acts, built.model, pipes.batch_size)
     return cache.cached_datasets(
-        built.model, bb, splits, data_cfg, augment=data.augment, log=log,
-        verbose=req.verbose or 0, derive=derive,
-    )  # fmt: skip
+        built.model,
+        bb,
+        splits,
+        data_cfg,
+        augment=data.augment,
+        log=log,
+        verbose=req.verbose or 0,
+        derive=derive,
+    )
 
 
 def _draw_curves(fitted: s.Fitted, run_dir) -> PlotWorker | None:
@@ -359,7 +376,7 @@ def write(
     instead of ``run.model`` on ``val_ds`` (see :func:`_evaluated_on`). ``test``:
     ``(batches, paths)`` of the test split, whose worst errors the report shows.
     ``worker``: draws the plots (:mod:`graft.reporting.plot_worker`).
-    """  # fmt: skip
+    """
     d = run.run_dir
     if d is None:
         return run
@@ -380,10 +397,18 @@ def write(
     run_metrics.record(d, run.metrics, fresh=True)
     with progress.status("Evaluating and writing the report"):
         evaluated = report.finish_run(
-            d, run.model, run.classes, run.history, val_ds if eval_ds is None else eval_ds,
-            log=req.log, paths=val_paths, test=test, head=eval_model, pixels=pixels,
+            d,
+            run.model,
+            run.classes,
+            run.history,
+            val_ds if eval_ds is None else eval_ds,
+            log=req.log,
+            paths=val_paths,
+            test=test,
+            head=eval_model,
+            pixels=pixels,
             worker=worker,
-        )  # fmt: skip
+        )
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated
     checkpoints.write_status(d, "completed")

@@ -107,11 +107,22 @@ def train(
     if data_source is None or backbone is None:
         raise GraftError("train needs data and a backbone (or resume=RUN_DIR).")
     request = s.Request(
-        data_source, backbone, out, val=val, test=test, classes=classes, overwrite=overwrite,
-        log=log, verbose=verbose, safe_mode=safe_mode, tensorboard=tensorboard,
-        source_eval=source_eval, source_model=source_model, resume=resume is not None,
+        data_source,
+        backbone,
+        out,
+        val=val,
+        test=test,
+        classes=classes,
+        overwrite=overwrite,
+        log=log,
+        verbose=verbose,
+        safe_mode=safe_mode,
+        tensorboard=tensorboard,
+        source_eval=source_eval,
+        source_model=source_model,
+        resume=resume is not None,
         settings=settings,
-    )  # fmt: skip
+    )
     if settings.get("strategy") == "auto":
         from graft.api import auto
 

@@ -123,9 +123,17 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
     from graft import api  # after --print-plan, which answers without Keras
 
     run = api.train(
-        data, backbone, out, val=val, test=test, log=log, verbose=fit_verbosity(),
-        safe_mode=not unsafe, **api_args, **settings,
-    )  # fmt: skip
+        data,
+        backbone,
+        out,
+        val=val,
+        test=test,
+        log=log,
+        verbose=fit_verbosity(),
+        safe_mode=not unsafe,
+        **api_args,
+        **settings,
+    )
     _closing_lines(run)
 
 
@@ -158,10 +166,18 @@ def _given_with_resume(ctx, data, config_file, out, val, test, plan_file, settin
         if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
     given.pop("unsafe", None)
-    extra = [k for k in ("overwrite", "tensorboard", "source_eval", "source_model",
-                         "budget_trials") if k in given]  # fmt: skip
-    extra += [k for k, v in dict(data=data, config=config_file, out=out, val=val, test=test,
-                                 plan=plan_file).items() if v is not None]  # fmt: skip
+    extra = [
+        k
+        for k in ("overwrite", "tensorboard", "source_eval", "source_model", "budget_trials")
+        if k in given
+    ]
+    extra += [
+        k
+        for k, v in dict(
+            data=data, config=config_file, out=out, val=val, test=test, plan=plan_file
+        ).items()
+        if v is not None
+    ]
     if extra:
         flags = ", ".join("DATA" if k == "data" else "--" + k.replace("_", "-") for k in extra)
         raise GraftError(
@@ -255,9 +271,17 @@ def lr_find(data, out, plan_file, unsafe, phase, start_lr, end_lr, steps, **sett
     if not 0 < start_lr < end_lr or steps < 2:
         raise GraftError("Need 0 < --start-lr < --end-lr and --steps of at least 2.")
     found = api.lr_find(
-        data, settings.pop("backbone"), out, phase=phase, start_lr=start_lr, end_lr=end_lr,
-        steps=steps, log=log, safe_mode=not unsafe, **settings,
-    )  # fmt: skip
+        data,
+        settings.pop("backbone"),
+        out,
+        phase=phase,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        steps=steps,
+        log=log,
+        safe_mode=not unsafe,
+        **settings,
+    )
     log(f"Swept {len(found.lrs)} steps from {found.start_lr:g} to {found.lrs[-1]:.3g}")
     log(f"Loss vs LR: {out / 'lr_find.png'}; values: {out / 'lr_find.csv'}")
     log(f"Suggested lr (valley): {found.suggestion:.3g}")
@@ -292,9 +316,18 @@ def compare(data, strategies, seeds, out, val, test, overwrite, unsafe, **settin
         if settings.pop(name) not in (None, False, ()):
             raise GraftError(f"--{name.replace('_', '-')} is not supported by graft compare.")
     rows = compare_mod.compare(
-        data, out=out, strategies=strategies, val=val, test=test, overwrite=overwrite, log=log,
-        verbose=fit_verbosity(), safe_mode=not unsafe, seeds=seeds, **settings,
-    )  # fmt: skip
+        data,
+        out=out,
+        strategies=strategies,
+        val=val,
+        test=test,
+        overwrite=overwrite,
+        log=log,
+        verbose=fit_verbosity(),
+        safe_mode=not unsafe,
+        seeds=seeds,
+        **settings,
+    )
     table = Table(*compare_mod.COLUMNS)
     for r in rows:
         table.add_row(

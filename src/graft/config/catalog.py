@@ -73,8 +73,17 @@ _ROWS = [
     _row("mobilenet_v3_small", "MobileNetV3Small", 224, "none", 2.9, None, 68.1, None, alpha=True),
     _row("mobilenet_v3_large", "MobileNetV3Large", 224, "none", 5.4, None, 75.6, None, alpha=True),
     _row("inception_v3", "InceptionV3", 299, "symmetric", 23.9, 92, 77.9, 93.7, min_size=75),
-    _row("inception_resnet_v2", "InceptionResNetV2", 299, "symmetric", 55.9, 215, 80.3, 95.3,
-         min_size=75),
+    _row(
+        "inception_resnet_v2",
+        "InceptionResNetV2",
+        299,
+        "symmetric",
+        55.9,
+        215,
+        80.3,
+        95.3,
+        min_size=75,
+    ),
     _row("xception", "Xception", 299, "symmetric", 22.9, 88, 79.0, 94.5, min_size=71),
     _row("densenet121", "DenseNet121", 224, "torch", 8.1, 33, 75.0, 92.3),
     _row("densenet169", "DenseNet169", 224, "torch", 14.3, 57, 76.2, 93.2),
@@ -101,7 +110,7 @@ _ROWS = [
     _row("convnext_base", "ConvNeXtBase", 224, "none", 88.5, 338.58, 85.3, None),
     _row("convnext_large", "ConvNeXtLarge", 224, "none", 197.7, 755.07, 86.3, None),
     _row("convnext_xlarge", "ConvNeXtXLarge", 224, "none", 350.1, 1310, 86.7, None),
-]  # fmt: skip
+]
 CATALOG: dict[str, BackboneFacts] = {row.name: row for row in _ROWS}
 FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(row.family for row in _ROWS))
 #: ``--sort`` keys: smallest first for sizes, best first for accuracy.

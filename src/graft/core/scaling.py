@@ -70,8 +70,11 @@ class Evidence:
         return text
 
     def as_dict(self) -> dict:
-        return {"choice": self.choice, "source": self.source,
-                "scores": {k: round(v, 4) for k, v in self.scores.items()}}  # fmt: skip
+        return {
+            "choice": self.choice,
+            "source": self.source,
+            "scores": {k: round(v, 4) for k, v in self.scores.items()},
+        }
 
 
 def own_scaling(model: keras.Model) -> keras.layers.Layer | None:

@@ -286,11 +286,15 @@ def evaluate_model(
         metrics = {"task": "single_label", **classification_metrics(y_true, probs, classes, top_k)}
     worst = [
         WorstError(
-            index, true, pred, conf, _to_uint8(pixels(index)) if pixels is not None else image,
+            index,
+            true,
+            pred,
+            conf,
+            _to_uint8(pixels(index)) if pixels is not None else image,
             None if paths is None else str(paths[index]),
         )
         for conf, index, true, pred, image in sorted(heap, key=lambda e: (-e[0], e[1]))
-    ]  # fmt: skip
+    ]
     return Evaluation(metrics, y_true, probs, worst, list(classes))
 
 

@@ -51,9 +51,12 @@ class PlotWorker:
         try:
             if self._proc is None:
                 self._proc = subprocess.Popen(
-                    [sys.executable, "-c", _MAIN], stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                )  # fmt: skip
+                    [sys.executable, "-c", _MAIN],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    env=env,
+                )
             self._proc.stdin.write(job)
             self._proc.stdin.flush()
         except (OSError, ValueError):

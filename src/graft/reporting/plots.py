@@ -233,10 +233,13 @@ def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Pa
         top, left = r * cell_h + band, c * cell_w + gap // 2
         mosaic[top : top + h, left : left + w] = np.asarray(item.image)[:h, :w]
         ax.text(
-            left + w / 2, top - band * 0.1,
+            left + w / 2,
+            top - band * 0.1,
             f"true: {classes[item.true]}\npred: {classes[item.predicted]} ({item.confidence:.2f})",
-            fontsize=8, ha="center", va="bottom",
-        )  # fmt: skip
+            fontsize=8,
+            ha="center",
+            va="bottom",
+        )
     ax.imshow(mosaic.astype("uint8"), cmap="gray" if gray else None, vmin=0, vmax=255)
     return save(fig, path)
 
@@ -275,8 +278,9 @@ def write_all(
             jobs["f1"] = ("per_class_f1", (metrics["per_label"], folder / F1))
         else:
             jobs["confusion"] = (
-                "confusion_matrix", (metrics["confusion_matrix"], classes, folder / CONFUSION)
-            )  # fmt: skip
+                "confusion_matrix",
+                (metrics["confusion_matrix"], classes, folder / CONFUSION),
+            )
             jobs["f1"] = ("per_class_f1", (metrics["per_class"], folder / F1))
             if worst is not None:
                 jobs["errors"] = ("worst_errors", (worst, classes, folder / ERRORS))

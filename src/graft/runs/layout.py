@@ -43,9 +43,22 @@ LOCK_FILE = ".graft.lock"
 
 #: Everything graft writes into a run folder: ``--overwrite`` clears these (and only these).
 ARTIFACTS = (
-    MODEL_FILE, LAST_MODEL_FILE, LABELS_FILE, CONFIG_FILE, HISTORY_FILE, METRICS_FILE, REPORT_FILE,
-    MODEL_CARD_FILE, EXPORTS_FILE, PLOTS_DIR, CHECKPOINT_DIR, STATUS_FILE, TENSORBOARD_DIR,
-    LR_FIND_CSV, LR_FIND_PLOT, AUTO_SEARCH_FILE,
-)  # fmt: skip
+    MODEL_FILE,
+    LAST_MODEL_FILE,
+    LABELS_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    REPORT_FILE,
+    MODEL_CARD_FILE,
+    EXPORTS_FILE,
+    PLOTS_DIR,
+    CHECKPOINT_DIR,
+    STATUS_FILE,
+    TENSORBOARD_DIR,
+    LR_FIND_CSV,
+    LR_FIND_PLOT,
+    AUTO_SEARCH_FILE,
+)
 #: What a run that stopped before its first checkpoint leaves: nothing worth keeping.
 DISPOSABLE = (CONFIG_FILE, STATUS_FILE, LOCK_FILE)

@@ -36,7 +36,7 @@ def cache_key(bottom: keras.Model, boundary, source: str, content: str, view: st
         "layers": [
             [type(x).__name__, {k: v for k, v in x.get_config().items() if k != "name"}]
             for x in [*bottom.layers[1:-1], *layers]
-        ],  # fmt: skip
+        ],
         "boundary": [boundary.index, boundary.layer, list(boundary.shape)],
         "input": list(bottom.input_shape[1:]),
         "weights": cache.weights_fingerprint(bottom),

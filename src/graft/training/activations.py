@@ -238,14 +238,18 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         return None
     views = cfg.cache_views if augment is not None else 0
     if augment is not None and not views:
-        log("Activation cache off: augmentation changes every training image in every epoch "
-            "(cache_views=K caches K augmented views instead).")  # fmt: skip
+        log(
+            "Activation cache off: augmentation changes every training image in every epoch "
+            "(cache_views=K caches K augmented views instead)."
+        )
         return None
     bottom = bottom_model(model, boundary)
     noisy = stochastic_bottom(model, boundary)
     if noisy:
-        log(f"Activation cache off: {', '.join(noisy[:3])} below the boundary act randomly "
-            "in training.")  # fmt: skip
+        log(
+            f"Activation cache off: {', '.join(noisy[:3])} below the boundary act randomly "
+            "in training."
+        )
         return None
     top = top_model(model, boundary)
     root = Path(cfg.cache_dir) if cfg.cache_dir else cache.default_dir().parent

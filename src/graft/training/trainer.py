@@ -240,9 +240,17 @@ class Trainer:
             feed = cached if on_cache else activations.feed() if on_acts else None
             position = Position(index, epoch - skip, skip)
             ctx = PhaseContext(
-                phase, position, len(plan), self.model, target, train, train_eval,
-                feed[1] if on_acts else val, result.history, activations=on_acts,
-            )  # fmt: skip
+                phase,
+                position,
+                len(plan),
+                self.model,
+                target,
+                train,
+                train_eval,
+                feed[1] if on_acts else val,
+                result.history,
+                activations=on_acts,
+            )
             result.phases.append(
                 self._run_phase(ctx, train, val, feed, result, states if skip else {})
             )
