@@ -35,22 +35,21 @@ def _file_item(path: str) -> str:
 def data_digest(split) -> dict | None:
     """Per class: how many items, and a digest of them (file paths and sizes, or pixels).
 
-    ``split`` is a :class:`graft.data.sources.LabelledFiles`, an ``(x, y)`` tuple, or
-    ``None``/a dataset (not fingerprinted).
+    ``split`` is a :class:`graft.data.adapter.DataAdapter` (its ``kind`` says what it
+    holds), or ``None``; a streamed dataset is not fingerprinted.
     """
-    if split is None:
+    if split is None or split.kind == "dataset":
         return None
-    if isinstance(split, tuple):
-        x, y = (np.ascontiguousarray(a) for a in split)
+    if split.kind == "arrays":
+        x, y = (np.ascontiguousarray(a) for a in (split.images, split.labels))
         digest = hashlib.blake2b(x.tobytes() + y.tobytes(), digest_size=16).hexdigest()
         return {"arrays": f"{x.shape}:{digest}"}
-    if not hasattr(split, "paths"):
-        return None
-    labels = np.asarray(split.labels)
+    files = split.files
+    labels = np.asarray(files.labels)
     result = {}
-    for index, name in enumerate(split.classes):
+    for index, name in enumerate(files.classes):
         carries = labels[:, index] > 0 if labels.ndim == 2 else labels == index
-        items = sorted(_file_item(p) for p, keep in zip(split.paths, carries) if keep)
+        items = sorted(_file_item(p) for p, keep in zip(files.paths, carries) if keep)
         digest = hashlib.blake2b("".join(items).encode("utf-8", "surrogateescape"), digest_size=16)
         result[str(name)] = f"{len(items)} files:{digest.hexdigest()}"
     return result

@@ -225,7 +225,8 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         bb: Its :class:`graft.core.backbones.Backbone`.
         blocks: The backbone's blocks.
         phases: The plan.
-        splits: ``{"train": files_or_arrays, "val": files_or_arrays_or_None}``.
+        splits: ``{"train": DataAdapter, "val": DataAdapter or None}`` (files or arrays;
+            see :class:`graft.data.adapter.DataAdapter`).
         cfg: The run's settings (``batch_size``, ``seed``, ``cache_dir``, ``cache_views``,
             ``augment``).
         augment: The training augmentation (``None``: none).
@@ -262,7 +263,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         content = cache.split_fingerprint(split)
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
         key = activation_store.cache_key(bottom, boundary, bb.source, content, tag)
-        rows = len(split[1]) if isinstance(split, tuple) else len(split)
+        rows = split.count
         # One bottom pass in large batches (inference only; the batch size is no setting).
         images = cache.split_images(split, bb, max(bs, 64), None if view is None else augment)
         # The float16/float32 choice is made once, on the first entry's first batch.
@@ -273,7 +274,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         return found
 
     def labels_of(split):
-        return split[1] if isinstance(split, tuple) else split.labels
+        return split.labels
 
     try:
         train, val = splits["train"], splits["val"]

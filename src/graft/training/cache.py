@@ -277,19 +277,19 @@ def _images(split, bb, batch_size: int, augment=None):
     """A dataset of the raw image batches of a split (files or arrays), in order."""
     from graft.data import pipelines as data
 
-    if isinstance(split, tuple):
-        ds = data.array_pipeline(split[0], split[1], batch_size)
+    if split.kind == "arrays":
+        ds = data.array_pipeline(split.images, split.labels, batch_size)
     else:
-        ds = data.pipeline(split, bb.image_size, bb.channels, batch_size)
+        ds = data.pipeline(split.files, bb.image_size, bb.channels, batch_size)
     if augment is None:
         return ds.map(lambda x, y: x)
     return ds.map(lambda x, y: augment(x, training=True))
 
 
 def _fingerprint(split) -> str:
-    if isinstance(split, tuple):
-        return content_fingerprint(images=split[0])
-    return content_fingerprint(paths=split.paths)
+    if split.kind == "arrays":
+        return content_fingerprint(images=split.images)
+    return content_fingerprint(paths=split.files.paths)
 
 
 def cached_datasets(
@@ -300,7 +300,8 @@ def cached_datasets(
     Args:
         model: The grafted model (its preprocessing, backbone and pooling are cached).
         bb: Its :class:`graft.backbones.Backbone`.
-        splits: ``{"train": files_or_arrays, "val": files_or_arrays_or_None}``.
+        splits: ``{"train": DataAdapter, "val": DataAdapter or None}`` (files or arrays;
+            see :class:`graft.data.adapter.DataAdapter`).
         cfg: The run's :class:`graft.config.TrainConfig` (batch size, seed, cache dir,
             ``cache_views`` and ``augment``).
         augment: The training augmentation; with ``cfg.cache_views = K`` the training
@@ -328,7 +329,7 @@ def cached_datasets(
 
     def features(split, name, view=None):
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
-        n = len(split[1]) if isinstance(split, tuple) else len(split)
+        n = split.count
         found = derive(name, view) if derive is not None else None
         if found is None:
             aug = None if view is None else augment
@@ -349,7 +350,7 @@ def cached_datasets(
         return values
 
     train, val = splits["train"], splits["val"]
-    labels = train[1] if isinstance(train, tuple) else train.labels
+    labels = train.labels
     bs = cfg.batch_size
     if views:
         per_view = [
@@ -365,7 +366,7 @@ def cached_datasets(
         steps = None
     val_ds = None
     if val is not None:
-        val_labels = val[1] if isinstance(val, tuple) else val.labels
+        val_labels = val.labels
         val_ds = data.array_pipeline(features(val, "val"), val_labels, bs)
     return train_ds, val_ds, steps
 
