@@ -237,6 +237,8 @@ def execute(req: Request) -> Run:
             ctx = open_run(ctx, data, held)
             run_dir = ctx.run_dir
             held.enter_context(resume.signals_interrupt(run_dir))
+            # Seeded before anything is built: the same seed, the same head weights and
+            # batches (a resume then restores the RNG of its last checkpoint).
             keras.utils.set_random_seed(ctx.cfg.seed)
             scope.enter_context(ctx.devices.scope())
             if ctx.devices.describe(ctx.cfg.batch_size):
@@ -842,7 +844,8 @@ def _evaluated_on(
 
 
 def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInputs) -> Run:
-    """Save the run folder's artifacts, evaluate, draw, report; mark it completed."""
+    """Save the run folder's artifacts, evaluate, draw, report; mark it completed.
+    Returns ``run`` with the evaluation in its metrics."""
     d = run.run_dir
     files.save_model(run.model, d / layout.MODEL_FILE)
     files.write_json(d / layout.LABELS_FILE, run.classes)
@@ -861,7 +864,7 @@ def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInput
     run_metrics.record(d, run.metrics, fresh=True)
     with progress.status("Evaluating and writing the report"):
         evaluated = report.finish_run(d, inputs)
-    if evaluated is not None:
-        run.metrics["evaluation"] = evaluated
     checkpoints.write_status(d, "completed")
-    return run
+    if evaluated is None:
+        return run
+    return dataclasses.replace(run, metrics={**run.metrics, "evaluation": evaluated})
