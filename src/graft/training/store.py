@@ -315,7 +315,8 @@ class Store:
                 values = np.asarray(chunk)
                 if found["dtype"] is None:
                     yield _hashed(digest, header(values))
-                cast = np.ascontiguousarray(values.astype(found["dtype"]))
+                with np.errstate(over="ignore"):  # an overflow is checked just below
+                    cast = np.ascontiguousarray(values.astype(found["dtype"]))
                 if cast.dtype == "float16" and not np.isfinite(cast).all():
                     raise Float16Overflow
                 found["rows"] += len(cast)
