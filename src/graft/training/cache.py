@@ -12,7 +12,10 @@ A cache entry is keyed by everything that determines the features: the backbone'
 source, a fingerprint of all its weights, the preprocessing layers (their configuration
 and weights), the image size and channels, the exact content of every image file (or
 array) in order, and the augmentation view. A changed file, other weights, another
-preprocessing or another size never reuse stale features.
+preprocessing or another size never reuse stale features. Entries live in the one
+verified store (:mod:`graft.training.store`), which refuses a damaged, edited or swapped
+entry; the feature cache hands the head and its datasets to the trainer as
+:class:`graft.training.feed.Inputs`.
 """
 
 from __future__ import annotations

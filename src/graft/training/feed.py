@@ -70,19 +70,6 @@ class Feed:
             return self.activations.inputs()
         return self.full
 
-    def shuffled(self) -> dict:
-        """``{kind: training dataset}`` of every input this feed holds."""
-        found = [self.full, self.features, self.activations and self.activations.inputs()]
-        return {x.kind: x.train for x in found if x}
-
-    def fast_forward(self, passes: dict, less: int = 0) -> None:
-        """Advance every shuffled training dataset by the passes a checkpoint counted
-        (minus ``less`` each), so a resumed run sees the same orders."""
-        from graft.training.checkpoints import fast_forward
-
-        for kind, dataset in self.shuffled().items():
-            fast_forward(dataset, passes.get(kind, 0) - less)
-
 
 def entry_dataset(entry: Entry, labels, batch_size: int, shuffle: bool = False, seed: int = 0):
     """``(rows, labels)`` batches of a stored entry, read from disk batch by batch (the
