@@ -235,3 +235,63 @@ def test_forged_and_swapped_activation_entries_are_recomputed(
     lines = _train(digits_folder, cnn_file, cache)
     refused = [line for line in lines if "recomputed" in line]
     assert len(refused) == 2 and all("another key" in line for line in refused), lines
+
+
+def test_feature_entries_huge_or_of_the_previous_format_are_recomputed(
+    digits_folder, cnn_file, tmp_path, monkeypatch
+):
+    """Issue 21 item 6 (a huge entry was read whole before its checksum was checked) and a
+    cache written before the format change, through a feature-extraction run; a dead
+    writer's part file is gone after the next run."""
+    cache = tmp_path / "cache"
+    kw = {**RUN, "strategy": "feature", "cache_dir": str(cache), "verbose": 0}
+
+    def train():
+        lines: list[str] = []
+        graft.train(digits_folder, backbone=str(cnn_file), log=lines.append, **kw)
+        return [line for line in lines if line.startswith("Feature cache")]
+
+    assert all("computed" in line for line in train())
+    entries = sorted(cache.glob("*.npy"), key=lambda p: len(np.load(p)))
+    assert len(entries) == 2
+    val, train_entry = entries
+    with open(train_entry, "r+b") as handle:
+        handle.truncate(8 << 30)  # 8 GiB (sparse)
+    index = val.with_suffix(".json")
+    old = {"sha256": "0" * 64, "shape": list(np.load(val).shape), "format": 1}
+    index.write_text(json.dumps(old))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    part = cache / f"{train_entry.name}.{store._HOST}.{dead.pid}.part"
+    part.write_bytes(b"half")
+    read: list[int] = []
+    real = store._read
+    monkeypatch.setattr(store, "_read", lambda fd, n: read.append(n) or real(fd, n))
+    lines = train()
+    assert not part.exists()
+    (huge,) = [line for line in lines if train_entry.name in line and "recomputed" in line]
+    assert "size does not fit" in huge
+    (older,) = [line for line in lines if val.name in line and "recomputed" in line]
+    assert "cache format 1" in older and f"format {store.FORMAT}" in older
+    assert max(read) <= store.CHUNK and sum(read) < 1 << 20  # nothing read whole
+    assert train_entry.stat().st_size < 1 << 20  # rewritten at its size
+    assert all("reused" in line for line in train())
+
+
+def test_the_feed_gives_each_phase_its_inputs():
+    """Frozen-backbone phases: the head on cached features; phases the activation cache
+    serves: its top; every other phase: the full model on the images."""
+    from types import SimpleNamespace
+
+    from graft.training.feed import ACTIVATIONS, FEATURES, FULL, Feed, Inputs
+
+    features = Inputs("head", "feature batches", "feature val", None, FEATURES)
+    acts = SimpleNamespace(
+        serves=lambda i: i == 2, inputs=lambda: Inputs("top", "rows", None, 3, ACTIVATIONS)
+    )
+    frozen, partial = SimpleNamespace(backbone_frozen=True), SimpleNamespace(backbone_frozen=False)
+    feed = Feed("model", "images", "val images", features, acts)
+    assert feed.inputs(1, frozen) is features
+    assert feed.inputs(2, partial).target == "top" and feed.inputs(2, partial).steps == 3
+    assert feed.inputs(3, partial) == Inputs("model", "images", "val images", None, FULL)
+    assert Feed("model", "images").inputs(1, frozen).kind == FULL
