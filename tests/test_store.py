@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,3 +296,39 @@ def test_the_feed_gives_each_phase_its_inputs():
     assert feed.inputs(2, partial).target == "top" and feed.inputs(2, partial).steps == 3
     assert feed.inputs(3, partial) == Inputs("model", "images", "val images", None, FULL)
     assert Feed("model", "images").inputs(1, frozen).kind == FULL
+
+
+_KILLED_IN_THE_PASS = """
+import os, signal, sys
+from graft.training import activations
+real = activations.bottom_pass
+def bottom_pass(*args):
+    batches = real(*args)
+    yield next(batches)
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 in the middle of the activation pass
+activations.bottom_pass = bottom_pass
+from graft import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_9_in_the_activation_pass_leaves_no_part_file_behind(
+    digits_folder, cnn_file, tmp_path
+):
+    """Issue 21, also seen: a kill -9 during the activation pass left *.part files forever."""
+    cache = tmp_path / "cache"
+    args = [
+        "train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
+        "--strategy", "finetune", "--unfreeze", "blocks:1", "--epochs", "1",
+        "--batch-size", "8", "--cache-dir", str(cache), "--out", str(tmp_path / "run"),
+    ]  # fmt: skip
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_IN_THE_PASS, *args], env=env, capture_output=True
+    )
+    assert killed.returncode == -9
+    assert list((cache / "activations").glob("*.part"))  # what the dead writer left
+    lines = _train(digits_folder, cnn_file, cache)
+    assert "reused" not in lines[-1]
+    assert not list((cache / "activations").glob("*.part"))
