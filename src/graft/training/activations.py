@@ -35,7 +35,7 @@ from graft.core.freezing import select
 from graft.core.model import backbone_of, preprocess_layers
 from graft.core.model_utils import forward_function, layer_key, weights_fingerprint
 from graft.training import cache
-from graft.training.feed import ACTIVATIONS, Inputs, entry_dataset
+from graft.training.feed import ACTIVATIONS, Inputs, cycled, entry_dataset
 from graft.training.store import Entry, Float16Overflow, Store, open_store
 
 #: Version of what a key describes (the files' own format: :data:`graft.training.store.FORMAT`).
@@ -323,7 +323,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         content = cache.split_fingerprint(split)
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
         key = cache_key(bottom, boundary, bb.source, content, tag)
-        rows = len(split[1]) if isinstance(split, tuple) else len(split)
+        rows = len(cache.split_labels(split))
         found, problem = store.find(key, rows, boundary.shape)
         hits.append(found is not None)
         if found is None:
@@ -338,21 +338,15 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
             log(f"Activation cache: entry {found.path.name} recomputed: {problem}")
         return found
 
-    def labels_of(split):
-        return split[1] if isinstance(split, tuple) else split.labels
-
     try:
         train, val = splits["train"], splits["val"]
-        labels = labels_of(train)
+        labels = cache.split_labels(train)
         if views:
             entries = [entry(train, v) for v in range(views)]
             parts = [
                 entry_dataset(e, labels, bs, True, cfg.seed + v) for v, e in enumerate(entries)
             ]
-            train_ds = parts[0]
-            for part in parts[1:]:
-                train_ds = train_ds.concatenate(part)
-            train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
+            train_ds, steps = cycled(parts, math.ceil(len(labels) / bs))
         else:
             entries = [entry(train)]
             train_ds, steps = entry_dataset(entries[0], labels, bs, True, cfg.seed), None
@@ -360,7 +354,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         val_ds = None
         if val is not None:
             entries.append(entry(val))
-            val_ds = entry_dataset(entries[-1], labels_of(val), bs)
+            val_ds = entry_dataset(entries[-1], cache.split_labels(val), bs)
             named["val", None] = entries[-1]
     except OSError as exc:  # a read-only or full cache disk costs speed, not the run
         log(f"Activation cache off: cannot write its entries ({exc.strerror or exc}).")

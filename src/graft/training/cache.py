@@ -41,7 +41,7 @@ from graft.core.model_utils import (
     pooling_layers_of,
     weights_fingerprint,
 )
-from graft.training.feed import FEATURES, Inputs
+from graft.training.feed import FEATURES, Inputs, cycled
 from graft.training.store import open_store
 
 #: Version of what a key describes (a new one orphans every entry); the files' own format
@@ -194,6 +194,11 @@ def split_images(split, bb, batch_size: int, augment=None):
     return ds.map(lambda x, y: augment(x, training=True))
 
 
+def split_labels(split):
+    """The labels of a split (files or an ``(images, labels)`` pair), in order."""
+    return split[1] if isinstance(split, tuple) else split.labels
+
+
 def split_fingerprint(split) -> str:
     if isinstance(split, tuple):
         return content_fingerprint(images=split[0])
@@ -237,7 +242,7 @@ def cached_datasets(
 
     def features(split, name, view=None):
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
-        n = len(split[1]) if isinstance(split, tuple) else len(split)
+        n = len(split_labels(split))
         found = derive(name, view) if derive is not None else None
         if found is None:
             aug = None if view is None else augment
@@ -258,22 +263,18 @@ def cached_datasets(
         return values
 
     train, val = splits["train"], splits["val"]
-    labels = train[1] if isinstance(train, tuple) else train.labels
+    labels = split_labels(train)
     bs = cfg.batch_size
     if views:
         per_view = [
             data.array_pipeline(features(train, "train", v), labels, bs, True, cfg.seed + v)
             for v in range(views)
         ]
-        train_ds = per_view[0]
-        for ds in per_view[1:]:
-            train_ds = train_ds.concatenate(ds)
-        train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
+        train_ds, steps = cycled(per_view, math.ceil(len(labels) / bs))
     else:
         train_ds = data.array_pipeline(features(train, "train"), labels, bs, True, cfg.seed)
         steps = None
     val_ds = None
     if val is not None:
-        val_labels = val[1] if isinstance(val, tuple) else val.labels
-        val_ds = data.array_pipeline(features(val, "val"), val_labels, bs)
+        val_ds = data.array_pipeline(features(val, "val"), split_labels(val), bs)
     return Inputs(head_model(model), train_ds, val_ds, steps, FEATURES)

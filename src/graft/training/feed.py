@@ -71,6 +71,15 @@ class Feed:
         return self.full
 
 
+def cycled(views: list, steps: int) -> tuple:
+    """One training dataset over the datasets of K cached views of the training split, in
+    which epoch ``e`` trains on view ``e mod K``: ``(dataset, steps per epoch)``."""
+    train = views[0]
+    for view in views[1:]:
+        train = train.concatenate(view)
+    return train.repeat(), steps
+
+
 def entry_dataset(entry: Entry, labels, batch_size: int, shuffle: bool = False, seed: int = 0):
     """``(rows, labels)`` batches of a stored entry, read from disk batch by batch (the
     ``tf.data`` reader of the store); shuffled exactly like
