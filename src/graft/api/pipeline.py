@@ -42,7 +42,7 @@ from graft.api.result import Run
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.phase import Plan
 from graft.config.settings import TrainConfig
-from graft.core import backbones, freezing, scaling
+from graft.core import backbones, freezing, model_utils, scaling
 from graft.core.model import BACKBONE_NAME, HeadConfig, backbone_of, pooling_summary
 from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
@@ -208,8 +208,8 @@ class Fitted:
     lr_found: dict | None
     reference: list | None
     keeper: KeepBest | None = None
-    #: The feature cache's ``(train, val, steps)`` datasets, if the run used it.
-    cached: tuple | None = None
+    #: The feature cache's :class:`graft.training.feed.Inputs`, if the run used it.
+    cached: object = None
     #: The :class:`graft.training.activations.ActivationCache`, if the run used it.
     activations: object = None
 
@@ -538,7 +538,7 @@ def fit(
         mid_phase = ctx.devices.peeks and state.next_position()[1] > 0
         checkpoints.fast_forward(pipes.train, state.passes.get("full", 0) - mid_phase)
         if cached is not None:
-            checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
+            checkpoints.fast_forward(cached.train, state.passes.get("cached", 0) - mid_phase)
         if acts is not None:
             checkpoints.fast_forward(acts.train, state.passes.get("activations", 0) - mid_phase)
     with (
@@ -820,7 +820,7 @@ def _evaluated_on(
     predicts on them, and only the worst errors' images are read. Or else the top of the
     model on the cached activations of its bottom, if that ended the run with the weights
     they were computed with (float16 activations: within their parity bound,
-    :data:`graft.training.activation_store.PARITY`). Else ``None`` (evaluate on images).
+    :data:`graft.training.activations.PARITY`). Else ``None`` (evaluate on images).
     """
     cached, val = fitted.cached, None if data.val is None else data.val.files
     if val is None:
@@ -828,8 +828,8 @@ def _evaluated_on(
     paths, size, channels = list(val.paths), bb.image_size, bb.channels
     found = ()
     # (drift: the shipped model, undistributed)
-    if cached is not None and cached[1] is not None and drift.unchanged(model, fitted.reference):
-        found = cached[1], cache.head_model(model)
+    if cached is not None and cached.val is not None and drift.unchanged(model, fitted.reference):
+        found = cached.val, model_utils.head_model(model)
     elif fitted.activations is not None:
         found = fitted.activations.evaluator(model)  # () when the bottom changed
     if not found:
