@@ -258,7 +258,7 @@ def choose_inputs(
         modes = [ranked[0] if ranked else ("none" if "none" in modes else modes[0])]
     maps = {}
     for mode in modes:
-        maps[mode] = np.asarray(forward(backbone, _scale(x, mode, channels)))
+        maps[mode] = np.asarray(forward(backbone, scale_images(x, mode, channels)))
     shape = next(iter(maps.values())).shape[1:]
     if pool is not None:
         pool_list, how["pool"] = [pool], "given"
@@ -308,7 +308,8 @@ def _without_worst(modes: list[str], scores: dict) -> list[str]:
     return [m for m in modes if m != worst]
 
 
-def _scale(x: np.ndarray, mode: str, channels: int) -> np.ndarray:
+def scale_images(x: np.ndarray, mode: str, channels: int) -> np.ndarray:
+    """Raw 0-255 images scaled as ``mode`` (graft's preprocessing layers, in NumPy)."""
     out = x
     for layer in preprocessing_layers(mode, channels):
         out = np.asarray(layer(out))
