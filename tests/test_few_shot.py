@@ -167,3 +167,179 @@ def test_probe_without_folds_uses_the_default_c(digit_features):
 
 
 # ---- input candidates by measurement -------------------------------------------------------
+
+SCALINGS = ("unit", "symmetric", "torch", "caffe")
+#: Base colour of the generated images (per channel, so caffe's channel swap matters).
+BASE = np.array([150.0, 110.0, 90.0])
+
+
+def gratings(n_per_class=8, classes=4, seed=0):
+    """Oriented gratings of low contrast around a coloured mid-grey: the information is
+    in graded intensities (no shape survives a saturated first layer)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:IMAGE, 0:IMAGE] / IMAGE
+    images, labels = [], []
+    for c in range(classes):
+        angle = np.pi * c / classes
+        for _ in range(n_per_class):
+            phase = rng.uniform(0, 2 * np.pi)
+            wave = np.sin(2 * np.pi * 4 * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)
+            im = BASE + 25 * wave[..., None] + rng.normal(0, 6, (IMAGE, IMAGE, 3))
+            images.append(np.clip(im, 0, 255))
+            labels.append(c)
+    return np.asarray(images, "float32"), np.asarray(labels)
+
+
+def calibrated(truth: str, images, with_bn: bool) -> keras.Model:
+    """A backbone that expects ``truth`` scaling, as one pre-trained on it would.
+
+    Without BN: its first layer standardises each channel with the statistics of the
+    images scaled as ``truth`` and squashes (tanh at gain 4), so any other scaling lands
+    in tanh's flat tails. With BN: a 1x1 identity conv and a BatchNormalization whose
+    moving statistics are those of the images scaled as ``truth``.
+    """
+    keras.utils.set_random_seed(0)
+    scaled = cand.scale_images(images, truth, 3)
+    mean, std = scaled.mean(axis=(0, 1, 2)), scaled.std(axis=(0, 1, 2))
+    inputs = keras.Input((IMAGE, IMAGE, 3))
+    first = keras.layers.Conv2D(3, 1, name="stem", activation=None if with_bn else "tanh")
+    h = first(inputs)
+    if with_bn:
+        first.set_weights([np.eye(3).reshape(1, 1, 3, 3), np.zeros(3)])
+        bn = keras.layers.BatchNormalization(name="stem_bn")
+        h = keras.layers.Activation("tanh")(bn(h))
+        bn.set_weights([np.ones(3), np.zeros(3), mean, std**2])
+    else:
+        gain = 4.0
+        first.set_weights([np.diag(gain / std).reshape(1, 1, 3, 3), -gain * mean / std])
+    h = keras.layers.Conv2D(16, 5, strides=2, activation="relu", name="conv")(h)
+    return keras.Model(inputs, h, name=f"expects_{truth}")
+
+
+def _counting():
+    calls = []
+
+    def forward(model, x):
+        calls.append(len(x))
+        return model.predict(x, verbose=0)
+
+    return calls, forward
+
+
+@pytest.fixture(scope="module")
+def grating_data():
+    return gratings()
+
+
+@pytest.mark.parametrize("truth", SCALINGS)
+def test_measurement_picks_the_true_scaling_of_a_model_without_bn(grating_data, truth):
+    x, y = grating_data
+    model = calibrated(truth, x, with_bn=False)
+    folds = plan_folds(y, seed=0)
+    calls, forward = _counting()
+    choice = cand.choose_inputs(model, x, y, folds, pool="avg", grid=(0.1, 1.0), forward=forward)
+    assert choice.how == {"scaling": "measured", "pool": "given"}
+    assert choice.evidence["choice"] is None  # no BN, no scaling layer: nothing to infer
+    assert choice.scaling == truth, choice.line()
+    assert len(calls) == choice.forward_passes == 5  # one pass per scaling candidate
+    worst = choice.candidates[-1]
+    assert worst.score.mean < choice.best.score.mean
+    assert {c.scaling for c in choice.candidates} == {"none", *SCALINGS}
+    assert choice.as_dict()["candidates"][0]["mean"] == round(choice.best.score.mean, 4)
+
+
+@pytest.mark.parametrize("truth", ["unit", "caffe"])
+def test_clear_bn_evidence_decides_without_a_search(grating_data, truth):
+    x, y = grating_data
+    model = calibrated(truth, x, with_bn=True)
+    calls, forward = _counting()
+    choice = cand.choose_inputs(model, x, y, plan_folds(y), pool="avg", forward=forward)
+    assert choice.scaling == truth and choice.how["scaling"] == "evidence", choice.line()
+    assert len(calls) == 1 and not choice.candidates  # nothing left to measure
+    assert "stem_bn" in choice.evidence["source"]
+
+
+def test_the_candidate_the_evidence_ranks_worst_is_never_chosen(grating_data):
+    from graft.core.scaling import Evidence
+
+    x, y = grating_data
+    model = calibrated("symmetric", x, with_bn=False)  # measurement would pick symmetric
+    weak = Evidence(None, "a BN layer that does not single out one scaling", {
+        "none": 1.0, "unit": 1.2, "symmetric": 2.0, "torch": 1.5, "caffe": 1.1,
+    })  # fmt: skip
+    choice = cand.choose_inputs(model, x, y, plan_folds(y), pool="avg", evidence=weak)
+    assert "symmetric" not in {c.scaling for c in choice.candidates}
+    assert choice.scaling != "symmetric" and choice.how["scaling"] == "measured"
+
+
+def test_without_folds_the_priors_decide(grating_data):
+    from graft.core.scaling import Evidence
+
+    x, y = grating_data
+    idx = np.array([0, 8, 16, 24])  # one image per class
+    model = calibrated("unit", x, with_bn=False)
+    weak = Evidence(None, "unclear", {"none": 3.0, "unit": 1.0, "symmetric": 1.5})
+    calls, forward = _counting()
+    choice = cand.choose_inputs(
+        model, x[idx], y[idx], plan_folds(y[idx]), evidence=weak, forward=forward
+    )
+    assert (choice.scaling, choice.how["scaling"]) == ("unit", "prior")  # the evidence's best
+    assert choice.pool == "avg" and choice.how["pool"] == "prior"  # a 14x14 map: not small
+    assert len(calls) == 1 and not choice.candidates
+    assert cand.pool_prior((4, 4, 128)) == "flatten" and cand.pool_prior((3, 3, 2048)) == "avg"
+    assert cand.pool_prior((14, 14, 8)) == "avg" and cand.pool_prior((49, 64)) == "mean"
+
+
+def quadrants(n_per_class=6, seed=0):
+    """A bright square in one of four quadrants: global pooling cannot tell where."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for c in range(4):
+        for _ in range(n_per_class):
+            im = rng.normal(60, 8, (IMAGE, IMAGE, 3))
+            r, col = divmod(c, 2)
+            top, left = r * 16 + rng.integers(2, 6), col * 16 + rng.integers(2, 6)
+            im[top : top + 8, left : left + 8] += rng.uniform(80, 140)
+            images.append(np.clip(im, 0, 255))
+            labels.append(c)
+    return np.asarray(images, "float32"), np.asarray(labels)
+
+
+def test_a_small_map_where_flatten_beats_avg_picks_flatten_and_the_head_matches():
+    x, y = quadrants()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((IMAGE, IMAGE, 3))
+    h = keras.layers.Conv2D(4, 1, activation="relu", name="mix")(inputs)
+    backbone = keras.Model(inputs, keras.layers.AveragePooling2D(8)(h))  # a 4x4x4 map
+    folds = plan_folds(y, seed=1)
+    calls, forward = _counting()
+    choice = cand.choose_inputs(backbone, x, y, folds, scaling="unit", forward=forward)
+    scores = {c.pool: c.score.mean for c in choice.candidates}
+    assert set(scores) == {"avg", "max", "avgmax", "flatten"} and len(calls) == 1
+    assert choice.pool == "flatten" and choice.features == 64, choice.line()
+    assert scores["flatten"] >= scores["avg"] + 0.3, scores
+    # The NumPy pooling is the Keras pooling: a probe fitted here, written into the head of
+    # the grafted layout, predicts the same.
+    for pool in ("flatten", "avgmax", "max", "avg"):
+        fmap = backbone.predict(cand.scale_images(x, "unit", 3), verbose=0)
+        probe = fit_probe(cand.pool_features(fmap, pool), y, folds)
+        image = keras.Input((IMAGE, IMAGE, 3))
+        z = keras.layers.Rescaling(1 / 255)(image)
+        z = backbone(z)
+        for layer in pooling_layers(tuple(z.shape), pool):
+            z = layer(z)
+        head = keras.layers.Dense(4, activation="softmax", name="head_output")
+        grafted = keras.Model(image, head(z))
+        probe.write(head)
+        np.testing.assert_allclose(
+            grafted.predict(x, verbose=0),
+            probe.predict_proba(cand.pool_features(fmap, pool)),
+            atol=1e-5,
+        )
+    assert "flatten" in choice.line() and choice.as_dict()["how"]["pool"] == "measured"
+
+
+def test_flatten_is_no_candidate_beyond_the_feature_cap():
+    assert "flatten" not in cand.pool_candidates((16, 16, 64))  # 16,384 features
+    assert "flatten" in cand.pool_candidates((8, 8, 128))  # 8,192
+    assert cand.pool_candidates((2048,)) == ("identity",)

@@ -14,7 +14,9 @@ exactly as the Keras pooling layers of :func:`graft.core.model.pooling_layers` c
 them, so a probe fitted here can be written into the grafted model's head.
 
 The choice: the best mean accuracy; among the candidates within one standard error of
-the best, the one with the fewest features (then the higher mean). The candidate the BN
+the best, the one with the fewest features (then the higher mean, then the lower
+cross-validated log-loss, which separates candidates that classify every held-out image
+right but with different confidence). The candidate the BN
 evidence ranks worst is never measured, so never chosen. When nothing can be
 cross-validated (a class with one image) the priors decide: scaling by evidence (its best
 candidate even when not clear; ``none`` without any), pooling by :func:`pool_prior`.
@@ -35,7 +37,7 @@ import numpy as np
 
 from graft.core import scaling as scaling_evidence
 from graft.core.preprocessing import MODES, preprocessing_layers
-from graft.training.probe import C_GRID, CVScore, cross_validate
+from graft.training.probe import C_GRID, CVScore, cross_validate, small_blas
 
 #: ``flatten`` is a candidate only up to this many features.
 MAX_FLATTEN = 8192
@@ -285,7 +287,8 @@ def choose_inputs(
             feats = pool_features(fmap, p).astype("float64")
             best_c, best = None, None
             for c in grid:
-                score, _ = cross_validate(feats, y, folds.splits, c, num_classes)
+                with small_blas(feats):
+                    score, _ = cross_validate(feats, y, folds.splits, c, num_classes)
                 if best is None or (score.mean, -score.log_loss) > (best.mean, -best.log_loss):
                     best_c, best = c, score
             measured.append(Candidate(mode, p, feats.shape[1], best, best_c))
