@@ -105,7 +105,9 @@ def source_model(split: str, x, y, cache: Path, log=print):
     ys = np.searchsorted(np.array(source), y[mask])
     keras.utils.set_random_seed(0)
     model = demo.build_source_model(len(source))
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     start = time.perf_counter()
     model.fit(xs, ys, batch_size=32, epochs=10, verbose=0)
     acc = model.evaluate(xs, ys, verbose=0, return_dict=True)["accuracy"]
@@ -155,7 +157,9 @@ def scratch(train, test, seed, n_classes) -> float:
 
     keras.utils.set_random_seed(seed)
     model = demo.build_source_model(n_classes)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(train[0] / 255.0, train[1], batch_size=BATCH, epochs=SCRATCH_EPOCHS, verbose=0)
     return _accuracy(model, test)
 
@@ -178,7 +182,9 @@ def _grafted(path, n_classes, seed):
 def _fit(model, train, epochs, lr):
     import keras
 
-    model.compile(keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", ["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(lr), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(train[0] / 255.0, train[1], batch_size=BATCH, epochs=epochs, verbose=0)
 
 

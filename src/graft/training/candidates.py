@@ -258,10 +258,11 @@ def choose_inputs(
         # Priors: the evidence's best candidate, else "none" (graft's default for a file).
         ranked = sorted(modes, key=lambda m: ev.scores.get(m, math.inf)) if ev and ev.scores else []
         modes = [ranked[0] if ranked else ("none" if "none" in modes else modes[0])]
-    maps = {}
-    for mode in modes:
-        maps[mode] = np.asarray(forward(backbone, scale_images(x, mode, channels)))
-    shape = next(iter(maps.values())).shape[1:]
+    first = None
+    shape = _output_shape(backbone)
+    if shape is None:  # unknown until a pass: the first candidate's map gives it
+        first = np.asarray(forward(backbone, scale_images(x, modes[0], channels)))
+        shape = first.shape[1:]
     if pool is not None:
         pool_list, how["pool"] = [pool], "given"
     else:
@@ -271,18 +272,15 @@ def choose_inputs(
             pool_list = [pool_prior(shape, max_flatten)]
     if len(modes) == 1 and len(pool_list) == 1 or not can_measure:
         mode, chosen = modes[0], pool_list[0]
-        return InputChoice(
-            mode,
-            chosen,
-            feature_count(shape, chosen),
-            (),
-            evidence_dict,
-            how,
-            protocol,
-            len(maps),
-        )
+        passes = int(first is not None)
+        count = feature_count(shape, chosen)
+        return InputChoice(mode, chosen, count, (), evidence_dict, how, protocol, passes)
     measured = []
-    for mode, fmap in maps.items():
+    for i, mode in enumerate(modes):
+        # One pass per scaling; every pooling from its map, which is dropped before the next.
+        fmap = first if i == 0 and first is not None else None
+        if fmap is None:
+            fmap = np.asarray(forward(backbone, scale_images(x, mode, channels)))
         for p in pool_list:
             feats = pool_features(fmap, p).astype("float64")
             best_c, best = None, None
@@ -292,14 +290,24 @@ def choose_inputs(
                 if best is None or (score.mean, -score.log_loss) > (best.mean, -best.log_loss):
                     best_c, best = c, score
             measured.append(Candidate(mode, p, feats.shape[1], best, best_c))
+        del fmap
     ranked = sorted(measured, key=lambda c: (-c.score.mean, c.score.log_loss, c.features))
     top = ranked[0]
     near = [c for c in ranked if c.score.mean >= top.score.mean - top.score.se - 1e-12]
     pick = min(near, key=lambda c: (c.features, -c.score.mean, c.score.log_loss))
     ordered = (pick, *[c for c in ranked if c is not pick])
     return InputChoice(
-        pick.scaling, pick.pool, pick.features, ordered, evidence_dict, how, protocol, len(maps)
+        pick.scaling, pick.pool, pick.features, ordered, evidence_dict, how, protocol, len(modes)
     )
+
+
+def _output_shape(model) -> tuple | None:
+    """The backbone's output shape without the batch axis (``None`` if not fully known)."""
+    try:
+        shape = tuple(model.outputs[0].shape[1:])
+    except (AttributeError, IndexError, ValueError):
+        return None
+    return None if None in shape else shape
 
 
 def _without_worst(modes: list[str], scores: dict) -> list[str]:
