@@ -277,7 +277,7 @@ def mech_rows(path, train, test, seed, n_classes, rows) -> dict:
         out["mech-probe"] = float(np.mean(probe.predict_proba(f_test).argmax(1) == test[1]))
     if "mech-inputs" in rows:
         out["mech-inputs"] = _inputs_then_probe(
-            headless(path, MAP_CUT), train, test, folds, n_classes
+            headless(path, MAP_CUT), train, test, folds, n_classes, log=print
         )
     return out
 
