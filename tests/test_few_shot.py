@@ -343,3 +343,35 @@ def test_flatten_is_no_candidate_beyond_the_feature_cap():
     assert "flatten" not in cand.pool_candidates((16, 16, 64))  # 16,384 features
     assert "flatten" in cand.pool_candidates((8, 8, 128))  # 8,192
     assert cand.pool_candidates((2048,)) == ("identity",)
+
+
+# ---- bench/few_shot.py -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "few_shot.py"
+    spec = importlib.util.spec_from_file_location("few_shot_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_subsets_are_paired_and_nested(bench):
+    y = np.repeat(np.arange(10), 80)
+    train, test, labels = bench.draw(y, (5, 6, 7, 8, 9), seed=0)
+    assert set(train(2)) < set(train(4)) < set(train(50))  # the same images, K growing
+    assert not set(train(bench.MAX_K)) & set(test) and len(test) == 5 * 30
+    assert np.array_equal(train(2), bench.draw(y, (5, 6, 7, 8, 9), seed=0)[0](2))
+    assert bench.parse_rows("hand,graft-auto") == (*bench.HAND, "graft-auto")
+    with pytest.raises(SystemExit, match="Unknown row"):
+        bench.parse_rows("nope")
+    rows = [
+        {"split": "s", "K": k, "row": "probe", "seed": s, "test_accuracy": a, "seconds": 1}
+        for k, s, a in ((2, 0, 0.5), (2, 1, 0.7), (10, 0, 0.9))
+    ]
+    text = bench.table(rows)
+    assert "| s | probe | 0.600 ± 0.141 | 0.900 |" in text
