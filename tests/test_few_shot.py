@@ -375,3 +375,10 @@ def test_bench_subsets_are_paired_and_nested(bench):
     ]
     text = bench.table(rows)
     assert "| s | probe | 0.600 ± 0.141 | 0.900 |" in text
+
+
+def test_no_folds_at_all_means_priors(grating_data):
+    x, y = grating_data
+    model = calibrated("unit", x, with_bn=True)
+    choice = cand.choose_inputs(model, x, y, None)
+    assert choice.scaling == "unit" and choice.how == {"scaling": "evidence", "pool": "prior"}

@@ -239,6 +239,7 @@ def choose_inputs(
     forward = forward or _predict(batch_size)
     how: dict = {}
     ev = None
+    can_measure = folds is not None and folds.can_validate
     if scaling is not None:
         modes, how["scaling"] = [scaling], "given"
     else:
@@ -250,10 +251,9 @@ def choose_inputs(
             modes, how["scaling"] = [ev.choice], "evidence"
         else:
             modes = _without_worst(applicable, ev.scores)
-            how["scaling"] = "measured" if len(modes) > 1 and folds.can_validate else "prior"
+            how["scaling"] = "measured" if len(modes) > 1 and can_measure else "prior"
     protocol = folds.line() if folds is not None else ""
     evidence_dict = None if ev is None else ev.as_dict()
-    can_measure = folds is not None and folds.can_validate
     if not can_measure and len(modes) > 1:
         # Priors: the evidence's best candidate, else "none" (graft's default for a file).
         ranked = sorted(modes, key=lambda m: ev.scores.get(m, math.inf)) if ev and ev.scores else []
