@@ -382,3 +382,21 @@ def test_no_folds_at_all_means_priors(grating_data):
     model = calibrated("unit", x, with_bn=True)
     choice = cand.choose_inputs(model, x, y, None)
     assert choice.scaling == "unit" and choice.how == {"scaling": "evidence", "pool": "prior"}
+
+
+def test_a_hidden_head_gets_its_output_layer_re_solved_on_the_hidden_activations(digit_features):
+    """The documented design for ``hidden=(256,)``: the probe solves the last layer."""
+    x, y = digit_features
+    x, y = x[:200].astype("float32"), y[:200]
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(256, activation="relu", name="head_dense_1")(inputs)
+    dropped = keras.layers.Dropout(0.2, name="head_dropout")(hidden)
+    output = keras.layers.Dense(10, activation="softmax", name="head_output")
+    model = keras.Model(inputs, output(dropped))
+    acts = keras.Model(inputs, hidden).predict(x, verbose=0)  # dropout off at inference
+    probe = fit_probe(acts, y, plan_folds(y), num_classes=10)
+    probe.write(model.get_layer("head_output"))
+    got = model.predict(x, verbose=0)
+    np.testing.assert_allclose(got, probe.predict_proba(acts), atol=1e-5)
+    assert np.mean(got.argmax(1) == y) > 0.95
