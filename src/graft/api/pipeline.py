@@ -43,9 +43,16 @@ from graft.config.paths import AS_TYPED, make_portable
 from graft.config.phase import Plan
 from graft.config.settings import TrainConfig
 from graft.core import backbones, freezing, model_utils, scaling
-from graft.core.model import BACKBONE_NAME, HeadConfig, backbone_of, pooling_summary
+from graft.core.model import (
+    BACKBONE_NAME,
+    HEAD_PREFIX,
+    HeadConfig,
+    backbone_of,
+    pooling_summary,
+)
 from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
+from graft.data.folds import HOLDOUT_FRACTION, Folds, plan_folds
 from graft.data.pipelines import load_image
 from graft.errors import DataError, GraftError
 from graft.reporting import drift, plots, report
@@ -56,6 +63,7 @@ from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
 from graft.training import activations, cache, checkpoints, derived, distribute, resume
 from graft.training.hooks import KeepBest
+from graft.training.probe import Probe, fit_probe
 from graft.training.trainer import Trainer, TrainResult
 
 #: Where a run trains: one device, or a tf.distribute strategy behind one adapter.
@@ -162,6 +170,10 @@ class PreparedData:
     sources: dict
     #: The same paths as the caller typed them (``config.yaml``'s ``as_typed``).
     typed: dict
+    #: The validation protocol ``val_split="auto"`` drew (``None``: a given ``val`` or
+    #: fraction, or data without labels): with k-fold or none, ``train`` is every
+    #: labelled image (refit on all) and ``val`` is ``None``.
+    folds: Folds | None = None
 
     classes = property(lambda self: self.train.classes)
     multi_label = property(lambda self: self.train.multi_label)
@@ -174,6 +186,23 @@ class Built:
     loss: str
     metrics: list
     source_task: drift.SourceTask | None
+
+
+@dataclass(frozen=True)
+class Solved:
+    """The converged linear probe on the head's input features (issue 22).
+
+    ``written``: the probe *is* the model's output layer, and the phases it replaced
+    (``feature``'s only phase, ``hybrid``'s head phase: LP-FT) do not run. Otherwise it
+    is only the cross-validated estimate of a linear head on these features.
+    """
+
+    probe: Probe
+    #: The folds that chose its ``C`` (and scored it).
+    folds: Folds
+    written: bool
+    #: The phases the probe replaced (empty unless ``written``).
+    replaced: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +241,8 @@ class Fitted:
     cached: object = None
     #: The :class:`graft.training.activations.ActivationCache`, if the run used it.
     activations: object = None
+    #: The linear probe, if one was solved (:func:`solve_head`).
+    solved: Solved | None = None
 
     @property
     def activation_cache(self) -> dict | None:
@@ -244,9 +275,14 @@ def execute(req: Request) -> Run:
             if ctx.devices.describe(ctx.cfg.batch_size):
                 ctx.log(ctx.devices.describe(ctx.cfg.batch_size))
             built = build_model(ctx, data)
+            solved = solve_head(ctx, data, built)
+            if solved is not None and solved.written:  # the phases it replaced do not run
+                plan = Plan(ctx.plan.phases[len(solved.replaced) :], ctx.plan.head)
+                ctx = dataclasses.replace(ctx, plan=plan)
             pipes = make_pipelines(ctx, data, built.bb)
             setup = make_trainer(ctx, data, built)
             fitted = fit(ctx, data, built, pipes, setup)
+            fitted = dataclasses.replace(fitted, solved=solved)
             # From here on the run's settings are the ones it trained with (lr="auto"
             # replaced by the found rate): config.yaml records them.
             ctx = dataclasses.replace(ctx, cfg=fitted.cfg)
@@ -304,7 +340,10 @@ def prepare_data(ctx: Context) -> PreparedData:
             "Training on a tf.data.Dataset needs the class names.",
             hint="pass classes=[...] in label order.",
         )
-    if val is None and cfg.val_split and train.labels is not None:
+    folds = None
+    if val is None and cfg.val_split == "auto" and train.labels is not None:
+        train, val, folds = _auto_validation(train, cfg.seed, log)
+    elif val is None and cfg.val_split and train.labels is not None:
         train, val = train.split(cfg.val_split, cfg.seed)
         if not val.count:  # every class too small to give one image away
             log(
@@ -332,7 +371,25 @@ def prepare_data(ctx: Context) -> PreparedData:
         weights,
         sources={**sources, "classes": req.classes},
         typed=typed,
+        folds=folds,
     )
+
+
+def _auto_validation(train: adapter.DataAdapter, seed: int, log):
+    """``val_split="auto"``: ``(train, val, folds)``. A stratified hold-out of
+    :data:`~graft.data.folds.HOLDOUT_FRACTION` only when every class keeps enough
+    validation images; otherwise no hold-out: the model trains on every labelled image
+    and the validation figure is cross-validated (:func:`graft.data.folds.plan_folds`).
+    Multi-label data keeps the plain hold-out (folds are drawn per class)."""
+    if train.multi_label:
+        part, val = train.split(HOLDOUT_FRACTION, seed)
+        return part, (val if val.count else None), None
+    folds = plan_folds(train.labels, seed=seed, val_split="auto")
+    log(folds.line()[0].upper() + folds.line()[1:])
+    if folds.kind == "holdout":
+        part, val = train.split(HOLDOUT_FRACTION, seed)
+        return part, (val if val.count else None), folds
+    return train, None, folds
 
 
 def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Context:
@@ -412,6 +469,57 @@ def match_scaling(
     elif evidence.clear and evidence.choice != cfg.preprocess:
         log(f"Warning: preprocess={cfg.preprocess} was asked for, but {evidence.line()}")
     return dataclasses.replace(bb, preprocess=preprocess, scaling=evidence.as_dict())
+
+
+#: Strategies whose first phase is a linear head on the frozen backbone's features: with
+#: ``epochs="auto"`` the converged probe replaces it (feature: the whole run; hybrid: LP-FT).
+PROBE_STRATEGIES = ("feature", "hybrid")
+
+
+def solve_head(ctx: Context, data: PreparedData, built: Built) -> Solved | None:
+    """The converged linear probe (:func:`graft.training.probe.fit_probe`) on the head's
+    input features of every training image, or ``None`` when there is nothing to solve.
+
+    - It **is the head** (written into ``head_output``) for ``feature`` and ``hybrid``
+      with a linear head (``head=()``), ``epochs="auto"`` and a single-label task: the
+      head phase then does not run (``feature``: no epochs; ``hybrid``: fine-tuning starts
+      from a converged head). ``C`` is chosen by the run's folds (or, beside a hold-out,
+      by folds of the training part), then the probe is refit on every training image.
+    - Otherwise, when ``val_split="auto"`` chose k-fold, it is only the cross-validated
+      estimate of a linear head on these features, recorded beside the run's metrics.
+    """
+    cfg, plan, folds = ctx.cfg, ctx.plan, data.folds
+    if data.train.labels is None or data.multi_label:
+        return None
+    first = plan.phases[0] if plan.phases else None
+    writes = (
+        cfg.epochs == "auto"
+        and cfg.phases is None
+        and cfg.strategy in PROBE_STRATEGIES
+        and plan.head == ()
+        and first is not None
+        and first.backbone_frozen
+        and not first.recalibrate_bn
+    )
+    if not writes and (folds is None or folds.kind != "kfold"):
+        return None
+    labels = data.train.labels
+    if folds is None or folds.kind == "holdout":  # the training part's own folds choose C
+        folds = plan_folds(labels, seed=cfg.seed, val_split="auto")
+    bb = built.bb
+    batches = data.train.batches(bb.image_size, bb.channels, cfg.batch_size)
+    features = model_utils.features_model(built.model).predict(batches, verbose=0)
+    probe = fit_probe(features, labels, folds, num_classes=len(data.classes), seed=cfg.seed)
+    if not writes:
+        ctx.log(f"Cross-validated estimate, {probe.line()} (not this model's head)")
+        return Solved(probe, folds, written=False)
+    head = built.model.get_layer(f"{HEAD_PREFIX}output")
+    probe.write(head)
+    replaced = plan.phases[:1]
+    freezing.apply(built.model, bb.blocks, first.trainable, first.train_bn)
+    after = "no epochs" if len(plan.phases) == 1 else "fine-tuning starts from it (LP-FT)"
+    ctx.log(f"Head solved: {probe.line()}; {after}")
+    return Solved(probe, folds, written=True, replaced=replaced)
 
 
 def _source_task(ctx: Context, bb: backbones.Backbone) -> drift.SourceTask | None:
@@ -523,6 +631,9 @@ def fit(
 ) -> Fitted:
     """(``lr="auto"``: find the learning rate,) cache features, train every phase."""
     start = time.perf_counter()
+    if not ctx.plan.phases:  # the solved head replaced every phase: nothing to train
+        seconds = time.perf_counter() - start
+        return Fitted(TrainResult(), ctx.cfg, (), pipes, seconds, None, setup.reference)
     lr_found = None
     if ctx.cfg.lr == "auto":
         ctx, lr_found = _auto_lr(ctx, setup.trainer, pipes.train)
@@ -673,7 +784,8 @@ def finalize(
         from graft.training import tensorboard as tb
 
         tb.write_phases(ctx.run_dir, fitted.result.history)
-    building.compile_for_shipping(model, fitted.phases[-1], built.loss, built.metrics)
+    last = (fitted.phases or fitted.solved.replaced)[-1]
+    building.compile_for_shipping(model, last, built.loss, built.metrics)
     _keep(model, fitted, ctx.run_dir, ctx.log)
     return model
 
@@ -696,7 +808,10 @@ def _keep(model: keras.Model, fitted: Fitted, run_dir, log) -> None:
         files.save_model(model, Path(run_dir) / layout.LAST_MODEL_FILE)
     last = history[-1]["epoch"]
     if keeper.best is None:
-        log(f"Kept the last epoch ({last}): no {keeper.monitor} to choose the best by.")
+        log(
+            f"Kept the last epoch ({last}): no {keeper.monitor} to choose the best by "
+            "(no hold-out: every labelled image trained)."
+        )
         return
     model.set_weights(keeper.weights)
     best = keeper.best
@@ -721,6 +836,7 @@ def measure(
         phases=[p.as_dict() for p in fitted.result.phases],
         data=data.counts,
     )
+    metrics.update(_validation_metrics(model, data, fitted))
     if fitted.activation_cache is not None:
         metrics["activation_cache"] = fitted.activation_cache
     if fitted.lr_found is not None:
@@ -752,6 +868,56 @@ def measure(
     if ctx.devices.summary(cfg.batch_size) is not None:
         metrics["distribute"] = ctx.devices.summary(cfg.batch_size)
     return metrics
+
+
+def _validation_metrics(model: keras.Model, data: PreparedData, fitted: Fitted) -> dict:
+    """How the run was validated (``val_protocol``) and, where the figure is
+    cross-validated, ``val_accuracy``/``val_loss``/``val_accuracy_std`` from the folds.
+
+    - k-fold with the probe as the head: the cross-validated accuracy of that head,
+      then refit on every labelled image (``feature``: the shipped model's head exactly;
+      ``hybrid``: its first stage, fine-tuning is not cross-validated).
+    - A solved head with a hold-out (no epochs, so no history row): evaluated on it.
+    - Otherwise the hold-out's figures of the kept epoch stand, as before.
+    """
+    folds, solved, out = data.folds, fitted.solved, {}
+    if solved is not None:
+        out["probe"] = solved.probe.as_dict()
+    if folds is not None:
+        out["validation"] = folds.as_dict()
+    if folds is not None and folds.kind == "kfold":
+        cv = solved.probe.cv if solved is not None else None
+        if solved is not None and solved.written and cv is not None:
+            stage = "the head" if not fitted.phases else "the first stage (linear probe)"
+            out.update(
+                val_accuracy=round(cv.mean, 4),
+                val_accuracy_std=round(cv.std, 4),
+                val_loss=round(cv.log_loss, 4),
+                val_protocol={
+                    **folds.as_dict(),
+                    "cross_validated": True,
+                    "of": stage,
+                    "refit_on_all": data.counts["train"],
+                },
+            )
+        else:
+            out["val_protocol"] = {
+                **folds.as_dict(),
+                "cross_validated": False,
+                "of": None,
+                "refit_on_all": data.counts["train"],
+                "note": "no hold-out and this model's training is not cross-validated: "
+                "no validation figure (see probe for a linear head's estimate)",
+            }
+    elif folds is not None and folds.kind == "none":
+        out["val_protocol"] = {**folds.as_dict(), "cross_validated": False}
+    elif fitted.pipes.val is not None:
+        if solved is not None and solved.written and not fitted.result.history:
+            scores = model.evaluate(fitted.pipes.val, verbose=0, return_dict=True)
+            out.update(val_accuracy=float(scores["accuracy"]), val_loss=float(scores["loss"]))
+        kind = "holdout" if folds is not None or data.sources.get("val") is None else "given"
+        out["val_protocol"] = {"kind": kind, "cross_validated": False}
+    return out
 
 
 def _kept_metrics(fitted: Fitted) -> dict:

@@ -88,8 +88,12 @@ class TrainConfig:
         "How to train; auto searches (see --budget-trials).",
         choices=(*STRATEGIES, AUTO_STRATEGY),
     )
-    epochs: int = setting(
-        d.DEFAULT_EPOCHS, _S, "Epochs of the first phase (the head phase, or finetune's only one)."
+    epochs: int | str = setting(
+        "auto",
+        _S,
+        "Epochs of the first phase (the head phase, or finetune's only one); auto: a "
+        "linear head of feature/hybrid is solved (converged probe, no epochs), any other "
+        f"first phase trains {d.DEFAULT_EPOCHS} epochs.",
     )
     finetune_epochs: int = setting(d.DEFAULT_EPOCHS, _S, "Epochs of the fine-tuning phase(s).")
     unfreeze: str = setting(
@@ -144,8 +148,12 @@ class TrainConfig:
         "training images (non-shuffled).",
     )
     batch_size: int = setting(d.DEFAULT_BATCH_SIZE, _D, "Images per batch.")
-    val_split: float = setting(
-        d.DEFAULT_VAL_SPLIT, _D, "Fraction of DATA held out for validation (stratified)."
+    val_split: float | str = setting(
+        "auto",
+        _D,
+        "Fraction of DATA held out for validation (stratified); auto: a hold-out of "
+        f"{d.DEFAULT_VAL_SPLIT} only when every class keeps >= 5 validation images, else "
+        "k-fold cross-validation and the final model trained on every labelled image.",
     )
     augment: str = setting("none", _D, "Training-batch augmentation.", choices=AUGMENT_LEVELS)
     class_weight: str = setting(
@@ -202,7 +210,7 @@ class TrainConfig:
             return plans.with_options(custom, precise_bn=self.precise_bn)
         phases = plan(
             self.strategy,
-            epochs=self.epochs,
+            epochs=d.DEFAULT_EPOCHS if self.epochs == "auto" else self.epochs,
             finetune_epochs=self.finetune_epochs,
             lr=AUTO_LR_PLACEHOLDER if self.lr == "auto" else self.lr,
             finetune_lr=self.finetune_lr,
@@ -283,6 +291,10 @@ def _type_ok(kind: str, value) -> bool:
     return True
 
 
+#: Settings that may also be ``"auto"`` (decided by graft from the data).
+AUTO_SETTINGS = ("lr", "val_split", "epochs")
+
+
 def check_types(settings: dict) -> None:
     """Refuse a setting of the wrong type (``epochs: "ten"``) with one clear error.
 
@@ -299,14 +311,14 @@ def check_types(settings: dict) -> None:
         kinds = [k.strip() for k in str(f.type).split("|")]
         if value is None and "None" in kinds:
             continue
-        if f.name == "lr" and value == "auto":
+        if f.name in AUTO_SETTINGS and value == "auto":
             continue
         kind = next(k for k in kinds if k != "None")
         if not _type_ok(kind, value):
             raise GraftError(
                 f"{f.name} must be {_TYPE_NAMES.get(kind, kind)}"
                 + (" or None" if "None" in kinds else "")
-                + (" or 'auto'" if f.name == "lr" else "")
+                + (" or 'auto'" if f.name in AUTO_SETTINGS else "")
                 + f". {_received(f.name, value)}"
             )
 
@@ -331,6 +343,8 @@ def _check(cfg: TrainConfig) -> None:
                 f"Expected one of {', '.join(choices)}."
             )
     for name, low, high in (("val_split", 0, 1), ("dropout", 0, 1)):
+        if getattr(cfg, name) == "auto" and name in AUTO_SETTINGS:
+            continue
         if not low <= getattr(cfg, name) < high:
             raise GraftError(
                 f"{name} must be in [{low}, {high}). {_received(name, getattr(cfg, name))}"
