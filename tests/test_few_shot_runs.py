@@ -1,0 +1,121 @@
+"""Issue 22 through a run: val_split="auto" (k-fold and refit on every labelled image),
+the converged probe as the head of feature/hybrid, and an explicit hold-out obeyed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import SMALL_CLI, make_cnn
+from graft.api import pipeline
+from graft.core import model_utils
+from graft.data.folds import plan_folds
+from graft.training.probe import cross_validate, fit_probe
+
+CLASSES = ["five", "six", "seven"]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return make_cnn(seed=0)
+
+
+def _train(data, backbone, **settings):
+    import graft
+
+    return graft.train(data, backbone, verbose=0, classes=CLASSES, **settings)
+
+
+def test_feature_on_few_labels_refits_on_every_image_and_reports_the_cv_figure(small_arrays, cnn):
+    x, y = small_arrays  # 8 images per class: a hold-out would leave 2 per class
+    run = _train((x, y), cnn, strategy="feature", head=())
+    m = run.metrics
+    assert m["train_images"] == len(y) and m["val_images"] == 0
+    assert m["epochs"] == 0 and not run.history  # solved, not trained
+    protocol = m["val_protocol"]
+    assert protocol["kind"] == "kfold" and protocol["cross_validated"] is True
+    assert protocol["refit_on_all"] == len(y) and protocol["of"] == "the head"
+    assert 0 <= m["val_accuracy"] <= 1 and m["val_accuracy_std"] >= 0 and m["val_loss"] > 0
+    # The final model saw every labelled image: its head is the probe refit on all 24
+    # features with the chosen C, and differs from a probe fit on any fold's training part.
+    features = model_utils.features_model(run.model).predict(x, verbose=0)
+    full = fit_probe(features, y, C=m["probe"]["C"], num_classes=3)
+    kernel, bias = run.model.get_layer("head_output").get_weights()
+    np.testing.assert_allclose(kernel, full.kernel, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bias, full.bias, rtol=1e-4, atol=1e-5)
+    folds = plan_folds(y, seed=0)
+    train_idx = folds.splits[0][0]
+    part = fit_probe(features[train_idx], y[train_idx], C=m["probe"]["C"], num_classes=3)
+    assert not np.allclose(kernel, part.kernel, atol=1e-3)
+
+
+def test_the_run_scores_no_image_in_its_own_folds_training(small_arrays, cnn, monkeypatch):
+    x, y = small_arrays
+    seen = []
+    real = pipeline.fit_probe
+
+    def spy(features, labels, folds=None, **kw):
+        seen.append(folds)
+        return real(features, labels, folds, **kw)
+
+    monkeypatch.setattr(pipeline, "fit_probe", spy)
+    run = _train((x, y), cnn, strategy="feature", head=())
+    (folds,) = seen
+    assert folds.kind == "kfold" and len(folds.splits) >= 10
+    for train_idx, val_idx in folds.splits:
+        assert not set(train_idx.tolist()) & set(val_idx.tolist())
+    # The figure in metrics.json is the out-of-fold score over exactly these folds.
+    features = model_utils.features_model(run.model).predict(x, verbose=0)
+    score, _ = cross_validate(
+        np.asarray(features, "float64"), y, folds.splits, run.metrics["probe"]["C"], 3
+    )
+    assert run.metrics["val_accuracy"] == pytest.approx(score.mean, abs=1e-4)
+
+
+def test_an_explicit_val_split_is_obeyed_as_a_hold_out(small_arrays, cnn):
+    x, y = small_arrays
+    run = _train((x, y), cnn, strategy="feature", head=(), val_split=0.25)
+    m = run.metrics
+    assert m["val_images"] == 6 and m["train_images"] == 18
+    assert m["val_protocol"]["kind"] == "holdout"
+    assert m["val_protocol"]["cross_validated"] is False
+    assert 0 <= m["val_accuracy"] <= 1  # evaluated on the hold-out (no epochs ran)
+
+
+def test_hybrid_is_lp_ft_the_probe_then_fine_tuning_on_all_images(small_arrays, cnn):
+    x, y = small_arrays
+    run = _train((x, y), cnn, strategy="hybrid", head=(), finetune_epochs=2)
+    assert [r["phase"] for r in run.history] == ["finetune", "finetune"]
+    assert run.metrics["train_images"] == len(y) and run.metrics["val_images"] == 0
+    assert run.metrics["val_protocol"]["of"] == "the first stage (linear probe)"
+    assert run.metrics["kept"]["keep"] == "last"  # no hold-out: keep-best keeps the last
+
+
+def test_explicit_epochs_train_the_head_by_gradient(small_arrays, cnn):
+    x, y = small_arrays
+    run = _train((x, y), cnn, strategy="feature", head=(), epochs=2)
+    assert len(run.history) == 2 and run.metrics["kept"]["phase"] == "head"
+    # the probe's CV estimate is recorded as a linear head's, not claimed for this model
+    assert run.metrics["val_protocol"]["cross_validated"] is False
+    assert "val_accuracy" not in run.metrics and run.metrics["probe"]["cv"]["n"] >= 10
+
+
+def test_cli_takes_auto_and_numbers_and_refuses_words(tmp_path, digits_folder):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "graft.cli", "train", str(digits_folder), *SMALL_CLI]
+    done = subprocess.run(
+        [*cmd, "--strategy", "feature", "--head", "", "--val-split", "auto", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "cross-validation" in done.stdout + done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_protocol"]["kind"] == "kfold" and metrics["val_images"] == 0
+    bad = subprocess.run([*cmd, "--epochs", "ten"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "epochs must be an integer or 'auto'" in bad.stderr
+    assert "Traceback" not in bad.stderr
