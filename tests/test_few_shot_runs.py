@@ -19,14 +19,17 @@ from graft.training.probe import cross_validate, fit_probe
 CLASSES = ["five", "six", "seven"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cnn():
+    # A fresh object per test: a run may call the object's layers again (a second node
+    # on "gap" makes a later cut at it ambiguous).
     return make_cnn(seed=0)
 
 
 def _train(data, backbone, **settings):
     import graft
 
+    settings.setdefault("cut", "gap")  # features, not the old head's probabilities
     return graft.train(data, backbone, verbose=0, classes=CLASSES, **settings)
 
 
@@ -119,3 +122,68 @@ def test_cli_takes_auto_and_numbers_and_refuses_words(tmp_path, digits_folder):
     bad = subprocess.run([*cmd, "--epochs", "ten"], capture_output=True, text=True)
     assert bad.returncode != 0 and "epochs must be an integer or 'auto'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_practitioner_warnings(small_arrays, cnn):
+    import keras
+
+    x, y = small_arrays
+    softmax = keras.layers.Dense(4, activation="softmax", name="clf")(cnn.output)
+    lines: list[str] = []
+    import graft
+
+    graft.train(
+        (x[:, :12, :12], y),
+        keras.Model(cnn.input, softmax),
+        strategy="feature",
+        head=(),
+        image_size=32,
+        verbose=0,
+        classes=CLASSES,
+        log=lines.append,
+    )
+    text = "\n".join(lines)
+    assert "output (clf) is a softmax" in text and "--cut" in text
+    assert "upscaled 2.7x" in text
+    assert "weights none" not in text  # pre-trained (given) weights: no random warning
+    quiet: list[str] = []
+    _train((x, y), cnn, strategy="feature", head=(), log=quiet.append)
+    assert not [line for line in quiet if line.startswith("Warning")]
+
+
+def test_random_frozen_backbone_is_warned(tmp_path, digits_folder):
+    import graft
+
+    lines: list[str] = []
+    graft.train(
+        digits_folder,
+        "mobilenet_v2",
+        weights="none",
+        alpha=0.35,
+        image_size=32,
+        strategy="feature",
+        head=(),
+        batch_size=8,
+        verbose=0,
+        log=lines.append,
+    )
+    assert any("weights none leaves the backbone random" in line for line in lines)
+
+
+def test_auto_scores_on_a_hold_out_and_one_image_per_class_is_one_clear_error(small_arrays, cnn):
+    import graft
+    from graft.errors import GraftError
+
+    x, y = small_arrays
+    one = np.concatenate([np.flatnonzero(y == c)[:1] for c in range(3)])
+    with pytest.raises(GraftError, match="hold-out has no images"):
+        graft.train(
+            (x[one], y[one]),
+            cnn,
+            strategy="auto",
+            budget_trials=1,
+            epochs=1,
+            verbose=0,
+            classes=CLASSES,
+            log=lambda _: None,
+        )

@@ -35,6 +35,7 @@ import tempfile
 import time
 
 from graft.api.compare import SCRATCH
+from graft.config.defaults import DEFAULT_VAL_SPLIT
 from graft.errors import GraftError
 from graft.runs.layout import AUTO_SEARCH_FILE as AUTO_FILE  # noqa: F401
 
@@ -115,7 +116,8 @@ def _images_per_class(source, val, settings: dict) -> tuple[float, str]:
         return float(SMALL_DATA), "unknown (tf.data)"
     n, classes = len(labels), len(source.classes)
     if val is None:
-        n *= 1 - float(settings.get("val_split", 0.2))
+        split = settings.get("val_split", DEFAULT_VAL_SPLIT)
+        n *= 1 - float(DEFAULT_VAL_SPLIT if split == "auto" else split)
     return n / max(1, classes), f"{n / max(1, classes):.1f}"
 
 
@@ -177,11 +179,16 @@ def search(
                 failure.append(exc)
                 raise kt.errors.FatalError(str(exc)) from exc
             metrics = run.metrics
+            try:
+                accuracy, loss = _scores(metrics)
+            except GraftError as exc:
+                failure.append(exc)
+                raise kt.errors.FatalError(str(exc)) from exc
             record = {
                 "trial": len(records) + 1,
                 "settings": settings_of(values),
-                "val_accuracy": float(metrics["val_accuracy"]),
-                "val_loss": float(metrics["val_loss"]),
+                "val_accuracy": accuracy,
+                "val_loss": loss,
                 "feature_drift_cka": (metrics.get("feature_drift") or {}).get("cka"),
                 "seconds": round(time.perf_counter() - start, 2),
             }
@@ -225,6 +232,37 @@ def search(
         "chosen_trial": best["trial"],
         "chosen": best["settings"],
     }
+
+
+def _epochs(settings: dict, default: int) -> int:
+    """The ``epochs`` setting as a number (``"auto"`` or absent: ``default``)."""
+    epochs = settings.get("epochs", "auto")
+    return default if epochs == "auto" else int(epochs)
+
+
+def _holdout_settings(request, settings: dict) -> dict:
+    """``settings`` with ``val_split`` a fraction: the search scores trials and finalists
+    on a hold-out (``val_split="auto"`` -> :data:`DEFAULT_VAL_SPLIT`); cross-validated
+    trials (issue 22) are not implemented yet, so the hold-out is said in the log."""
+    if request.val is not None or settings.get("val_split", "auto") != "auto":
+        return settings
+    request.log(
+        f"Auto strategy: trials and finalists are scored on a stratified hold-out of "
+        f"{DEFAULT_VAL_SPLIT} of the labelled images (not cross-validated)"
+    )
+    return {**settings, "val_split": DEFAULT_VAL_SPLIT}
+
+
+def _scores(metrics: dict) -> tuple[float, float]:
+    """``(val_accuracy, val_loss)`` of a trial or finalist, or one clear error when the
+    hold-out was empty (every class has one labelled image)."""
+    if "val_accuracy" not in metrics or "val_loss" not in metrics:
+        raise GraftError(
+            "strategy=auto chooses by validation accuracy, but the hold-out has no images "
+            "(no class has 2 labelled images).",
+            hint="label more images, pass val=DATA, or choose a strategy.",
+        )
+    return float(metrics["val_accuracy"]), float(metrics["val_loss"])
 
 
 def _check_validation(val, settings: dict) -> None:
@@ -306,6 +344,7 @@ def train_auto(request, budget_trials: int | None = None):
     from graft.runs import metrics as run_metrics
 
     settings = {k: v for k, v in request.settings.items() if k != "strategy"}
+    settings = _holdout_settings(request, settings)
     if settings.get("phases") is not None:
         raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
     _check_validation(request.val, settings)
@@ -316,7 +355,7 @@ def train_auto(request, budget_trials: int | None = None):
     record = search(
         dataclasses.replace(request, settings=settings),
         budget_trials=budget_trials or DEFAULT_TRIALS,
-        trial_epochs=min(TRIAL_EPOCHS, int(settings.get("epochs", TRIAL_EPOCHS))),
+        trial_epochs=min(TRIAL_EPOCHS, _epochs(settings, TRIAL_EPOCHS)),
     )
     transfer, scratch = record["chosen"], scratch_choice(str(request.backbone), settings)
     request.log(
@@ -329,7 +368,7 @@ def train_auto(request, budget_trials: int | None = None):
     final = dataclasses.replace(request, overwrite=overwrite, settings={**settings, **transfer})
     run = execute(final)
     finalists = [
-        {"settings": c, **{k: float(m[k]) for k in ("val_accuracy", "val_loss")}}
+        {"settings": c, **dict(zip(("val_accuracy", "val_loss"), _scores(m)))}
         for c, m in ((transfer, run.metrics), (scratch, baseline))
     ]
     chosen = transfer

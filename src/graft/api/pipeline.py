@@ -438,6 +438,8 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     channels = data.check.channel_line(bb.channels) if data.check is not None else None
     if channels:
         log(channels)
+    for line in practitioner_warnings(ctx, data, bb):
+        log(line)
     with building.precision(cfg.precision):
         head = HeadConfig(ctx.plan.head, cfg.dropout, data.multi_label, cfg.pool)
         model = assemble(bb, len(data.classes), head)
@@ -445,6 +447,81 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     freezing.check_plan(model, bb.blocks, ctx.plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
     return Built(bb, model, loss, metrics, source_task)
+
+
+#: Images upscaled more than this to the backbone's input size get a warning.
+MAX_UPSCALE = 2.0
+
+
+def practitioner_warnings(ctx: Context, data: PreparedData, bb: backbones.Backbone) -> list[str]:
+    """Warnings a practitioner needs before training (issue 22): a frozen backbone with
+    random weights, a model used uncut whose output is a softmax, images upscaled more
+    than :data:`MAX_UPSCALE` times to the input size."""
+    cfg, out = ctx.cfg, []
+    first = ctx.plan.phases[0] if ctx.plan.phases else None
+    random = cfg.weights is not None and str(cfg.weights).lower() == "none"
+    if random and first is not None and first.backbone_frozen:
+        out.append(
+            f"Warning: weights none leaves the backbone random, and {cfg.strategy}'s first "
+            "phase keeps it frozen: its features are random, so expect near-chance accuracy "
+            "(use pre-trained weights, or strategy finetune/scratch)."
+        )
+    if cfg.cut is None and (ctx.backbone.is_file or ctx.backbone.model is not None):
+        layer = _softmax_output(bb.model)
+        if layer is not None:
+            out.append(
+                f"Warning: the model's output ({layer}) is a softmax over its own classes; "
+                "graft's head then sees class probabilities, not features "
+                f"(cut below it, e.g. --cut {_below(bb.model, layer)})."
+            )
+    side = _smallest_side(data.train)
+    if side and max(bb.image_size) > MAX_UPSCALE * side:
+        out.append(
+            f"Warning: images as small as {side} px are upscaled "
+            f"{max(bb.image_size) / side:.1f}x to the {bb.image_size[0]}x{bb.image_size[1]} "
+            "input (pass image_size/--image-size nearer the images' size if the model allows)."
+        )
+    return out
+
+
+def _softmax_output(model: keras.Model) -> str | None:
+    """The name of the model's last layer when it applies a softmax, else ``None``."""
+    if not model.layers:
+        return None
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "")
+    if name == "softmax" or type(last).__name__ == "Softmax":
+        return last.name
+    return None
+
+
+def _below(model: keras.Model, name: str) -> str:
+    """The layer feeding ``name`` (what ``--cut`` should name), best effort."""
+    names = [layer.name for layer in model.layers]
+    i = names.index(name)
+    while i > 0:
+        i -= 1
+        if type(model.layers[i]).__name__ not in ("Activation", "Softmax", "Dropout", "Dense"):
+            return names[i]
+    return names[0]
+
+
+def _smallest_side(train: adapter.DataAdapter, sample: int = 32) -> int | None:
+    """The smallest image side among the first ``sample`` training images (``None``:
+    unknown, e.g. a stream)."""
+    if train.images is not None:
+        return int(min(train.images.shape[1:3])) if train.images.ndim == 4 else None
+    paths = train.paths
+    if not paths:
+        return None
+    from PIL import Image
+
+    sides = []
+    for path in paths[:sample]:
+        with contextlib.suppress(OSError), Image.open(path) as image:
+            sides.append(min(image.size))
+    return min(sides) if sides else None
 
 
 def match_scaling(
