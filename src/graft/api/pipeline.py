@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from graft import progress
 from graft.api import building
@@ -62,6 +63,7 @@ from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
 from graft.training import activations, cache, checkpoints, derived, distribute, resume
+from graft.training.candidates import InputChoice, choose_inputs
 from graft.training.hooks import KeepBest
 from graft.training.probe import Probe, fit_probe
 from graft.training.trainer import Trainer, TrainResult
@@ -186,6 +188,8 @@ class Built:
     loss: str
     metrics: list
     source_task: drift.SourceTask | None
+    #: The input scaling and pooling chosen by measurement (``None``: not chosen here).
+    inputs: InputChoice | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,7 @@ def execute(req: Request) -> Run:
             if ctx.devices.describe(ctx.cfg.batch_size):
                 ctx.log(ctx.devices.describe(ctx.cfg.batch_size))
             built = build_model(ctx, data)
+            ctx = with_decisions(ctx, built)
             solved = solve_head(ctx, data, built)
             if solved is not None and solved.written:  # the phases it replaced do not run
                 plan = Plan(ctx.plan.phases[len(solved.replaced) :], ctx.plan.head)
@@ -426,7 +431,12 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
     cfg, log = ctx.cfg, ctx.log
     bb = building.resolve_backbone(cfg, ctx.req.safe_mode, ctx.backbone.model)
-    if ctx.backbone.is_file:
+    measured = measure_inputs(ctx, data, bb)
+    pool, choice = cfg.pool, None
+    if measured is not None:
+        bb, choice = measured
+        pool = head_pool(choice)
+    elif ctx.backbone.is_file:
         bb = match_scaling(cfg, bb, data.train, log)
     source_task = _source_task(ctx, bb)
     counts = data.counts
@@ -441,12 +451,12 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     for line in practitioner_warnings(ctx, data, bb):
         log(line)
     with building.precision(cfg.precision):
-        head = HeadConfig(ctx.plan.head, cfg.dropout, data.multi_label, cfg.pool)
+        head = HeadConfig(ctx.plan.head, cfg.dropout, data.multi_label, pool)
         model = assemble(bb, len(data.classes), head)
-    log(f"Head input: {pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, cfg.pool)}")
+    log(f"Head input: {pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, pool)}")
     freezing.check_plan(model, bb.blocks, ctx.plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
-    return Built(bb, model, loss, metrics, source_task)
+    return Built(bb, model, loss, metrics, source_task, choice)
 
 
 #: Images upscaled more than this to the backbone's input size get a warning.
@@ -522,6 +532,78 @@ def _smallest_side(train: adapter.DataAdapter, sample: int = 32) -> int | None:
         with contextlib.suppress(OSError), Image.open(path) as image:
             sides.append(min(image.size))
     return min(sides) if sides else None
+
+
+#: Input candidates are measured on at most this many labelled images; beyond, the priors
+#: decide (the scaling the evidence ranks best, the pooling rule) on a sample.
+MEASURE_MAX = 2048
+#: Images the priors' evidence is computed on when the data is too large to measure on.
+EVIDENCE_SAMPLE = 256
+
+
+def with_decisions(ctx: Context, built: Built) -> Context:
+    """The context whose settings hold the measured input scaling and pooling, so
+    ``config.yaml`` records them and ``--config`` replays them without measuring again
+    (a registry backbone's known preprocessing stays unset: the registry gives it)."""
+    choice = built.inputs
+    if choice is None:
+        return ctx
+    user_model = ctx.backbone.is_file or ctx.backbone.model is not None
+    preprocess = choice.scaling if user_model else ctx.cfg.preprocess
+    cfg = dataclasses.replace(ctx.cfg, preprocess=preprocess, pool=head_pool(choice))
+    return dataclasses.replace(ctx, cfg=cfg)
+
+
+def head_pool(choice: InputChoice) -> str:
+    """The ``pool`` setting of a choice (a vector output has nothing to pool: ``auto``)."""
+    return "auto" if choice.pool == "identity" else choice.pool
+
+
+def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
+    """Input scaling and pooling not given, chosen on the labelled images
+    (:func:`graft.training.candidates.choose_inputs`): ``(backbone, choice)``, or ``None``
+    (nothing to choose: both given, a stream, multi-label, random weights, or a registry
+    backbone whose pooling was given).
+
+    A model file or object: scaling by clear evidence, else measured (never the candidate
+    the evidence ranks worst). A registry backbone keeps its known preprocessing; only
+    its pooling may be measured. C, folds and the scores go to ``metrics.json``."""
+    cfg = ctx.cfg
+    if cfg.weights is not None and str(cfg.weights).lower() == "none":
+        return None
+    if data.train.labels is None or data.multi_label:
+        return None
+    user_model = ctx.backbone.is_file or ctx.backbone.model is not None
+    scaling = cfg.preprocess if user_model else bb.preprocess
+    pool = None if cfg.pool == "auto" else cfg.pool
+    if scaling is not None and pool is not None:
+        return None
+    labels = data.train.labels
+    folds = data.folds
+    limit = len(labels) if len(labels) <= MEASURE_MAX else EVIDENCE_SAMPLE
+    if limit < len(labels):
+        folds = None  # too many images to measure on: the priors decide
+    elif folds is None or folds.kind == "holdout":  # the training part's own folds
+        folds = plan_folds(labels, seed=cfg.seed, val_split="auto")
+    images, taken = [], 0
+    for x, _ in data.train.batches(bb.image_size, bb.channels, cfg.batch_size):
+        images.append(x.numpy() if hasattr(x, "numpy") else x)
+        taken += len(images[-1])
+        if taken >= limit:
+            break
+    images = np.concatenate(images)[:limit]
+    choice = choose_inputs(
+        bb.model,
+        images,
+        labels[:limit],
+        folds,
+        scaling=scaling,
+        pool=pool,
+        num_classes=len(data.classes),
+        batch_size=cfg.batch_size,
+    )
+    ctx.log(choice.line()[0].upper() + choice.line()[1:])
+    return dataclasses.replace(bb, preprocess=choice.scaling, scaling=choice.evidence), choice
 
 
 def match_scaling(
@@ -914,6 +996,8 @@ def measure(
         data=data.counts,
     )
     metrics.update(_validation_metrics(model, data, fitted))
+    if built.inputs is not None:
+        metrics["inputs"] = built.inputs.as_dict()
     if fitted.activation_cache is not None:
         metrics["activation_cache"] = fitted.activation_cache
     if fitted.lr_found is not None:
