@@ -187,3 +187,31 @@ def test_auto_scores_on_a_hold_out_and_one_image_per_class_is_one_clear_error(sm
             classes=CLASSES,
             log=lambda _: None,
         )
+
+
+@pytest.mark.parametrize("truth", ["symmetric", "caffe"])
+def test_graft_train_on_a_model_object_measures_its_true_scaling(truth, tmp_path):
+    """Through graft.train: a keras.Model object (no BN, no scaling layer, so no evidence)
+    gets the scaling it was calibrated for, measured on the labelled images; the choice
+    and every candidate's score land in metrics.json and the settings of config.yaml."""
+    import yaml
+
+    from test_few_shot import calibrated, gratings
+
+    x, y = gratings()
+    model = calibrated(truth, x, with_bn=False)
+    out = tmp_path / "run"
+    import graft
+
+    run = graft.train(
+        (x.astype("uint8"), y), model, out, strategy="feature", head=(), verbose=0,
+        classes=["a", "b", "c", "d"], log=lambda _: None,
+    )  # fmt: skip
+    inputs = run.metrics["inputs"]
+    assert inputs["scaling"] == truth and inputs["how"]["scaling"] == "measured"
+    assert inputs["how"]["pool"] == "measured" and len(inputs["candidates"]) > 5
+    assert run.config.preprocess == truth and run.config.pool == inputs["pool"]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["preprocess"] == truth and saved["pool"] == inputs["pool"]
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["inputs"]["candidates"][0]["mean"] >= on_disk["inputs"]["candidates"][-1]["mean"]

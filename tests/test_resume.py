@@ -38,6 +38,7 @@ def _args(data, out, cache):
         "--image-size", "32", "--epochs", "2", "--finetune-epochs", "3", "--batch-size", "8",
         "--lr", "0.01", "--finetune-lr", "0.002", "--seed", "3", "--deterministic",
         "--dropout", "0.3", "--cache-dir", str(cache), "--out", str(out),
+        "--val-split", "0.2",  # keep-best and val_loss on a hold-out, as before
     ]  # fmt: skip
 
 
