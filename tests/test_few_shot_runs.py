@@ -215,3 +215,15 @@ def test_graft_train_on_a_model_object_measures_its_true_scaling(truth, tmp_path
     assert saved["preprocess"] == truth and saved["pool"] == inputs["pool"]
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["inputs"]["candidates"][0]["mean"] >= on_disk["inputs"]["candidates"][-1]["mean"]
+
+
+def test_a_hidden_head_trains_a_budget_of_optimizer_steps_not_ten_epochs(small_arrays, cnn):
+    x, y = small_arrays
+    keep = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(3)])  # 12 images
+    run = _train((x[keep], y[keep]), cnn, strategy="feature", head=(16,), batch_size=8)
+    budget = run.metrics["head_budget"]
+    assert budget["total_steps"] >= 300 and budget["repeats"] > 1  # 2 batches per pass
+    assert len(run.history) == budget["epochs"] <= 50
+    assert "probe" in run.metrics and run.metrics["val_protocol"]["cross_validated"] is False
+    given = _train((x[keep], y[keep]), make_cnn(), strategy="feature", head=(16,), epochs=3)
+    assert len(given.history) == 3 and "head_budget" not in given.metrics

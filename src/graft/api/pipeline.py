@@ -40,6 +40,7 @@ import numpy as np
 from graft import progress
 from graft.api import building
 from graft.api.result import Run
+from graft.config.budget import HeadBudget, head_budget
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.phase import Plan
 from graft.config.settings import TrainConfig
@@ -140,6 +141,9 @@ class Context:
     plan: Plan
     devices: Devices = field(default_factory=Devices)
     run_dir: Path | None = None
+    #: The head phase's budget in optimizer steps (``epochs="auto"``), if it trains by
+    #: gradient (:func:`with_head_budget`).
+    budget: HeadBudget | None = None
 
     @classmethod
     def of(cls, req: Request) -> Context:
@@ -285,6 +289,7 @@ def execute(req: Request) -> Run:
                 plan = Plan(ctx.plan.phases[len(solved.replaced) :], ctx.plan.head)
                 ctx = dataclasses.replace(ctx, plan=plan)
             pipes = make_pipelines(ctx, data, built.bb)
+            ctx = with_head_budget(ctx, data, pipes)
             setup = make_trainer(ctx, data, built)
             fitted = fit(ctx, data, built, pipes, setup)
             fitted = dataclasses.replace(fitted, solved=solved)
@@ -718,6 +723,28 @@ def make_pipelines(ctx: Context, data: PreparedData, bb: backbones.Backbone) -> 
     return Pipelines(train, val, bs, plain)
 
 
+def with_head_budget(ctx: Context, data: PreparedData, pipes: Pipelines) -> Context:
+    """``epochs="auto"`` and a head phase that trains by gradient (a hidden head, or a
+    probe that does not apply): its epochs from :func:`graft.config.budget.head_budget`,
+    a budget in optimizer steps, so ten images get as many steps as a head needs to
+    converge. On cached features an epoch then spans ``repeats`` passes over the data."""
+    cfg, phases = ctx.cfg, ctx.plan.phases
+    if cfg.epochs != "auto" or cfg.phases is not None or not phases:
+        return ctx
+    first = phases[0]
+    if not first.backbone_frozen or not isinstance(data.counts["train"], int):
+        return ctx
+    budget = head_budget(max(1, data.counts["train"]), pipes.batch_size)
+    # The early stop on the training loss that head_budget describes is not wired into
+    # the trainer yet: the whole budget runs, and the log and metrics say so.
+    reason = budget.reason.split(", stopping")[0] + "; no early stop"
+    budget = dataclasses.replace(budget, patience=None, reason=reason)
+    ctx.log(budget.reason[0].upper() + budget.reason[1:])
+    head = dataclasses.replace(first, epochs=budget.epochs)
+    plan = Plan((head, *phases[1:]), ctx.plan.head)
+    return dataclasses.replace(ctx, plan=plan, budget=budget)
+
+
 def make_trainer(ctx: Context, data: PreparedData, built: Built) -> TrainerSetup:
     """The trainer, with the checkpointer and (on resume) the checked, restored state."""
     req, run_dir, phases, log = ctx.req, ctx.run_dir, ctx.plan.phases, ctx.log
@@ -800,6 +827,11 @@ def fit(
     # bottom pass per image, graft.training.derived).
     acts = _activation_cache(ctx, data, built, pipes)
     cached = _feature_cache(ctx, data, built, pipes, acts)
+    budget = ctx.budget
+    if budget is not None and budget.repeats > 1 and cached is not None and cached.steps is None:
+        # one logged epoch = ``repeats`` passes over the cached features
+        train = cached.train.repeat()
+        cached = dataclasses.replace(cached, train=train, steps=budget.steps_per_epoch)
     state = setup.state
     if state is not None:
         # The pipelines replay the passes the interrupted run made, so the next batch is
@@ -998,6 +1030,8 @@ def measure(
     metrics.update(_validation_metrics(model, data, fitted))
     if built.inputs is not None:
         metrics["inputs"] = built.inputs.as_dict()
+    if ctx.budget is not None:
+        metrics["head_budget"] = ctx.budget.as_dict()
     if fitted.activation_cache is not None:
         metrics["activation_cache"] = fitted.activation_cache
     if fitted.lr_found is not None:
