@@ -15,7 +15,7 @@ learning rates, weight decay and L2-SP (:func:`make_optimizer`):
   (``w -= lr * wd * w`` per step, AdamW-style; with SGD it equals an L2 penalty
   ``wd/2 * ||w||^2``), with every BatchNormalization/LayerNormalization weight and every
   bias excluded via ``Optimizer.exclude_from_weight_decay``.
-* **L2-SP** (``l2sp``): see :class:`graft.regularizers.L2SPOptimizer`.
+* **L2-SP** (``l2sp``): see :class:`graft.core.regularizers.L2SPOptimizer`.
 
 One sub-optimizer per distinct learning rate, combined by
 ``keras.optimizers.MultiOptimizer`` with a selector by variable identity. Only
@@ -123,7 +123,7 @@ def make_optimizer(
     Returns:
         A plain optimizer when one rate serves every variable and no L2-SP is asked
         for; otherwise a ``keras.optimizers.MultiOptimizer`` (an
-        :class:`~graft.regularizers.L2SPOptimizer` with ``l2sp``).
+        :class:`~graft.core.regularizers.L2SPOptimizer` with ``l2sp``).
     """
     rates = block_rates(phase, model, blocks)
     excluded = decay_exclusions(model) if phase.weight_decay else []

@@ -161,7 +161,7 @@ def recalibrate_bn(
 
 def distance(model: keras.Model, anchors: dict[int, np.ndarray]) -> float:
     """Euclidean distance of the backbone's weights from ``anchors`` (see
-    :func:`graft.optim.backbone_anchors`)."""
+    :func:`graft.core.optim.backbone_anchors`)."""
     total = 0.0
     for v in backbone_of(model).weights:
         if id(v) in anchors:

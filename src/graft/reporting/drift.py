@@ -2,7 +2,7 @@
 
 Two measures compare the *pre-trained* backbone with the *fine-tuned* one on the same
 images (the pooled backbone output, i.e. the head's input, see
-:func:`graft.cache.features_model`):
+:func:`graft.training.cache.features_model`):
 
 - **linear CKA** (centred kernel alignment, Kornblith et al. 2019): similarity of the
   two representations up to an orthogonal transform and isotropic scaling; 1.0 means

@@ -199,7 +199,7 @@ class Trainer:
             train: Dataset of (raw image batch, label batch).
             val: Optional validation dataset of the same kind.
             cached: Optional ``(train_features_ds, val_features_ds_or_None,
-                steps_per_epoch_or_None)`` from :func:`graft.cache.cached_datasets`.
+                steps_per_epoch_or_None)`` from :func:`graft.training.cache.cached_datasets`.
                 Phases that leave the backbone frozen then train the head on these
                 features instead of running the backbone on every image in every epoch.
             resume: A committed :class:`graft.training.checkpoints.State` whose weights are already
