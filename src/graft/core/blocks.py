@@ -29,6 +29,8 @@ from typing import Literal
 
 import keras
 
+from graft.core import keras_compat
+
 SEP = "/"  # separates a nested model's name from its layers' names in a unit path
 
 
@@ -69,11 +71,11 @@ def children(layer) -> list:
     """The direct sub-units of a container (a model, or a layer holding a stack)."""
     if isinstance(layer, keras.Model):
         return units(layer)
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    return keras_compat.sublayers(layer, recursive=False)
 
 
 def _composite(layer) -> bool:
-    return bool(list(layer._flatten_layers(include_self=False, recursive=False)))
+    return bool(keras_compat.sublayers(layer, recursive=False))
 
 
 def stack_members(layer) -> list:
@@ -212,7 +214,7 @@ _ELEMENTWISE = (
 
 def _fork(layer, inside: set) -> bool:
     """Whether two or more units of the same container read ``layer``'s output."""
-    nodes = getattr(layer, "_outbound_nodes", [])
+    nodes = keras_compat.outbound_nodes(layer)
     return len({id(n.operation) for n in nodes if id(n.operation) in inside}) >= 2
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keras
 
-from graft.core import blocks
+from graft.core import blocks, keras_compat
 from graft.errors import GraftError, UnknownNameError, did_you_mean
 
 
@@ -56,7 +56,7 @@ def _call_in(model: keras.Model, layer):
     inside = {id(x) for x in model.layers}
     calls = [
         n
-        for n in layer._inbound_nodes
+        for n in keras_compat.inbound_nodes(layer)
         if id(n.operation) == id(layer) and all(_in_graph(t, inside) for t in n.input_tensors)
     ]
     if len(calls) != 1:
@@ -67,7 +67,7 @@ def _call_in(model: keras.Model, layer):
 
 
 def _in_graph(tensor, inside: set) -> bool:
-    history = getattr(tensor, "_keras_history", None)
-    return history is not None and (
-        id(history.operation) in inside or isinstance(history.operation, keras.layers.InputLayer)
+    operation = keras_compat.producer(tensor)
+    return operation is not None and (
+        id(operation) in inside or isinstance(operation, keras.layers.InputLayer)
     )

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from graft.config.strategies import OPTIMIZERS, Phase
+from graft.core import keras_compat
 from graft.core.blocks import Block
 from graft.core.model import backbone_of
 from graft.core.regularizers import L2SPOptimizer
@@ -90,7 +91,7 @@ def block_rates(phase: Phase, model: keras.Model, blocks: list[Block]) -> dict[i
 def decay_exclusions(model: keras.Model) -> list:
     """Variables weight decay must not touch: normalization weights and biases."""
     excluded = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in keras_compat.sublayers(model):
         if isinstance(layer, _NORMALIZATION):
             excluded.update({id(v): v for v in layer.weights})
     for v in model.weights:
