@@ -216,6 +216,49 @@ def test_the_private_api_scan_finds_what_it_must(tmp_path, monkeypatch):
     ], found
 
 
+#: What the CLI may import: it parses, makes one call into graft.api, and prints. Pure-Python
+#: config (setting metadata, plans, the catalog) answers --help, --print-plan and
+#: `graft backbones` without Keras; errors, progress and _quiet are the base layer.
+CLI_MAY_IMPORT = ("graft.api", "graft.config", "graft.errors", "graft.progress", "graft._quiet")
+
+
+def cli_reaches_around_api() -> list[str]:
+    """``module: target`` for every import in ``graft.cli`` of anything else in graft."""
+    found = []
+    for module, path in _modules():
+        if not module.startswith("graft.cli"):
+            continue
+        for target, names in _imports(ast.parse(path.read_text("utf-8")), module):
+            full = [f"{target}.{n}" for n in names] if target == "graft" else [target]
+            for name in full:
+                allowed = name.startswith(("graft.cli", *CLI_MAY_IMPORT))
+                if name.split(".")[0] == "graft" and not allowed:
+                    found.append(f"{module}: {name}")
+    return found
+
+
+def test_cli_goes_through_api():
+    found = cli_reaches_around_api()
+    assert not found, "the CLI reaches around graft.api:\n" + "\n".join(found)
+
+
+def test_the_cli_scan_finds_what_it_must(tmp_path, monkeypatch):
+    pkg = tmp_path / "graft" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg / "bad.py").write_text(
+        "from graft import api, progress\n"
+        "from graft.config import names\n"
+        "def f():\n"
+        "    from graft.core.loaders import resolve\n"
+        "    from graft import reporting\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "graft")
+    assert sorted(cli_reaches_around_api()) == [
+        "graft.cli.bad: graft.core.loaders",
+        "graft.cli.bad: graft.reporting",
+    ]
+
+
 def test_config_imports_without_keras():
     code = (
         "import sys, graft.config\n"

@@ -3,5 +3,15 @@
 from graft.api.evaluate import check_data, evaluate, labelled_batches, load
 from graft.api.result import Run
 from graft.api.run import lr_find, train
+from graft.reporting.evaluation import summary_line
 
-__all__ = ["Run", "check_data", "evaluate", "labelled_batches", "load", "lr_find", "train"]
+__all__ = [
+    "Run",
+    "check_data",
+    "evaluate",
+    "labelled_batches",
+    "load",
+    "lr_find",
+    "summary_line",
+    "train",
+]

@@ -139,14 +139,12 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
 
 def _closing_lines(run) -> None:
     """The last lines of a run, new or resumed: its metrics, folder and report."""
-    from graft.runs.layout import REPORT_FILE
-
     acc = run.metrics.get("val_accuracy")
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
     if "test_accuracy" in run.metrics:
         summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
     log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
-    log(f"Report: {run.run_dir / REPORT_FILE}")
+    log(f"Report: {run.report_file}")
 
 
 def _load_plan(path):
