@@ -165,7 +165,8 @@ class TrainConfig:
     cache_dir: str | None = setting(
         None,
         _P,
-        "Feature cache DIR (default: ~/.cache/keras-graft/features); activations: DIR/activations",
+        "Feature cache folder (default: ~/.cache/keras-graft/features; activations "
+        "in its activations/ subfolder, default ~/.cache/keras-graft/activations).",
         path="always",
     )
     cache_views: int = setting(

@@ -6,7 +6,7 @@ import html
 import os
 from pathlib import Path
 
-from graft.reporting import gallery
+from graft.reporting import scores
 from graft.reporting.text import fmt
 from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
@@ -63,7 +63,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
         "",
         "## Metrics",
         "",
-        *gallery.card_lines(metrics),
+        *scores.card_lines(metrics),
     ]
     if ev.get("images") and ev.get("task") != "multi_label":
         lines += [
