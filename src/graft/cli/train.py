@@ -163,6 +163,7 @@ def _given_with_resume(ctx, data, config_file, out, val, test, plan_file, settin
         for k, v in settings.items()
         if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
+    # --unsafe is how this process may load files, not a setting of the run: it may differ.
     given.pop("unsafe", None)
     extra = [
         k
@@ -200,8 +201,10 @@ def _with_config_file(ctx, path: Path, settings: dict) -> dict:
     merged = dict(settings)
     for key, value in loaded.items():
         if key == "head" and "head" not in explicit:
-            merged["head"] = tuple(value)
+            merged["head"] = tuple(value)  # YAML gives a list; a setting is immutable
         elif key == "phases":
+            # A run's config.yaml records its resolved phases; a plan flag on the command
+            # line (e.g. --epochs) must rebuild the plan, not be silently outvoted by them.
             if not explicit & _PLAN_FLAGS:
                 merged["phases"] = value
         elif key not in explicit:

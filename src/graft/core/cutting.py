@@ -46,6 +46,8 @@ def _cut_nested(model: keras.Model, parts: list[str]) -> keras.Model:
         outputs = node.output_tensors
         return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
     inner = _cut_nested(layer, parts[1:])
+    # The rebuilt inner model keeps the nested model's name, so layer paths
+    # (``trunk/inner``) and weight paths read the same before and after the cut.
     inner.name = layer.name
     args = node.input_tensors
     return keras.Model(model.inputs, inner(args[0] if len(args) == 1 else args), name=model.name)
@@ -54,6 +56,9 @@ def _cut_nested(model: keras.Model, parts: list[str]) -> keras.Model:
 def _call_in(model: keras.Model, layer):
     """The node where ``model``'s graph calls ``layer`` (its own inner graph excluded)."""
     inside = {id(x) for x in model.layers}
+    # A layer keeps a node for every graph that ever called it (a backbone nested in a
+    # model is also called by the model wrapping it); this model's own call is the one
+    # whose inputs come from this model's layers or inputs.
     calls = [
         n
         for n in keras_compat.inbound_nodes(layer)
