@@ -113,6 +113,26 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _metric_lines(metrics: dict) -> list[str]:
+    """The validation and test scores (test next to validation), and the kept epoch."""
+    lines = []
+    rows = [
+        (name, metrics.get(f"{prefix}accuracy"), metrics.get(f"{prefix}loss"), images)
+        for name, prefix, images in (
+            ("validation (kept epoch)", "val_", metrics.get("val_images")),
+            ("test", "test_", metrics.get("test_images")),
+        )
+    ]
+    rows = [r for r in rows if r[1] is not None]
+    if rows:
+        lines += ["| split | accuracy | loss | images |", "|---|---:|---:|---:|"]
+        lines += [f"| {n} | {a:.4f} | {lo:.4f} | {i} |" for n, a, lo, i in rows]
+        lines.append("")
+    if scores.kept_line(metrics):
+        lines += [scores.kept_line(metrics), ""]
+    return lines
+
+
 def _export_line(entry: dict) -> str:
     check = entry.get("check", {})
     text = f"`{entry.get('path')}` ({entry.get('format')}, quantize {entry.get('quantize')})"
@@ -150,23 +170,3 @@ def _output_line(config: dict) -> str:
             "several labels), in the order above (`labels.json`)."
         )
     return "- Output: one probability per class (softmax), in the order above (`labels.json`)."
-
-
-def _metric_lines(metrics: dict) -> list[str]:
-    """The validation and test scores (test next to validation), and the kept epoch."""
-    lines = []
-    rows = [
-        (name, metrics.get(f"{prefix}accuracy"), metrics.get(f"{prefix}loss"), images)
-        for name, prefix, images in (
-            ("validation (kept epoch)", "val_", metrics.get("val_images")),
-            ("test", "test_", metrics.get("test_images")),
-        )
-    ]
-    rows = [r for r in rows if r[1] is not None]
-    if rows:
-        lines += ["| split | accuracy | loss | images |", "|---|---:|---:|---:|"]
-        lines += [f"| {n} | {a:.4f} | {lo:.4f} | {i} |" for n, a, lo, i in rows]
-        lines.append("")
-    if scores.kept_line(metrics):
-        lines += [scores.kept_line(metrics), ""]
-    return lines
