@@ -6,7 +6,7 @@ import html
 import os
 from pathlib import Path
 
-from graft.reporting import gallery
+from graft.reporting import scores
 from graft.reporting.text import fmt
 from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
@@ -63,7 +63,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
         "",
         "## Metrics",
         "",
-        *gallery.card_lines(metrics),
+        *_metric_lines(metrics),
     ]
     if ev.get("images") and ev.get("task") != "multi_label":
         lines += [
@@ -111,6 +111,26 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     if versions:
         lines += ["", "## Versions", ", ".join(f"{k} {v}" for k, v in versions.items())]
     return "\n".join(lines) + "\n"
+
+
+def _metric_lines(metrics: dict) -> list[str]:
+    """The validation and test scores (test next to validation), and the kept epoch."""
+    lines = []
+    rows = [
+        (name, metrics.get(f"{prefix}accuracy"), metrics.get(f"{prefix}loss"), images)
+        for name, prefix, images in (
+            ("validation (kept epoch)", "val_", metrics.get("val_images")),
+            ("test", "test_", metrics.get("test_images")),
+        )
+    ]
+    rows = [r for r in rows if r[1] is not None]
+    if rows:
+        lines += ["| split | accuracy | loss | images |", "|---|---:|---:|---:|"]
+        lines += [f"| {n} | {a:.4f} | {lo:.4f} | {i} |" for n, a, lo, i in rows]
+        lines.append("")
+    if scores.kept_line(metrics):
+        lines += [scores.kept_line(metrics), ""]
+    return lines
 
 
 def _export_line(entry: dict) -> str:
