@@ -227,3 +227,29 @@ def test_a_hidden_head_trains_a_budget_of_optimizer_steps_not_ten_epochs(small_a
     assert "probe" in run.metrics and run.metrics["val_protocol"]["cross_validated"] is False
     given = _train((x[keep], y[keep]), make_cnn(), strategy="feature", head=(16,), epochs=3)
     assert len(given.history) == 3 and "head_budget" not in given.metrics
+
+
+def test_config_replays_the_measured_inputs_and_solves_the_head_again(
+    tmp_path, digits_folder, cnn_file, capsys
+):
+    import keras
+
+    from graft import cli
+
+    first = tmp_path / "first"
+    args = ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool"]
+    assert cli.main([*args, "--strategy", "feature", "--head", "", "--out", str(first)]) == 0
+    measured = json.loads((first / "metrics.json").read_text())
+    assert measured["inputs"]["how"]["pool"] in ("measured", "prior") and not measured["epochs"]
+    again = tmp_path / "again"
+    assert cli.main(["train", "--config", str(first / "config.yaml"), "--out", str(again)]) == 0
+    replayed = json.loads((again / "metrics.json").read_text())
+    assert "inputs" not in replayed  # preprocess and pool come from config.yaml: no search
+    assert replayed["epochs"] == 0 and replayed["probe"]["C"] == measured["probe"]["C"]
+    assert replayed["val_accuracy"] == measured["val_accuracy"]
+    a, b = (keras.saving.load_model(d / "model.keras") for d in (first, again))
+    for x, y in zip(
+        a.get_layer("head_output").get_weights(), b.get_layer("head_output").get_weights()
+    ):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    capsys.readouterr()

@@ -640,6 +640,15 @@ def match_scaling(
 PROBE_STRATEGIES = ("feature", "hybrid")
 
 
+def named_plan(cfg: TrainConfig) -> bool:
+    """Whether the run trains its strategy's own plan: no custom phases, or the phases a
+    run's ``config.yaml`` recorded for that strategy (``--config`` replays them), so a
+    replayed run solves and budgets its head as the original did."""
+    if cfg.phases is None:
+        return True
+    return dataclasses.replace(cfg, phases=None).resolved_plan() == cfg.resolved_plan()
+
+
 def solve_head(ctx: Context, data: PreparedData, built: Built) -> Solved | None:
     """The converged linear probe (:func:`graft.training.probe.fit_probe`) on the head's
     input features of every training image, or ``None`` when there is nothing to solve.
@@ -658,7 +667,7 @@ def solve_head(ctx: Context, data: PreparedData, built: Built) -> Solved | None:
     first = plan.phases[0] if plan.phases else None
     writes = (
         cfg.epochs == "auto"
-        and cfg.phases is None
+        and named_plan(cfg)
         and cfg.strategy in PROBE_STRATEGIES
         and plan.head == ()
         and first is not None
@@ -729,7 +738,7 @@ def with_head_budget(ctx: Context, data: PreparedData, pipes: Pipelines) -> Cont
     a budget in optimizer steps, so ten images get as many steps as a head needs to
     converge. On cached features an epoch then spans ``repeats`` passes over the data."""
     cfg, phases = ctx.cfg, ctx.plan.phases
-    if cfg.epochs != "auto" or cfg.phases is not None or not phases:
+    if cfg.epochs != "auto" or not named_plan(cfg) or not phases:
         return ctx
     first = phases[0]
     if not first.backbone_frozen or not isinstance(data.counts["train"], int):
