@@ -583,6 +583,12 @@ def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
     pool = None if cfg.pool == "auto" else cfg.pool
     if scaling is not None and pool is not None:
         return None
+    evidence = None
+    if user_model:  # the model's own evidence first: logged, and a wrong given one warned
+        bb = match_scaling(cfg, bb, data.train, ctx.log)
+        evidence = bb.scaling
+        if scaling is None and evidence and evidence.get("choice"):
+            scaling = evidence["choice"]  # clear evidence decides; nothing is searched
     labels = data.train.labels
     folds = data.folds
     limit = len(labels) if len(labels) <= MEASURE_MAX else EVIDENCE_SAMPLE
@@ -608,7 +614,8 @@ def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
         batch_size=cfg.batch_size,
     )
     ctx.log(choice.line()[0].upper() + choice.line()[1:])
-    return dataclasses.replace(bb, preprocess=choice.scaling, scaling=choice.evidence), choice
+    evidence = choice.evidence if choice.evidence is not None else evidence
+    return dataclasses.replace(bb, preprocess=choice.scaling, scaling=evidence), choice
 
 
 def match_scaling(
