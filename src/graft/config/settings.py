@@ -42,6 +42,7 @@ RUN_RECORD_KEYS = (
     "multi_label",
     "versions",
     "as_typed",
+    "run_relative",
 )
 _M, _S, _O, _D, _P, _R = GROUPS  # model, strategy, optimisation, data, speed, run
 

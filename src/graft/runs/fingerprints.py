@@ -13,6 +13,9 @@ import os
 
 import numpy as np
 
+from graft.config import paths
+from graft.data import content
+
 
 def weights_digest(model) -> str:
     """A digest of every weight of ``model`` (paths, shapes, dtypes and values, in order)."""
@@ -24,17 +27,16 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def _file_item(path: str) -> str:
-    try:
-        size = os.stat(path).st_size
-    except OSError:
-        size = -1
-    return f"{path}\0{size}\n"
+#: The fingerprints' format: 2 fingerprints data by file content and paths by what they
+#: hold (1, before: data by file path and size, paths by their spelling).
+FORMAT = 2
 
 
 def data_digest(split) -> dict | None:
-    """Per class: how many items, and a digest of them (file paths and sizes, or pixels).
+    """Per class: how many items, and a digest of their contents (file bytes, or pixels).
 
+    File paths are no part of it: data moved or spelled another way (relative on start,
+    absolute on resume) is the same data; a file whose bytes changed is not.
     ``split`` is a :class:`graft.data.sources.LabelledFiles`, an ``(x, y)`` tuple, or
     ``None``/a dataset (not fingerprinted).
     """
@@ -47,13 +49,33 @@ def data_digest(split) -> dict | None:
     if not hasattr(split, "paths"):
         return None
     labels = np.asarray(split.labels)
+    contents = [content.file_digest(p) for p in split.paths]
     result = {}
     for index, name in enumerate(split.classes):
         carries = labels[:, index] > 0 if labels.ndim == 2 else labels == index
-        items = sorted(_file_item(p) for p, keep in zip(split.paths, carries) if keep)
-        digest = hashlib.blake2b("".join(items).encode("utf-8", "surrogateescape"), digest_size=16)
+        items = sorted(d for d, keep in zip(contents, carries) if keep)
+        digest = hashlib.blake2b("\n".join(items).encode(), digest_size=16)
         result[str(name)] = f"{len(items)} files:{digest.hexdigest()}"
     return result
+
+
+def settings_digest(settings: dict) -> dict:
+    """``settings`` as a fingerprint: a path setting that names a file or folder (the
+    backbone file, a weights file, the cache folder) reads ``"<path>"``, since its
+    contents are fingerprinted apart (the backbone's weights) or do not change results."""
+    shown = {}
+    for name, value in settings.items():
+        kind = paths.PATH_SETTINGS.get(name)
+        shown[name] = "<path>" if kind and paths.absolute(value, kind) else value
+    return plain(shown)
+
+
+def source_digest(source) -> str | None:
+    """A backbone's source: a registry name as it is, a file as ``"<file>"`` (its weights
+    are fingerprinted apart)."""
+    if source is None:
+        return None
+    return "<file>" if os.path.isabs(str(source)) else str(source)
 
 
 def plain(value):

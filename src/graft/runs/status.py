@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from graft.config import paths
 from graft.config.settings import read_run_config
 from graft.errors import GraftError
 from graft.runs import files as runs
@@ -56,7 +57,7 @@ def saved_config(run_dir: str | Path) -> dict:
             f"{run_dir} finished training already; there is nothing to resume.",
             hint="start a new run with another out=DIR.",
         )
-    return config
+    return paths.located(config, run_dir)
 
 
 def read_status(run_dir: str | Path) -> dict:

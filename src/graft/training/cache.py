@@ -36,6 +36,7 @@ from graft.core.model import (
     head_input_layer,
     preprocess_layers,
 )
+from graft.data.content import file_digest
 
 FORMAT_VERSION = 1
 
@@ -88,14 +89,6 @@ def weights_fingerprint(model: keras.Model) -> str:
     return weights_digest(model)
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_fingerprint(paths=None, images=None) -> str:
     """A digest of the exact inputs, in order: file contents, or an image array."""
     digest = hashlib.blake2b(digest_size=16)
@@ -105,7 +98,7 @@ def content_fingerprint(paths=None, images=None) -> str:
         digest.update(array.tobytes())
         return digest.hexdigest()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for item in pool.map(_file_digest, list(paths)):
+        for item in pool.map(file_digest, list(paths)):
             digest.update(item.encode())
     return digest.hexdigest()
 

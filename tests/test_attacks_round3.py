@@ -1,0 +1,159 @@
+"""Attacks of issue 21 ("nothing lost, round 3"), driven through the CLI.
+
+Each test asserts the exit code, one clear error line (no traceback) and that nothing
+was lost. Resume tests start runs with *relative* paths, as the README's example does,
+and resume from the same and from another working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import stop_after
+from graft import cli
+from graft.runs import layout
+
+#: A two-epoch feature run, interrupted (Ctrl-C) after epoch 1 by ``stop_after``.
+TRAIN = [
+    "train", "data/train", "-b", "models/m.keras", "--cut", "block3_pool", "--strategy",
+    "feature", "--epochs", "2", "--batch-size", "8", "--seed", "1", "--out", "runs/x",
+]  # fmt: skip
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _status(run: Path) -> str:
+    return json.loads((run / layout.STATUS_FILE).read_text())["status"]
+
+
+def _workspace(root: Path, digits_folder: Path, cnn_file: Path) -> Path:
+    """``root`` with ``data/train`` (the digits as BMP: fixed-size files) and
+    ``models/m.keras``, as a user's project folder."""
+    for png in sorted(digits_folder.rglob("*.png")):
+        target = root / "data" / "train" / png.parent.name / (png.stem + ".bmp")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(png).convert("RGB").save(target)
+    (root / "models").mkdir(parents=True)
+    shutil.copy(cnn_file, root / "models" / "m.keras")
+    return root
+
+
+def _interrupt(root: Path, monkeypatch) -> str:
+    """Start the relative-path run in ``root``, stopped after epoch 1; its hint."""
+    monkeypatch.chdir(root)
+    err = io.StringIO()
+    with monkeypatch.context() as patch, contextlib.redirect_stderr(err):
+        stop_after(patch, 1)
+        assert cli.main(TRAIN) == 130
+    assert "Traceback" not in err.getvalue(), err.getvalue()
+    assert _status(root / "runs" / "x") == "interrupted"
+    match = re.search(r"continue with: (graft train --resume \S+)", err.getvalue())
+    assert match, err.getvalue()
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory, digits_folder, cnn_file):
+    """A project folder whose run ``runs/x`` was started with relative paths and
+    interrupted after epoch 1, and the interrupt's own hint."""
+    root = _workspace(tmp_path_factory.mktemp("round3") / "project", digits_folder, cnn_file)
+    with pytest.MonkeyPatch.context() as patch:
+        return root, _interrupt(root, patch)
+
+
+def _copy(interrupted, tmp_path) -> Path:
+    """A private copy of the project folder (its config.yaml still names the original's
+    data and model by absolute path, which exist)."""
+    root, _ = interrupted
+    copy = tmp_path / "project"
+    shutil.copytree(root, copy)
+    return copy
+
+
+# ------------------------------------------------------------- 1: relative paths
+
+
+def test_1_the_interrupt_hint_resumes_a_run_started_with_relative_paths(
+    interrupted, tmp_path, monkeypatch, capsys
+):
+    _, hint = interrupted
+    assert hint == "graft train --resume runs/x"
+    copy = _copy(interrupted, tmp_path)
+    monkeypatch.chdir(copy)
+    capsys.readouterr()
+    assert cli.main(hint.split()[1:]) == 0, capsys.readouterr().err
+    assert _status(copy / "runs" / "x") == "completed"
+    assert (copy / "runs" / "x" / layout.MODEL_FILE).is_file()
+
+
+def test_1_resume_works_from_another_working_directory(interrupted, tmp_path, monkeypatch, capsys):
+    copy = _copy(interrupted, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "../project/runs/x"]) == 0, capsys.readouterr().err
+    assert _status(copy / "runs" / "x") == "completed"
+    assert (copy / "runs" / "x" / layout.MODEL_FILE).is_file()
+
+
+def test_1_and_3_a_moved_project_resumes_and_changed_pixels_are_refused(
+    tmp_path, monkeypatch, capsys, digits_folder, cnn_file
+):
+    """The run folder moved together with its data resumes (run-relative paths); the
+    same files with other pixels (same names, same sizes) are refused."""
+    first = _workspace(tmp_path / "first", digits_folder, cnn_file)
+    _interrupt(first, monkeypatch)
+    moved = tmp_path / "moved"
+    monkeypatch.chdir(tmp_path)
+    first.rename(moved)
+    image = sorted((moved / "data" / "train" / "five").glob("*.bmp"))[0]
+    original = image.read_bytes()
+    stamp = image.stat()
+    pixels = np.asarray(Image.open(image)).copy()
+    pixels[:4] = 255 - pixels[:4]
+    Image.fromarray(pixels).save(image)
+    assert image.stat().st_size == stamp.st_size
+    os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # even the mtime put back
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "moved/runs/x"]) == 2
+    line = _one_error_line(capsys)
+    assert "Cannot resume" in line and "data ('five')" in line, line
+    assert "backbone" not in line and "settings" not in line, line
+    image.write_bytes(original)
+    monkeypatch.chdir(moved / "runs")
+    assert cli.main(["train", "--resume", "x"]) == 0, capsys.readouterr().err
+    assert _status(moved / "runs" / "x") == "completed"
+    config = (moved / "runs" / "x" / layout.CONFIG_FILE).read_text()
+    assert str(moved / "data" / "train") in config
+
+
+def test_1_a_checkpoint_of_the_old_fingerprint_format_is_refused_naming_it(
+    interrupted, tmp_path, capsys
+):
+    copy = _copy(interrupted, tmp_path)
+    state_path = copy / "runs" / "x" / layout.CHECKPOINT_DIR / layout.STATE_FILE
+    state = json.loads(state_path.read_text())
+    del state["fingerprints"]["format"]
+    state_path.write_text(json.dumps(state))
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(copy / "runs" / "x")]) == 2
+    line = _one_error_line(capsys)
+    assert "format 1" in line and "format 2" in line
+    assert state_path.is_file()  # nothing lost: a graft that reads it can resume
