@@ -157,3 +157,67 @@ def test_1_a_checkpoint_of_the_old_fingerprint_format_is_refused_naming_it(
     line = _one_error_line(capsys)
     assert "format 1" in line and "format 2" in line
     assert state_path.is_file()  # nothing lost: a graft that reads it can resume
+
+
+# ------------------------------------------------------------- 2: links in a run folder
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["to-a-file", "dangling"])
+def test_2_a_lock_file_link_is_refused_and_its_target_untouched(
+    interrupted, tmp_path, monkeypatch, capsys, dangling
+):
+    copy = _copy(interrupted, tmp_path)
+    run = copy / "runs" / "x"
+    victim = tmp_path / "victim.txt"
+    if not dangling:
+        victim.write_text("years of work\n")
+    (run / layout.LOCK_FILE).unlink(missing_ok=True)
+    (run / layout.LOCK_FILE).symlink_to(victim)
+    monkeypatch.chdir(copy)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "runs/x"]) == 2
+    line = _one_error_line(capsys)
+    assert layout.LOCK_FILE in line and "symbolic link" in line, line
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_text() == "years of work\n"
+    assert (run / layout.LOCK_FILE).is_symlink()  # not removed either
+    assert _status(run) == "interrupted"
+
+
+def test_2_a_lock_file_with_foreign_content_or_hard_links_is_never_truncated(
+    interrupted, tmp_path, monkeypatch, capsys
+):
+    copy = _copy(interrupted, tmp_path)
+    run = copy / "runs" / "x"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("123")
+    os.link(victim, run / layout.LOCK_FILE)  # a pid-looking file with a second name
+    monkeypatch.chdir(copy)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "runs/x"]) == 2
+    assert "hard links" in _one_error_line(capsys)
+    assert victim.read_text() == "123"
+    (run / layout.LOCK_FILE).unlink()
+    (run / layout.LOCK_FILE).write_text("my notes")
+    assert cli.main(["train", "--resume", "runs/x"]) == 2
+    assert "does not hold a pid" in _one_error_line(capsys)
+    assert (run / layout.LOCK_FILE).read_text() == "my notes"
+
+
+def test_2_a_status_json_link_is_never_written_through(interrupted, tmp_path, monkeypatch, capsys):
+    copy = _copy(interrupted, tmp_path)
+    run = copy / "runs" / "x"
+    victim = tmp_path / "victim.json"
+    victim.write_text((run / layout.STATUS_FILE).read_text())
+    before = victim.read_text()
+    (run / layout.STATUS_FILE).unlink()
+    (run / layout.STATUS_FILE).symlink_to(victim)
+    monkeypatch.chdir(copy)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", "runs/x"]) == 2
+    line = _one_error_line(capsys)
+    assert layout.STATUS_FILE in line and "symbolic link" in line, line
+    assert victim.read_text() == before
+    assert (run / layout.STATUS_FILE).is_symlink()

@@ -239,7 +239,7 @@ class Checkpointer(Hook):
         write only those training can change (:func:`snapshots.changing`). A hook's
         arrays are written again only when they are other array objects than the last
         ones written (a hook replaces its arrays, it never changes them in place)."""
-        folder = checkpoint_dir(self.run_dir)
+        folder = runs.own_folder(checkpoint_dir(self.run_dir))
         old = self.state
         epoch = row["epoch"]
         weights = f"weights-e{epoch:04d}.npz"
