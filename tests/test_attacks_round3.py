@@ -221,3 +221,52 @@ def test_2_a_status_json_link_is_never_written_through(interrupted, tmp_path, mo
     assert layout.STATUS_FILE in line and "symbolic link" in line, line
     assert victim.read_text() == before
     assert (run / layout.STATUS_FILE).is_symlink()
+
+
+# ------------------------------------------------------------- 5: a zip bomb of a model
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory, cnn_file):
+    """A real model whose ``config.json`` inflates from ~100 KB to 100 MB (deflate)."""
+    import zipfile
+
+    path = tmp_path_factory.mktemp("bomb") / "bomb.keras"
+    with zipfile.ZipFile(cnn_file) as good, zipfile.ZipFile(path, "w") as out:
+        for member in good.infolist():
+            if member.filename != "config.json":
+                out.writestr(member, good.read(member))
+        info = zipfile.ZipInfo("config.json")
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with out.open(info, "w", force_zip64=True) as handle:
+            for _ in range(100):
+                handle.write(b" " * (1 << 20))
+    return path
+
+
+def test_5_a_zip_bomb_model_is_refused_before_it_is_read(
+    bomb, tmp_path, capsys, digits_folder, monkeypatch
+):
+    import zipfile
+
+    with zipfile.ZipFile(bomb) as archive:
+        info = archive.getinfo("config.json")
+    assert info.file_size == 100 << 20 and info.compress_size < 1 << 20
+
+    def never(*args, **kwargs):  # neither graft nor Keras may read it
+        raise AssertionError("the archive was read")
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", never)
+    monkeypatch.setattr(zipfile.ZipFile, "open", never)
+    image = next(digits_folder.rglob("*.png"))
+    commands = [
+        ["predict", str(bomb), str(image)],
+        ["inspect", str(bomb)],
+        ["train", str(digits_folder), "-b", str(bomb), "--out", str(tmp_path / "run")],
+    ]
+    for args in commands:
+        capsys.readouterr()
+        assert cli.main(args) == 2, args
+        line = _one_error_line(capsys)
+        assert "zip bomb" in line and "config.json" in line, line
+    assert not (tmp_path / "run" / layout.MODEL_FILE).exists()
