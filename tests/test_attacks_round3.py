@@ -270,3 +270,30 @@ def test_5_a_zip_bomb_model_is_refused_before_it_is_read(
         line = _one_error_line(capsys)
         assert "zip bomb" in line and "config.json" in line, line
     assert not (tmp_path / "run" / layout.MODEL_FILE).exists()
+
+
+# ------------------------------------------------------------- 8 and also seen: numbers
+
+
+@pytest.mark.parametrize(
+    "flags, config, expected",
+    [
+        (["--batch-size", "1" + "0" * 29], None, "batch-size must be at most 2,147,483,647"),
+        ([], "batch_size: 100000000000000000000000000000\n", "must be at most 2,147,483,647"),
+        ([], "lr: .inf\n", "lr must be a finite number"),
+        (["--finetune-lr", "inf"], None, "finetune-lr must be a finite number"),
+    ],
+    ids=["flag", "config", "lr-inf", "finetune-lr-inf"],
+)
+def test_8_out_of_range_numbers_are_refused_before_anything_runs(
+    tmp_path, capsys, digits_folder, cnn_file, flags, config, expected
+):
+    args = ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool"]
+    if config is not None:
+        (tmp_path / "c.yaml").write_text(config)
+        args += ["--config", str(tmp_path / "c.yaml")]
+    capsys.readouterr()
+    assert cli.main([*args, *flags, "--out", str(tmp_path / "run")]) == 2
+    line = _one_error_line(capsys)
+    assert expected in line, line
+    assert not (tmp_path / "run").exists()  # no failed run folder with a useless hint
