@@ -297,3 +297,49 @@ def test_8_out_of_range_numbers_are_refused_before_anything_runs(
     line = _one_error_line(capsys)
     assert expected in line, line
     assert not (tmp_path / "run").exists()  # no failed run folder with a useless hint
+
+
+@pytest.fixture(scope="module")
+def finished(interrupted, tmp_path_factory):
+    """The interrupted run, resumed to its end (a completed run to read from)."""
+    root, _ = interrupted
+    copy = tmp_path_factory.mktemp("round3-finished") / "project"
+    shutil.copytree(root, copy)
+    assert cli.main(["train", "--resume", str(copy / "runs" / "x")]) == 0
+    return copy / "runs" / "x"
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env
+
+
+# ------------------------------------------------------------- 9: an ASCII-only stdout
+
+
+def test_9_non_ascii_names_on_an_ascii_stdout_are_written_not_a_crash(
+    finished, tmp_path, digits_folder
+):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    for name, source in (("café", "five"), ("naïve", "six")):
+        shutil.copytree(digits_folder / source, data / name)
+    env = {**_env(), "PYTHONIOENCODING": "ascii"}
+    graft = [sys.executable, "-m", "graft.cli"]
+    check = subprocess.run([*graft, "data", "check", str(data)], env=env, capture_output=True)
+    assert check.returncode == 0, check.stderr
+    assert b"Traceback" not in check.stderr and b"UnicodeEncodeError" not in check.stderr
+    assert b"caf\\xe9" in check.stdout and b"na\\xefve" in check.stdout
+    predict = subprocess.run(
+        [*graft, "predict", str(finished), str(data / "café")], env=env, capture_output=True
+    )
+    assert predict.returncode == 0, predict.stderr
+    assert b"UnicodeEncodeError" not in predict.stderr
+    rows = predict.stdout.decode("utf-8").splitlines()
+    assert len(rows) == 1 + 12, rows  # the header and every image
+    assert all("café" in row for row in rows[1:])  # the names as they are, in UTF-8

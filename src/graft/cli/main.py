@@ -8,6 +8,7 @@ exits 1; ``--debug`` shows tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sys
 import threading
@@ -48,6 +49,7 @@ for _command in (
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run a command, turn errors into one line and an exit code."""
+    _tolerant_streams()
     try:
         code = app.main(args=argv, prog_name="graft", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -81,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _tolerant_streams() -> None:
+    """A stdout that cannot encode a name (``PYTHONIOENCODING=ascii``, a C locale) shows
+    it escaped (``caf\\xe9``) instead of failing half-way through the output."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="backslashreplace")
 
 
 def _disk_full(exc: BaseException) -> bool:
