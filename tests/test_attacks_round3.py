@@ -343,3 +343,23 @@ def test_9_non_ascii_names_on_an_ascii_stdout_are_written_not_a_crash(
     rows = predict.stdout.decode("utf-8").splitlines()
     assert len(rows) == 1 + 12, rows  # the header and every image
     assert all("café" in row for row in rows[1:])  # the names as they are, in UTF-8
+
+
+# ------------------------------------------------------------- 13: the model card
+
+
+def test_13_model_card_escapes_every_value_of_a_tampered_metrics_json(finished, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    path = run / layout.METRICS_FILE
+    metrics = json.loads(path.read_text())
+    hostile = "<img src=x onerror=alert(1)>"
+    metrics["phases"][0].update(epochs=hostile, lr="[click](javascript:alert(1))")
+    metrics.update(train_images="<script>alert(1)</script>", seconds="1\n# Forged heading")
+    path.write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert cli.main(["report", str(run)]) == 0, capsys.readouterr().err
+    card = (run / layout.MODEL_CARD_FILE).read_text()
+    assert "<img" not in card and "<script" not in card, card
+    assert "[click](javascript" not in card and "\n# Forged" not in card, card
+    assert "&lt;img src=x onerror=alert(1)&gt;" in card  # shown, inert

@@ -153,23 +153,3 @@ def kept_line(metrics: dict) -> str:
     if kept.get("keep") == "best":
         return f"model.keras holds {where}: the lowest {kept.get('monitor')}; last.keras the last."
     return f"model.keras holds the last epoch, {where}."
-
-
-def card_lines(metrics: dict) -> list[str]:
-    """Markdown lines for the model card: test next to validation, and the kept epoch."""
-    lines = []
-    rows = [
-        (name, metrics.get(f"{prefix}accuracy"), metrics.get(f"{prefix}loss"), images)
-        for name, prefix, images in (
-            ("validation (kept epoch)", "val_", metrics.get("val_images")),
-            ("test", "test_", metrics.get("test_images")),
-        )
-    ]
-    rows = [r for r in rows if r[1] is not None]
-    if rows:
-        lines += ["| split | accuracy | loss | images |", "|---|---:|---:|---:|"]
-        lines += [f"| {n} | {a:.4f} | {lo:.4f} | {i} |" for n, a, lo, i in rows]
-        lines.append("")
-    if kept_line(metrics):
-        lines += [kept_line(metrics), ""]
-    return lines
