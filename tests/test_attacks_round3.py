@@ -363,3 +363,43 @@ def test_13_model_card_escapes_every_value_of_a_tampered_metrics_json(finished, 
     assert "<img" not in card and "<script" not in card, card
     assert "[click](javascript" not in card and "\n# Forged" not in card, card
     assert "&lt;img src=x onerror=alert(1)&gt;" in card  # shown, inert
+
+
+# ------------------------------------------------------------- 11, 12: labels
+
+
+def test_11_a_csv_listing_one_file_under_two_labels_drops_it_and_says_so(
+    tmp_path, capsys, digits_folder
+):
+    five = sorted((digits_folder / "five").glob("*.png"))
+    six = sorted((digits_folder / "six").glob("*.png"))
+    rows = ["path,label", *(f"{p},five" for p in five), *(f"{p},six" for p in six)]
+    rows.append(f"{five[0]},six")  # the same file under another label
+    rows.append(f"{six[1].parent}/./{six[1].name},six")  # the same label again: a duplicate
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert cli.main(["data", "check", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "2 CSV lines listing one file under different labels" in out, out
+    assert f"also listed as 'six' at line {len(rows) - 1}" in out, out
+    counts = {
+        cells[1]: int(cells[2])
+        for line in out.splitlines()
+        if len(cells := [c.strip() for c in re.split(r"[|│┃]", line)]) > 3 and cells[2].isdigit()
+    }
+    assert counts == {"five": len(five) - 1, "six": len(six) + 1}, out
+
+
+def test_12_class_folders_differing_only_in_unicode_normalisation_are_refused(
+    tmp_path, capsys, digits_folder
+):
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder / "five", data / "caf\u00e9")  # NFC
+    shutil.copytree(digits_folder / "six", data / "cafe\u0301")  # NFD
+    if len(list(data.iterdir())) != 2:
+        pytest.skip("this file system normalises names itself")
+    capsys.readouterr()
+    assert cli.main(["data", "check", str(data)]) == 2
+    line = _one_error_line(capsys)
+    assert "Unicode normalisation" in line and "'caf\\xe9'" in line and "'cafe\\u0301'" in line

@@ -52,6 +52,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "csv_bad_line": ("skipped", "malformed CSV lines"),
     "csv_missing_file": ("skipped", "CSV lines whose file does not exist"),
     "csv_empty_label": ("skipped", "CSV lines with an empty label"),
+    "csv_conflict": ("skipped", "CSV lines listing one file under different labels"),
     "outside_class": ("skipped", "files outside class folders"),
     "empty_class": ("warning", "class folders without usable images"),
     "single_class": ("warning", "training data with a single class"),
