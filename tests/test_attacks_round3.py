@@ -403,3 +403,43 @@ def test_12_class_folders_differing_only_in_unicode_normalisation_are_refused(
     assert cli.main(["data", "check", str(data)]) == 2
     line = _one_error_line(capsys)
     assert "Unicode normalisation" in line and "'caf\\xe9'" in line and "'cafe\\u0301'" in line
+
+
+# ------------------------------------------------------------- 7: SIGTERM while tracing
+
+_SIGTERM_WHILE_TRACING = """
+import os, signal, sys, time
+from graft.training import cache
+real = cache.forward_function
+def forward_function(extractor, spec):
+    import tensorflow as tf
+    fn = real(extractor, spec)
+    def body(x):  # runs while tf.function traces it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)
+        return fn(x)
+    return tf.function(body, input_signature=[tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)])
+cache.forward_function = forward_function
+from graft import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_7_sigterm_while_the_cache_function_is_traced_is_an_interrupt(interrupted, tmp_path):
+    import subprocess
+    import sys
+
+    copy = _copy(interrupted, tmp_path)
+    args = [*TRAIN[:-1], "runs/t", "--cache-dir", str(tmp_path / "cache")]  # traced afresh
+    script = tmp_path / "sigterm_while_tracing.py"  # a file: autograph converts its code
+    script.write_text(_SIGTERM_WHILE_TRACING)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        cwd=copy, env=_env(), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr and "StagingError" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("graft: error: Interrupted by SIGTERM"), proc.stderr
+    status = json.loads((copy / "runs" / "t" / layout.STATUS_FILE).read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"

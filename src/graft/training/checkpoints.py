@@ -384,8 +384,13 @@ def stop_on_signals(checkpointer: Checkpointer | None):
 
 
 def as_user_error(exc: BaseException, batch_size: int) -> BaseException:
-    """Turn resource exhaustion into one actionable line; anything else is unchanged."""
+    """Turn resource exhaustion into one actionable line, and an interruption TensorFlow
+    wrapped (a signal while tracing) back into itself; anything else is unchanged."""
     from graft.errors import TrainingFailed
+
+    interrupted = run_status.interruption(exc)
+    if interrupted is not None:
+        return interrupted
 
     name = type(exc).__name__
     if name == "ResourceExhaustedError" or isinstance(exc, MemoryError):
