@@ -443,3 +443,72 @@ def test_7_sigterm_while_the_cache_function_is_traced_is_an_interrupt(interrupte
     assert line.startswith("graft: error: Interrupted by SIGTERM"), proc.stderr
     status = json.loads((copy / "runs" / "t" / layout.STATUS_FILE).read_text())
     assert status["status"] == "interrupted" and status["signal"] == "SIGTERM"
+
+
+# ------------------------------------------------------------- 10: distributed fine-tuning
+
+_EVERY_STRATEGY_MIRRORED = """
+import json, sys
+import keras
+from graft import cli
+from graft.training.checkpoints import Checkpointer
+
+data, backbone, out, *names = sys.argv[1:]
+common = ["-b", backbone, "--cut", "block3_pool", "--batch-size", "8", "--seed", "1",
+          "--distribute", "mirrored", "--devices", "2", "--epochs", "1", "--finetune-epochs", "1"]
+plans = {
+    "finetune": ["--unfreeze", "all"],
+    "hybrid": ["--unfreeze", "blocks:1"],
+    "gradual": ["--gradual-blocks", "2", "--gradual-epochs", "1"],
+}
+for name, flags in ((n, plans[n]) for n in names):
+    run = f"{out}/{name}"
+    original = Checkpointer.save
+    if name == "finetune":  # Ctrl-C after its first epoch, then resume it
+        def save(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            if self.state.epoch == 1:
+                self.stop_signal = "SIGINT"
+        Checkpointer.save = save
+        assert cli.main(["train", data, *common, "--strategy", name, *flags,
+                         "--epochs", "2", "--out", run]) == 130, name
+        Checkpointer.save = original
+        assert cli.main(["train", "--resume", run]) == 0, name
+    else:
+        assert cli.main(["train", data, *common, "--strategy", name, *flags, "--out", run]) == 0
+    status = json.load(open(f"{run}/status.json"))["status"]
+    assert status == "completed", (name, status)
+    keras.saving.load_model(f"{run}/model.keras")  # reloads in plain Keras
+    assert cli.main(["evaluate", run, data]) == 0, name
+print("ALL DONE")
+"""
+
+
+def _every_strategy(tmp_path, digits_folder, cnn_file, *names) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "every_strategy.py"
+    script.write_text(_EVERY_STRATEGY_MIRRORED)
+    args = [str(digits_folder), str(cnn_file), str(tmp_path), *names]
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=_env(), capture_output=True, text=True, timeout=500,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "ALL DONE" in proc.stdout, proc.stderr[-3000:]
+    assert "could not be deserialized" not in proc.stderr
+
+
+def test_10_distributed_fine_tuning_completes_resumes_and_reloads(
+    tmp_path, digits_folder, cnn_file
+):
+    _every_strategy(tmp_path, digits_folder, cnn_file, "finetune")
+    history = (tmp_path / "finetune" / layout.HISTORY_FILE).read_text().splitlines()
+    assert len(history) == 1 + 2  # both fine-tuning epochs, across the resume
+
+
+@pytest.mark.slow
+def test_10_hybrid_and_gradual_complete_under_mirrored_and_reload(
+    tmp_path, digits_folder, cnn_file
+):
+    _every_strategy(tmp_path, digits_folder, cnn_file, "hybrid", "gradual")
