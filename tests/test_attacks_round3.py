@@ -512,3 +512,86 @@ def test_10_hybrid_and_gradual_complete_under_mirrored_and_reload(
     tmp_path, digits_folder, cnn_file
 ):
     _every_strategy(tmp_path, digits_folder, cnn_file, "hybrid", "gradual")
+
+
+# ------------------------------------------------------------- also seen
+
+
+def test_also_a_damaged_checkpoint_array_file_is_named_not_badzipfile(
+    interrupted, tmp_path, capsys
+):
+    copy = _copy(interrupted, tmp_path)
+    weights = next((copy / "runs" / "x" / layout.CHECKPOINT_DIR).glob("weights-*.npz"))
+    weights.write_bytes(weights.read_bytes()[:300])
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(copy / "runs" / "x")]) == 2
+    line = _one_error_line(capsys)
+    assert "BadZipFile" not in line and f"checkpoint file {weights}" in line, line
+    assert "is damaged" in line
+
+
+def _refuse_writes_under(monkeypatch, folder: Path, code: int) -> None:
+    """Make every write-open under ``folder`` fail as on a read-only disk or a full one."""
+    real = os.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & writing and str(path).startswith(str(folder)):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+def test_also_a_read_only_run_folder_is_one_line(interrupted, tmp_path, capsys, monkeypatch):
+    import errno
+
+    copy = _copy(interrupted, tmp_path)
+    run = copy / "runs" / "x"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    _refuse_writes_under(monkeypatch, run, errno.EROFS)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    line = _one_error_line(capsys)
+    assert "Errno" not in line and "OSError" not in line, line
+    assert "Cannot write" in line and "Read-only file system" in line, line
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_also_the_disk_full_hint_names_the_cache_option_with_its_value(
+    interrupted, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    copy = _copy(interrupted, tmp_path)
+    run = copy / "runs" / "x"
+    (run / layout.LOCK_FILE).unlink(missing_ok=True)
+    (run / layout.LOCK_FILE).write_text("")  # the lock opens; the artifacts cannot be written
+    real = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and Path(str(path)).name.startswith(".status."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    line = _one_error_line(capsys)
+    assert "No space left" in line and "--cache-dir DIR for the cache" in line, line
+
+
+def test_also_resume_after_an_edited_phase_names_the_field_once(interrupted, tmp_path, capsys):
+    import yaml
+
+    copy = _copy(interrupted, tmp_path)
+    config = copy / "runs" / "x" / layout.CONFIG_FILE
+    body = yaml.safe_load(config.read_text())
+    body["phases"][0]["epochs"] = 3
+    config.write_text(yaml.safe_dump(body, sort_keys=False))
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(copy / "runs" / "x")]) == 2
+    line = _one_error_line(capsys)
+    assert "settings (phases[1].epochs 2 -> 3) changed" in line, line
+    assert line.count("'name': 'head'") == 0

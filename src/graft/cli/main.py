@@ -77,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = exc.filename or "a file"
+            print(
+                f"graft: error: Cannot write {where}: {exc.strerror}. "
+                "HINT: make the folder writable, or write to another one (--out).",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"graft: error: {type(exc).__name__}: {first_line(exc)} "
             "(run with --debug for the traceback)",

@@ -34,13 +34,27 @@ class DiskFullError(GraftError, OSError):
     """The disk holding the run folder or cache is full (also an ``OSError``)."""
 
 
+#: The errors of a folder graft may not write in (a read-only disk, no permission).
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _disk_full(path: Path, exc: OSError) -> OSError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
             f"No space left on the device while writing {path}.",
-            hint="free some space, or pass another out=DIR (or cache_dir= for the cache).",
+            hint="free some space, or pass another out=DIR (or cache_dir=DIR for the cache).",
         )
+    if exc.errno in NOT_WRITABLE:
+        return not_writable(path, exc)
     return exc
+
+
+def not_writable(path, exc: OSError) -> GraftError:
+    """One clear error for a file graft cannot write (read-only disk, permissions)."""
+    return GraftError(
+        f"Cannot write {path}: {exc.strerror or 'not writable'}.",
+        hint="make the folder writable, or pass another out=DIR.",
+    )
 
 
 def _umask() -> int:
@@ -100,7 +114,10 @@ def _replacing(path: Path, suffix: str):
     ``path`` when the block succeeds, removed when it fails. The one rename-or-clean rule."""
     path.parent.mkdir(parents=True, exist_ok=True)
     refuse_foreign(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise _disk_full(path, exc) from None
     os.fchmod(fd, shared_mode())  # mkstemp makes 0600; the artifact follows the umask
     try:
         yield fd, tmp

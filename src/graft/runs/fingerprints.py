@@ -94,7 +94,9 @@ def differences(saved: dict, now: dict) -> list[str]:
             keys = sorted(set(before) | set(after), key=str)
             changed = [k for k in keys if before.get(k) != after.get(k)]
             if part == "settings":
-                shown = [f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:4]]
+                leaves = [c for k in changed for c in _leaves(str(k), before.get(k), after.get(k))]
+                shown = [f"{k} {b!r} -> {a!r}" for k, b, a in leaves[:4]]
+                changed = leaves
             else:
                 shown = [f"'{k}'" for k in changed[:4]]
             more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
@@ -102,3 +104,24 @@ def differences(saved: dict, now: dict) -> list[str]:
         else:
             changes.append(part)
     return changes
+
+
+def _leaves(key: str, before, after) -> list[tuple[str, object, object]]:
+    """The changed values under ``key``, one per leaf (``phases[1].epochs 2 -> 3``, not
+    both whole phase lists)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = sorted(set(before) | set(after), key=str)
+        return [
+            leaf
+            for k in keys
+            if before.get(k) != after.get(k)
+            for leaf in _leaves(f"{key}.{k}", before.get(k), after.get(k))
+        ]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [
+            leaf
+            for i, (b, a) in enumerate(zip(before, after), start=1)
+            if b != a
+            for leaf in _leaves(f"{key}[{i}]", b, a)
+        ]
+    return [(key, before, after)]

@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 from graft.errors import GraftError
+from graft.runs import files
 from graft.runs.layout import LOCK_FILE
 
 try:
@@ -55,6 +56,8 @@ def _open(path: Path, create: bool) -> int | None:
     except OSError as exc:
         if os.path.islink(path) or exc.errno == errno.ELOOP:
             raise _not_ours(path, "a symbolic link") from None
+        if exc.errno in files.NOT_WRITABLE:
+            raise files.not_writable(path, exc) from None
         raise
     info = os.fstat(fd)
     problem = None
