@@ -113,6 +113,29 @@ def test_1_resume_works_from_another_working_directory(interrupted, tmp_path, mo
     assert (copy / "runs" / "x" / layout.MODEL_FILE).is_file()
 
 
+def test_1_a_hard_death_of_a_relative_run_resumes_from_its_status_hint(
+    interrupted, tmp_path, monkeypatch, capsys
+):
+    """kill -9: status.json still says running, by a process now gone; its own
+    ``resume`` line works from the project folder."""
+    import subprocess
+    import sys
+
+    copy = _copy(interrupted, tmp_path)
+    run = copy / "runs" / "x"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    status = json.loads((run / layout.STATUS_FILE).read_text())
+    (run / layout.STATUS_FILE).write_text(
+        json.dumps({**status, "status": "running", "pid": dead.pid})
+    )
+    assert status["resume"] == "graft train --resume runs/x"
+    monkeypatch.chdir(copy)
+    capsys.readouterr()
+    assert cli.main(status["resume"].split()[1:]) == 0, capsys.readouterr().err
+    assert _status(run) == "completed"
+
+
 def test_1_and_3_a_moved_project_resumes_and_changed_pixels_are_refused(
     tmp_path, monkeypatch, capsys, digits_folder, cnn_file
 ):
