@@ -13,7 +13,7 @@ import graft
 from conftest import IMAGE, snapshot
 from graft.core.blocks import group
 from graft.core.model import backbone_of
-from graft.training import activation_store, activations
+from graft.training import activations
 
 RUN = dict(
     cut="block3_pool", batch_size=8, seed=3, image_size=IMAGE, strategy="finetune",
@@ -35,7 +35,7 @@ def _cache_lines(lines):
 
 @pytest.fixture
 def float32(monkeypatch):
-    monkeypatch.setattr(activation_store, "DTYPE", "float32")
+    monkeypatch.setattr(activations, "DTYPE", "float32")
 
 
 def test_cached_path_trains_the_same_weights(digits_folder, cnn_file, tmp_path, float32):

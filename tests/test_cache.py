@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import graft
+from graft.core import model_utils
 from graft.training import cache
 
 SMALL = dict(weights="none", image_size=32, alpha=0.35, batch_size=8, verbose=0)
@@ -65,7 +66,7 @@ def test_saved_model_on_raw_images_matches_head_on_cached_features(digits_folder
     assert len(features) == len(scanned) == len(files)
     raw = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in scanned.paths])
     on_raw = run.model.predict(raw, verbose=0)
-    on_features = cache.head_model(run.model).predict(features, verbose=0)
+    on_features = model_utils.head_model(run.model).predict(features, verbose=0)
     np.testing.assert_allclose(on_raw, on_features, rtol=1e-4, atol=1e-5)
 
 

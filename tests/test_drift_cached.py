@@ -10,7 +10,7 @@ import graft
 from conftest import IMAGE
 from graft.api import finish
 from graft.reporting import drift
-from graft.training import activation_store
+from graft.training import activations
 
 RUN = dict(
     cut="block3_pool", batch_size=8, seed=3, image_size=IMAGE, strategy="finetune",
@@ -37,11 +37,11 @@ def _drift(data, backbone, out, monkeypatch, cached_inputs: bool):
 def test_drift_on_cached_activations_equals_drift_on_images(
     digits_folder, cnn_file, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(activation_store, "DTYPE", "float32")
+    monkeypatch.setattr(activations, "DTYPE", "float32")
     fast, calls = _drift(digits_folder, cnn_file, tmp_path / "a", monkeypatch, True)
     assert len(calls) == 1 and calls[0] is not None  # the top on activations, not images
     assert calls[0].input_shape[1:] != (IMAGE, IMAGE, 3)
-    monkeypatch.setattr(activation_store, "DTYPE", "float32")
+    monkeypatch.setattr(activations, "DTYPE", "float32")
     slow, calls = _drift(digits_folder, cnn_file, tmp_path / "b", monkeypatch, False)
     assert calls == [None]
     assert fast["images"] == slow["images"] > 0

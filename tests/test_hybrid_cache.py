@@ -8,7 +8,7 @@ import pytest
 
 import graft
 from conftest import IMAGE, snapshot
-from graft.training import activation_store, cache, derived
+from graft.training import activations, cache, derived
 
 RUN = dict(
     cut="block3_pool", batch_size=8, seed=3, image_size=IMAGE, strategy="hybrid",
@@ -27,7 +27,6 @@ def passes(monkeypatch):
         seen.append(len(split[1]) if isinstance(split, tuple) else len(split))
         return images(split, *args, **kwargs)
 
-    monkeypatch.setattr(cache, "_images", counted)
     monkeypatch.setattr(cache, "split_images", counted)
     return seen
 
@@ -52,7 +51,7 @@ def test_hybrid_runs_the_bottom_once_with_the_same_weights(
     """float32 activations: the derived features equal the image pass's (the old path:
     cache on, features from the images) to rtol 1e-5 / atol 1e-6, the activation cache's
     own tolerance, and so does every weight the run trains (head phase, then top)."""
-    monkeypatch.setattr(activation_store, "DTYPE", "float32")
+    monkeypatch.setattr(activations, "DTYPE", "float32")
     run, lines = _train(digits_folder, cnn_file, tmp_path / "a")
     assert sorted(passes) == [6, 30]  # one image pass per split, not two
     assert all("from the cached activations" in line for line in _features(lines))

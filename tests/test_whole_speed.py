@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 
 import graft
+from graft.core import model_utils
 from graft.data import adapter
 from graft.data.pipelines import load_image
 from graft.reporting import drift, evaluation
-from graft.training import cache
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_cached_evaluation_equals_the_full_model_on_raw_images(feature_run, digi
     assert ev["loss"] == pytest.approx(again["loss"], abs=1e-5)
     assert [w["path"] for w in ev["worst_errors"]] == [w["path"] for w in again["worst_errors"]]
     shown = evaluation.evaluate_model(
-        cache.head_model(run.model),
-        [(cache.features_model(run.model).predict(images, verbose=0), labels)],
+        model_utils.head_model(run.model),
+        [(model_utils.features_model(run.model).predict(images, verbose=0), labels)],
         run.classes,
         pixels=lambda i: images[i],
     )

@@ -18,6 +18,7 @@ from graft.api import steps as s
 from graft.api.result import Run
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.settings import TrainConfig
+from graft.core import model_utils
 from graft.core.model import backbone_of
 from graft.data.pipelines import load_image
 from graft.reporting import drift, plots, report
@@ -96,7 +97,7 @@ def fit(
         mid_phase = devices.peeks and state.next_position()[1] > 0
         checkpoints.fast_forward(pipes.train, state.passes.get("full", 0) - mid_phase)
         if cached is not None:
-            checkpoints.fast_forward(cached[0], state.passes.get("cached", 0) - mid_phase)
+            checkpoints.fast_forward(cached.train, state.passes.get("cached", 0) - mid_phase)
         if acts is not None:
             checkpoints.fast_forward(acts.train, state.passes.get("activations", 0) - mid_phase)
     with (
@@ -321,7 +322,7 @@ def _evaluated_on(model: keras.Model, bb, fitted: s.Fitted, data: s.PreparedData
     alone then predicts on them, and only the worst errors' images are read. Or else the
     top of the model on the cached activations of its bottom, if that ended the run with
     the weights they were computed with (float16 activations: within their parity bound,
-    :data:`graft.training.activation_store.PARITY`). Else ``()``.
+    :data:`graft.training.activations.PARITY`). Else ``()``.
     """
     cached, val = fitted.cached, None if data.val is None else data.val.files
     if val is None:
@@ -329,8 +330,8 @@ def _evaluated_on(model: keras.Model, bb, fitted: s.Fitted, data: s.PreparedData
     paths, size, channels = list(val.paths), bb.image_size, bb.channels
     found = ()
     # (drift: the shipped model, undistributed)
-    if cached is not None and cached[1] is not None and drift.unchanged(model, fitted.reference):
-        found = cached[1], cache.head_model(model)
+    if cached is not None and cached.val is not None and drift.unchanged(model, fitted.reference):
+        found = cached.val, model_utils.head_model(model)
     elif fitted.activations is not None:
         found = fitted.activations.evaluator(model)
     return (*found, lambda i: load_image(paths[i], size, channels)) if found else ()

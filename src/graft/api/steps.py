@@ -144,8 +144,8 @@ class Fitted:
     lr_found: dict | None
     reference: list | None
     keeper: KeepBest | None = None
-    #: The feature cache's ``(train, val, steps)`` datasets, if the run used it.
-    cached: tuple | None = None
+    #: The feature cache's :class:`graft.training.feed.Inputs`, if the run used it.
+    cached: object = None
     #: What the activation cache did (metrics.json's ``activation_cache``), if used.
     activation_cache: dict | None = None
     #: The :class:`graft.training.activations.ActivationCache` itself, if used.

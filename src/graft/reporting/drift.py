@@ -2,7 +2,7 @@
 
 Two measures compare the *pre-trained* backbone with the *fine-tuned* one on the same
 images (the pooled backbone output, i.e. the head's input, see
-:func:`graft.cache.features_model`):
+:func:`graft.core.model_utils.features_model`):
 
 - **linear CKA** (centred kernel alignment, Kornblith et al. 2019): similarity of the
   two representations up to an orthogonal transform and isotropic scaling; 1.0 means
@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from graft.core.model_utils import features_model, forward_function
 from graft.data.adapter import adapt, labelled_batches
 from graft.errors import DataError, GraftError
 from graft.runs import model_io
@@ -95,8 +96,6 @@ def mean_cosine(x, y) -> float:
 
 def snapshot(model: keras.Model) -> list[np.ndarray]:
     """Copies of the weights of ``model``'s feature extractor (preprocessing + backbone)."""
-    from graft.training.cache import features_model
-
     return [np.array(w) for w in features_model(model).get_weights()]
 
 
@@ -109,8 +108,6 @@ def _same(weights: list, reference: list) -> bool:
 def unchanged(model: keras.Model, reference: list[np.ndarray] | None) -> bool:
     """Whether ``model``'s feature extractor still has exactly the :func:`snapshot` weights
     (its features of any image are then the pre-trained ones)."""
-    from graft.training.cache import features_model
-
     return reference is not None and _same(features_model(model).get_weights(), reference)
 
 
@@ -126,8 +123,6 @@ def _images(dataset, limit: int):
 def _predict(extractor: keras.Model, images) -> np.ndarray:
     """Batch by batch through one function traced once for any batch size (the capped
     pipeline has no known length; the same function serves both weight sets)."""
-    from graft.training.cache import forward_function
-
     forward = forward_function(extractor, images.element_spec)
     return np.concatenate([np.asarray(forward(x)) for x in images])
 
@@ -160,8 +155,6 @@ def measure(
         ``{"cka", "cosine", "images", "split"}``; ``"unchanged": True`` when no
         backbone weight moved (both measures are then exactly 1.0).
     """
-    from graft.training.cache import features_model
-
     extractor = features_model(model)
     trained = extractor.get_weights()
     images = _images(dataset, max_images)

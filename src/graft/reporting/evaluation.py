@@ -253,7 +253,7 @@ def evaluate_model(
     Returns:
         An :class:`Evaluation`.
     """
-    from graft.training.cache import forward_function
+    from graft.core.model_utils import forward_function  # keras: only when evaluating
 
     multi = is_multi_label(model)
     heap: list[tuple[float, int, int, int, np.ndarray]] = []

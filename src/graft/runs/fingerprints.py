@@ -18,13 +18,10 @@ from graft.data import content
 
 
 def weights_digest(model) -> str:
-    """A digest of every weight of ``model`` (paths, shapes, dtypes and values, in order)."""
-    digest = hashlib.blake2b(digest_size=16)
-    for variable in model.weights:
-        value = np.ascontiguousarray(np.asarray(variable))
-        digest.update(f"{variable.path}:{value.shape}:{value.dtype};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
+    """A digest of every weight of ``model``: :func:`graft.core.model_utils.weights_fingerprint`."""
+    from graft.core.model_utils import weights_fingerprint  # keras only when asked
+
+    return weights_fingerprint(model)
 
 
 #: The fingerprints' format: 2 fingerprints data by file content and paths by what they

@@ -15,10 +15,10 @@ the boundary moves down to the nearest block edge that one tensor crosses (the l
 between run frozen in the top, as without the cache); with none, there is no cache and
 the run says why in one line. An entry is keyed by everything that determines it (data
 content, the bottom's layers and weights, boundary, image size, dtype, view) and its
-checksum is verified before use. Entries are float16 when the top's predictions on the
-first batch agree with float32 activations
-(:data:`graft.training.activation_store.PARITY`), else float32. Training reads
-rows from disk batch by batch, so memory stays flat as the dataset grows.
+checksum is verified before use (:mod:`graft.training.store`). Entries are float16 when
+the top's predictions on the first batch agree with float32 activations (:data:`PARITY`),
+else float32. Training reads rows from disk batch by batch, so memory stays flat as the
+dataset grows.
 """
 
 from __future__ import annotations
@@ -28,12 +28,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from graft.core.blocks import Block, units
 from graft.core.freezing import select
 from graft.core.model import backbone_of, preprocess_layers
-from graft.training import activation_store, cache
-from graft.training.activation_store import Entry, dataset, store
+from graft.core.model_utils import forward_function, layer_key, weights_fingerprint
+from graft.training import cache
+from graft.training.feed import ACTIVATIONS, Inputs, cycled, entry_dataset
+from graft.training.store import Entry, Float16Overflow, Store, open_store
+
+#: Version of what a key describes (the files' own format: :data:`graft.training.store.FORMAT`).
+KEY_VERSION = 1
+#: Largest difference of the top's predicted probabilities (first batch) between float16
+#: and float32 activations for which entries are stored as float16.
+PARITY = 1e-3
+#: ``None``: choose by :data:`PARITY`; ``"float32"``/``"float16"``: always that dtype.
+DTYPE: str | None = None
 
 _STOCHASTIC = (
     keras.layers.Dropout,
@@ -177,12 +188,62 @@ class ActivationCache:
         bottom as it was); else ``()``."""
         if self.val is None or model is not self.source or self.bottom is None:
             return ()
-        if cache.weights_fingerprint(self.bottom) != self.bottom_weights:
+        if weights_fingerprint(self.bottom) != self.bottom_weights:
             return ()
         return self.val, self.top
 
-    def feed(self) -> tuple:
-        return self.train, self.val, self.steps
+    def inputs(self) -> Inputs:
+        """The top model and its datasets, for the phases this cache serves."""
+        return Inputs(self.top, self.train, self.val, self.steps, ACTIVATIONS)
+
+
+def cache_key(bottom: keras.Model, boundary: Boundary, source: str, content: str, view: str):
+    """Everything that determines an entry: layers, weights, boundary, sizes, data, view."""
+    layers = bottom.get_layer("graft_bottom_backbone").layers
+    description = {
+        "format": KEY_VERSION,
+        "source": source,
+        "layers": [layer_key(x) for x in [*bottom.layers[1:-1], *layers]],
+        "boundary": [boundary.index, boundary.layer, list(boundary.shape)],
+        "input": list(bottom.input_shape[1:]),
+        "weights": weights_fingerprint(bottom),
+        "content": content,
+        "view": view,
+        "keras": keras.__version__,
+    }
+    return cache.digest(description)
+
+
+def choose_dtype(top: keras.Model, batch: np.ndarray) -> str:
+    """float16 when the top's predictions on ``batch`` move by at most :data:`PARITY`."""
+    if DTYPE is not None:
+        return DTYPE
+    if not np.isfinite(batch.astype("float16")).all():
+        return "float32"
+    # Called once per entry on one batch: eagerly (tracing a predict function costs more).
+    full = keras.ops.convert_to_numpy(top(batch, training=False))
+    half = keras.ops.convert_to_numpy(
+        top(batch.astype("float16").astype("float32"), training=False)
+    )
+    return "float16" if float(np.abs(full - half).max()) <= PARITY else "float32"
+
+
+def bottom_pass(bottom: keras.Model, images):
+    """``bottom`` over a dataset of image batches, one float32 array per batch, through
+    one function traced once for any batch size (train and val share it)."""
+    forward = forward_function(bottom, images.element_spec)
+    for batch in images:
+        yield np.asarray(forward(batch), dtype="float32")
+
+
+def stream(store: Store, key: str, rows: int, batches, dtype):
+    """Write ``batches()`` into entry ``key`` (``dtype``: a name, or a chooser of one on
+    the first batch); a float16 entry that overflows on a later batch is written again
+    as float32."""
+    try:
+        return store.write(key, rows, batches(), dtype)
+    except Float16Overflow:
+        return store.write(key, rows, batches(), "float32")
 
 
 def plan(model: keras.Model, blocks: list[Block], phases) -> tuple:
@@ -253,61 +314,61 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         return None
     top = top_model(model, boundary)
     root = Path(cfg.cache_dir) if cfg.cache_dir else cache.default_dir().parent
-    directory = root / "activations"
+    store = open_store(root / "activations")
     bs = cfg.batch_size
-
     chosen: dict = {}
+    hits: list[bool] = []
 
-    def entry(split, view=None):
+    def entry(split, view=None) -> Entry:
         content = cache.split_fingerprint(split)
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
-        key = activation_store.cache_key(bottom, boundary, bb.source, content, tag)
-        rows = len(split[1]) if isinstance(split, tuple) else len(split)
-        # One bottom pass in large batches (inference only; the batch size is no setting).
-        images = cache.split_images(split, bb, max(bs, 64), None if view is None else augment)
-        # The float16/float32 choice is made once, on the first entry's first batch.
-        found = store(bottom, top, images, boundary, key, rows, directory, chosen.get("dtype"))
+        key = cache_key(bottom, boundary, bb.source, content, tag)
+        rows = len(cache.split_labels(split))
+        found, problem = store.find(key, rows, boundary.shape)
+        hits.append(found is not None)
+        if found is None:
+            # One bottom pass in large batches (inference only; the batch size is no
+            # setting); the float16/float32 choice is made once, on the first entry.
+            aug = None if view is None else augment
+            images = cache.split_images(split, bb, max(bs, 64), aug)
+            dtype = chosen.get("dtype") or (lambda batch: choose_dtype(top, batch))
+            found = stream(store, key, rows, lambda: bottom_pass(bottom, images), dtype)
         chosen.setdefault("dtype", found.dtype)
-        if found.note:
-            log(f"Activation cache: {found.note}")
+        if problem:
+            log(f"Activation cache: entry {found.path.name} recomputed: {problem}")
         return found
-
-    def labels_of(split):
-        return split[1] if isinstance(split, tuple) else split.labels
 
     try:
         train, val = splits["train"], splits["val"]
-        labels = labels_of(train)
+        labels = cache.split_labels(train)
         if views:
             entries = [entry(train, v) for v in range(views)]
-            parts = [dataset(e, labels, bs, True, cfg.seed + v) for v, e in enumerate(entries)]
-            train_ds = parts[0]
-            for part in parts[1:]:
-                train_ds = train_ds.concatenate(part)
-            train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
+            parts = [
+                entry_dataset(e, labels, bs, True, cfg.seed + v) for v, e in enumerate(entries)
+            ]
+            train_ds, steps = cycled(parts, math.ceil(len(labels) / bs))
         else:
             entries = [entry(train)]
-            train_ds, steps = dataset(entries[0], labels, bs, True, cfg.seed), None
+            train_ds, steps = entry_dataset(entries[0], labels, bs, True, cfg.seed), None
         named = {("train", v if views else None): e for v, e in enumerate(entries)}
         val_ds = None
         if val is not None:
             entries.append(entry(val))
-            val_ds = dataset(entries[-1], labels_of(val), bs)
+            val_ds = entry_dataset(entries[-1], cache.split_labels(val), bs)
             named["val", None] = entries[-1]
     except OSError as exc:  # a read-only or full cache disk costs speed, not the run
         log(f"Activation cache off: cannot write its entries ({exc.strerror or exc}).")
         return None
-    summary = _summary(boundary, entries, phases, served)
-    log(_line(summary, all(e.hit for e in entries)))
-    weights = cache.weights_fingerprint(bottom)
+    summary = _summary(boundary, entries, phases, served, all(hits))
+    log(_line(summary, all(hits)))
+    weights = weights_fingerprint(bottom)
     return ActivationCache(
         top, train_ds, val_ds, steps, boundary, served, summary, model, bottom, weights, named
     )
 
 
-def _summary(boundary: Boundary, entries: list[Entry], phases, served: set) -> dict:
+def _summary(boundary: Boundary, entries: list[Entry], phases, served: set, hit: bool) -> dict:
     epochs = sum(phases[i - 1].epochs for i in served)
-    hit = all(e.hit for e in entries)
     one_pass = sum(e.seconds for e in entries)  # the bottom over every image, once
     spent = 0.0 if hit else one_pass
     return {

@@ -12,7 +12,10 @@ A cache entry is keyed by everything that determines the features: the backbone'
 source, a fingerprint of all its weights, the preprocessing layers (their configuration
 and weights), the image size and channels, the exact content of every image file (or
 array) in order, and the augmentation view. A changed file, other weights, another
-preprocessing or another size never reuse stale features.
+preprocessing or another size never reuse stale features. Entries live in the one
+verified store (:mod:`graft.training.store`), which refuses a damaged, edited or swapped
+entry; the feature cache hands the head and its datasets to the trainer as
+:class:`graft.training.feed.Inputs`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import weakref
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,64 +32,28 @@ import keras
 import numpy as np
 
 from graft import progress
-from graft.core.model import (
-    BACKBONE_NAME,
-    HEAD_PREFIX,
-    head_input,
-    head_input_layer,
-    preprocess_layers,
+from graft.core.model import preprocess_layers
+from graft.core.model_utils import (
+    features_model,
+    forward_function,
+    head_model,
+    layer_key,
+    pooling_layers_of,
+    weights_fingerprint,
 )
 from graft.data.content import file_digest
+from graft.training.feed import FEATURES, Inputs, cycled
+from graft.training.store import open_store
 
-FORMAT_VERSION = 1
+#: Version of what a key describes (a new one orphans every entry); the files' own format
+#: is :data:`graft.training.store.FORMAT`.
+KEY_VERSION = 1
 
 
 def default_dir() -> Path:
     """``$GRAFT_CACHE/features`` or ``~/.cache/keras-graft/features``."""
     root = os.environ.get("GRAFT_CACHE") or Path.home() / ".cache" / "keras-graft"
     return Path(root) / "features"
-
-
-def features_model(model: keras.Model) -> keras.Model:
-    """Raw images -> the head's input (:func:`graft.core.model.head_input`): preprocessing,
-    backbone and pooling of ``model``."""
-    return keras.Model(model.input, head_input(model), name="graft_features")
-
-
-def head_model(model: keras.Model) -> keras.Model:
-    """Features -> probabilities, through the *same* head layers as ``model``.
-
-    Training this model trains ``model``'s head: the layers (and weights) are shared.
-    """
-    start = head_input_layer(model)
-    layers = model.layers[model.layers.index(start) + 1 :]
-    if not all(layer.name.startswith(HEAD_PREFIX) for layer in layers):
-        raise ValueError("The model's head is not a simple chain of head_* layers.")
-    source = start.output
-    inputs = keras.Input(tuple(source.shape[1:]), name="features")
-    x = inputs
-    for layer in layers:
-        x = layer(x)
-    return keras.Model(inputs, x, name="graft_head")
-
-
-def layer_key(layer) -> list:
-    """A layer's part of a cache key: its type and configuration (name excluded)."""
-    return [type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"}]
-
-
-def pooling_layers_of(model: keras.Model) -> list:
-    """The layers from the backbone's output to the head's input (pooling, identity)."""
-    end = model.layers.index(head_input_layer(model))
-    start = model.layers.index(model.get_layer(BACKBONE_NAME))
-    return model.layers[start + 1 : end + 1]
-
-
-def weights_fingerprint(model: keras.Model) -> str:
-    """A digest of every weight of ``model`` (shapes, dtypes and values, in order)."""
-    from graft.runs.fingerprints import weights_digest
-
-    return weights_digest(model)
 
 
 def content_fingerprint(paths=None, images=None) -> str:
@@ -112,7 +79,7 @@ def cache_key(
     """
     features = features_model(model)
     description = {
-        "format": FORMAT_VERSION,
+        "format": KEY_VERSION,
         "source": source,
         # Preprocessing layers may have no weights (Rescaling): key them by their config.
         "preprocessing": [layer_key(layer) for layer in preprocess_layers(model)],
@@ -150,28 +117,6 @@ class CacheStats:
 INFERENCE_BATCH = 64
 
 
-_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def forward_function(extractor: keras.Model, spec):
-    """``extractor`` in inference mode as one ``tf.function`` for any batch size, traced
-    once per extractor and input shape (the train and validation passes share it).
-    Other backends: Keras's ``predict_on_batch``."""
-    if keras.backend.backend() != "tensorflow":
-        return extractor.predict_on_batch
-    import tensorflow as tf
-
-    signature = tf.TensorSpec((None, *spec.shape[1:]), spec.dtype)
-    functions = _FORWARD.setdefault(extractor, {})
-    key = (tuple(signature.shape), signature.dtype.name)
-    if key not in functions:
-        model = weakref.ref(extractor)  # the function must not keep its key alive
-        functions[key] = tf.function(
-            lambda x: model()(x, training=False), input_signature=[signature]
-        )
-    return functions[key]
-
-
 def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     """Run a feature extractor (:func:`features_model`) over images in inference mode.
 
@@ -199,34 +144,6 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _checksum(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _verified(path: Path, total: int) -> tuple[np.ndarray | None, str | None]:
-    """The entry at ``path`` if it matches the checksum in its index ``<key>.json``,
-    else ``(None, why)`` (``(None, None)``: there is no entry)."""
-    import io
-
-    index = path.with_suffix(".json")
-    if not path.is_file():
-        return None, None
-    try:
-        data = path.read_bytes()
-        expected = json.loads(index.read_text("utf-8")).get("sha256")
-    except (OSError, ValueError, AttributeError):
-        return None, "its checksum index is missing or unreadable"
-    if _checksum(data) != expected:
-        return None, "its checksum does not match (the file was damaged)"
-    try:
-        features = np.load(io.BytesIO(data), allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        return None, f"it cannot be read ({exc})"
-    if len(features) != total or not np.isfinite(features).all():
-        return None, "its content does not fit the data"
-    return features, None
-
-
 def load_or_compute(
     extractor: keras.Model,
     inputs,
@@ -235,38 +152,29 @@ def load_or_compute(
     directory: Path | None = None,
     verbose: int = 1,
 ) -> tuple[np.ndarray, CacheStats]:
-    """Features from ``directory/<key>.npy`` if present and intact, else computed and
-    stored there with their checksum in ``<key>.json``.
+    """Features from entry ``key`` of the store in ``directory``
+    (:mod:`graft.training.store`) if it is there and intact, else computed and stored.
 
-    Every entry is verified against its checksum before use; a damaged one is recomputed
-    (and ``CacheStats.note`` says why).
+    Every entry is verified (content and description) before use; a refused one is
+    recomputed, and ``CacheStats.note`` says why.
     """
-    import io
-    import time
-
-    from graft.runs.files import atomic_write
-
-    directory = Path(directory or default_dir())
-    path = directory / f"{key}.npy"
+    store = open_store(directory or default_dir())
     start = time.perf_counter()
-    features, problem = _verified(path, total)
+    shape = tuple(extractor.output_shape[1:])
+    features, _, problem = store.load(key, total, shape)
     if features is not None:
         return features, CacheStats(key, True, total, time.perf_counter() - start)
-    note = None if problem is None else f"cache entry {path.name} recomputed: {problem}"
+    name = store.path(key).name
+    note = None if problem is None else f"cache entry {name} recomputed: {problem}"
     features = compute(extractor, inputs, verbose)
-    buffer = io.BytesIO()
-    np.save(buffer, features, allow_pickle=False)
-    data = buffer.getvalue()
-    index = {"sha256": _checksum(data), "shape": list(features.shape), "format": FORMAT_VERSION}
     try:
-        atomic_write(path, data)
-        atomic_write(path.with_suffix(".json"), json.dumps(index))  # the commit point
+        store.write(key, total, [features])
     except OSError:
         pass  # a read-only or full cache disk costs speed next time, not this run
     return features, CacheStats(key, False, total, time.perf_counter() - start, note)
 
 
-def _images(split, bb, batch_size: int, augment=None):
+def split_images(split, bb, batch_size: int, augment=None):
     """A dataset of the raw image batches of a split (files or arrays), in order."""
     from graft.data import pipelines as data
 
@@ -279,7 +187,12 @@ def _images(split, bb, batch_size: int, augment=None):
     return ds.map(lambda x, y: augment(x, training=True))
 
 
-def _fingerprint(split) -> str:
+def split_labels(split):
+    """The labels of a split (files or an ``(images, labels)`` pair), in order."""
+    return split[1] if isinstance(split, tuple) else split.labels
+
+
+def split_fingerprint(split) -> str:
     if isinstance(split, tuple):
         return content_fingerprint(images=split[0])
     return content_fingerprint(paths=split.paths)
@@ -307,8 +220,9 @@ def cached_datasets(
             a split (or no ``derive``): from its images.
 
     Returns:
-        ``(train_dataset, val_dataset_or_None, steps_per_epoch_or_None)`` for
-        :meth:`graft.training.Trainer.fit`'s ``cached`` argument.
+        The head alone (:func:`graft.core.model_utils.head_model`) and its datasets, as
+        :class:`graft.training.feed.Inputs` for :meth:`graft.training.Trainer.fit`'s
+        ``cached`` argument.
     """
     import math
 
@@ -321,15 +235,15 @@ def cached_datasets(
 
     def features(split, name, view=None):
         tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
-        n = len(split[1]) if isinstance(split, tuple) else len(split)
+        n = len(split_labels(split))
         found = derive(name, view) if derive is not None else None
         if found is None:
             aug = None if view is None else augment
             # Plain images: large inference batches; augmented views keep the training
             # batch (an augmentation draws its randomness per batch).
             batch = cfg.batch_size if aug is not None else max(cfg.batch_size, INFERENCE_BATCH)
-            key = cache_key(model, bb.source, _fingerprint(split), view=tag, weights=weights)
-            found = extractor, _images(split, bb, batch, aug), key
+            key = cache_key(model, bb.source, split_fingerprint(split), view=tag, weights=weights)
+            found = extractor, split_images(split, bb, batch, aug), key
         values, stats = load_or_compute(*found, n, directory, verbose)
         label = name if view is None else f"{name}, augmented view {view + 1}/{views}"
         if stats.note:
@@ -342,28 +256,18 @@ def cached_datasets(
         return values
 
     train, val = splits["train"], splits["val"]
-    labels = train[1] if isinstance(train, tuple) else train.labels
+    labels = split_labels(train)
     bs = cfg.batch_size
     if views:
         per_view = [
             data.array_pipeline(features(train, "train", v), labels, bs, True, cfg.seed + v)
             for v in range(views)
         ]
-        train_ds = per_view[0]
-        for ds in per_view[1:]:
-            train_ds = train_ds.concatenate(ds)
-        train_ds, steps = train_ds.repeat(), math.ceil(len(labels) / bs)
+        train_ds, steps = cycled(per_view, math.ceil(len(labels) / bs))
     else:
         train_ds = data.array_pipeline(features(train, "train"), labels, bs, True, cfg.seed)
         steps = None
     val_ds = None
     if val is not None:
-        val_labels = val[1] if isinstance(val, tuple) else val.labels
-        val_ds = data.array_pipeline(features(val, "val"), val_labels, bs)
-    return train_ds, val_ds, steps
-
-
-# Shared with the activation cache (graft.training.activations): the same raw batches
-# and the same content fingerprint of a split.
-split_images = _images
-split_fingerprint = _fingerprint
+        val_ds = data.array_pipeline(features(val, "val"), split_labels(val), bs)
+    return Inputs(head_model(model), train_ds, val_ds, steps, FEATURES)

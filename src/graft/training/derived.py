@@ -10,22 +10,24 @@ inference mode over the cached activation rows (a fraction of the bottom's cost)
 A derived feature entry has its own key: the checksum of the activation entry it was
 computed from (so it changes whenever that entry does: other data, bottom, boundary,
 view or dtype), the configuration and weights of the layers above the boundary, and the
-pooling. float16 activations give features within the activation store's parity bound
-(:data:`graft.training.activation_store.PARITY`); float32 ones agree with the image pass
-to float round-off.
+pooling. float16 activations give features within the activation cache's parity bound
+(:data:`graft.training.activations.PARITY`); float32 ones agree with the image pass
+to float round-off. Derived entries are feature-cache entries, in the same verified store
+(:mod:`graft.training.store`).
 """
 
 from __future__ import annotations
-
-import json
 
 import keras
 import numpy as np
 
 from graft.core.model import backbone_of, head_input
-from graft.training import activation_store, cache
+from graft.core.model_utils import layer_key, pooling_layers_of, weights_fingerprint
+from graft.training import cache
+from graft.training.feed import entry_dataset
 
-FORMAT_VERSION = 1
+#: Version of what a key describes (the files' own format: :data:`graft.training.store.FORMAT`).
+KEY_VERSION = 1
 
 
 def features_top(model: keras.Model, boundary) -> keras.Model:
@@ -40,25 +42,20 @@ def features_top(model: keras.Model, boundary) -> keras.Model:
     return keras.Model(inputs, pooled(inner(inputs)), name="graft_top_features")
 
 
-def derived_key(entry, extractor: keras.Model, model: keras.Model, boundary) -> str | None:
-    """The key of the features derived from activation ``entry`` (``None``: its checksum
-    index cannot be read, so nothing is derived from it)."""
-    try:
-        index = json.loads(entry.path.with_suffix(".json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
+def derived_key(entry, extractor: keras.Model, model: keras.Model, boundary) -> str:
+    """The key of the features derived from the verified activation ``entry``."""
     layers = backbone_of(model).layers[boundary.index :]
     description = {
-        "format": FORMAT_VERSION,
-        "activations": index.get("sha256"),
+        "format": KEY_VERSION,
+        "activations": entry.sha256,
         "dtype": entry.dtype,
         "boundary": [boundary.index, boundary.layer, list(boundary.shape)],
-        "layers": [cache.layer_key(x) for x in layers],
-        "pooling": [cache.layer_key(x) for x in cache.pooling_layers_of(model)],
-        "weights": cache.weights_fingerprint(extractor),
+        "layers": [layer_key(x) for x in layers],
+        "pooling": [layer_key(x) for x in pooling_layers_of(model)],
+        "weights": weights_fingerprint(extractor),
         "keras": keras.__version__,
     }
-    return None if description["activations"] is None else cache.digest(description)
+    return cache.digest(description)
 
 
 def from_activations(acts, model: keras.Model, batch_size: int):
@@ -71,18 +68,18 @@ def from_activations(acts, model: keras.Model, batch_size: int):
     """
     if acts is None or acts.source is not model or acts.bottom is None:
         return None
-    if cache.weights_fingerprint(acts.bottom) != acts.bottom_weights:
+    if weights_fingerprint(acts.bottom) != acts.bottom_weights:
         return None
     extractor = features_top(model, acts.boundary)
     batch = max(batch_size, cache.INFERENCE_BATCH)
 
     def derive(split: str, view=None):
         entry = acts.entries.get((split, view))
-        key = None if entry is None else derived_key(entry, extractor, model, acts.boundary)
-        if key is None:
+        if entry is None:
             return None
+        key = derived_key(entry, extractor, model, acts.boundary)
         labels = np.zeros(entry.rows, "int32")  # not used: the rows, in order
-        rows = activation_store.dataset(entry, labels, batch).map(lambda x, y: x)
+        rows = entry_dataset(entry, labels, batch).map(lambda x, y: x)
         label = split if view is None else f"{split}, view {view + 1}"
         acts.summary.setdefault("head_features", {"derived_from_activations": []})
         acts.summary["head_features"]["derived_from_activations"].append(label)

@@ -17,6 +17,7 @@ import numpy as np
 from graft.config.strategies import Phase
 from graft.core import optim, regularizers
 from graft.core.schedules import Position
+from graft.training.feed import ACTIVATIONS, FEATURES, FULL
 
 
 @dataclass
@@ -48,7 +49,7 @@ class PhaseContext:
     @property
     def pass_key(self) -> str:
         """Which shuffled dataset the phase iterates (counted for resuming)."""
-        return "cached" if self.on_cache else "activations" if self.activations else "full"
+        return FEATURES if self.on_cache else ACTIVATIONS if self.activations else FULL
 
 
 class Hook:

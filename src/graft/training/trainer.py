@@ -23,7 +23,7 @@ from graft.core.blocks import Block
 from graft.core.optim import make_optimizer
 from graft.core.schedules import Position
 from graft.errors import TrainingFailed
-from graft.training import cache
+from graft.training.feed import ACTIVATIONS, Feed, Inputs
 from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, PhaseContext
 
 CACHED_STEPS_PER_EXECUTION = 64
@@ -187,7 +187,7 @@ class Trainer:
         plan: list[Phase],
         train,
         val=None,
-        cached=None,
+        cached: Inputs | None = None,
         resume=None,
         train_eval=None,
         activations=None,
@@ -196,12 +196,14 @@ class Trainer:
 
         Args:
             plan: The phases.
-            train: Dataset of (raw image batch, label batch).
+            train: Dataset of (raw image batch, label batch), or a
+                :class:`graft.training.feed.Feed` that holds every phase's inputs (then
+                ``val``, ``cached`` and ``activations`` are not given).
             val: Optional validation dataset of the same kind.
-            cached: Optional ``(train_features_ds, val_features_ds_or_None,
-                steps_per_epoch_or_None)`` from :func:`graft.cache.cached_datasets`.
-                Phases that leave the backbone frozen then train the head on these
-                features instead of running the backbone on every image in every epoch.
+            cached: Optional :class:`graft.training.feed.Inputs` of the head on cached
+                features, from :func:`graft.training.cache.cached_datasets`. Phases
+                that leave the backbone frozen then train the head on these features
+                instead of running the backbone on every image in every epoch.
             resume: A committed :class:`graft.training.checkpoints.State` whose weights are already
                 in the model: skip the phases and epochs it has done, hand every hook and
                 policy its saved state, and start from its history rows.
@@ -211,6 +213,10 @@ class Trainer:
                 the phases it serves train its top model (sharing the model's layers) on
                 cached activations of the frozen bottom of the backbone.
         """
+        if isinstance(train, Feed):
+            feed = train
+        else:
+            feed = Feed(self.model, train, val, cached, activations)
         result = TrainResult()
         epoch, start_phase, done, states = 0, 1, 0, {}
         if resume is not None:
@@ -229,35 +235,29 @@ class Trainer:
                 hook.resumed(result.history, self.model)
         for hook in self.hooks:
             hook.before_fit(plan, self.model)
-        head = cache.head_model(self.model) if cached is not None else None
         for index, phase in enumerate(plan, start=1):
             if index < start_phase:
                 continue
             skip = done if index == start_phase else 0
-            on_cache = head is not None and phase.backbone_frozen
-            on_acts = not on_cache and activations is not None and activations.serves(index)
-            target = head if on_cache else activations.top if on_acts else self.model
-            feed = cached if on_cache else activations.feed() if on_acts else None
+            inputs = feed.inputs(index, phase)
             position = Position(index, epoch - skip, skip)
             ctx = PhaseContext(
                 phase,
                 position,
                 len(plan),
                 self.model,
-                target,
-                train,
+                inputs.target,
+                feed.full.train,
                 train_eval,
-                feed[1] if on_acts else val,
+                inputs.val,
                 result.history,
-                activations=on_acts,
+                activations=inputs.kind == ACTIVATIONS,
             )
-            result.phases.append(
-                self._run_phase(ctx, train, val, feed, result, states if skip else {})
-            )
+            result.phases.append(self._run_phase(ctx, inputs, result, states if skip else {}))
             epoch = position.start + result.phases[-1].epochs_run
         return result
 
-    def _run_phase(self, ctx: PhaseContext, train, val, feed, result, states) -> PhaseResult:
+    def _run_phase(self, ctx: PhaseContext, inputs: Inputs, result, states) -> PhaseResult:
         phase, position, on_cache = ctx.phase, ctx.position, ctx.on_cache
         for hook in self.hooks:
             hook.before_phase(ctx)
@@ -284,11 +284,11 @@ class Trainer:
         callbacks.append(_Recorder(ctx, policies, self.hooks, rows))
         callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
         start = time.perf_counter()
-        build_state(ctx.target, feed[0] if feed else train)
+        build_state(ctx.target, inputs.train)
         ctx.target.fit(
-            feed[0] if feed else train,
-            validation_data=feed[1] if feed else val,
-            steps_per_epoch=feed[2] if feed else None,
+            inputs.train,
+            validation_data=inputs.val,
+            steps_per_epoch=inputs.steps,
             initial_epoch=position.first_run_epoch,
             epochs=position.start + phase.epochs,
             verbose=progress.keras_verbosity(self.verbose),
