@@ -618,3 +618,19 @@ def test_also_resume_after_an_edited_phase_names_the_field_once(interrupted, tmp
     line = _one_error_line(capsys)
     assert "settings (phases[1].epochs 2 -> 3) changed" in line, line
     assert line.count("'name': 'head'") == 0
+
+
+def test_2_a_checkpoint_folder_link_is_refused_before_training(interrupted, tmp_path, capsys):
+    copy = _copy(interrupted, tmp_path)
+    run = copy / "runs" / "x"
+    elsewhere = tmp_path / "elsewhere"
+    (run / layout.CHECKPOINT_DIR).rename(elsewhere)
+    (run / layout.CHECKPOINT_DIR).symlink_to(elsewhere)
+    before = {p.name: p.read_bytes() for p in elsewhere.iterdir()}
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run)]) == 2
+    captured = capsys.readouterr()
+    assert "Epoch 2/2" not in captured.out  # refused before training
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "symbolic link" in lines[0], lines
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == before

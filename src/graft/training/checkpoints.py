@@ -200,6 +200,7 @@ class Checkpointer(Hook):
     """
 
     def __init__(self, run_dir: str | Path, log=print, fingerprints: dict | None = None):
+        runs.refuse_foreign(checkpoint_dir(run_dir), folder=True)  # before any epoch
         self.run_dir = Path(run_dir)
         self.log = log
         self.fingerprints = fingerprints or {}
