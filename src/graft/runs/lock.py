@@ -43,16 +43,20 @@ def _open(path: Path, create: bool) -> int | None:
     created exclusively, and refused (one clear error) unless it is a regular file with
     one name that holds nothing but a pid. ``None``: absent and not ``create``."""
     try:
-        if create:
+        for _ in range(100):  # created, or opened if it exists (removed in between: again)
+            if create:
+                try:
+                    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _FLAGS, 0o644)
+                except FileExistsError:
+                    pass
             try:
-                return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _FLAGS, 0o644)
-            except FileExistsError:
-                pass
-        fd = os.open(path, (os.O_RDWR if create else os.O_RDONLY) | _FLAGS)
-    except FileNotFoundError:
-        if create:  # removed in between: try again
-            return _open(path, create)
-        return None
+                fd = os.open(path, (os.O_RDWR if create else os.O_RDONLY) | _FLAGS)
+                break
+            except FileNotFoundError:
+                if not create:
+                    return None
+        else:
+            raise OSError(errno.EAGAIN, "created and removed again and again", str(path))
     except OSError as exc:
         if os.path.islink(path) or exc.errno == errno.ELOOP:
             raise _not_ours(path, "a symbolic link") from None
