@@ -530,7 +530,6 @@ def test_10_distributed_fine_tuning_completes_resumes_and_reloads(
     assert len(history) == 1 + 2  # both fine-tuning epochs, across the resume
 
 
-@pytest.mark.slow
 def test_10_hybrid_and_gradual_complete_under_mirrored_and_reload(
     tmp_path, digits_folder, cnn_file
 ):
