@@ -153,6 +153,112 @@ def test_source_is_formatted_and_hides_nothing_from_the_formatter():
     assert ruff.returncode == 0, ruff.stdout[-2000:] + ruff.stderr[-2000:]
 
 
+#: Where private attributes of other libraries may be used: core/keras_compat.py (every
+#: backend-neutral private Keras call, each tested in tests/test_keras_compat.py) and the
+#: TensorFlow seam's multi-worker patches (tests/test_distribute.py).
+PRIVATE_API_HOMES = {"graft.core.keras_compat", "graft.training.distribute"}
+#: Private names of the standard library the CLI's fast exit needs (documented in cli/main.py).
+STDLIB_PRIVATE = {"atexit._run_exitfuncs", "os._exit"}
+
+
+def private_api_uses() -> list[str]:
+    """``module:line: what`` for every ``obj._private`` (``self``/``cls`` aside),
+    ``getattr(obj, "_private")`` and ``keras.src`` import outside :data:`PRIVATE_API_HOMES`."""
+    found = []
+    for module, path in _modules():
+        if module in PRIVATE_API_HOMES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            what = None
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                base = ast.unparse(node.value)
+                if not node.attr.startswith("__") and base not in ("self", "cls"):
+                    what = f"{base}.{node.attr}"
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
+                "getattr",
+                "hasattr",
+                "setattr",
+            ):
+                arg = node.args[1] if len(node.args) > 1 else None
+                name = getattr(arg, "value", None)
+                if isinstance(name, str) and name.startswith("_") and not name.startswith("__"):
+                    what = f"{node.func.id}(..., {name!r})"
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                for target in [getattr(node, "module", None) or "", *names]:
+                    if target == "keras.src" or target.startswith("keras.src."):
+                        what = f"import {target}"
+            if what and what not in STDLIB_PRIVATE:
+                found.append(f"{module}:{node.lineno}: {what}")
+    return found
+
+
+def test_private_library_api_only_behind_keras_compat():
+    found = private_api_uses()
+    assert not found, "use graft.core.keras_compat instead:\n" + "\n".join(found)
+
+
+def test_the_private_api_scan_finds_what_it_must(tmp_path, monkeypatch):
+    pkg = tmp_path / "graft" / "core"
+    pkg.mkdir(parents=True)
+    (pkg / "bad.py").write_text(
+        "from keras.src import tree\n"
+        "def f(model, layer):\n"
+        "    self = model\n"
+        "    return model._flatten_layers(), getattr(layer, '_keras_history', None), self._ok\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "graft")
+    found = sorted(private_api_uses())
+    assert found == [
+        "graft.core.bad:1: import keras.src",
+        "graft.core.bad:4: getattr(..., '_keras_history')",
+        "graft.core.bad:4: model._flatten_layers",
+    ], found
+
+
+#: What the CLI may import: it parses, makes one call into graft.api, and prints. Pure-Python
+#: config (setting metadata, plans, the catalog) answers --help, --print-plan and
+#: `graft backbones` without Keras; errors, progress and _quiet are the base layer.
+CLI_MAY_IMPORT = ("graft.api", "graft.config", "graft.errors", "graft.progress", "graft._quiet")
+
+
+def cli_reaches_around_api() -> list[str]:
+    """``module: target`` for every import in ``graft.cli`` of anything else in graft."""
+    found = []
+    for module, path in _modules():
+        if not module.startswith("graft.cli"):
+            continue
+        for target, names in _imports(ast.parse(path.read_text("utf-8")), module):
+            full = [f"{target}.{n}" for n in names] if target == "graft" else [target]
+            for name in full:
+                allowed = name.startswith(("graft.cli", *CLI_MAY_IMPORT))
+                if name.split(".")[0] == "graft" and not allowed:
+                    found.append(f"{module}: {name}")
+    return found
+
+
+def test_cli_goes_through_api():
+    found = cli_reaches_around_api()
+    assert not found, "the CLI reaches around graft.api:\n" + "\n".join(found)
+
+
+def test_the_cli_scan_finds_what_it_must(tmp_path, monkeypatch):
+    pkg = tmp_path / "graft" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg / "bad.py").write_text(
+        "from graft import api, progress\n"
+        "from graft.config import names\n"
+        "def f():\n"
+        "    from graft.core.loaders import resolve\n"
+        "    from graft import reporting\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "SRC", tmp_path / "graft")
+    assert sorted(cli_reaches_around_api()) == [
+        "graft.cli.bad: graft.core.loaders",
+        "graft.cli.bad: graft.reporting",
+    ]
+
+
 def test_config_imports_without_keras():
     code = (
         "import sys, graft.config\n"

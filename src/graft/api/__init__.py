@@ -1,7 +1,40 @@
-"""The Python API: the only code that wires the layers together."""
+"""The Python API: the only code that wires the layers together.
+
+The training pipeline (``train``, ``lr_find``, ``Run``) is imported on first use (PEP 562),
+so that a command which needs one corner of the API (``graft predict`` ->
+:mod:`graft.api.outputs`) does not import it too (about 0.4 s once Keras is loaded).
+The names of :mod:`graft.api.evaluate` are imported at once: its function ``evaluate``
+shares its module's name, and only an eager import keeps ``api.evaluate`` the function.
+"""
+
+import importlib
 
 from graft.api.evaluate import check_data, evaluate, labelled_batches, load
-from graft.api.result import Run
-from graft.api.run import lr_find, train
 
-__all__ = ["Run", "check_data", "evaluate", "labelled_batches", "load", "lr_find", "train"]
+_LAZY = {
+    "Run": "graft.api.result",
+    "lr_find": "graft.api.run",
+    "summary_line": "graft.reporting.evaluation",
+    "train": "graft.api.run",
+}
+
+__all__ = [
+    "Run",
+    "check_data",
+    "evaluate",
+    "labelled_batches",
+    "load",
+    "lr_find",
+    "summary_line",
+    "train",
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'graft.api' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from graft.config.settings import TrainConfig
-from graft.core import backbones
+from graft.core import backbones, keras_compat
 from graft.core.optim import make_optimizer
 from graft.data import sources
 from graft.errors import DataError
@@ -130,7 +130,7 @@ def compile_for_shipping(
         v.path for v in model.trainable_variables
     ]:
         # Every layer: a KerasHub backbone's own setter does not reach its layers.
-        for layer in model._flatten_layers(include_self=True, recursive=True):
+        for layer in keras_compat.sublayers(model, include_self=True):
             layer.trainable = True
         model.compile(optimizer=make_optimizer(plain, model), loss=loss, metrics=list(metrics))
     model.optimizer.build(model.trainable_variables)  # saved state matches what loading rebuilds
@@ -141,7 +141,7 @@ def _builtin(model: keras.Model) -> bool:
     ``trainable`` flag, so a save and load keeps it and no round trip need check."""
     return all(
         type(layer).__module__.startswith("keras.")
-        for layer in model._flatten_layers(include_self=True, recursive=True)
+        for layer in keras_compat.sublayers(model, include_self=True)
     )
 
 

@@ -9,6 +9,7 @@ import keras
 
 from graft.config.settings import TrainConfig
 from graft.core import backbones
+from graft.runs.layout import REPORT_FILE
 
 
 @dataclass
@@ -22,6 +23,11 @@ class Run:
     config: TrainConfig
     run_dir: Path | None = None
     backbone: backbones.Backbone | None = field(default=None, repr=False)
+
+    @property
+    def report_file(self) -> Path | None:
+        """The run's ``report.html`` (``None`` for a run without a folder)."""
+        return None if self.run_dir is None else self.run_dir / REPORT_FILE
 
     def __repr__(self) -> str:
         acc = self.metrics.get("val_accuracy")

@@ -3,6 +3,8 @@ that groups ``--help`` by setting group and imports the backend only when it run
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 from rich.console import Console
 
@@ -11,8 +13,26 @@ from graft.config.fields import GROUPS
 
 #: No styles (escape codes) where progress is plain: NO_COLOR, TERM=dumb, CI, no terminal.
 console = Console(color_system="auto" if progress.live() else None)
-state = {"debug": False, "verbose": False}
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@dataclasses.dataclass
+class Session:
+    """The ``graft`` group's own flags (``--debug``, ``--verbose``) for the commands of one
+    invocation: click's context object (``ctx.obj``), made fresh by each call of
+    :func:`graft.cli.main.main`, so one call's ``--debug`` never leaks into the next
+    (tests and notebooks call ``main`` many times in one process)."""
+
+    debug: bool = False
+    verbose: bool = False
+
+
+def session() -> Session:
+    """The running invocation's :class:`Session` (defaults outside a command, e.g. when a
+    test invokes one command object directly)."""
+    ctx = click.get_current_context(silent=True)
+    found = ctx.find_object(Session) if ctx is not None else None
+    return found if found is not None else Session()
 
 
 def log(line: str) -> None:
@@ -21,7 +41,7 @@ def log(line: str) -> None:
 
 def import_backend() -> None:
     """Import TensorFlow/Keras quietly (or not, with ``graft --verbose``)."""
-    _quiet.import_backend(state["verbose"])
+    _quiet.import_backend(session().verbose)
 
 
 def fit_verbosity() -> int:

@@ -16,7 +16,7 @@ import threading
 import click
 
 from graft.cli import tools, train
-from graft.cli.base import GraftGroup, state
+from graft.cli.base import GraftGroup, Session
 from graft.cli.options import FLAGS, command_flags, to_flags
 from graft.errors import GraftError, first_line
 
@@ -25,10 +25,12 @@ from graft.errors import GraftError, first_line
 @click.version_option(package_name="keras-graft", prog_name="graft")
 @click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow's own logs.")
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-def app(verbose: bool, debug: bool):
+@click.pass_context
+def app(ctx: click.Context, verbose: bool, debug: bool):
     """Graft a pre-trained Keras model into your own classifier: feature extraction,
     fine-tuning and hybrid, done right."""
-    state.update(debug=debug, verbose=verbose)
+    session = ctx.ensure_object(Session)
+    session.debug, session.verbose = debug, verbose
 
 
 for _command in (
@@ -50,11 +52,14 @@ for _command in (
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run a command, turn errors into one line and an exit code."""
     _tolerant_streams()
+    # Made here, not inside the group, because the error handling below runs after click's
+    # context is gone and must still know whether --debug was given.
+    session = Session()
     try:
-        code = app.main(args=argv, prog_name="graft", standalone_mode=False)
+        code = app.main(args=argv, prog_name="graft", standalone_mode=False, obj=session)
         return code if isinstance(code, int) else 0
     except GraftError as exc:
-        if state["debug"]:
+        if session.debug:
             raise
         flags = {**FLAGS, **command_flags(app)}
         print(f"graft: error: {to_flags(str(exc), flags)}", file=sys.stderr)
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print("graft: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug or an environment failure: one line unless --debug
-        if state["debug"]:
+        if session.debug:
             raise
         if _disk_full(exc):  # e.g. TensorFlow's ResourceExhaustedError while exporting
             print(

@@ -61,6 +61,7 @@ def _option(field: dataclasses.Field, **overrides):
     meta = field.metadata
     flag = fields.flag(field)
     decls = [flag, *([meta["short"]] if meta.get("short") else []), field.name]
+    # Annotations are strings here (``from __future__ import annotations``): "int | None".
     base = str(field.type).split("|")[0].strip()
     kwargs = {
         "default": field.default,
@@ -78,6 +79,8 @@ def _option(field: dataclasses.Field, **overrides):
         kwargs["type"] = click.Choice(meta["choices"])
     elif field.name in _CALLBACKS:
         kwargs["callback"] = _CALLBACKS[field.name]
+        # The default is shown in --help as typed on the command line, then parsed by the
+        # callback like any given value (so "--head 128,64" and the default agree).
         if field.name == "head":
             kwargs["default"] = ",".join(map(str, field.default))
         else:
@@ -106,6 +109,8 @@ def settings(names: Iterable[str] | None = None, *, groups: Iterable[str] = (), 
         )
 
     def decorate(command):
+        # click lists options in the reverse order decorators are applied: reversed, --help
+        # shows them in the order the settings are declared.
         for f in reversed([f for f in dataclasses.fields(TrainConfig) if wanted(f)]):
             command = _option(f, **overrides.get(f.name, {}))(command)
         return command
@@ -136,7 +141,7 @@ def to_flags(message: str, flags: dict[str, str] | None = None) -> str:
     """Name command-line flags where a library message names Python arguments:
     ``Received: finetune_lr=-1`` -> ``Received: --finetune-lr -1``, ``overwrite=True``
     -> ``--overwrite``. Messages about a plan file's phases keep their field names."""
-    if ": phase " in message:
+    if ": phase " in message:  # a plan file's field (lr) is not the --lr flag
         return message
     table = FLAGS if flags is None else flags
     for name, flag in table.items():

@@ -34,7 +34,6 @@ from graft.config import catalog, names
 def evaluate(model, data, batch_size, min_size, as_json, unsafe):
     """Accuracy, loss, top-k, per-class P/R/F1, confusion and calibration of MODEL on DATA."""
     from graft import api
-    from graft.reporting.evaluation import summary_line
 
     with progress.silenced() if as_json else contextlib.nullcontext():  # stdout is data
         result = api.evaluate(
@@ -44,7 +43,7 @@ def evaluate(model, data, batch_size, min_size, as_json, unsafe):
         print(json.dumps(result))
         return
     skipped = result.get("skipped")
-    log(summary_line(result) + (f" ({skipped} skipped by the data check)" if skipped else ""))
+    log(api.summary_line(result) + (f" ({skipped} skipped by the data check)" if skipped else ""))
     per_class = result.get("per_class") or result.get("per_label") or {}
     table = Table("class", "precision", "recall", "F1", "support")
     for name, v in per_class.items():
@@ -60,15 +59,13 @@ def evaluate(model, data, batch_size, min_size, as_json, unsafe):
 @options.settings(["batch_size"])
 def report(run_dir, data, batch_size):
     """(Re)generate RUN_DIR/report.html, its plots and MODEL_CARD.md."""
-    from graft.reporting import report as report_mod
-    from graft.runs.status import status_note
+    from graft.api import outputs
 
-    path = report_mod.regenerate(run_dir, data=data, batch_size=batch_size)
-    note = status_note(run_dir)
-    if note:
-        log(note)
-    log(f"Report: {path}")
-    log(f"Model card: {path.parent / report_mod.MODEL_CARD_FILE}")
+    files = outputs.report(run_dir, data=data, batch_size=batch_size)
+    if files.status_note:
+        log(files.status_note)
+    log(f"Report: {files.report}")
+    log(f"Model card: {files.model_card}")
 
 
 @click.command(cls=GraftCommand)
@@ -86,12 +83,12 @@ def report(run_dir, data, batch_size):
 @click.option("--unsafe", is_flag=True, help="Allow a model file with Lambda layers (runs code).")
 def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
     """Predict the classes of IMAGES (files or folders) with MODEL (a run folder or .keras)."""
-    from graft.reporting import predict as predict_mod
+    from graft.api import outputs
 
     def skipped(item):
         print(f"graft: skipped {item.path}: {options.to_flags(item.reason)}", file=sys.stderr)
 
-    summary = predict_mod.predict_to_file(
+    summary = outputs.predict(
         model,
         images,
         out,
@@ -128,9 +125,9 @@ def export(model, fmt, out, quantize, calibration, overwrite):
 
     onnx needs the extra: pip install "keras-graft[onnx]"; its check runs in ONNX Runtime.
     """
-    from graft.reporting import export as export_mod
+    from graft.api import outputs
 
-    result = export_mod.export(
+    result = outputs.export(
         model, fmt, out, quantize=quantize, calibration=calibration, overwrite=overwrite
     )
     log(f"Exported {fmt} to {result.path}")
@@ -175,8 +172,8 @@ def backbones(family, max_params, sort, measure, image_size, as_json):
     for row in rows:
         row["blocks"] = counts.get(row["name"])
     if measure:
-        import_backend()
-        from graft.core.speed import MEASURE_BATCH, forward_speed
+        import_backend()  # only now: listing answers from the catalog without Keras
+        from graft.api.inspection import MEASURE_BATCH, forward_speed
 
         for row in rows:
             if not as_json:
@@ -266,50 +263,36 @@ def data_check(data_path, val, test, min_size, strict, as_json):
 @click.option("--layers", is_flag=True, help="List every layer of every block.")
 def inspect(backbone, image_size, alpha, cut, layers):
     """Show a backbone's blocks, layers, parameters, preprocessing and input size."""
-    from graft.core.loaders import is_model_path, resolve
+    from graft.api.inspection import inspect_backbone
 
-    # The structure does not depend on the weights: never download them to inspect.
-    bb = resolve(
-        backbone,
-        weights=None if is_model_path(backbone) else "none",
-        image_size=image_size,
-        alpha=alpha,
-        cut=cut,
-    )
-    from graft.core.blocks import walk
-
-    info = bb.describe()
+    seen = inspect_backbone(backbone, image_size=image_size, alpha=alpha, cut=cut)
+    (h, w), info = seen.image_size, seen.info
     log(
-        f"{info['source']}: input {bb.image_size[0]}x{bb.image_size[1]}x{bb.channels}, "
-        f"preprocess {bb.preprocess}, {info['params']:,} params, {len(bb.blocks)} blocks"
-        + (f"; loading it needs {', '.join(bb.requires)}" if bb.requires else "")
+        f"{info['source']}: input {h}x{w}x{seen.channels}, "
+        f"preprocess {seen.preprocess}, {info['params']:,} params, {len(seen.blocks)} blocks"
+        + (f"; loading it needs {', '.join(seen.requires)}" if seen.requires else "")
     )
-    log(_head_input_line(bb))
-    path = {id(layer): name for name, layer in walk(bb.model)}  # nested: model/layer
+    log(_head_input_line(seen))
     table = Table("#", "block", "layers", "params", "first layer", "last layer")
-    for i, block in enumerate(bb.blocks, start=1):
+    for i, block in enumerate(seen.blocks, start=1):
         table.add_row(
             str(i),
             block.name,
             str(len(block.layers)),
-            f"{block.param_count:,}",
-            path.get(id(block.layers[0]), block.layers[0].name),
-            path.get(id(block.layers[-1]), block.layers[-1].name),
+            f"{block.params:,}",
+            block.layers[0],
+            block.layers[-1],
         )
     console.print(table)
     if layers:
-        for block in bb.blocks:
-            names = (path.get(id(layer), layer.name) for layer in block.layers)
-            log(f"{block.name}: " + ", ".join(names))
+        for block in seen.blocks:
+            log(f"{block.name}: " + ", ".join(block.layers))
 
 
-def _head_input_line(bb) -> str:
+def _head_input_line(seen) -> str:
     """The backbone's output shape, its default pooling and the --pool choices."""
-    from graft.core.model import pool_choices, pooling_summary, single_output
-
-    shape = tuple(single_output(bb.model).shape)
-    choices = pool_choices(shape)
-    line = f"Output {tuple(shape[1:])}; head input by default: {pooling_summary(shape)}"
+    shape, choices = seen.output_shape, seen.pool_choices
+    line = f"Output {tuple(shape[1:])}; head input by default: {seen.default_pooling}"
     if len(shape) == 2:
         return line + " (--pool does not apply)"
     return line + (f" (--pool {'|'.join(choices)})" if choices else "")

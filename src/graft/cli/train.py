@@ -139,14 +139,12 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
 
 def _closing_lines(run) -> None:
     """The last lines of a run, new or resumed: its metrics, folder and report."""
-    from graft.runs.layout import REPORT_FILE
-
     acc = run.metrics.get("val_accuracy")
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
     if "test_accuracy" in run.metrics:
         summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
     log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
-    log(f"Report: {run.run_dir / REPORT_FILE}")
+    log(f"Report: {run.report_file}")
 
 
 def _load_plan(path):
@@ -165,6 +163,7 @@ def _given_with_resume(ctx, data, config_file, out, val, test, plan_file, settin
         for k, v in settings.items()
         if ctx.get_parameter_source(k) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     }
+    # --unsafe is how this process may load files, not a setting of the run: it may differ.
     given.pop("unsafe", None)
     extra = [
         k
@@ -202,8 +201,10 @@ def _with_config_file(ctx, path: Path, settings: dict) -> dict:
     merged = dict(settings)
     for key, value in loaded.items():
         if key == "head" and "head" not in explicit:
-            merged["head"] = tuple(value)
+            merged["head"] = tuple(value)  # YAML gives a list; a setting is immutable
         elif key == "phases":
+            # A run's config.yaml records its resolved phases; a plan flag on the command
+            # line (e.g. --epochs) must rebuild the plan, not be silently outvoted by them.
             if not explicit & _PLAN_FLAGS:
                 merged["phases"] = value
         elif key not in explicit:

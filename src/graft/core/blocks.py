@@ -29,6 +29,8 @@ from typing import Literal
 
 import keras
 
+from graft.core import keras_compat
+
 SEP = "/"  # separates a nested model's name from its layers' names in a unit path
 
 
@@ -69,11 +71,11 @@ def children(layer) -> list:
     """The direct sub-units of a container (a model, or a layer holding a stack)."""
     if isinstance(layer, keras.Model):
         return units(layer)
-    return list(layer._flatten_layers(include_self=False, recursive=False))
+    return keras_compat.sublayers(layer, recursive=False)
 
 
 def _composite(layer) -> bool:
-    return bool(list(layer._flatten_layers(include_self=False, recursive=False)))
+    return bool(keras_compat.sublayers(layer, recursive=False))
 
 
 def stack_members(layer) -> list:
@@ -152,7 +154,7 @@ def group(model: keras.Model, rule: BlockRule | None = None) -> list[Block]:
                 label = template.format(*match.groups(), name=layer.name)
                 break
         labels.append(label)
-    if not any(labels):
+    if not any(labels):  # no layer name matches the family's rule: one block, not none
         labels = [model.name] * len(layers)
     order = range(len(labels) - 1, -1, -1) if rule.attach == "next" else range(len(labels))
     _fill(labels, order)
@@ -212,7 +214,8 @@ _ELEMENTWISE = (
 
 def _fork(layer, inside: set) -> bool:
     """Whether two or more units of the same container read ``layer``'s output."""
-    nodes = getattr(layer, "_outbound_nodes", [])
+    nodes = keras_compat.outbound_nodes(layer)
+    # Readers in other graphs (the model that wraps this one) are not a fork here.
     return len({id(n.operation) for n in nodes if id(n.operation) in inside}) >= 2
 
 
@@ -230,9 +233,13 @@ def fallback_blocks(model: keras.Model) -> list[Block]:
     weighted = [layer for _, layer in walked if layer.weights]
     if not nested:
         prefixed = [m for m in (re.match(_GENERIC_PREFIX, x.name) for x in weighted) if m]
+        # A naming convention only when at least two prefixes cover half the weighted
+        # layers: a stray "conv1" in an otherwise unnamed model must not make the blocks.
         if len({m.group(1) for m in prefixed}) >= 2 and len(prefixed) * 2 >= len(weighted):
             return group(model, BlockRule(((_GENERIC_PREFIX, "{0}"),), attach="next"))
     runs = _runs(model, "")
+    # One weighted run (a plain stack with no merges or strided pooling) gives nothing to
+    # choose between: one block per weighted layer, so "blocks:N" still means something.
     if sum(1 for run in runs if any(layer.weights for _, layer in run)) < 2:
         runs = _runs(model, "", per_layer=True)
     return _name_runs(model, runs)

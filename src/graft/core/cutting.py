@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import keras
 
-from graft.core import blocks
+from graft.core import blocks, keras_compat
 from graft.errors import GraftError, UnknownNameError, did_you_mean
 
 
@@ -46,6 +46,8 @@ def _cut_nested(model: keras.Model, parts: list[str]) -> keras.Model:
         outputs = node.output_tensors
         return keras.Model(model.inputs, outputs[0] if len(outputs) == 1 else outputs)
     inner = _cut_nested(layer, parts[1:])
+    # The rebuilt inner model keeps the nested model's name, so layer paths
+    # (``trunk/inner``) and weight paths read the same before and after the cut.
     inner.name = layer.name
     args = node.input_tensors
     return keras.Model(model.inputs, inner(args[0] if len(args) == 1 else args), name=model.name)
@@ -54,9 +56,12 @@ def _cut_nested(model: keras.Model, parts: list[str]) -> keras.Model:
 def _call_in(model: keras.Model, layer):
     """The node where ``model``'s graph calls ``layer`` (its own inner graph excluded)."""
     inside = {id(x) for x in model.layers}
+    # A layer keeps a node for every graph that ever called it (a backbone nested in a
+    # model is also called by the model wrapping it); this model's own call is the one
+    # whose inputs come from this model's layers or inputs.
     calls = [
         n
-        for n in layer._inbound_nodes
+        for n in keras_compat.inbound_nodes(layer)
         if id(n.operation) == id(layer) and all(_in_graph(t, inside) for t in n.input_tensors)
     ]
     if len(calls) != 1:
@@ -67,7 +72,7 @@ def _call_in(model: keras.Model, layer):
 
 
 def _in_graph(tensor, inside: set) -> bool:
-    history = getattr(tensor, "_keras_history", None)
-    return history is not None and (
-        id(history.operation) in inside or isinstance(history.operation, keras.layers.InputLayer)
+    operation = keras_compat.producer(tensor)
+    return operation is not None and (
+        id(operation) in inside or isinstance(operation, keras.layers.InputLayer)
     )

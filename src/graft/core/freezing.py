@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import keras
 
 from graft.config.spec import SPEC_HELP, TrainableSpec  # noqa: F401 (re-exported)
+from graft.core import keras_compat
 from graft.core.blocks import SEP, Block, count_params, units, walk
 from graft.core.model import backbone_of, preprocess_layers
 from graft.errors import SpecError, UnknownNameError, did_you_mean
@@ -117,7 +118,7 @@ def check_plan(model: keras.Model, blocks: list[Block], phases) -> None:
 
 
 def _walk(layer) -> list:
-    return list(layer._flatten_layers(include_self=True, recursive=True))
+    return keras_compat.sublayers(layer, include_self=True)
 
 
 def _batch_norms(layer) -> list:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.core import keras_compat
 from graft.core.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from graft.errors import GraftError, first_line
 
@@ -40,7 +41,7 @@ def require():
 
 def is_hub_object(model) -> bool:
     """Whether ``model`` (or a layer nested in it) comes from KerasHub."""
-    layers = model._flatten_layers(include_self=True, recursive=True)
+    layers = keras_compat.sublayers(model, include_self=True)
     return any(type(layer).__module__.startswith(MODULE) for layer in layers)
 
 

@@ -196,7 +196,7 @@ def load_user_backbone(
             (the old head) is dropped. ``trunk/inner`` cuts inside the nested model
             ``trunk``. ``None`` keeps the whole model.
         preprocess: How raw 0-255 pixels must be scaled for this model (see
-            ``graft.preprocessing.MODES``); ``None``: the preset's image converter's
+            ``graft.core.preprocessing.MODES``); ``None``: the preset's image converter's
             scaling if it has one, else ``none`` (the model scales its own input).
         weights: ``None`` keeps the file's weights; ``"none"`` re-initialises them
             (training from scratch on the same architecture); a path loads weights.

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import keras
 
 from graft.config.names import POOLS, POOLS_2D, POOLS_3D, POOLS_4D
-from graft.core import hub
+from graft.core import hub, keras_compat
 from graft.core.backbones import Backbone
 from graft.core.preprocessing import LAYER_PREFIX, preprocessing_layers
 from graft.errors import GraftError
@@ -113,7 +113,7 @@ def single_output(model: keras.Model):
     """The one output of ``model``; a multi-output model is one clear error naming its outputs."""
     if len(model.outputs) == 1:
         return model.outputs[0]
-    names = [t._keras_history.operation.name for t in model.outputs]
+    names = [keras_compat.producer(t).name for t in model.outputs]
     raise GraftError(
         f"{model.name} has {len(names)} outputs ({', '.join(names)}); a backbone needs exactly "
         f"one. Received: a model with outputs {names}",

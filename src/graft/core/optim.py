@@ -15,7 +15,7 @@ learning rates, weight decay and L2-SP (:func:`make_optimizer`):
   (``w -= lr * wd * w`` per step, AdamW-style; with SGD it equals an L2 penalty
   ``wd/2 * ||w||^2``), with every BatchNormalization/LayerNormalization weight and every
   bias excluded via ``Optimizer.exclude_from_weight_decay``.
-* **L2-SP** (``l2sp``): see :class:`graft.regularizers.L2SPOptimizer`.
+* **L2-SP** (``l2sp``): see :class:`graft.core.regularizers.L2SPOptimizer`.
 
 One sub-optimizer per distinct learning rate, combined by
 ``keras.optimizers.MultiOptimizer`` with a selector by variable identity. Only
@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from graft.config.strategies import OPTIMIZERS, Phase
+from graft.core import keras_compat
 from graft.core.blocks import Block
 from graft.core.model import backbone_of
 from graft.core.regularizers import L2SPOptimizer
@@ -90,7 +91,7 @@ def block_rates(phase: Phase, model: keras.Model, blocks: list[Block]) -> dict[i
 def decay_exclusions(model: keras.Model) -> list:
     """Variables weight decay must not touch: normalization weights and biases."""
     excluded = {}
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in keras_compat.sublayers(model):
         if isinstance(layer, _NORMALIZATION):
             excluded.update({id(v): v for v in layer.weights})
     for v in model.weights:
@@ -123,7 +124,7 @@ def make_optimizer(
     Returns:
         A plain optimizer when one rate serves every variable and no L2-SP is asked
         for; otherwise a ``keras.optimizers.MultiOptimizer`` (an
-        :class:`~graft.regularizers.L2SPOptimizer` with ``l2sp``).
+        :class:`~graft.core.regularizers.L2SPOptimizer` with ``l2sp``).
     """
     rates = block_rates(phase, model, blocks)
     excluded = decay_exclusions(model) if phase.weight_decay else []

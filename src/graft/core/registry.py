@@ -25,7 +25,7 @@ class BackboneSpec:
         constructor: attribute of ``keras.applications`` (``MobileNetV2``).
         default_size: input side its ImageNet weights were trained at.
         min_size: smallest input side the architecture accepts.
-        preprocess: preprocessing mode its weights expect (see ``graft.preprocessing``);
+        preprocess: preprocessing mode its weights expect (see ``graft.core.preprocessing``);
             ``none`` where the model rescales its own input.
         blocks: how its layers group into blocks.
         takes_alpha: whether the constructor has a width multiplier ``alpha``.

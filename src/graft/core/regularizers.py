@@ -25,6 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from graft.core import keras_compat
 from graft.core.model import backbone_of, preprocess_layers
 
 
@@ -98,7 +99,7 @@ def bn_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """Every BatchNormalization layer in a grafted model's backbone (nested ones too)."""
     return [
         layer
-        for layer in backbone_of(model)._flatten_layers(include_self=False, recursive=True)
+        for layer in keras_compat.sublayers(backbone_of(model))
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
 
@@ -161,7 +162,7 @@ def recalibrate_bn(
 
 def distance(model: keras.Model, anchors: dict[int, np.ndarray]) -> float:
     """Euclidean distance of the backbone's weights from ``anchors`` (see
-    :func:`graft.optim.backbone_anchors`)."""
+    :func:`graft.core.optim.backbone_anchors`)."""
     total = 0.0
     for v in backbone_of(model).weights:
         if id(v) in anchors:

@@ -17,8 +17,8 @@ come from the pipeline's ``tf.io`` decode, never from the check: the exported mo
 and ``predict`` decode the same way (no train/serve skew).
 
 Example:
-    >>> from graft import data, datacheck
-    >>> report = datacheck.check(data.load_source("data/pets"))  # doctest: +SKIP
+    >>> from graft.data import check, sources
+    >>> report = check.check(sources.load_source("data/pets"))   # doctest: +SKIP
     >>> print("\\n".join(report.lines()))                        # doctest: +SKIP
     >>> train = report.splits["train"]                           # doctest: +SKIP
 """
@@ -291,7 +291,7 @@ def check(
     """Check every file of the given splits once, in parallel, and drop the bad ones.
 
     Args:
-        train: Training data (:func:`graft.data.load_source`).
+        train: Training data (:func:`graft.data.sources.load_source`).
         val: Validation data with the same classes, if any.
         test: Test data with the same classes, if any.
         min_size: Smallest allowed image width and height (pixels).

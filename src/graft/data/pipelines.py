@@ -200,7 +200,7 @@ def pipeline(
     :func:`augmentation`) runs on each batch in training mode.
 
     Args:
-        files: Checked files (:func:`graft.datacheck.check` drops the bad ones).
+        files: Checked files (:func:`graft.data.check.check` drops the bad ones).
         image_size: ``(height, width)``.
         channels: Colour channels of the decoded images.
         batch_size: Images per batch.

@@ -33,7 +33,7 @@ class Problem:
     """One problem found in a data source.
 
     Attributes:
-        kind: A :data:`graft.datacheck.KINDS` key, e.g. ``"unreadable"``.
+        kind: A :data:`graft.data.check.KINDS` key, e.g. ``"unreadable"``.
         where: The file (or ``file:line`` for CSV manifests) it concerns.
         detail: What exactly is wrong, in a few words.
     """

@@ -240,7 +240,7 @@ def evaluate_model(
     Args:
         model: A trained Keras model (raw images in, probabilities out).
         batches: Iterable of ``(images, labels)`` batches, e.g. a ``tf.data`` pipeline
-            from :func:`graft.data.pipeline`. Only predictions are kept in memory.
+            from :func:`graft.data.pipelines.pipeline`. Only predictions are kept in memory.
         classes: Class names in output order.
         keep_worst: How many of the most confidently wrong images to keep (single-label).
         top_k: Values of k for top-k accuracy.

@@ -19,7 +19,7 @@ one column per class) and ``label`` (the top class name):
   decoded and resized (bilinear) exactly as in training.
 
 Example:
-    >>> from graft import export
+    >>> from graft.reporting import export
     >>> result = export.export("runs/pets", "tflite", "pets.tflite", quantize="dynamic",
     ...                        calibration="data/pets")           # doctest: +SKIP
     >>> print(result.summary_line())                              # doctest: +SKIP

@@ -1,7 +1,7 @@
-"""What the report shows of the held-out results: the test scores next to validation,
-the kept epoch, and the gallery of the worst errors (thumbnails with file name, true
-and predicted label, confidence) of the validation split and, with ``--test``, of the
-test split (``metrics.json``'s ``"test_evaluation"``), each labelled.
+"""The gallery of the worst errors: thumbnails with file name, true and predicted label
+and confidence, of the validation split and, with ``--test``, of the test split
+(``metrics.json``'s ``"test_evaluation"``), each labelled. :func:`evaluate_split` makes
+them when a split is evaluated; :func:`errors_sections` draws them in the report.
 
 The thumbnails are PNG files in ``RUN_DIR/plots/`` (``error_NN.png``, and
 ``test_error_NN.png`` for the test split), written when the run is evaluated, so
@@ -128,28 +128,3 @@ CSS = (
     "margin:0;font-size:.8rem;word-break:break-all}.gallery img{width:96px;height:auto;"
     "image-rendering:pixelated;border:2px solid #c33}"
 )
-
-
-def headline_items(metrics: dict) -> list[tuple[str, object]]:
-    """Test and kept-epoch numbers for the report's headline."""
-    items = []
-    if "test_accuracy" in metrics:
-        items += [("test accuracy", metrics["test_accuracy"]), ("test loss", metrics["test_loss"])]
-    if "val_accuracy" in metrics:
-        items += [("val accuracy", metrics["val_accuracy"])]
-    if "val_loss" in metrics:
-        items += [("val loss", metrics["val_loss"])]
-    if metrics.get("best_epoch") is not None:
-        items += [("kept epoch", metrics["best_epoch"])]
-    return items
-
-
-def kept_line(metrics: dict) -> str:
-    """One sentence: which epoch ``model.keras`` holds and why."""
-    kept = metrics.get("kept")
-    if not kept:
-        return ""
-    where = f"epoch {kept['epoch']} of {kept.get('last_epoch', '?')} (phase {kept.get('phase')})"
-    if kept.get("keep") == "best":
-        return f"model.keras holds {where}: the lowest {kept.get('monitor')}; last.keras the last."
-    return f"model.keras holds the last epoch, {where}."

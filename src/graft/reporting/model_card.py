@@ -6,7 +6,7 @@ import html
 import os
 from pathlib import Path
 
-from graft.reporting import gallery
+from graft.reporting import scores
 from graft.reporting.text import fmt
 from graft.runs import files, layout
 from graft.runs import metrics as run_metrics
@@ -133,8 +133,8 @@ def _metric_lines(metrics: dict) -> list[str]:
         lines += [f"| {n} | {f4(a)} | {f4(lo)} | {md(i)} |" for n, a, lo, i in rows]
         lines.append("")
     kept = metrics.get("kept")
-    if isinstance(kept, dict) and gallery.kept_line(metrics):
-        lines += [md(gallery.kept_line(metrics)), ""]
+    if isinstance(kept, dict) and "epoch" in kept and scores.kept_line(metrics):
+        lines += [md(scores.kept_line(metrics)), ""]
     return lines
 
 

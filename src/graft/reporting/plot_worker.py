@@ -9,7 +9,7 @@ error surfaces exactly as without the worker.
 
 Example:
     >>> worker = PlotWorker()                                       # doctest: +SKIP
-    >>> worker.submit("training_curves", history, "run/plots/training_curves.png")
+    >>> worker.submit("training_curves", history, "plots/training_curves.png")  # doctest: +SKIP
     >>> worker.wait()                                               # doctest: +SKIP
 """
 

@@ -205,7 +205,7 @@ def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Pa
     """A grid of the most confidently wrong images, each titled true / predicted (confidence).
 
     Args:
-        worst: :class:`graft.evaluation.WorstError` items (with ``image`` pixels).
+        worst: :class:`graft.reporting.evaluation.WorstError` items (with ``image`` pixels).
         classes: Class names.
         path: Where to write the PNG.
 

@@ -6,7 +6,8 @@ predicted in constant memory. A file that cannot be read or decoded is skipped a
 reported; it never stops the run.
 
 Example:
-    >>> from graft import predict
+    >>> import graft
+    >>> from graft.reporting import predict
     >>> model, classes = graft.load("runs/pets")                       # doctest: +SKIP
     >>> for row in predict.predict_files(model, classes, ["a.jpg"], top_k=2):  # doctest: +SKIP
     ...     print(row.path, row.top[0])

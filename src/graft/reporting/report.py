@@ -2,9 +2,13 @@
 
 Everything is read back from the run folder (``config.yaml``, ``metrics.json``,
 ``history.csv``, ``labels.json``, ``status.json``, ``plots/*.png``), so ``graft report
-RUN_DIR`` can regenerate both at any time (a run that did not complete says so); plots
-are embedded as base64 PNG, so it opens offline. :func:`finish_run` ends a run: evaluate,
-save ``metrics.json``, draw the plots, write the report and the card.
+RUN_DIR`` can regenerate both files at any time (a run that did not complete says so).
+The HTML has no scripts and no external resources: the plots are embedded as base64 PNG,
+so it opens offline, from e-mail or a CI artifact.
+
+:func:`finish_run` is what :func:`graft.train` calls at the end of a run: evaluate on the
+validation split (and the test split, if any), save the numbers in ``metrics.json``, draw
+the plots, write the report and the model card.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 from graft.data.adapter import labelled_batches
 from graft.errors import GraftError
-from graft.reporting import evaluation, gallery, plots
+from graft.reporting import evaluation, gallery, plots, scores
 from graft.reporting.model_card import write_model_card
 from graft.reporting.text import fmt as _fmt
 from graft.runs import files as runs
@@ -59,13 +63,16 @@ def finish_run(
         history: The run's history rows.
         val_batches: Labelled ``(images, labels)`` batches to evaluate on (``None``:
             no evaluation, only curves, report and card).
-        data_summary: Image counts (``train``, ``val``, ``per_class``...): ``"data"``.
+        data_summary: Image counts (``train``, ``val``, ``per_class``, ``skipped``...),
+            saved as ``metrics.json``'s ``"data"``.
         split: Name of the evaluated split, recorded with the numbers.
         log: Receives one line with the headline numbers.
         paths: The file of every evaluated image, in batch order (names the worst errors).
         test: ``(batches, paths)`` of the test split: its worst errors are shown too.
-        head, pixels: With cached features as ``val_batches``: the head that evaluates
-            them, the image at an index (``evaluation.evaluate_model``).
+        head: With ``val_batches`` of cached features: the head alone, which evaluates
+            them instead of ``model`` (the test split is always raw images for ``model``).
+        pixels: With ``head``, the image at an index (see
+            :func:`graft.reporting.evaluation.evaluate_model`).
         worker: A :class:`graft.reporting.plot_worker.PlotWorker` (plots drawn there).
 
     Returns:
@@ -248,7 +255,7 @@ def _headline(metrics: dict, ev: dict) -> str:
         items += [("accuracy", ev.get("accuracy")), ("macro F1", ev["macro_avg"]["f1"])]
         items += [(f"top-{k}", v) for k, v in ev.get("top_k_accuracy", {}).items()]
         items += [("ECE", ev.get("ece"))]
-    items += gallery.headline_items(metrics)
+    items += scores.headline_items(metrics)
     items += [("epochs", metrics.get("epochs")), ("seconds", metrics.get("seconds"))]
     cells = "".join(f"<div><b>{_e(_fmt(v))}</b>{_e(k)}</div>" for k, v in items if v is not None)
     html_out = f'<div class="headline">{cells}</div>'
@@ -257,8 +264,8 @@ def _headline(metrics: dict, ev: dict) -> str:
             f'<p class="muted">Evaluated on the {_e(ev["split"])} split '
             f"({_e(_fmt(ev['images']))} images).</p>"
         )
-    if gallery.kept_line(metrics):
-        html_out += f'<p class="muted">{_e(gallery.kept_line(metrics))}</p>'
+    if scores.kept_line(metrics):
+        html_out += f'<p class="muted">{_e(scores.kept_line(metrics))}</p>'
     return html_out
 
 

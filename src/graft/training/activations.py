@@ -30,6 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from graft.core import keras_compat
 from graft.core.blocks import Block, units
 from graft.core.freezing import select
 from graft.core.model import backbone_of, preprocess_layers
@@ -83,7 +84,7 @@ def lowest_index(backbone: keras.Model, blocks: list[Block], spec) -> int | None
 
 
 def _own_nodes(model: keras.Model) -> list:
-    return [node for nodes in model._nodes_by_depth.values() for node in nodes]
+    return keras_compat.graph_nodes(model)
 
 
 def crossing(backbone: keras.Model, index: int) -> list:
@@ -95,9 +96,9 @@ def crossing(backbone: keras.Model, index: int) -> list:
         if id(node.operation) not in above:
             continue
         for tensor in keras.tree.flatten(node.input_tensors):
-            if id(tensor._keras_history.operation) in below:
+            if id(keras_compat.producer(tensor)) in below:
                 found[id(tensor)] = tensor
-    if any(id(t._keras_history.operation) in below for t in backbone.outputs):
+    if any(id(keras_compat.producer(t)) in below for t in backbone.outputs):
         found.update({id(t): t for t in backbone.outputs})
     return list(found.values())
 
@@ -155,7 +156,7 @@ def stochastic_bottom(model: keras.Model, boundary: Boundary) -> list[str]:
     return [
         x.name
         for layer in layers
-        for x in layer._flatten_layers(include_self=True, recursive=True)
+        for x in keras_compat.sublayers(layer, include_self=True)
         if isinstance(x, _STOCHASTIC) or type(x).__name__.startswith("Random")
     ]
 
@@ -254,7 +255,7 @@ def plan(model: keras.Model, blocks: list[Block], phases) -> tuple:
     train less run their extra frozen layers in the top (as without the cache).
     """
     backbone = backbone_of(model)
-    if not hasattr(backbone, "_nodes_by_depth"):
+    if not keras_compat.has_graph(backbone):
         return None, set(), "the backbone is not a functional model"
     lows, changes = {}, []
     for i, phase in enumerate(phases, start=1):

@@ -37,6 +37,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from graft.core import keras_compat
 from graft.errors import GraftError
 from graft.runs import files as runs
 from graft.runs import status as run_status
@@ -46,12 +47,9 @@ from graft.training.hooks import Hook, PhaseContext
 
 FORMAT_VERSION = 3
 _SIGNAL_CODES = {"SIGINT": 130, "SIGTERM": 143}
-# Keras 3's epoch iterator (keras/src/trainers/epoch_iterator.py) makes two iterators of
-# a finite dataset per completed epoch: one to run the epoch, and one made eagerly when
-# it is exhausted (discarded at the next epoch). Each draws a new shuffle order, so a
-# resumed run skips this many shuffles per epoch done. Under a tf.distribute strategy
-# each fit also peeks at one batch first (one more iterator, see add_pass).
-ITERATORS_PER_EPOCH = 2
+# Shuffles a resumed run skips per epoch done: Keras's undocumented iterator count
+# (recorded and tested in keras_compat).
+ITERATORS_PER_EPOCH = keras_compat.ITERATORS_PER_EPOCH
 
 
 class Interrupted(GraftError):
@@ -331,7 +329,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
         self.owner, self.ctx = owner, ctx
 
     def on_train_begin(self, logs=None):
-        if getattr(self.ctx.target, "_distribute_strategy", None) is not None:
+        if keras_compat.strategy_of(self.ctx.target) is not None:
             self.owner.add_pass(self.ctx.pass_key)
 
     def on_train_batch_end(self, batch, logs=None):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from graft.core import keras_compat
 from graft.core.model import backbone_of, head_input
 from graft.core.model_utils import layer_key, pooling_layers_of, weights_fingerprint
 from graft.training import cache
@@ -35,8 +36,7 @@ def features_top(model: keras.Model, boundary) -> keras.Model:
     through the *same* layers as ``model``."""
     backbone = backbone_of(model)
     inner = keras.Model(boundary.tensor, backbone.output, name="graft_top_backbone")
-    nodes = [node for nodes in model._nodes_by_depth.values() for node in nodes]
-    called = next(n for n in nodes if n.operation is backbone)
+    called = next(n for n in keras_compat.graph_nodes(model) if n.operation is backbone)
     pooled = keras.Model(called.output_tensors[0], head_input(model), name="graft_top_pooling")
     inputs = keras.Input(boundary.shape, name="activations")
     return keras.Model(inputs, pooled(inner(inputs)), name="graft_top_features")

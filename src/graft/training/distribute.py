@@ -141,8 +141,8 @@ def _local_symbolic_build(self, iterator=None, data_batch=None):
     symbolic build, so the first local replica's batch serves. The peek still makes one
     iterator, as Keras's does (resume relies on that count).
     """
+    import keras
     import tensorflow as tf
-    from keras.src import tree
 
     if self._distribute_strategy is None:
         return
@@ -157,7 +157,7 @@ def _local_symbolic_build(self, iterator=None, data_batch=None):
             return strategy.experimental_local_results(value)[0]
         return value
 
-    data_batch = tree.map_structure(local, data_batch)
+    data_batch = keras.tree.map_structure(local, data_batch)
     with strategy.scope():
         self._symbolic_build(data_batch=data_batch)
 
@@ -173,9 +173,9 @@ def _reduce_scalars(original):
     def reduce_per_replica(values, strategy, reduction):
         if reduction not in ("auto", "mean"):
             return original(values, strategy, reduction)
-        from keras.src import tree
+        import keras
 
-        return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
 
     return reduce_per_replica
 
@@ -183,6 +183,9 @@ def _reduce_scalars(original):
 @contextlib.contextmanager
 def keras_workarounds(strategy):
     """Patches Keras needs to train under ``strategy`` (only multi-worker needs any)."""
+    # The one place graft patches Keras's private trainer: TensorFlow-only, so it sits
+    # behind the TensorFlow seam and not in core/keras_compat (tests/test_distribute.py
+    # trains two workers through it). The patches live only while the strategy trains.
     import tensorflow as tf
 
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -20,6 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from graft.core import keras_compat
 from graft.errors import GraftError
 from graft.runs import files as runs
 
@@ -79,8 +80,8 @@ def changing(model: keras.Model) -> list[int]:
     can change: all but the weights of frozen layers without sublayers (a frozen
     container may hold a trainable layer, whose variables then count as changing)."""
     frozen: set[int] = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        leaf = not list(layer._flatten_layers(include_self=False, recursive=False))
+    for layer in keras_compat.sublayers(model):
+        leaf = not keras_compat.sublayers(layer, recursive=False)
         if leaf and not layer.trainable:
             frozen.update(id(w) for w in layer.weights)  # not seed-generator states
     return [i for i, v in enumerate(model.variables) if id(v) not in frozen]

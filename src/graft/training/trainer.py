@@ -18,7 +18,7 @@ import keras
 
 from graft import progress
 from graft.config.strategies import Phase
-from graft.core import freezing, schedules
+from graft.core import freezing, keras_compat, schedules
 from graft.core.blocks import Block
 from graft.core.optim import make_optimizer
 from graft.core.schedules import Position
@@ -36,14 +36,13 @@ def build_state(model: keras.Model, dataset) -> None:
     twice: 0.5-1 s more in the first epoch of every phase. Keras's own (private) symbolic
     build does it from the dataset's element spec; where that is not available, Keras's
     lazy build still happens in ``fit``."""
-    build = getattr(model, "_symbolic_build", None)
     spec = getattr(dataset, "element_spec", None)
-    if keras.backend.backend() != "tensorflow" or build is None or spec is None:
+    if keras.backend.backend() != "tensorflow" or spec is None:
         return
-    if getattr(model, "_distribute_strategy", None) is not None:
+    if keras_compat.strategy_of(model) is not None:
         return  # Keras builds it itself under a strategy
     try:
-        build(data_batch=spec)
+        keras_compat.symbolic_build(model, spec)
     except Exception:  # an optimisation only: fit builds what is missing
         pass
 
