@@ -422,7 +422,7 @@ def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Co
         if backbone.saved is not None:  # resume reloads it from the run folder
             backbone.model.save(backbone.saved)
             config["backbone"] = backbone.saved
-        files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, data.typed))
+        files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, data.typed, run_dir))
     checkpoints.write_status(run_dir, "running")
     return dataclasses.replace(ctx, run_dir=run_dir, backbone=backbone)
 
@@ -813,13 +813,14 @@ def _fingerprints(ctx: Context, data: PreparedData, built: Built) -> dict:
     saved = ctx.backbone.saved
     settings = ctx.cfg.as_dict() if saved is None else {**ctx.cfg.as_dict(), "backbone": saved}
     return {
+        "format": fingerprints.FORMAT,
         "data": fingerprints.data_digest(data.train),
         "validation": fingerprints.data_digest(data.val),
         "backbone": {
-            "source": saved or str(built.bb.source),
+            "source": fingerprints.source_digest(saved or built.bb.source),
             "weights": fingerprints.weights_digest(built.bb.model),
         },
-        "settings": fingerprints.plain(settings),
+        "settings": fingerprints.settings_digest(settings),
     }
 
 
@@ -1236,7 +1237,7 @@ def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInput
         config["backbone"] = ctx.backbone.saved
     with contextlib.suppress(Exception):  # a resumed run keeps the spellings of its start
         config[AS_TYPED] = files.read_yaml(d / layout.CONFIG_FILE, {}).get(AS_TYPED)
-    files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, data.typed))
+    files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, data.typed, d))
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
     with progress.status("Evaluating and writing the report"):
