@@ -83,6 +83,7 @@ def test_precise_bn_re_estimates_only_the_bn_layers_that_trained(small_arrays, c
     run = graft.train(
         small_arrays, str(cnn_file), cut="block3_pool", strategy="finetune", unfreeze="blocks:1",
         train_bn=True, epochs=1, val_split=0.0, batch_size=8, log=lines.append, verbose=0,
+        preprocess="none", pool="avg",  # raw images reach block3_bn, as computed below
     )  # fmt: skip
     assert "Precise BN: re-estimated the statistics of 1 BatchNorm layers" in "\n".join(lines)
     weights = snapshot(run.model)
