@@ -396,6 +396,9 @@ def write(
     files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, req.typed()))
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
+    # Training is over and its files are saved: the report written next shows this status
+    # (a failure while evaluating still marks the run failed, in execute).
+    checkpoints.write_status(d, "completed")
     with progress.status("Evaluating and writing the report"):
         evaluated = report.finish_run(
             d,
@@ -412,5 +415,4 @@ def write(
         )
     if evaluated is not None:
         run.metrics["evaluation"] = evaluated
-    checkpoints.write_status(d, "completed")
     return run
