@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -46,3 +45,46 @@ def test_report_written_by_train_shows_the_final_status(small_run):
     text = _visible_text(out / "report.html")
     assert "graft run report" in text
     assert "Status:" not in text and "running" not in text
+
+
+def _curves():
+    import matplotlib
+
+    from graft.reporting import plots
+
+    history = [
+        {"epoch": e, "phase": "head" if e < 3 else "finetune", "loss": 1 / e,
+         "val_loss": 1.2 / e, "accuracy": 0.5 + e / 20, "val_accuracy": 0.45 + e / 20,
+         "lr": 1e-3 if e < 3 else 1e-5, "backbone_lr": "" if e < 3 else 1e-6}
+        for e in range(1, 7)
+    ]  # fmt: skip
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        fig = plots.curves_figure(history)
+        fig.canvas.draw()
+        return fig, fig.canvas.get_renderer()
+
+
+def test_curves_lr_axis_has_plain_tick_labels_in_its_own_panel():
+    fig, _ = _curves()
+    by_label = {ax.get_ylabel(): ax for ax in fig.axes}
+    lr_ax = by_label["learning rate"]
+    labels = [t.get_text() for t in lr_ax.get_yticklabels(which="both") if t.get_text()]
+    assert labels and not any("$" in t or "mathdefault" in t for t in labels), labels
+    assert "0.001" in labels, labels
+    # its own panel: no other panel (loss, accuracy) shares its place in the figure
+    others = [ax for ax in fig.axes if ax is not lr_ax]
+    assert not any(lr_ax.get_position().overlaps(ax.get_position()) for ax in others)
+
+
+def test_curves_legends_cover_no_curve():
+    import numpy as np
+
+    fig, renderer = _curves()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        assert legend is not None
+        box = legend.get_window_extent(renderer)
+        for line in ax.lines:
+            xy = ax.transData.transform(np.column_stack(line.get_data()).astype(float))
+            inside = [box.contains(x, y) for x, y in xy if np.isfinite([x, y]).all()]
+            assert not any(inside), (ax.get_ylabel(), line.get_label())
