@@ -4,9 +4,12 @@ early refusals, numbers that read right)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -88,3 +91,53 @@ def test_curves_legends_cover_no_curve():
             xy = ax.transData.transform(np.column_stack(line.get_data()).astype(float))
             inside = [box.contains(x, y) for x, y in xy if np.isfinite([x, y]).all()]
             assert not any(inside), (ax.get_ylabel(), line.get_label())
+
+
+#: Runs the CLI in-process, then prints whether TensorFlow was imported (last line).
+_WRAPPER = (
+    "import json, sys\n"
+    "from graft.cli.main import main\n"
+    "code = main(sys.argv[1:])\n"
+    "print(json.dumps({'code': code, 'tf': 'tensorflow' in sys.modules}))\n"
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["batch-size-0", "misspelled-backbone", "missing-data", "missing-val", "non-empty-out"],
+)
+def test_trivial_mistakes_are_refused_before_tensorflow(case, tmp_path, digits_folder):
+    out = tmp_path / "run"
+    args = [str(digits_folder), "--backbone", "mobilenet_v2", "--out", str(out)]
+    expect = {
+        "batch-size-0": "--batch-size must be at least 1",
+        "misspelled-backbone": "Unknown backbone: 'mobilenetv2'",
+        "missing-data": "not found",
+        "missing-val": "not found",
+        "non-empty-out": "already exists and is not empty",
+    }[case]
+    if case == "batch-size-0":
+        args += ["--batch-size", "0"]
+    elif case == "misspelled-backbone":
+        args[2] = "mobilenetv2"
+    elif case == "missing-data":
+        args[0] = str(tmp_path / "nowhere")
+    elif case == "missing-val":
+        args += ["--val", str(tmp_path / "nowhere")]
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, "train", *args],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 2, done.stderr
+    assert expect in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not result["tf"], "refused only after importing TensorFlow"
+    assert seconds < 5, seconds  # ~0.5 s idle; generous for a loaded 2-core machine
+    if case == "non-empty-out":
+        assert (out / "notes.txt").read_text() == "mine"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import keras
 
+from graft.api import preflight
 from graft.api import steps as s
 from graft.api.finish import execute
 from graft.api.result import Run
@@ -106,6 +107,8 @@ def train(
             )
     if data_source is None or backbone is None:
         raise GraftError("train needs data and a backbone (or resume=RUN_DIR).")
+    if resume is None:  # names, paths and the run folder, before any data is read
+        preflight.check_train(data_source, backbone, out, val=val, test=test, overwrite=overwrite)
     request = s.Request(
         data_source,
         backbone,

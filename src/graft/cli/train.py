@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from graft.cli import options
-from graft.cli.base import GraftCommand, SettingOption, console, fit_verbosity, log
+from graft.cli.base import (
+    GraftCommand,
+    SettingOption,
+    console,
+    fit_verbosity,
+    import_backend,
+    log,
+)
 from graft.errors import GraftError
 
 #: Settings whose explicit flag means "build the plan from the flags", not the file's phases.
@@ -40,7 +47,7 @@ _unsafe_option = _opt(
 )
 
 
-@click.command(cls=GraftCommand)
+@click.command(cls=GraftCommand, needs_backend=False)
 @click.argument("data", required=False)
 @_opt(
     "--config",
@@ -89,6 +96,7 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
 
     An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
     if resume is not None:
+        import_backend()
         from graft import api
 
         run = api.train(
@@ -120,7 +128,14 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
             "train needs DATA, --backbone and --out.",
             hint="or --config FILE for the settings, or --resume RUN_DIR to continue a run.",
         )
-    from graft import api  # after --print-plan, which answers without Keras
+    from graft.api import preflight
+
+    # Every mistake that needs no model is refused before TensorFlow is imported.
+    preflight.check_train(
+        data, backbone, out, val=val, test=test, overwrite=api_args["overwrite"], settings=settings
+    )
+    import_backend()
+    from graft import api  # after --print-plan and the checks, which answer without Keras
 
     run = api.train(
         data,
