@@ -141,3 +141,44 @@ def test_trivial_mistakes_are_refused_before_tensorflow(case, tmp_path, digits_f
     assert seconds < 5, seconds  # ~0.5 s idle; generous for a loaded 2-core machine
     if case == "non-empty-out":
         assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_macro_f1_is_over_the_classes_present_and_names_the_absent():
+    import numpy as np
+
+    from graft.reporting import evaluation
+
+    classes = [str(i) for i in range(10)]
+    y = np.array([0, 0, 1, 1, 2, 3])
+    probs = np.eye(10)[y] * 0.9 + 0.01  # every image right
+    result = evaluation.classification_metrics(y, probs, classes)
+    assert result["accuracy"] == 1.0
+    assert result["macro_avg"]["f1"] == 1.0  # was 0.4: six absent classes counted as F1 0
+    assert result["absent_classes"] == ["4", "5", "6", "7", "8", "9"]
+    line = evaluation.summary_line(result)
+    assert "macro F1 1.0000" in line and "4 classes present (6 absent: 4, 5, 6, 7, 8" in line
+
+
+def test_kept_line_is_not_said_when_the_best_epoch_is_the_last(small_run):
+    _, lines = small_run
+    assert not [line for line in lines if "the last epoch is in" in line and "of 1 " in line]
+
+
+def test_done_in_is_the_whole_commands_wall_time(tmp_path, digits_folder, cnn_file):
+    out = tmp_path / "run"
+    args = [str(digits_folder), "--backbone", str(cnn_file), "--out", str(out)]
+    args += ["--cut", "block3_pool", "--strategy", "feature", "--epochs", "1", "--batch-size", "32"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRAPPER, "train", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    said, wall, text = None, None, []
+    for line in proc.stdout:
+        text.append(line)
+        if said is None and (said := re.search(r"Done in ([\d.]+) s", line)):
+            wall = time.perf_counter() - start  # when it was said
+    assert proc.wait(timeout=600) == 0, "".join(text)
+    assert said, "".join(text)
+    assert wall - 1.0 <= float(said.group(1)) <= wall + 0.2, (said.group(0), wall)

@@ -242,6 +242,9 @@ def _keep(model: keras.Model, fitted: s.Fitted, run_dir, log) -> None:
         return
     model.set_weights(keeper.weights)
     best = keeper.best
+    if best["epoch"] == last:
+        log(f"Kept the last epoch ({last}): lowest {best['monitor']} {best['value']:.4f}")
+        return
     log(
         f"Kept epoch {best['epoch']} of {last} (phase {best['phase_index']} '{best['phase']}'): "
         f"lowest {best['monitor']} {best['value']:.4f}"

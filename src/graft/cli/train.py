@@ -158,7 +158,13 @@ def _closing_lines(run) -> None:
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
     if "test_accuracy" in run.metrics:
         summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
-    log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
+    import time
+
+    from graft.cli.base import STARTED
+
+    wall = time.perf_counter() - STARTED  # the whole command, not only its training
+    took = f"Done in {wall:.1f} s (training {run.metrics['seconds']:.1f} s)"
+    log(f"{took}: {summary}saved to {run.run_dir}/")
     log(f"Report: {run.report_file}")
 
 

@@ -168,9 +168,15 @@ def classification_metrics(
         name: {"precision": _r(p[i]), "recall": _r(r[i]), "f1": _r(f[i]), "support": int(s[i])}
         for i, name in enumerate(classes)
     }
+    # A class absent from the evaluation data has no F1 to average (sklearn counts it as
+    # 0): the averages are over the classes present, and the absent ones are named.
+    present = [i for i in labels if s[i] > 0]
+    absent = [classes[i] for i in labels if s[i] == 0]
+    if absent:
+        result["absent_classes"] = absent
     for average in ("macro", "weighted"):
         ap, ar, af, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
+            y_true, y_pred, labels=present, average=average, zero_division=0
         )
         result[f"{average}_avg"] = {"precision": _r(ap), "recall": _r(ar), "f1": _r(af)}
     result["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
@@ -315,4 +321,10 @@ def summary_line(metrics: dict) -> str:
     parts = [f"accuracy {metrics['accuracy']:.4f}", f"loss {metrics['loss']:.4f}"]
     parts += [f"top-{k} {v:.4f}" for k, v in metrics.get("top_k_accuracy", {}).items()]
     parts += [f"macro F1 {metrics['macro_avg']['f1']:.4f}", f"ECE {metrics['ece']:.4f}"]
-    return "  ".join(parts) + f"  ({metrics['images']} images)"
+    line = "  ".join(parts) + f"  ({metrics['images']} images)"
+    absent = metrics.get("absent_classes") or []
+    if absent:
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        n = len(metrics.get("per_class") or {}) - len(absent)
+        line += f"; macro F1 over the {n} classes present ({len(absent)} absent: {shown})"
+    return line
