@@ -182,3 +182,67 @@ def test_done_in_is_the_whole_commands_wall_time(tmp_path, digits_folder, cnn_fi
     assert proc.wait(timeout=600) == 0, "".join(text)
     assert said, "".join(text)
     assert wall - 1.0 <= float(said.group(1)) <= wall + 0.2, (said.group(0), wall)
+
+
+def test_demo_prints_one_spread_per_value():
+    import numpy as np
+
+    from graft.api import demo
+
+    for std in np.linspace(0.0101, 0.0199, 99):
+        row = {"labels_per_class": 2, "strategy": "feature", "trainable_params": 1,
+               "test_accuracy": 0.5, "test_accuracy_std": round(float(std), 4), "seeds": 3,
+               "seconds": 1.0}  # fmt: skip
+        shown = re.search(r"± ([\d.]+)", demo.seed_line(row)).group(1)
+        assert f"± {shown} |" in demo.markdown_table([row])
+
+
+def test_report_timing_shows_the_whole_run_beside_training(small_run):
+    out, _ = small_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run_seconds"] >= metrics["seconds"] > 0
+    text = _visible_text(out / "report.html")
+    assert "whole run until the report" in text and "training (all phases)" in text
+    assert "total training" not in text
+
+
+def test_activation_cache_line_claims_no_unmeasured_saving():
+    from graft.training import activations
+
+    summary = {"boundary": "conv", "moved_from": None, "bottom_layers": 1, "shape": [4, 4, 8],
+               "dtype": "float16", "images": 10, "bytes": 1000, "phases": [2], "epochs": 3,
+               "seconds": {"one_pass": 4.0, "spent": 0.0, "saved_estimate": 12.0}}  # fmt: skip
+    line = activations._line(summary, hit=True)
+    assert "saved" not in line and "1 frozen layer cached" in line, line
+
+
+def test_resumed_runs_final_evaluation_agrees_with_its_kept_val_loss(
+    tmp_path, monkeypatch, digits, cnn_file
+):
+    """Interrupted in the fine-tuning phase, the best epoch in the head phase: the end of
+    the resumed run evaluated the head on features cached with the fine-tuned backbone."""
+    import numpy as np
+
+    import graft
+    from conftest import stop_after
+    from graft.training.checkpoints import Interrupted
+
+    x, y = digits
+    pick = [np.flatnonzero(y == c) for c in (5, 6, 7)]
+    train = np.concatenate([i[:16] for i in pick])
+    val = np.concatenate([i[16:24] for i in pick])
+    train, val = (x[train], (y[train] - 5).astype("int32")), (x[val], (y[val] - 5).astype("int32"))
+    run = tmp_path / "resumed"
+    settings = dict(
+        cut="block3_pool", batch_size=8, seed=3, deterministic=True, optimizer="sgd",
+        strategy="hybrid", epochs=3, finetune_epochs=2, lr=0.1, finetune_lr=3.0,
+        unfreeze="blocks:2", precise_bn=False, log=lambda _: None, verbose=0,
+    )  # fmt: skip
+    with monkeypatch.context() as patch:
+        stop_after(patch, 4)
+        with pytest.raises(Interrupted):
+            graft.train(train, val=val, backbone=str(cnn_file), out=run, **settings)
+    graft.train(train, val=val, resume=run, log=lambda _: None, verbose=0)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["kept"]["phase_index"] == 1  # the construction: fine-tuning made it worse
+    assert metrics["evaluation"]["loss"] == pytest.approx(metrics["val_loss"], rel=1e-3)

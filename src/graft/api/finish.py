@@ -32,7 +32,7 @@ from graft.training import activations, cache, checkpoints, derived, resume
 
 def execute(req: s.Request) -> Run:
     """Run every step of a training run; on failure, record why in ``status.json``."""
-    run_dir = None
+    run_dir, started = None, time.perf_counter()
     held = contextlib.ExitStack()  # the run folder's lock, released last
     if req.verbose == 0:  # nobody watches: no progress lines either
         held.enter_context(progress.silenced())
@@ -58,6 +58,7 @@ def execute(req: s.Request) -> Run:
             run = Run(model, data.classes, metrics, fitted.result.history, cfg, run_dir, built.bb)
             evaluated_on = _evaluated_on(model, built.bb, fitted, data)
             test = _test(cfg, data, built)
+            metrics["run_seconds"] = round(time.perf_counter() - started, 2)  # before the report
             return write(
                 run, req, pipes.val, _paths(data.val), *evaluated_on, test=test, worker=worker
             )

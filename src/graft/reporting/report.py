@@ -379,11 +379,17 @@ def _drift_section(metrics: dict) -> str:
 
 def _timing_section(metrics: dict) -> str:
     rows = [[p.get("name"), p.get("epochs"), p.get("seconds")] for p in metrics.get("phases", [])]
-    rows.append(["total training", metrics.get("epochs"), metrics.get("seconds")])
+    rows.append(["training (all phases)", metrics.get("epochs"), metrics.get("seconds")])
     ev = metrics.get("evaluation") or {}
     if "seconds" in ev:
         rows.append(["evaluation", "", ev["seconds"]])
-    return _table(["step", "epochs", "seconds"], rows, {1, 2})
+    if metrics.get("run_seconds") is not None:
+        rows.append(["whole run until the report", "", metrics["run_seconds"]])
+    table = _table(["step", "epochs", "seconds"], rows, {1, 2})
+    return table + (
+        '<p class="muted">Training is the phases alone; the whole run adds the data check, '
+        "building the model, the caches, drift and the test split.</p>"
+    )
 
 
 def _config_section(config: dict) -> str:
