@@ -246,3 +246,37 @@ def test_resumed_runs_final_evaluation_agrees_with_its_kept_val_loss(
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["kept"]["phase_index"] == 1  # the construction: fine-tuning made it worse
     assert metrics["evaluation"]["loss"] == pytest.approx(metrics["val_loss"], rel=1e-3)
+
+
+def test_cache_pass_prints_no_raw_keras_lines(capsys):
+    import keras
+    import numpy as np
+
+    from graft.training import cache
+
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    features = cache.compute(model, np.zeros((10, 4, 4, 3), "float32"), verbose=1)
+    assert features.shape == (10, 3)
+    printed = capsys.readouterr()
+    assert printed.out == "" and "step" not in printed.err, printed
+
+
+def test_compare_prints_a_line_per_run_and_an_uncut_table(
+    tmp_path, digits_folder, cnn_file, capsys
+):
+    from graft import cli
+
+    out = tmp_path / "cmp"
+    code = cli.main(
+        ["compare", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
+         "--strategies", "feature,finetune", "--unfreeze", "all", "--finetune-lr", "0.01",
+         "--epochs", "1", "--batch-size", "16", "-o", str(out)]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    lines = printed.splitlines()
+    assert len(lines) < 25, printed  # was every run's whole log
+    assert "Phase 1/" not in printed and "Phase 1/" in (out / "feature" / "train.log").read_text()
+    header = next(line for line in lines if "strategy" in line and "seconds" in line)
+    assert "feature_drift_cka" in header and "trainable_params" in header, header

@@ -355,7 +355,7 @@ def compare(data, strategies, seeds, out, val, test, overwrite, unsafe, **settin
         table.add_row(
             *(compare_mod.cell(r.get(c), c, r.get(f"{c}_std")) for c in compare_mod.COLUMNS)
         )
-    console.print(table)
+    Console(width=max(console.width, 160)).print(table)  # a table is wide: never cut it
     log(f"Comparison: {out / compare_mod.CSV_FILE}, .md and {compare_mod.PLOT_FILE}")
 
 
