@@ -280,3 +280,33 @@ def test_compare_prints_a_line_per_run_and_an_uncut_table(
     assert "Phase 1/" not in printed and "Phase 1/" in (out / "feature" / "train.log").read_text()
     header = next(line for line in lines if "strategy" in line and "seconds" in line)
     assert "feature_drift_cka" in header and "trainable_params" in header, header
+
+
+def test_backbone_line_names_a_model_files_weights_once(small_run, cnn_file):
+    _, lines = small_run
+    line = next(x for x in lines if x.startswith("Backbone "))
+    assert line.count(str(cnn_file)) == 1 and "its own weights" in line, line
+
+
+def test_offline_imagenet_error_starts_a_line_of_its_own(capsys):
+    from graft.core import loaders
+    from graft.errors import WeightsUnavailableError
+
+    def constructor(**kwargs):
+        sys.stdout.write("Downloading data from https://example.invalid/w.h5")  # as Keras does
+        raise Exception("URL fetch failure on https://example.invalid/w.h5: None")
+
+    with pytest.raises(WeightsUnavailableError):
+        loaders._build_application(constructor, weights="imagenet")
+    assert capsys.readouterr().out.endswith("w.h5\n")
+
+
+def test_data_check_says_one_file(tmp_path, digits):
+    from graft.api.demo import write_folder
+    from graft.data import check as datacheck
+    from graft.data.sources import load_source
+
+    x, y = digits
+    write_folder(tmp_path / "one", x[:1], y[:1], {int(y[0]): "a"})
+    head = datacheck.check(load_source(tmp_path / "one"), min_size=1).lines()[0]
+    assert "1 file scanned" in head, head

@@ -228,6 +228,11 @@ def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
     return run_dir
 
 
+def _weights_text(source, weights) -> str:
+    """``imagenet weights``, or ``its own weights`` for a model file (not its path twice)."""
+    return "its own weights" if str(weights) == str(source) else f"{weights} weights"
+
+
 def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) -> Built:
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
     model = req.backbone if isinstance(req.backbone, keras.Model) else None
@@ -237,7 +242,7 @@ def build_model(cfg: TrainConfig, data: PreparedData, plan: Plan, req: Request) 
     source_task = _source_task(req, cfg, bb)
     counts = data.counts
     req.log(
-        f"Backbone {bb.source} ({bb.weights} weights, {len(bb.blocks)} blocks, "
+        f"Backbone {bb.source} ({_weights_text(bb.source, bb.weights)}, {len(bb.blocks)} blocks, "
         f"{bb.image_size[0]}x{bb.image_size[1]}, preprocess {bb.preprocess}); "
         f"{len(data.classes)} classes, {counts['train']} train / {counts['val']} val images"
     )

@@ -240,8 +240,10 @@ def _describe_model(config: dict) -> str:
     bb = config.get("resolved_backbone") or {}
     if not config:
         return "No config.yaml found."
+    source, weights = bb.get("source", config.get("backbone")), bb.get("weights", "?")
+    weights = "its own weights" if str(weights) == str(source) else f"{weights} weights"
     return (
-        f"Backbone {bb.get('source', config.get('backbone'))} ({bb.get('weights', '?')} weights, "
+        f"Backbone {source} ({weights}, "
         f"preprocess {bb.get('preprocess', '?')}, input {bb.get('image_size', '?')}), "
         f"strategy {config.get('strategy')}, {len(config.get('classes', []))} classes."
     )
