@@ -397,7 +397,7 @@ def write(
         config["backbone"] = s.saved_backbone(req, d)
     with contextlib.suppress(Exception):  # a resumed run keeps the spellings of its start
         config[AS_TYPED] = files.read_yaml(d / layout.CONFIG_FILE, {}).get(AS_TYPED)
-    files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, req.typed()))
+    files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, req.typed(), d))
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
     # Training is over and its files are saved: the report written next shows this status

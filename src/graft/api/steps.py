@@ -223,7 +223,7 @@ def open_run(cfg: TrainConfig, req: Request, held) -> Path | None:
         if isinstance(req.backbone, keras.Model):  # resume reloads it from the run folder
             req.backbone.save(run_dir / layout.BACKBONE_FILE)
             config["backbone"] = saved_backbone(req, run_dir)
-        files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, req.typed()))
+        files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, req.typed(), run_dir))
     checkpoints.write_status(run_dir, "running")
     return run_dir
 
@@ -368,11 +368,12 @@ def _fingerprints(cfg: TrainConfig, data: PreparedData, built: Built, saved: str
     A ``keras.Model`` backbone is recorded as ``saved``, the file a resume loads it from."""
     settings = cfg.as_dict() if saved is None else {**cfg.as_dict(), "backbone": saved}
     return {
+        "format": fingerprints.FORMAT,
         "data": fingerprints.data_digest(data.train.raw),
         "validation": fingerprints.data_digest(None if data.val is None else data.val.raw),
         "backbone": {
-            "source": saved or str(built.bb.source),
+            "source": fingerprints.source_digest(saved or built.bb.source),
             "weights": fingerprints.weights_digest(built.bb.model),
         },
-        "settings": fingerprints.plain(settings),
+        "settings": fingerprints.settings_digest(settings),
     }

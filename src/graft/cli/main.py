@@ -8,6 +8,7 @@ exits 1; ``--debug`` shows tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sys
 import threading
@@ -50,6 +51,7 @@ for _command in (
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run a command, turn errors into one line and an exit code."""
+    _tolerant_streams()
     # Made here, not inside the group, because the error handling below runs after click's
     # context is gone and must still know whether --debug was given.
     session = Session()
@@ -80,12 +82,29 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = exc.filename or "a file"
+            print(
+                f"graft: error: Cannot write {where}: {exc.strerror}. "
+                "HINT: make the folder writable, or write to another one (--out).",
+                file=sys.stderr,
+            )
+            return 2
         print(
             f"graft: error: {type(exc).__name__}: {first_line(exc)} "
             "(run with --debug for the traceback)",
             file=sys.stderr,
         )
         return 1
+
+
+def _tolerant_streams() -> None:
+    """A stdout that cannot encode a name (``PYTHONIOENCODING=ascii``, a C locale) shows
+    it escaped (``caf\\xe9``) instead of failing half-way through the output."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="backslashreplace")
 
 
 def _disk_full(exc: BaseException) -> bool:

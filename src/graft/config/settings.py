@@ -8,6 +8,7 @@ choices, flag), from which :mod:`graft.cli` generates its options.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ RUN_RECORD_KEYS = (
     "multi_label",
     "versions",
     "as_typed",
+    "run_relative",
 )
 _M, _S, _O, _D, _P, _R = GROUPS  # model, strategy, optimisation, data, speed, run
 
@@ -312,9 +314,31 @@ def check_types(settings: dict) -> None:
             )
 
 
+#: The largest integer setting (a C ``int``; the seed may use all 32 bits).
+MAX_INT = 2**31 - 1
+_MAX_INTS = {"seed": 2**32 - 1}
+
+
+def _check_range(name: str, value) -> None:
+    """Numbers a run can use: finite floats, integers a C ``int`` holds (a 30-digit
+    batch size passes every type check, then fails deep inside TensorFlow)."""
+    values = value if name == "head" and isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, numbers.Number):
+            continue
+        if isinstance(item, numbers.Integral):
+            high = _MAX_INTS.get(name, MAX_INT)
+            if abs(item) > high:
+                raise GraftError(f"{name} must be at most {high:,}. {_received(name, value)}")
+        elif not math.isfinite(float(item)):
+            raise GraftError(f"{name} must be a finite number. {_received(name, value)}")
+
+
 def _check(cfg: TrainConfig) -> None:
     """Validate the settings; messages name the Python argument (Keras style)."""
     check_types({f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+    for f in dataclasses.fields(TrainConfig):
+        _check_range(f.name, getattr(cfg, f.name))
     if isinstance(cfg.lr, str) and cfg.lr != "auto":
         raise GraftError(f"lr must be a positive number or 'auto'. {_received('lr', cfg.lr)}")
     if cfg.strategy not in STRATEGIES and cfg.phases is None:

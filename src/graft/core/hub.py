@@ -45,9 +45,48 @@ def is_hub_object(model) -> bool:
     return any(type(layer).__module__.startswith(MODULE) for layer in layers)
 
 
-def file_needs_hub(path: str | Path) -> bool:
-    """Whether a ``.keras`` file (or preset directory) names KerasHub classes."""
+#: The largest ``config.json``/``metadata.json`` inside a ``.keras`` archive (bytes).
+MAX_CONFIG_BYTES = 64 << 20
+#: The largest compression ratio of a big member (weights barely compress; a bomb does).
+MAX_RATIO = 200
+_BIG = 1 << 20
+
+
+def check_archive(path: str | Path) -> None:
+    """Refuse a ``.keras`` zip whose members would inflate to more than it can hold
+    (a zip bomb), from the sizes its directory declares, before anything is read (by
+    graft or by ``keras.saving.load_model``). Reading never yields more than the
+    declared size, so the check bounds memory."""
     path = Path(path)
+    try:
+        if path.is_dir() or not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (OSError, zipfile.BadZipFile):
+        return  # the loader reports an unreadable file
+    for member in members:
+        ratio = member.file_size / max(member.compress_size, 1)
+        small = member.filename.endswith(".json")
+        if (small and member.file_size > MAX_CONFIG_BYTES) or (
+            member.file_size > _BIG and ratio > MAX_RATIO
+        ):
+            raise GraftError(
+                f"Refusing to load {path}: its member {member.filename!r} would inflate "
+                f"from {member.compress_size:,} to {member.file_size:,} bytes "
+                "(a zip bomb, or not a model saved by Keras).",
+                hint="save the model again with model.save('model.keras').",
+            )
+
+
+def file_needs_hub(path: str | Path) -> bool:
+    """Whether a ``.keras`` file (or preset directory) names KerasHub classes.
+
+    Raises:
+        GraftError: The file is a zip bomb (:func:`check_archive`).
+    """
+    path = Path(path)
+    check_archive(path)
     try:
         if path.is_dir():
             text = (path / PRESET_CONFIG).read_text("utf-8")

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import warnings
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 
 from graft import progress
 from graft.config.defaults import DEFAULT_MIN_SIZE
-from graft.data import balance
+from graft.data import balance, content
 from graft.data.convert import converted_dir, describe_mode, needs_pillow, write_png_copy
 from graft.data.integrity import decode_for_check, png_chunk_problem
 from graft.data.sources import LabelledFiles, display, read_regular
@@ -53,6 +52,7 @@ KINDS: dict[str, tuple[str, str]] = {
     "csv_bad_line": ("skipped", "malformed CSV lines"),
     "csv_missing_file": ("skipped", "CSV lines whose file does not exist"),
     "csv_empty_label": ("skipped", "CSV lines with an empty label"),
+    "csv_conflict": ("skipped", "CSV lines listing one file under different labels"),
     "outside_class": ("skipped", "files outside class folders"),
     "empty_class": ("warning", "class folders without usable images"),
     "single_class": ("warning", "training data with a single class"),
@@ -228,6 +228,7 @@ def check_file(
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     result = FileResult(path, use_path=path)
     try:
+        info = os.stat(path)  # before reading: a later change moves its ctime
         payload = read_regular(path)  # never a FIFO or a device, never unbounded
     except OSError as exc:
         detail = exc.strerror or type(exc).__name__
@@ -237,7 +238,8 @@ def check_file(
     if not payload:
         result.kind = "empty_file"
         return result
-    result.digest = hashlib.blake2b(payload, digest_size=16).hexdigest()
+    result.digest = content.bytes_digest(payload)
+    content.remember(path, info, result.digest)
     try:
         image = Image.open(io.BytesIO(payload))
         fmt, mode, (w, h) = image.format, image.mode, image.size

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,6 +204,7 @@ def scan_folder(root: str | os.PathLike, classes: list[str] | None = None) -> La
             problems.append(Problem("empty_class", str(folder / name), "no images"))
     if classes is None:
         classes = [name for name in found if per_class[name]]
+        _distinct(classes, shown, "class folders")
     paths, labels = [], []
     for index, name in enumerate(classes):
         files = per_class.get(name, [])
@@ -268,6 +270,7 @@ def read_csv(path: str | os.PathLike, classes: list[str] | None = None) -> Label
     base = path.parent
     problems: list[Problem] = []
     items: list[tuple[str, list[str]]] = []
+    lines_of: list[str] = []
     for line, row in zip(lines[1:], rows[1:]):
         where = f"{shown}:{line}"
         if not any(cell.strip() for cell in row):
@@ -294,12 +297,15 @@ def read_csv(path: str | os.PathLike, classes: list[str] | None = None) -> Label
             problems.append(Problem("csv_missing_file", where, f"{rel} does not exist"))
             continue
         items.append((str(file), names))
+        lines_of.append(where)
+    items = _without_conflicts(items, lines_of, problems)
     multi = any(len(names) > 1 for _, names in items) or any(
         MULTI_LABEL_SEPARATOR in (row[il] if len(row) > il else "") for row in rows[1:]
     )
     seen = sorted({n for _, names in items for n in names})
     if classes is None:
         classes = seen
+        _distinct(classes, shown, "labels")
     else:
         unknown = [n for n in seen if n not in classes]
         if unknown:
@@ -322,6 +328,45 @@ def read_csv(path: str | os.PathLike, classes: list[str] | None = None) -> Label
     else:
         labels = np.asarray([index[names[0]] for _, names in items], "int32")
     return LabelledFiles([p for p, _ in items], labels, list(classes), multi, problems, shown)
+
+
+def _distinct(names: list[str], shown: str, what: str) -> None:
+    """Refuse class names that differ only in Unicode normalisation (``café`` typed as
+    one code point or as ``e`` + a combining accent): two classes that print the same."""
+    first: dict[str, str] = {}
+    for name in names:
+        key = unicodedata.normalize("NFC", name)
+        if key in first:
+            raise DataError(
+                f"{shown} has {what} {ascii(first[key])} and {ascii(name)} that differ only "
+                f"in Unicode normalisation (both read {key!r}).",
+                hint="rename one so that they are one class (or two names that differ).",
+            )
+        first[key] = name
+
+
+def _without_conflicts(items: list, lines_of: list[str], problems: list) -> list:
+    """``items`` without the files listed under different labels (every line of such a
+    file is dropped and recorded: which label is right cannot be told). A file listed
+    twice with the same labels stays (the data check reports the duplicate)."""
+    labels_of: dict[str, list[tuple[str, frozenset]]] = {}
+    for (file, names), where in zip(items, lines_of):
+        labels_of.setdefault(os.path.realpath(file), []).append((where, frozenset(names)))
+    conflicted = {key for key, seen in labels_of.items() if len({s for _, s in seen}) > 1}
+    kept = []
+    for (file, names), where in zip(items, lines_of):
+        key = os.path.realpath(file)
+        if key not in conflicted:
+            kept.append((file, names))
+            continue
+        others = [
+            f"{'|'.join(sorted(s))!r} at line {w.rsplit(':', 1)[-1]}"
+            for w, s in labels_of[key]
+            if s != frozenset(names)
+        ]
+        detail = f"{display(file)} is also listed as {', '.join(others)}; dropped"
+        problems.append(Problem("csv_conflict", where, detail))
+    return kept
 
 
 def stratified_split(

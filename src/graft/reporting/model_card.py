@@ -19,47 +19,51 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     metrics = run_metrics.read(run_dir)
     classes = files.read_json(run_dir / layout.LABELS_FILE, [])
     exports = files.read_json(run_dir / layout.EXPORTS_FILE, [])
-    ev = metrics.get("evaluation") or {}
+    ev = metrics.get("evaluation") if isinstance(metrics.get("evaluation"), dict) else {}
     bb = config.get("resolved_backbone") or {}
     size = bb.get("image_size") or ["?", "?"]
     lines = [
         f"# Model card: {md(run_dir.resolve().name)}",
         "",
         "## Model",
-        f"- Backbone: `{bb.get('source', config.get('backbone', '?'))}` with "
-        f"**{bb.get('weights', config.get('weights', '?'))}** weights "
-        f"({fmt(bb.get('params', '?'))} parameters, {bb.get('blocks', '?')} blocks).",
+        f"- Backbone: {code(bb.get('source', config.get('backbone', '?')))} with "
+        f"**{md(bb.get('weights', config.get('weights', '?')))}** weights "
+        f"({md(fmt(bb.get('params', '?')))} parameters, {md(bb.get('blocks', '?'))} blocks).",
         *(
-            [f"- Loading `model.keras` needs: {', '.join(bb['requires'])} (besides Keras)."]
+            [f"- Loading `model.keras` needs: {md(fmt(bb['requires']))} (besides Keras)."]
             if bb.get("requires")
             else []
         ),
-        f"- Strategy: {config.get('strategy', '?')}; head {config.get('head', '?')}, "
-        f"dropout {config.get('dropout', '?')}.",
+        f"- Strategy: {md(config.get('strategy', '?'))}; head {md(config.get('head', '?'))}, "
+        f"dropout {md(config.get('dropout', '?'))}.",
         f"- Classes ({len(classes)}), in output order: {', '.join(md(c) for c in classes)}.",
         "",
         "## Intended input",
-        f"- RGB images resized to {size[0]}x{size[1]} pixels (bilinear), raw pixel values 0-255 "
-        f"(uint8 or float32), shape `(batch, {size[0]}, {size[1]}, {bb.get('channels', 3)})`.",
-        f"- Preprocessing (`{bb.get('preprocess', '?')}`) is built into the model; do not scale "
-        "the pixels yourself.",
+        f"- RGB images resized to {md(size[0])}x{md(size[1])} pixels (bilinear), raw pixel "
+        "values 0-255 (uint8 or float32), shape "
+        + code(f"(batch, {size[0]}, {size[1]}, {bb.get('channels', 3)})")
+        + ".",
+        f"- Preprocessing ({code(bb.get('preprocess', '?'))}) is built into the model; do not "
+        "scale the pixels yourself.",
         _output_line(config),
         "",
         "## Training",
     ]
-    for i, p in enumerate(metrics.get("phases", []), start=1):
+    phases = metrics.get("phases") if isinstance(metrics.get("phases"), list) else []
+    for i, p in enumerate([p for p in phases if isinstance(p, dict)], start=1):
         lines.append(
             f"{i}. {code(p.get('name'))}: backbone {code(p.get('spec'))}, "
-            f"{p.get('epochs')} epochs, "
-            f"lr {p.get('lr')}"
-            + (f", backbone lr {p['backbone_lr']}" if p.get("backbone_lr") is not None else "")
-            + f"; {fmt(p.get('trainable_params'))} trainable / "
-            f"{fmt(p.get('frozen_params'))} frozen parameters."
+            f"{md(p.get('epochs'))} epochs, "
+            f"lr {md(p.get('lr'))}"
+            + (f", backbone lr {md(p['backbone_lr'])}" if p.get("backbone_lr") is not None else "")
+            + f"; {md(fmt(p.get('trainable_params')))} trainable / "
+            f"{md(fmt(p.get('frozen_params')))} frozen parameters."
         )
     lines += [
-        f"- Data: {metrics.get('train_images', '?')} training images, "
-        f"{metrics.get('val_images', '?')} validation images; seed {config.get('seed', '?')}.",
-        f"- Training time: {metrics.get('seconds', '?')} s.",
+        f"- Data: {md(metrics.get('train_images', '?'))} training images, "
+        f"{md(metrics.get('val_images', '?'))} validation images; "
+        f"seed {md(config.get('seed', '?'))}.",
+        f"- Training time: {md(metrics.get('seconds', '?'))} s.",
         "",
         "## Metrics",
         "",
@@ -67,28 +71,28 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
     ]
     if ev.get("images") and ev.get("task") != "multi_label":
         lines += [
-            f"On the {md(ev.get('split', 'validation'))} split ({ev['images']} images):",
+            f"On the {md(ev.get('split', 'validation'))} split ({md(ev['images'])} images):",
             "",
             "| metric | value |",
             "|---|---:|",
-            f"| accuracy | {ev['accuracy']:.4f} |",
-            *(f"| top-{k} accuracy | {v:.4f} |" for k, v in ev.get("top_k_accuracy", {}).items()),
-            f"| macro F1 | {ev['macro_avg']['f1']:.4f} |",
-            f"| weighted F1 | {ev['weighted_avg']['f1']:.4f} |",
-            f"| expected calibration error | {ev['ece']:.4f} |",
+            f"| accuracy | {f4(ev.get('accuracy'))} |",
+            *(f"| top-{md(k)} accuracy | {f4(v)} |" for k, v in _items(ev.get("top_k_accuracy"))),
+            f"| macro F1 | {f4(_get(ev, 'macro_avg', 'f1'))} |",
+            f"| weighted F1 | {f4(_get(ev, 'weighted_avg', 'f1'))} |",
+            f"| expected calibration error | {f4(ev.get('ece'))} |",
             "",
             "| class | precision | recall | F1 | support |",
             "|---|---:|---:|---:|---:|",
             *(
-                f"| {md(n)} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | "
-                f"{v['support']} |"
-                for n, v in ev["per_class"].items()
+                f"| {md(n)} | {f4(_get(v, 'precision'))} | {f4(_get(v, 'recall'))} | "
+                f"{f4(_get(v, 'f1'))} | {md(_get(v, 'support'))} |"
+                for n, v in _items(ev.get("per_class"))
             ),
         ]
     elif ev.get("images"):
         lines.append(
-            f"Micro F1 {ev['micro_f1']:.4f}, macro F1 {ev['macro_f1']:.4f} at threshold "
-            f"{ev['threshold']} ({ev['images']} images)."
+            f"Micro F1 {f4(ev.get('micro_f1'))}, macro F1 {f4(ev.get('macro_f1'))} at "
+            f"threshold {md(ev.get('threshold'))} ({md(ev['images'])} images)."
         )
     else:
         lines.append("Not evaluated (no validation data).")
@@ -109,7 +113,7 @@ def render_model_card(run_dir: str | os.PathLike) -> str:
         lines += [f"- {_export_line(e)}" for e in exports]
     versions = config.get("versions") or {}
     if versions:
-        lines += ["", "## Versions", ", ".join(f"{k} {v}" for k, v in versions.items())]
+        lines += ["", "## Versions", ", ".join(f"{md(k)} {md(v)}" for k, v in _items(versions))]
     return "\n".join(lines) + "\n"
 
 
@@ -126,20 +130,26 @@ def _metric_lines(metrics: dict) -> list[str]:
     rows = [r for r in rows if r[1] is not None]
     if rows:
         lines += ["| split | accuracy | loss | images |", "|---|---:|---:|---:|"]
-        lines += [f"| {n} | {a:.4f} | {lo:.4f} | {i} |" for n, a, lo, i in rows]
+        lines += [f"| {n} | {f4(a)} | {f4(lo)} | {md(i)} |" for n, a, lo, i in rows]
         lines.append("")
-    if scores.kept_line(metrics):
-        lines += [scores.kept_line(metrics), ""]
+    kept = metrics.get("kept")
+    if isinstance(kept, dict) and "epoch" in kept and scores.kept_line(metrics):
+        lines += [md(scores.kept_line(metrics)), ""]
     return lines
 
 
 def _export_line(entry: dict) -> str:
+    entry = entry if isinstance(entry, dict) else {}
     check = entry.get("check", {})
-    text = f"`{entry.get('path')}` ({entry.get('format')}, quantize {entry.get('quantize')})"
+    check = check if isinstance(check, dict) else {}
+    text = (
+        f"{code(entry.get('path'))} ({md(entry.get('format'))}, "
+        f"quantize {md(entry.get('quantize'))})"
+    )
     if "max_abs_diff" in check:
-        text += f": max abs diff {check['max_abs_diff']:.2e}"
+        text += f": max abs diff {f4(check['max_abs_diff'], '.2e')}"
     if "top1_agreement" in check:
-        text += f", top-1 agreement {check['top1_agreement']:.3f}"
+        text += f", top-1 agreement {f4(check['top1_agreement'], '.3f')}"
     return text
 
 
@@ -150,6 +160,24 @@ def md(value) -> str:
     for char in "\\`*_[]|":
         text = text.replace(char, "\\" + char)
     return text
+
+
+def f4(value, spec: str = ".4f") -> str:
+    """A number formatted by ``spec``; anything else (a tampered ``metrics.json``) as
+    inert text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, spec)
+    return md(value)
+
+
+def _get(mapping, *keys):
+    for key in keys:
+        mapping = mapping.get(key) if isinstance(mapping, dict) else None
+    return mapping
+
+
+def _items(mapping) -> list:
+    return list(mapping.items()) if isinstance(mapping, dict) else []
 
 
 def code(value) -> str:

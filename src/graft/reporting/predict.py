@@ -218,7 +218,9 @@ def json_record(prediction: Prediction) -> dict:
 
 
 class _Stdout:
-    """``sys.stdout`` that writes file names that are not valid UTF-8 as their bytes."""
+    """``sys.stdout`` that writes file names that are not valid UTF-8 as their bytes, and
+    a row its encoding cannot hold (``café`` on an ASCII stdout) as UTF-8 bytes: every
+    prediction is written, its names unaltered."""
 
     def write(self, text: str) -> None:
         buffer = getattr(sys.stdout, "buffer", None)
@@ -226,7 +228,11 @@ class _Stdout:
             sys.stdout.write(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
             return
         sys.stdout.flush()
-        buffer.write(text.encode(sys.stdout.encoding or "utf-8", "surrogateescape"))
+        try:
+            data = text.encode(sys.stdout.encoding or "utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            data = text.encode("utf-8", "surrogateescape")
+        buffer.write(data)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -33,13 +34,27 @@ class DiskFullError(GraftError, OSError):
     """The disk holding the run folder or cache is full (also an ``OSError``)."""
 
 
+#: The errors of a folder graft may not write in (a read-only disk, no permission).
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _disk_full(path: Path, exc: OSError) -> OSError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(
             f"No space left on the device while writing {path}.",
-            hint="free some space, or pass another out=DIR (or cache_dir= for the cache).",
+            hint="free some space, or pass another out=DIR (or cache_dir=DIR for the cache).",
         )
+    if exc.errno in NOT_WRITABLE:
+        return not_writable(path, exc)
     return exc
+
+
+def not_writable(path, exc: OSError) -> GraftError:
+    """One clear error for a file graft cannot write (read-only disk, permissions)."""
+    return GraftError(
+        f"Cannot write {path}: {exc.strerror or 'not writable'}.",
+        hint="make the folder writable, or pass another out=DIR.",
+    )
 
 
 def _umask() -> int:
@@ -61,12 +76,48 @@ def shared_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~_umask()
 
 
+def refuse_foreign(path: str | os.PathLike, folder: bool = False) -> None:
+    """Refuse (one clear error) when ``path`` exists as something graft does not write
+    there: a symbolic link (whose target graft would change or fill), or a folder where
+    a file goes (a file where a folder goes). Nothing is followed, truncated or removed."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        what = "a symbolic link"
+    elif folder and not stat.S_ISDIR(info.st_mode):
+        what = "not a folder"
+    elif not folder and not stat.S_ISREG(info.st_mode):
+        what = "not a regular file"
+    else:
+        return
+    raise GraftError(
+        f"{path} is {what}, which graft did not create; refusing to write through or replace it.",
+        hint=f"move {path} away if you did not put it there, or pass another out=DIR.",
+    )
+
+
+def own_folder(path: str | os.PathLike) -> Path:
+    """Create ``path``, a folder graft keeps inside a run folder (``checkpoint/``), or
+    use it as it is; refused when it is a link or not a folder (never followed)."""
+    path = Path(path)
+    refuse_foreign(path, folder=True)
+    path.mkdir(parents=True, exist_ok=True)
+    refuse_foreign(path, folder=True)  # raced: something else appeared
+    return path
+
+
 @contextlib.contextmanager
 def _replacing(path: Path, suffix: str):
     """A fresh temporary file name next to ``path`` (mode as the umask gives): renamed to
     ``path`` when the block succeeds, removed when it fails. The one rename-or-clean rule."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    refuse_foreign(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise _disk_full(path, exc) from None
     os.fchmod(fd, shared_mode())  # mkstemp makes 0600; the artifact follows the umask
     try:
         yield fd, tmp
@@ -145,6 +196,9 @@ def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = 
         return path
     overwrite, ours = check_reusable(path, overwrite, run_dir)
     if overwrite:
+        for name in sorted(ours):  # all checked before anything is removed
+            target = path / name
+            refuse_foreign(target, folder=target.is_dir() and not target.is_symlink())
         for name in sorted(ours):
             target = path / name
             if target.is_dir() and not target.is_symlink():

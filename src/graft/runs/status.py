@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from graft.config import paths
 from graft.config.settings import read_run_config
 from graft.errors import GraftError
 from graft.runs import files as runs
@@ -56,7 +57,7 @@ def saved_config(run_dir: str | Path) -> dict:
             f"{run_dir} finished training already; there is nothing to resume.",
             hint="start a new run with another out=DIR.",
         )
-    return config
+    return paths.located(config, run_dir)
 
 
 def read_status(run_dir: str | Path) -> dict:
@@ -98,11 +99,26 @@ def status_note(run_dir: str | Path) -> str | None:
     return line
 
 
+def interruption(exc: BaseException) -> BaseException | None:
+    """The interruption (an exception with a ``signal_name``, or ``KeyboardInterrupt``)
+    that ``exc`` is or wraps: TensorFlow re-raises an exception raised while tracing a
+    function as a ``StagingError`` whose context is the original."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if getattr(exc, "signal_name", None) is not None or isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def describe_failure(exc: BaseException) -> tuple[str, dict]:
     """``(status, details)`` for ``status.json`` after ``exc`` ended a run.
 
-    An interruption is an exception with a ``signal_name`` (``Interrupted``), or Ctrl-C.
+    An interruption is an exception with a ``signal_name`` (``Interrupted``), or Ctrl-C,
+    also when TensorFlow wrapped it (a signal while a function was being traced).
     """
+    exc = interruption(exc) or exc
     signal_name = getattr(exc, "signal_name", None)
     if signal_name is not None:
         return "interrupted", {"signal": signal_name, "error": getattr(exc, "message", str(exc))}

@@ -41,6 +41,7 @@ from graft.core.model_utils import (
     pooling_layers_of,
     weights_fingerprint,
 )
+from graft.data.content import file_digest
 from graft.training.feed import FEATURES, Inputs, cycled
 from graft.training.store import open_store
 
@@ -55,14 +56,6 @@ def default_dir() -> Path:
     return Path(root) / "features"
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def content_fingerprint(paths=None, images=None) -> str:
     """A digest of the exact inputs, in order: file contents, or an image array."""
     digest = hashlib.blake2b(digest_size=16)
@@ -72,7 +65,7 @@ def content_fingerprint(paths=None, images=None) -> str:
         digest.update(array.tobytes())
         return digest.hexdigest()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for item in pool.map(_file_digest, list(paths)):
+        for item in pool.map(file_digest, list(paths)):
             digest.update(item.encode())
     return digest.hexdigest()
 

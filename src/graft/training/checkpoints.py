@@ -198,6 +198,7 @@ class Checkpointer(Hook):
     """
 
     def __init__(self, run_dir: str | Path, log=print, fingerprints: dict | None = None):
+        runs.refuse_foreign(checkpoint_dir(run_dir), folder=True)  # before any epoch
         self.run_dir = Path(run_dir)
         self.log = log
         self.fingerprints = fingerprints or {}
@@ -237,7 +238,7 @@ class Checkpointer(Hook):
         write only those training can change (:func:`snapshots.changing`). A hook's
         arrays are written again only when they are other array objects than the last
         ones written (a hook replaces its arrays, it never changes them in place)."""
-        folder = checkpoint_dir(self.run_dir)
+        folder = runs.own_folder(checkpoint_dir(self.run_dir))
         old = self.state
         epoch = row["epoch"]
         weights = f"weights-e{epoch:04d}.npz"
@@ -382,8 +383,13 @@ def stop_on_signals(checkpointer: Checkpointer | None):
 
 
 def as_user_error(exc: BaseException, batch_size: int) -> BaseException:
-    """Turn resource exhaustion into one actionable line; anything else is unchanged."""
+    """Turn resource exhaustion into one actionable line, and an interruption TensorFlow
+    wrapped (a signal while tracing) back into itself; anything else is unchanged."""
     from graft.errors import TrainingFailed
+
+    interrupted = run_status.interruption(exc)
+    if interrupted is not None:
+        return interrupted
 
     name = type(exc).__name__
     if name == "ResourceExhaustedError" or isinstance(exc, MemoryError):

@@ -210,10 +210,18 @@ def undistributed(model):
     A model built under a strategy keeps it: ``predict_on_batch`` then returns one
     output per replica and the saved model carries mirrored variables. The trained
     values are copied into a clone built outside the scope for evaluation and saving.
+    The clone is not compiled (the run compiles it for shipping): cloning a compiled
+    model would rebuild its optimizer from its config, which a ``MultiOptimizer`` with
+    a Python selector (fine-tuning's per-group rates) cannot do.
     """
     import keras
 
-    plain = keras.models.clone_model(model)
+    compiled = model.compiled
+    model.compiled = False  # clone_model compiles the clone from a compiled model's config
+    try:
+        plain = keras.models.clone_model(model)
+    finally:
+        model.compiled = compiled
     plain.set_weights(model.get_weights())
     return plain
 

@@ -46,7 +46,16 @@ def validate(state: State, phases: list, run_dir: str | Path) -> None:
 
 def check_unchanged(state: State, now: dict, run_dir: str | Path) -> None:
     """Refuse to continue when the data, backbone or settings differ from the start."""
-    changes = fingerprints.differences(state.fingerprints or {}, now)
+    saved = state.fingerprints or {}
+    if saved and now and saved.get("format", 1) != now.get("format"):
+        raise GraftError(
+            f"Cannot resume {run_dir}: its checkpoint records fingerprints of format "
+            f"{saved.get('format', 1)!r}, written by an older graft; this graft compares "
+            f"format {now.get('format')!r} (data by content) and cannot tell whether the "
+            "data changed.",
+            hint="start a new run with another out=DIR, or resume with the graft that started it.",
+        )
+    changes = fingerprints.differences(saved, now)
     if changes:
         raise GraftError(
             f"Cannot resume {run_dir}: since it started, its {'; '.join(changes)} changed.",

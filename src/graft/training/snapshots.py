@@ -13,6 +13,8 @@ hundred KB for a head on a backbone of millions of parameters, instead of all of
 from __future__ import annotations
 
 import io
+import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -38,8 +40,21 @@ def save_indexed(path: Path, arrays: dict[int, np.ndarray]) -> None:
 
 
 def load_indexed(path: Path) -> dict[int, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {int(k[1:]): data[k] for k in data.files}
+    """The arrays of a checkpoint file by index; a damaged file (truncated, another
+    format, a compressed member graft never writes) is one clear :class:`GraftError`."""
+    try:
+        with zipfile.ZipFile(path) as archive:  # sizes checked before anything is read
+            packed = [m.filename for m in archive.infolist() if m.compress_type]
+        if packed:
+            raise ValueError(f"compressed member {packed[0]!r} (graft writes them stored)")
+        with np.load(path, allow_pickle=False) as data:
+            return {int(k[1:]): data[k] for k in data.files}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        text = str(exc).strip().splitlines()
+        raise GraftError(
+            f"The checkpoint file {path} is damaged: {text[0] if text else type(exc).__name__}.",
+            hint="start a new run with another out=DIR (or put the checkpoint back as it was).",
+        ) from None
 
 
 def load_arrays(path: Path) -> list[np.ndarray]:
