@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +311,42 @@ def test_data_check_says_one_file(tmp_path, digits):
     write_folder(tmp_path / "one", x[:1], y[:1], {int(y[0]): "a"})
     head = datacheck.check(load_source(tmp_path / "one"), min_size=1).lines()[0]
     assert "1 file scanned" in head, head
+
+
+def test_predict_fails_when_every_input_was_skipped(small_run, tmp_path, capsys):
+    from graft import cli
+
+    out, _ = small_run
+    (tmp_path / "broken.png").write_bytes(b"this is not a png")
+    code = cli.main(["predict", str(out), str(tmp_path / "broken.png")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "predicted 0 images; skipped 1 unreadable file" in err
+    assert "every one of the 1 input files was skipped" in err and "Traceback" not in err
+
+
+def test_default_run_folder_is_the_next_free_runs_train_n(tmp_path, monkeypatch):
+    from graft.api import preflight
+
+    monkeypatch.chdir(tmp_path)
+    assert preflight.default_out() == Path("runs/train-1")
+    (tmp_path / "runs" / "train-1").mkdir(parents=True)
+    (tmp_path / "runs" / "train-7").mkdir()
+    (tmp_path / "runs" / "train-x").mkdir()
+    assert preflight.default_out() == Path("runs/train-8")
+
+
+def test_train_without_out_writes_runs_train_n(tmp_path, monkeypatch, digits_folder, cnn_file):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "train-2").mkdir(parents=True)
+    args = [str(digits_folder), "--backbone", str(cnn_file), "--cut", "block3_pool"]
+    args += ["--strategy", "feature", "--epochs", "1", "--batch-size", "32"]
+    done = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, "train", *args],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert json.loads(done.stdout.strip().splitlines()[-1])["code"] == 0, done.stderr
+    assert "Run folder: runs/train-3 (no --out given)" in done.stdout
+    status = json.loads((tmp_path / "runs" / "train-3" / "status.json").read_text())
+    assert status["status"] == "completed"

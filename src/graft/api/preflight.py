@@ -78,3 +78,20 @@ def check_source(source, name: str = "DATA") -> None:
             f"{kind} not found for {name}: {source}.",
             hint="pass a folder with one subfolder of images per class, or a .csv manifest.",
         )
+
+
+#: Where ``graft train`` puts a run given no ``--out``: ``runs/train-1``, ``runs/train-2``...
+DEFAULT_RUNS = Path("runs")
+
+
+def default_out(root: str | os.PathLike = DEFAULT_RUNS, prefix: str = "train") -> Path:
+    """The next free numbered run folder, ``ROOT/PREFIX-N`` (one more than the highest N
+    there, as Ultralytics numbers its runs; never an existing folder)."""
+    root = Path(root)
+    taken = [0]
+    if root.is_dir():
+        for entry in root.iterdir():
+            number = entry.name.removeprefix(f"{prefix}-")
+            if entry.name.startswith(f"{prefix}-") and number.isdigit():
+                taken.append(int(number))
+    return root / f"{prefix}-{max(taken) + 1}"

@@ -15,6 +15,7 @@ from graft import progress
 from graft.cli import options
 from graft.cli.base import GraftCommand, GraftGroup, console, import_backend, log
 from graft.config import catalog, names
+from graft.errors import GraftError
 
 
 @click.command(cls=GraftCommand)
@@ -100,11 +101,17 @@ def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
         min_size=min_size,
     )
     where = f" to {out}" if out not in (None, "-") else ""
+    n, bad = summary.predicted, len(summary.skipped)
     print(
-        f"graft: predicted {summary.predicted} image(s){where}; "
-        f"skipped {len(summary.skipped)} unreadable file(s)",
+        f"graft: predicted {n} image{'' if n == 1 else 's'}{where}; "
+        f"skipped {bad} unreadable file{'' if bad == 1 else 's'}",
         file=sys.stderr,
     )
+    if n == 0 and bad:
+        raise GraftError(
+            f"no image could be read: every one of the {bad} input files was skipped.",
+            hint="see the reasons above.",
+        )
 
 
 @click.command(cls=GraftCommand)

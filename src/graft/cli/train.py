@@ -57,7 +57,13 @@ _unsafe_option = _opt(
     help="Start from the settings in this YAML file (e.g. an earlier run's config.yaml); "
     "flags given on the command line override them.",
 )
-@_opt("--out", "-o", group="run", type=_PATH, help="Run folder for model and reports.")
+@_opt(
+    "--out",
+    "-o",
+    group="run",
+    type=_PATH,
+    help="Run folder for model and reports (default: runs/train-N, the next free N).",
+)
 @_opt(
     "--resume",
     group="run",
@@ -123,12 +129,16 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
             raise GraftError("Missing --backbone.", hint="pass --backbone NAME or --config FILE.")
         _print_plan(backbone, settings)
         return
-    if data is None or not backbone or out is None:
+    if data is None or not backbone:
         raise GraftError(
-            "train needs DATA, --backbone and --out.",
+            "train needs DATA and --backbone.",
             hint="or --config FILE for the settings, or --resume RUN_DIR to continue a run.",
         )
     from graft.api import preflight
+
+    if out is None:
+        out = preflight.default_out()
+        log(f"Run folder: {out} (no --out given)")
 
     # Every mistake that needs no model is refused before TensorFlow is imported.
     preflight.check_train(
