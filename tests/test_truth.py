@@ -350,3 +350,50 @@ def test_train_without_out_writes_runs_train_n(tmp_path, monkeypatch, digits_fol
     assert "Run folder: runs/train-3 (no --out given)" in done.stdout
     status = json.loads((tmp_path / "runs" / "train-3" / "status.json").read_text())
     assert status["status"] == "completed"
+
+
+def _fake_cache(root):
+    old = time.time() - 10 * 86400
+    for kind, key, age in (
+        ("features", "a", old),
+        ("features", "b", None),
+        ("activations", "c", old),
+    ):
+        for suffix in (".json", ".npy"):
+            path = root / kind / f"{key}{suffix}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x" * 1000)
+            if age is not None:
+                os.utime(path, (age, age))
+    part = root / "features" / "d.npy.part"  # being written by a live run
+    part.write_bytes(b"x")
+
+
+def test_graft_cache_lists_kinds_without_tensorflow(tmp_path):
+    _fake_cache(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, "cache", "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "120"},
+    )  # fmt: skip
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "tf": False}, done.stderr
+    rows = {line.split()[1]: line for line in done.stdout.splitlines() if "│ " in line}
+    assert "3" in rows["features"].split() and "10d ago" in rows["features"]
+    assert "1" in rows["activations"].split()
+
+
+def test_graft_cache_clears_what_is_older_than_an_age(tmp_path, monkeypatch):
+    from graft.api import caches
+    from graft.training import cache
+
+    monkeypatch.setenv("GRAFT_CACHE", str(tmp_path))
+    assert caches.cache_root() / "features" == cache.default_dir()
+    _fake_cache(tmp_path)
+    assert caches.clear(older_than="7d") == (2, 4000)  # a and c; b is new, d in progress
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [
+        "b.json", "b.npy", "d.npy.part",
+    ]  # fmt: skip
+    assert caches.clear() == (1, 2000)  # b; never the part file of a live write
+    with pytest.raises(Exception, match="older_than must be an age"):
+        caches.clear(older_than="soon")
