@@ -397,3 +397,18 @@ def test_graft_cache_clears_what_is_older_than_an_age(tmp_path, monkeypatch):
     assert caches.clear() == (1, 2000)  # b; never the part file of a live write
     with pytest.raises(Exception, match="older_than must be an age"):
         caches.clear(older_than="soon")
+
+
+def test_lr_find_plot_is_not_flattened_by_the_final_spike(tmp_path):
+    import math
+
+    from graft.training import lrfind
+
+    lrs = [10 ** (-7 + 8 * i / 99) for i in range(100)]
+    smoothed = [2.3 - 1.5 * math.exp(-(((i - 60) / 15) ** 2)) for i in range(95)]
+    smoothed += [50.0, 500.0, 5e3, 5e4, 5e5]  # the divergence at the end
+    low, high = lrfind.y_limits(smoothed)
+    assert low < min(smoothed) < high < 10, (low, high)
+    found = lrfind.LRFindResult(lrs, smoothed, smoothed, 1e-3, 1e-7, 10.0)
+    _, png = found.write(tmp_path)
+    assert png.is_file()
