@@ -412,3 +412,43 @@ def test_lr_find_plot_is_not_flattened_by_the_final_spike(tmp_path):
     found = lrfind.LRFindResult(lrs, smoothed, smoothed, 1e-3, 1e-7, 10.0)
     _, png = found.write(tmp_path)
     assert png.is_file()
+
+
+LABELS = {"five": "round|tall", "six": "round", "seven": "tall"}
+
+
+def test_multi_label_predict_gives_every_label_over_the_threshold(
+    tmp_path, digits_folder, cnn_file
+):
+    import csv
+    import io
+
+    import numpy as np
+
+    import graft
+    from graft.api import outputs
+    from graft.data.pipelines import load_image
+
+    images = sorted(digits_folder.rglob("*.png"))[::3][:40]
+    rows = ["path,label"]
+    for p in images:
+        rows.append(f"{p},{LABELS[p.parent.name]}")
+    (tmp_path / "ml.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    run = graft.train(
+        str(tmp_path / "ml.csv"), str(cnn_file), out, cut="block3_pool", strategy="feature",
+        epochs=2, lr=0.01, batch_size=16, val_split=0.25, log=lambda _: None, verbose=0,
+    )  # fmt: skip
+    buffer = tmp_path / "pred.csv"
+    outputs.predict(out, [str(p) for p in images[:10]], str(buffer))
+    table = list(csv.reader(io.StringIO(buffer.read_text())))
+    assert table[0] == ["path", "labels", "probabilities"]
+    _, h, w, ch = run.model.input_shape
+    for path, labels, probabilities in table[1:]:
+        probs = run.model.predict(np.asarray(load_image(path, (h, w), ch))[None], verbose=0)[0]
+        expected = [run.classes[i] for i in np.argsort(-probs) if probs[i] >= 0.5]
+        assert (labels.split("|") if labels else []) == expected
+        shown = [float(v) for v in probabilities.split("|")] if probabilities else []
+        assert all(v >= 0.5 for v in shown) and shown == sorted(shown, reverse=True)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Task: multi-label classification" in card and "at least 0.5" in card

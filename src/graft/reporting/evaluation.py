@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graft.config.defaults import MULTI_LABEL_THRESHOLD
 from graft.runs.model_io import is_multi_label
 
 DIGITS = 4  # metrics are rounded to this many decimals in metrics.json
@@ -185,7 +186,7 @@ def classification_metrics(
 
 
 def multilabel_metrics(
-    y_true, probs: np.ndarray, labels: list[str], threshold: float = 0.5
+    y_true, probs: np.ndarray, labels: list[str], threshold: float = MULTI_LABEL_THRESHOLD
 ) -> dict:
     """Multi-label metrics (several labels per image) at a probability threshold.
 
@@ -237,7 +238,7 @@ def evaluate_model(
     classes: list[str],
     keep_worst: int = 16,
     top_k: Iterable[int] = (2, 3, 5),
-    threshold: float = 0.5,
+    threshold: float = MULTI_LABEL_THRESHOLD,
     paths: Sequence[str] | None = None,
     pixels: Callable[[int], np.ndarray] | None = None,
 ) -> Evaluation:
