@@ -452,3 +452,19 @@ def test_multi_label_predict_gives_every_label_over_the_threshold(
         assert all(v >= 0.5 for v in shown) and shown == sorted(shown, reverse=True)
     card = (out / "MODEL_CARD.md").read_text()
     assert "Task: multi-label classification" in card and "at least 0.5" in card
+
+
+def test_head_phase_bar_never_counts_past_the_epoch(tmp_path, digits_folder, cnn_file, capfd):
+    import graft
+    from graft.training import trainer
+
+    assert [trainer.steps_per_execution(n) for n in (None, 1, 4, 34, 64, 100, 128)] == [
+        1, 1, 4, 34, 64, 50, 64,
+    ]  # fmt: skip
+    graft.train(
+        digits_folder, backbone=str(cnn_file), out=tmp_path / "run", cut="block3_pool",
+        strategy="feature", epochs=1, batch_size=8, log=lambda _: None, verbose=2,
+    )  # fmt: skip
+    printed = capfd.readouterr().out
+    counts = re.findall(r"(\d+)/(\d+) - ", printed)
+    assert counts and all(int(a) <= int(b) for a, b in counts), counts
