@@ -379,10 +379,8 @@ def cache(clear_, older_than, kind, root):
         return
     table = Table("kind", "entries", "MB", "newest", "oldest", title=f"Cache: {root}")
     for k in kinds:
-        table.add_row(
-            k.kind, str(k.entries), f"{k.bytes / 1e6:.1f}", _age(k.newest_seconds),
-            _age(k.oldest_seconds),
-        )  # fmt: skip
+        ages = _age(k.newest_seconds), _age(k.oldest_seconds)
+        table.add_row(k.kind, str(k.entries), f"{k.bytes / 1e6:.1f}", *ages)
     console.print(table)
     total = sum(k.bytes for k in kinds)
     log(f"Total {total / 1e6:.1f} MB; clear with: graft cache --clear [--older-than 7d]")
