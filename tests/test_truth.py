@@ -452,6 +452,9 @@ def test_multi_label_predict_gives_every_label_over_the_threshold(
         assert all(v >= 0.5 for v in shown) and shown == sorted(shown, reverse=True)
     card = (out / "MODEL_CARD.md").read_text()
     assert "Task: multi-label classification" in card and "at least 0.5" in card
+    outputs.export(out, "keras", tmp_path / "export" / "model.keras")
+    (entry,) = json.loads((out / "exports.json").read_text())
+    assert entry["task"] == "multi_label" and entry["threshold"] == 0.5
 
 
 def test_head_phase_bar_never_counts_past_the_epoch(tmp_path, digits_folder, cnn_file, capfd):
