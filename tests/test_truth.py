@@ -471,3 +471,14 @@ def test_head_phase_bar_never_counts_past_the_epoch(tmp_path, digits_folder, cnn
     printed = capfd.readouterr().out
     counts = re.findall(r"(\d+)/(\d+) - ", printed)
     assert counts and all(int(a) <= int(b) for a, b in counts), counts
+
+
+def test_preflight_lets_the_auto_strategy_through_and_checks_the_rest(digits_folder):
+    from graft.api import preflight
+    from graft.errors import GraftError
+
+    preflight.check_train(digits_folder, "mobilenet_v2", settings={"strategy": "auto"})
+    with pytest.raises(GraftError, match="batch_size must be at least 1"):
+        preflight.check_train(
+            digits_folder, "mobilenet_v2", settings={"strategy": "auto", "batch_size": 0}
+        )

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from graft.config.catalog import CATALOG
+from graft.config.names import AUTO_STRATEGY
 from graft.config.settings import TrainConfig
 from graft.errors import DataError, GraftError, UnknownNameError, did_you_mean
 from graft.runs import files
@@ -36,7 +37,10 @@ def check_train(
         settings: :class:`~graft.config.TrainConfig` fields, validated as the run would.
     """
     if isinstance(backbone, (str, os.PathLike)):
-        TrainConfig(backbone=str(backbone), **(settings or {}))
+        settings = dict(settings or {})
+        if settings.get("strategy") == AUTO_STRATEGY:  # the search picks it (graft.api.auto)
+            settings.pop("strategy")
+        TrainConfig(backbone=str(backbone), **settings)
         check_backbone(str(backbone))
     for name, source in (("DATA", data), ("--val", val), ("--test", test)):
         check_source(source, name)
