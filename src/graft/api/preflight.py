@@ -74,8 +74,8 @@ def check_backbone(name: str) -> None:
 
 def check_source(source, name: str = "DATA") -> None:
     """A data path (folder or ``.csv``) must exist."""
-    if not isinstance(source, (str, os.PathLike)):
-        return
+    if not isinstance(source, (str, os.PathLike)) or "://" in str(source):
+        return  # arrays, datasets; a URL-like source is its reader's to check
     if not Path(source).expanduser().exists():
         kind = "CSV manifest" if str(source).lower().endswith(".csv") else "Data folder"
         raise DataError(
