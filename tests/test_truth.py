@@ -201,7 +201,7 @@ def test_demo_prints_one_spread_per_value():
 def test_report_timing_shows_the_whole_run_beside_training(small_run):
     out, _ = small_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["run_seconds"] >= metrics["seconds"] > 0
+    assert metrics["whole_run"]["seconds"] >= metrics["seconds"] > 0
     text = _visible_text(out / "report.html")
     assert "whole run until the report" in text and "training (all phases)" in text
     assert "total training" not in text

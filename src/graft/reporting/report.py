@@ -385,8 +385,9 @@ def _timing_section(metrics: dict) -> str:
     ev = metrics.get("evaluation") or {}
     if "seconds" in ev:
         rows.append(["evaluation", "", ev["seconds"]])
-    if metrics.get("run_seconds") is not None:
-        rows.append(["whole run until the report", "", metrics["run_seconds"]])
+    whole = (metrics.get("whole_run") or {}).get("seconds")
+    if whole is not None:
+        rows.append(["whole run until the report", "", whole])
     table = _table(["step", "epochs", "seconds"], rows, {1, 2})
     return table + (
         '<p class="muted">Training is the phases alone; the whole run adds the data check, '
