@@ -179,7 +179,7 @@ def test_evaluation_runs_the_top_on_cached_activations(
     images; once the bottom's weights differ from the cached ones it is not used."""
     import json
 
-    from graft.api import finish
+    from graft.api import pipeline
     from graft.reporting import evaluation
 
     used, caches = [], []
@@ -197,7 +197,7 @@ def test_evaluation_runs_the_top_on_cached_activations(
     monkeypatch.setattr(activations.ActivationCache, "evaluator", spy_evaluator)
     _train(digits_folder, cnn_file, tmp_path, out=tmp_path / "a", val_split=0.3)
     assert used == ["graft_top"]
-    monkeypatch.setattr(finish, "_evaluated_on", lambda *a: ())
+    monkeypatch.setattr(pipeline, "_evaluated_on", lambda *a: None)
     _train(digits_folder, cnn_file, tmp_path, out=tmp_path / "b", val_split=0.3)
     assert used[1] != "graft_top"
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text())["evaluation"] for d in "ab")

@@ -290,3 +290,76 @@ def test_top_level_names(name):
     import graft
 
     assert getattr(graft, name) is not None
+
+
+#: The most required parameters a function may take; a step that needs more takes one
+#: frozen bundle (see ``graft.api.pipeline``). Click command handlers are exempt: click
+#: passes every option as its own keyword argument.
+MAX_REQUIRED = 6
+#: Known violations still to remove. Must end empty (a fixed one must leave the list).
+PARAMETER_EXCEPTIONS: set[str] = set()
+
+
+def _is_click_handler(node: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Decorated with ``@click.command``/``@click.group`` or ``@<group>.command``."""
+    for decorator in node.decorator_list:
+        target = decorator.func if isinstance(decorator, ast.Call) else decorator
+        if isinstance(target, ast.Attribute) and target.attr in ("command", "group"):
+            return True
+    return False
+
+
+def _required(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    args = node.args
+    positional = [*args.posonlyargs, *args.args]
+    if positional and positional[0].arg in ("self", "cls"):
+        positional = positional[1:]
+    with_defaults = len(args.defaults)
+    required = len(positional) - with_defaults
+    return max(0, required) + sum(d is None for d in args.kw_defaults)
+
+
+def _functions(tree: ast.AST, prefix: str):
+    """``(qualified name, node)`` of every function, methods and nested ones included."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield f"{prefix}.{node.name}", node
+            yield from _functions(node, f"{prefix}.{node.name}")
+        elif isinstance(node, ast.ClassDef):
+            yield from _functions(node, f"{prefix}.{node.name}")
+        else:
+            yield from _functions(node, prefix)
+
+
+def too_many_parameters(source_dir: Path = SRC) -> dict[str, int]:
+    found = {}
+    for path in sorted(source_dir.rglob("*.py")):
+        module = ".".join(path.relative_to(source_dir.parent).with_suffix("").parts)
+        tree = ast.parse(path.read_text("utf-8"))
+        for name, node in _functions(tree, module):
+            if not _is_click_handler(node) and _required(node) > MAX_REQUIRED:
+                found[name] = _required(node)
+    return found
+
+
+def test_no_function_takes_more_than_six_required_parameters():
+    found = too_many_parameters()
+    assert {k: v for k, v in found.items() if k not in PARAMETER_EXCEPTIONS} == {}
+    assert PARAMETER_EXCEPTIONS <= set(found), "an exception was fixed: drop it from the list"
+
+
+def test_the_parameter_rule_can_fail(tmp_path):
+    package = tmp_path / "graft"
+    package.mkdir()
+    (package / "wide.py").write_text(
+        "import click\n"
+        "def wide(a, b, c, d, e, f, g, h=1): ...\n"
+        "def fine(a, b, c, d, e, f, *, g=1): ...\n"
+        "def keyword(a, *, b, c, d, e, f, g): ...\n"
+        "class K:\n"
+        "    def method(self, a, b, c, d, e, f): ...\n"
+        "@click.command()\n"
+        "def handler(a, b, c, d, e, f, g): ...\n",
+        "utf-8",
+    )
+    assert too_many_parameters(package) == {"graft.wide.wide": 7, "graft.wide.keyword": 7}

@@ -8,7 +8,7 @@ import pytest
 
 import graft
 from conftest import IMAGE
-from graft.api import finish
+from graft.api import pipeline
 from graft.reporting import drift
 from graft.training import activations
 
@@ -28,7 +28,7 @@ def _drift(data, backbone, out, monkeypatch, cached_inputs: bool):
 
     monkeypatch.setattr(drift, "measure", spy)
     if not cached_inputs:
-        monkeypatch.setattr(finish, "_drift_inputs", lambda *a: None)
+        monkeypatch.setattr(pipeline, "_drift_inputs", lambda *a: None)
     run = graft.train(data, backbone=str(backbone), out=out, cache_dir=str(out.parent / "c"), **RUN)
     monkeypatch.undo()
     return run.metrics["feature_drift"], calls

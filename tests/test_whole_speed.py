@@ -20,17 +20,18 @@ from graft.reporting import drift, evaluation
 
 @pytest.fixture(scope="module")
 def feature_run(tmp_path_factory, digits_folder):
-    from graft.api import finish
+    from graft.api import pipeline
 
     seen: list = []
-    real = finish.report.finish_run
+    real = pipeline.report.finish_run
 
-    def spy(run_dir, model, *args, **kwargs):
-        seen.append(kwargs.get("head") or model)
-        return real(run_dir, model, *args, **kwargs)
+    def spy(run_dir, inputs):
+        val = inputs.validation
+        seen.append(inputs.model if val is None or val.model is None else val.model)
+        return real(run_dir, inputs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(finish.report, "finish_run", spy)
+    mp.setattr(pipeline.report, "finish_run", spy)
     try:
         out = tmp_path_factory.mktemp("whole") / "run"
         run = graft.train(

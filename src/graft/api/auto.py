@@ -7,7 +7,7 @@ A small KerasTuner search (``--budget-trials N``, default :data:`DEFAULT_TRIALS`
 - ``unfreeze_blocks`` (``blocks:N``) and ``finetune_lr``: only for strategies that
   unfreeze part of the backbone (KerasTuner conditional hyperparameters).
 
-Every trial is a short, in-memory :func:`graft.api.steps` run on the same split and
+Every trial is a short, in-memory :func:`graft.api.pipeline.execute` run on the same split and
 seed (:data:`TRIAL_EPOCHS` epochs, the feature cache makes frozen-backbone trials
 cheap), scored by validation accuracy (ties: lower validation loss, then the earlier
 trial). The chosen configuration is then trained with the full epoch budget into the
@@ -127,7 +127,7 @@ def search(
     """Run the search; returns the record written to ``auto_search.json``.
 
     Args:
-        request: The run to search for (a :class:`graft.api.steps.Request`; its
+        request: The run to search for (a :class:`graft.api.pipeline.Request`; its
             ``settings`` are shared by all trials, its data and validation data are used
             for every trial, its ``out``/``test``/reporting options are not).
         budget_trials: Number of trials.
@@ -140,7 +140,7 @@ def search(
     """
     import keras_tuner as kt
 
-    from graft.api.finish import execute
+    from graft.api.pipeline import execute
     from graft.core import backbones
     from graft.data.adapter import adapt
 
@@ -299,7 +299,7 @@ def train_auto(request, budget_trials: int | None = None):
     """``strategy="auto"``: search, then train the choice into the run folder.
 
     Args:
-        request: The run (a :class:`graft.api.steps.Request`; ``auto_search.json`` is
+        request: The run (a :class:`graft.api.pipeline.Request`; ``auto_search.json`` is
             written into its ``out``).
         budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
 
@@ -307,7 +307,7 @@ def train_auto(request, budget_trials: int | None = None):
         The :class:`graft.api.Run` of the chosen configuration, with
         ``metrics["auto_search"]`` (chosen settings and trial count).
     """
-    from graft.api.finish import execute
+    from graft.api.pipeline import execute
     from graft.runs import files, layout
     from graft.runs import metrics as run_metrics
 

@@ -146,8 +146,7 @@ def compare(
         One row per strategy with the keys of :data:`COLUMNS` (means over the seeds),
         ``<column>_std`` for :data:`AVERAGED` columns and ``seeds``.
     """
-    from graft.api.finish import execute
-    from graft.api.steps import Request
+    from graft.api.pipeline import Request, execute
 
     names = parse_strategies(strategies)
     if "strategy" in settings or "phases" in settings:
@@ -201,7 +200,7 @@ def _run_line(row: dict, folder: Path) -> str:
 def shared_scaling(data_source, backbone: str, settings: dict, safe_mode: bool, log) -> dict:
     """``settings`` with the input scaling inferred once for a model file, so every row
     (scratch, whose fresh weights hold no evidence, too) scales its input the same way."""
-    from graft.api import building, steps
+    from graft.api import building, pipeline
     from graft.config.settings import TrainConfig
     from graft.core import backbones
     from graft.data.adapter import adapt
@@ -212,7 +211,7 @@ def shared_scaling(data_source, backbone: str, settings: dict, safe_mode: bool, 
     weights = None if weights is not None and str(weights).lower() == "none" else weights
     cfg = TrainConfig(backbone=backbone, **{**settings, "weights": weights})
     bb = building.resolve_backbone(cfg, safe_mode)
-    steps.match_scaling(cfg, bb, adapt(data_source), log)
+    bb = pipeline.match_scaling(cfg, bb, adapt(data_source), log)
     if bb.scaling is None or bb.scaling["choice"] is None:
         return settings
     return {**settings, "preprocess": bb.preprocess}

@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import keras
 
+from graft.api import pipeline as p
 from graft.api import preflight
-from graft.api import steps as s
-from graft.api.finish import execute
+from graft.api.pipeline import execute
 from graft.api.result import Run
 from graft.config.settings import TrainConfig
 from graft.errors import GraftError
@@ -109,7 +109,7 @@ def train(
         raise GraftError("train needs data and a backbone (or resume=RUN_DIR).")
     if resume is None:  # names, paths and the run folder, before any data is read
         preflight.check_train(data_source, backbone, out, val=val, test=test, overwrite=overwrite)
-    request = s.Request(
+    request = p.Request(
         data_source,
         backbone,
         out,
@@ -198,22 +198,25 @@ def lr_find(
     from graft.training import lrfind
 
     settings.setdefault("val_split", 0.0)
-    cfg = TrainConfig(backbone=s.backbone_setting(backbone), **settings)
-    plan = s.resolve_plan(cfg)
+    req = p.Request(
+        data_source, backbone, classes=classes, log=log, safe_mode=safe_mode, settings=settings
+    )
+    # One device, whatever the settings say: the sweep is short and leaves no weights.
+    ctx = p.Context.of(req)
+    plan = ctx.plan
     if not 1 <= phase <= len(plan.phases):
         raise GraftError(
             f"phase must be 1..{len(plan.phases)} for this plan. Received: phase={phase}"
         )
-    req = s.Request(data_source, backbone, classes=classes, log=log, safe_mode=safe_mode)
-    data = dataclasses.replace(s.prepare_data(cfg, req), augment=None)  # sweep unaugmented
-    keras.utils.set_random_seed(cfg.seed)
-    built = s.build_model(cfg, data, plan, req)
-    pipes = s.make_pipelines(cfg, data, built.bb, s.Devices())
+    data = dataclasses.replace(p.prepare_data(ctx), augment=None)  # sweep unaugmented
+    keras.utils.set_random_seed(ctx.cfg.seed)
+    built = p.build_model(ctx, data)
+    pipes = p.make_pipelines(ctx, data, built.bb)
     trainer = Trainer(
         built.model, built.bb.blocks, loss=built.loss, metrics=built.metrics, log=log, verbose=0
     )
     if phase > 1:
-        trainer.fit(plan.phases[: phase - 1], pipes.train)
+        trainer.fit(list(plan.phases[: phase - 1]), pipes.train)
     found = lrfind.sweep(trainer, plan.phases[phase - 1], pipes.train, start_lr, end_lr, steps)
     if out is not None:
         found.write(out)

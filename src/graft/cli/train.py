@@ -110,7 +110,11 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
             log=log,
             verbose=fit_verbosity(),
             safe_mode=not settings["unsafe"],
-            **_given_with_resume(ctx, data, config_file, out, val, test, plan_file, settings),
+            **_given_with_resume(
+                ctx,
+                settings,
+                dict(data=data, config=config_file, out=out, val=val, test=test, plan=plan_file),
+            ),
         )
         _closing_lines(run)
         return
@@ -184,9 +188,10 @@ def _load_plan(path):
     return plans.load(path)
 
 
-def _given_with_resume(ctx, data, config_file, out, val, test, plan_file, settings) -> dict:
+def _given_with_resume(ctx, settings: dict, arguments: dict) -> dict:
     """The settings given on the command line with --resume (the library refuses any that
-    differ from the run's); arguments that cannot apply to a resumed run are refused."""
+    differ from the run's); ``arguments`` (DATA, --config, --out, --val, --test, --plan)
+    cannot apply to a resumed run and are refused when given."""
     from click.core import ParameterSource
 
     given = {
@@ -201,13 +206,7 @@ def _given_with_resume(ctx, data, config_file, out, val, test, plan_file, settin
         for k in ("overwrite", "tensorboard", "source_eval", "source_model", "budget_trials")
         if k in given
     ]
-    extra += [
-        k
-        for k, v in dict(
-            data=data, config=config_file, out=out, val=val, test=test, plan=plan_file
-        ).items()
-        if v is not None
-    ]
+    extra += [k for k, v in arguments.items() if v is not None]
     if extra:
         flags = ", ".join("DATA" if k == "data" else "--" + k.replace("_", "-") for k in extra)
         raise GraftError(
@@ -258,19 +257,18 @@ def _config_data(path: Path, data, val, test):
 
 def _print_plan(backbone: str, settings: dict) -> None:
     from graft.config import plans
-    from graft.config.phase import plan_head
+    from graft.config.phase import Plan
     from graft.config.settings import TrainConfig
 
     cfg = TrainConfig(backbone=str(backbone), **settings)
-    phases = cfg.resolved_plan()
-    rows = plans.rows(phases)
+    plan = Plan.of(cfg.resolved_plan(), cfg.head)
+    rows = plans.rows(list(plan.phases))
     title = f"Plan: {cfg.strategy if cfg.phases is None else 'custom'}"
     table = Table(*rows[0].keys(), title=title)
     for row in rows:
         table.add_row(*row.values())
     Console(width=max(console.width, 160)).print(table)  # a plan is wide: never truncate it
-    head = plan_head(phases)
-    head = cfg.head if head is None else head
+    head = plan.head
     lr_note = " (lr auto: the LR finder replaces the head lr)" if cfg.lr == "auto" else ""
     log(f"Head: {list(head) or 'linear'} hidden units, dropout {cfg.dropout:g}{lr_note}")
 

@@ -52,7 +52,8 @@ def make_portable(
 
     Args:
         config: Settings and run record; its ``data`` mapping holds absolute sources.
-        typed_sources: ``{"train" | "val" | "test": the source as typed}``.
+        typed_sources: ``{"train" | "val" | "test": the path as typed, or None}`` (the
+            data description's ``spelled``: in-memory data has no spelling).
         run_dir: The run folder, to record every path relative to it too.
 
     Returns:
@@ -68,7 +69,7 @@ def make_portable(
             config[name] = full
     data = config.get("data") or {}
     for split, value in (typed_sources or {}).items():
-        if isinstance(value, (str, os.PathLike)) and str(value) != data.get(split):
+        if value is not None and str(value) != data.get(split):
             typed.setdefault(f"data.{split}", str(value))
     if typed:
         config[AS_TYPED] = typed

@@ -7,6 +7,7 @@ another list. Validation errors name the phase field, like Keras names arguments
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from graft.config.defaults import DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_OPTIMIZER
@@ -132,10 +133,6 @@ class Phase:
             raise GraftError(f"Bad phase {data.get('name', '')!r}: {exc}") from None
 
 
-#: A plan is a list of phases, run in order.
-Plan = list[Phase]
-
-
 def _check_extras(phase: Phase) -> None:
     """Validate the per-block, schedule and regulariser fields of a phase."""
     name = phase.name
@@ -176,7 +173,22 @@ def _check_extras(phase: Phase) -> None:
             )
 
 
-def plan_head(phases: Plan) -> tuple[int, ...] | None:
+@dataclass(frozen=True)
+class Plan:
+    """What a run trains: its phases, run in order, and the one head they share."""
+
+    phases: tuple[Phase, ...]
+    #: The head's hidden units (a plan may fix its own, e.g. lp-ft's linear probe).
+    head: tuple[int, ...]
+
+    @classmethod
+    def of(cls, phases: Sequence[Phase], default_head) -> Plan:
+        """``phases`` with their head: the plan's own (:func:`plan_head`) or ``default_head``."""
+        head = plan_head(phases)
+        return cls(tuple(phases), default_head if head is None else head)
+
+
+def plan_head(phases: Sequence[Phase]) -> tuple[int, ...] | None:
     """The head layout a plan asks for (its first phase's ``head``), or ``None``."""
     if not phases:
         return None

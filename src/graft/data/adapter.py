@@ -8,8 +8,12 @@ its pipeline) and never checks the input's type again.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -19,12 +23,23 @@ from graft.data.sources import LabelledFiles, load_source, stratified_split
 from graft.errors import DataError
 
 
+@dataclass(frozen=True, eq=False)
 class DataAdapter:
-    """Labelled images of one kind; see :func:`adapt`."""
+    """Labelled images of one kind, classified once by :func:`adapt`.
+
+    This is the one description of the data that every later step reads: its ``kind``,
+    ``classes``, ``labels``, ``files``/``paths`` or ``images``, and where it came from
+    (``origin``). Nothing downstream looks at the raw input again. Frozen: a step that
+    needs other class names or a resized copy derives a new adapter
+    (:meth:`with_classes`, :meth:`fitted`, :meth:`split`).
+    """
 
     #: ``"files"``, ``"arrays"`` or ``"dataset"``.
-    kind = ""
-    classes: list[str] | None = None
+    kind: ClassVar[str] = ""
+
+    @property
+    def classes(self) -> list[str] | None:
+        raise NotImplementedError
 
     @property
     def multi_label(self) -> bool:
@@ -46,9 +61,29 @@ class DataAdapter:
         return None
 
     @property
-    def raw(self):
-        """The underlying data: files, an ``(x, y)`` tuple or the dataset."""
-        raise NotImplementedError
+    def paths(self) -> list[str] | None:
+        """The image files in their (unshuffled) batch order (``None`` for in-memory data)."""
+        return None if self.files is None else [str(p) for p in self.files.paths]
+
+    @property
+    def images(self) -> np.ndarray | None:
+        """The in-memory images ``(N, H, W, C)`` (``None`` for files and streams)."""
+        return None
+
+    @property
+    def origin(self) -> str | None:
+        """The folder or CSV file the data was read from, absolute (``None`` when the
+        data was not given as a path)."""
+        return None
+
+    @property
+    def spelled(self) -> str | None:
+        """``origin`` as the caller typed it (``config.yaml`` keeps both)."""
+        return None
+
+    def with_classes(self, classes: list[str]) -> DataAdapter:
+        """The same data with other names for its labels (arrays and streams)."""
+        return dataclasses.replace(self, names=list(classes))
 
     def fitted(self, image_size, channels: int) -> DataAdapter:
         """The same data, in-memory images already resized for a model."""
@@ -65,71 +100,86 @@ class DataAdapter:
         raise NotImplementedError
 
 
+@dataclass(frozen=True, eq=False)
 class FilesAdapter(DataAdapter):
     kind = "files"
+    source: LabelledFiles
+    #: The path as typed, when the files were read from one (see ``origin``).
+    typed: str | None = None
 
-    def __init__(self, files: LabelledFiles):
-        self._files = files
-        self.classes = list(files.classes)
+    classes = property(lambda self: list(self.source.classes))
+    multi_label = property(lambda self: bool(self.source.multi_label))
+    labels = property(lambda self: self.source.labels)
+    count = property(lambda self: len(self.source))
+    files = property(lambda self: self.source)
+    spelled = property(lambda self: self.typed)
 
-    multi_label = property(lambda self: bool(self._files.multi_label))
-    labels = property(lambda self: self._files.labels)
-    count = property(lambda self: len(self._files))
-    files = property(lambda self: self._files)
-    raw = property(lambda self: self._files)
+    @property
+    def origin(self) -> str | None:
+        return None if self.typed is None else str(Path(self.typed).expanduser().resolve())
+
+    def with_classes(self, classes):
+        return self  # a folder's class names are its subfolders (fixed when it is read)
 
     def split(self, fraction, seed):
-        train, val = stratified_split(self._files, fraction, seed)
+        train, val = stratified_split(self.source, fraction, seed)
         return FilesAdapter(train), FilesAdapter(val)
 
     def batches(self, image_size, channels, batch_size, shuffle=False, seed=0, augment=None):
         return pipelines.pipeline(
-            self._files, image_size, channels, batch_size, shuffle, seed, augment
+            self.source, image_size, channels, batch_size, shuffle, seed, augment
         )
 
 
+@dataclass(frozen=True, eq=False)
 class ArrayAdapter(DataAdapter):
     kind = "arrays"
+    x: np.ndarray
+    y: np.ndarray
+    #: The label names (default ``"0"``, ``"1"``, ... up to the largest label).
+    names: list[str] | None = None
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, classes: list[str] | None = None):
-        self.x, self.y = x, y
-        n = y.shape[1] if y.ndim == 2 else int(y.max()) + 1 if len(y) else 0
-        self.classes = list(classes) if classes else [str(i) for i in range(n)]
+    def __post_init__(self):
+        if not self.names:
+            y = self.y
+            n = y.shape[1] if y.ndim == 2 else int(y.max()) + 1 if len(y) else 0
+            # Frozen: the default is set once, here, not by a later step.
+            object.__setattr__(self, "names", [str(i) for i in range(n)])
 
+    classes = property(lambda self: list(self.names))
     multi_label = property(lambda self: self.y.ndim == 2)
     labels = property(lambda self: self.y)
-    raw = property(lambda self: (self.x, self.y))
+    images = property(lambda self: self.x)
 
     def split(self, fraction, seed):
         names = [str(i) for i in range(int(np.max(self.y)) + 1)]
         index = LabelledFiles([str(i) for i in range(len(self.y))], np.asarray(self.y), names)
         train, val = stratified_split(index, fraction, seed)
         pick = [[int(p) for p in part.paths] for part in (train, val)]
-        return tuple(ArrayAdapter(self.x[i], self.y[i], self.classes) for i in pick)
+        return tuple(ArrayAdapter(self.x[i], self.y[i], self.names) for i in pick)
 
     def fitted(self, image_size, channels: int) -> ArrayAdapter:
         x = pipelines.fit_arrays(self.x, image_size, channels)
-        return ArrayAdapter(x, self.y, self.classes)
+        return ArrayAdapter(x, self.y, self.names)
 
     def batches(self, image_size, channels, batch_size, shuffle=False, seed=0, augment=None):
         x = pipelines.fit_arrays(self.x, image_size, channels)
         return pipelines.array_pipeline(x, self.y, batch_size, shuffle, seed, augment)
 
 
+@dataclass(frozen=True, eq=False)
 class DatasetAdapter(DataAdapter):
     kind = "dataset"
+    ds: object
+    names: list[str] | None = None
 
-    def __init__(self, ds, classes: list[str] | None = None):
-        self.ds = ds
-        self.classes = list(classes) if classes else None
+    classes = property(lambda self: None if not self.names else list(self.names))
+    count = property(lambda self: "streamed")
 
     @property
     def multi_label(self) -> bool:
         spec = self.ds.element_spec
         return spec[1].shape.rank == (2 if spec[0].shape.rank == 4 else 1)
-
-    count = property(lambda self: "streamed")
-    raw = property(lambda self: self.ds)
 
     def batches(self, image_size, channels, batch_size, shuffle=False, seed=0, augment=None):
         return pipelines.dataset_pipeline(self.ds, image_size, channels, batch_size, augment)
@@ -152,7 +202,7 @@ def adapt(source, classes: list[str] | None = None) -> DataAdapter:
     if isinstance(source, DataAdapter):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return FilesAdapter(load_source(source, classes))
+        return FilesAdapter(load_source(source, classes), typed=str(source))
     if isinstance(source, LabelledFiles):
         return FilesAdapter(source)
     if is_tf_dataset(source):
@@ -194,8 +244,8 @@ def checked(
         log(line)
     report.raise_if_strict(strict)
     usable = dict(splits)
-    for name, files in report.splits.items():
-        usable[name] = FilesAdapter(files)
+    for name, files in report.splits.items():  # the same description, its usable files
+        usable[name] = dataclasses.replace(splits[name], source=files)
     empty = [c for c, n in usable["train"].files.counts().items() if n == 0]
     if empty:
         small = report.too_small_hint()

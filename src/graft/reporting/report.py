@@ -18,6 +18,7 @@ import html
 import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from graft.data.adapter import labelled_batches
@@ -39,62 +40,84 @@ PLOT_TITLES = {
 }
 
 
-def finish_run(
-    run_dir: str | os.PathLike,
-    model,
-    classes: list[str],
-    history: list[dict],
-    val_batches: Iterable | None = None,
-    data_summary: dict | None = None,
-    split: str = "validation",
-    log: Callable[[str], None] | None = None,
-    paths: list[str] | None = None,
-    test: tuple[Iterable, list[str] | None] | None = None,
-    head=None,
-    pixels=None,
-    worker=None,
-) -> dict | None:
+@dataclass(frozen=True)
+class Split:
+    """Labelled batches to evaluate, and how to name and show them."""
+
+    batches: Iterable
+    #: The file of every image, in batch order (names the worst errors); ``None``: in memory.
+    paths: list[str] | None = None
+    #: The split's name, recorded with the numbers.
+    name: str = "validation"
+    #: What predicts on ``batches`` when they are not images (cached features: the head
+    #: alone, which evaluates them instead of the run's model); ``None``: the run's model.
+    #: The test split is always raw images for the run's model.
+    model: object = None
+    #: The image at an index, for thumbnails when ``batches`` are not images (see
+    #: :func:`graft.reporting.evaluation.evaluate_model`).
+    pixels: Callable | None = None
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What :func:`finish_run` reports on: the trained model and what to evaluate it on."""
+
+    model: object
+    #: Class names in output order.
+    classes: list[str]
+    #: The run's history rows.
+    history: list[dict]
+    #: Evaluated, and shown in the report (``None``: only curves, report and card).
+    validation: Split | None = None
+    #: The test split: its worst errors are shown too.
+    test: Split | None = None
+    #: Image counts (``train``, ``val``, ``per_class``, ``skipped``...), saved as
+    #: ``metrics.json``'s ``"data"``.
+    data_summary: dict | None = None
+    #: Receives one line with the headline numbers.
+    log: Callable[[str], None] | None = None
+    #: A :class:`graft.reporting.plot_worker.PlotWorker` (plots drawn there).
+    worker: object = None
+
+
+def finish_run(run_dir: str | os.PathLike, inputs: ReportInputs) -> dict | None:
     """Evaluate a freshly trained run and write its metrics, plots, report and model card.
 
     Args:
         run_dir: The run folder (already holding ``metrics.json`` and friends).
-        model: The trained model.
-        classes: Class names in output order.
-        history: The run's history rows.
-        val_batches: Labelled ``(images, labels)`` batches to evaluate on (``None``:
-            no evaluation, only curves, report and card).
-        data_summary: Image counts (``train``, ``val``, ``per_class``, ``skipped``...),
-            saved as ``metrics.json``'s ``"data"``.
-        split: Name of the evaluated split, recorded with the numbers.
-        log: Receives one line with the headline numbers.
-        paths: The file of every evaluated image, in batch order (names the worst errors).
-        test: ``(batches, paths)`` of the test split: its worst errors are shown too.
-        head: With ``val_batches`` of cached features: the head alone, which evaluates
-            them instead of ``model`` (the test split is always raw images for ``model``).
-        pixels: With ``head``, the image at an index (see
-            :func:`graft.reporting.evaluation.evaluate_model`).
-        worker: A :class:`graft.reporting.plot_worker.PlotWorker` (plots drawn there).
+        inputs: The model, its classes and history, and the splits to evaluate.
 
     Returns:
         The evaluation metrics (also in ``metrics.json`` under ``"evaluation"``), or ``None``.
     """
     run_dir = Path(run_dir)
-    sections = {"data": data_summary} if data_summary else {}
+    classes = inputs.classes
+    sections = {"data": inputs.data_summary} if inputs.data_summary else {}
     result = None
     worst = None
-    if val_batches is not None:
+    val = inputs.validation
+    if val is not None:
         result, worst = gallery.evaluate_split(
-            run_dir, head or model, val_batches, classes, split, paths, pixels=pixels
+            run_dir,
+            inputs.model if val.model is None else val.model,
+            val.batches,
+            classes,
+            val.name,
+            val.paths,
+            pixels=val.pixels,
         )
         sections["evaluation"] = result
-        if log is not None:
-            log(f"Evaluation on the {split} split: {evaluation.summary_line(result)}")
+        if inputs.log is not None:
+            inputs.log(f"Evaluation on the {val.name} split: {evaluation.summary_line(result)}")
+    test = inputs.test
     if test is not None:
         sections[gallery.TEST_SECTION], _ = gallery.evaluate_split(
-            run_dir, model, test[0], classes, "test", test[1], gallery.TEST_PREFIX
+            run_dir, inputs.model, test.batches, classes, "test", test.paths, gallery.TEST_PREFIX
         )
     metrics = run_metrics.record(run_dir, sections)
-    plots.write_all(run_dir, history, metrics.get("evaluation"), classes, worst, worker)
+    plots.write_all(
+        run_dir, inputs.history, metrics.get("evaluation"), classes, worst, inputs.worker
+    )
     write_report(run_dir)
     write_model_card(run_dir)
     return result
@@ -125,7 +148,8 @@ def regenerate(
         batches, _, _, paths = labelled_batches(
             data, classes, (h, w), ch, batch_size, min_size, with_paths=True
         )
-        finish_run(run_dir, model, classes, history, batches, split=str(data), paths=paths)
+        evaluated = Split(batches, paths, name=str(data))
+        finish_run(run_dir, ReportInputs(model, classes, history, validation=evaluated))
     else:
         metrics = run_metrics.read(run_dir)
         plots.write_all(run_dir, history, metrics.get("evaluation"), classes, None)

@@ -34,21 +34,20 @@ def data_digest(split) -> dict | None:
 
     File paths are no part of it: data moved or spelled another way (relative on start,
     absolute on resume) is the same data; a file whose bytes changed is not.
-    ``split`` is a :class:`graft.data.sources.LabelledFiles`, an ``(x, y)`` tuple, or
-    ``None``/a dataset (not fingerprinted).
+    ``split`` is a :class:`graft.data.adapter.DataAdapter` (its ``kind`` says what it
+    holds), or ``None``; a streamed dataset is not fingerprinted.
     """
-    if split is None:
+    if split is None or split.kind == "dataset":
         return None
-    if isinstance(split, tuple):
-        x, y = (np.ascontiguousarray(a) for a in split)
+    if split.kind == "arrays":
+        x, y = (np.ascontiguousarray(a) for a in (split.images, split.labels))
         digest = hashlib.blake2b(x.tobytes() + y.tobytes(), digest_size=16).hexdigest()
         return {"arrays": f"{x.shape}:{digest}"}
-    if not hasattr(split, "paths"):
-        return None
-    labels = np.asarray(split.labels)
-    contents = [content.file_digest(p) for p in split.paths]
+    files = split.files
+    labels = np.asarray(files.labels)
+    contents = [content.file_digest(p) for p in files.paths]
     result = {}
-    for index, name in enumerate(split.classes):
+    for index, name in enumerate(files.classes):
         carries = labels[:, index] > 0 if labels.ndim == 2 else labels == index
         items = sorted(d for d, keep in zip(contents, carries) if keep)
         digest = hashlib.blake2b("\n".join(items).encode(), digest_size=16)

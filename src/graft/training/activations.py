@@ -287,7 +287,8 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         bb: Its :class:`graft.core.backbones.Backbone`.
         blocks: The backbone's blocks.
         phases: The plan.
-        splits: ``{"train": files_or_arrays, "val": files_or_arrays_or_None}``.
+        splits: ``{"train": DataAdapter, "val": DataAdapter or None}`` (files or arrays;
+            see :class:`graft.data.adapter.DataAdapter`).
         cfg: The run's settings (``batch_size``, ``seed``, ``cache_dir``, ``cache_views``,
             ``augment``).
         augment: The training augmentation (``None``: none).

@@ -180,24 +180,24 @@ def split_images(split, bb, batch_size: int, augment=None):
     """A dataset of the raw image batches of a split (files or arrays), in order."""
     from graft.data import pipelines as data
 
-    if isinstance(split, tuple):
-        ds = data.array_pipeline(split[0], split[1], batch_size)
+    if split.kind == "arrays":
+        ds = data.array_pipeline(split.images, split.labels, batch_size)
     else:
-        ds = data.pipeline(split, bb.image_size, bb.channels, batch_size)
+        ds = data.pipeline(split.files, bb.image_size, bb.channels, batch_size)
     if augment is None:
         return ds.map(lambda x, y: x)
     return ds.map(lambda x, y: augment(x, training=True))
 
 
 def split_labels(split):
-    """The labels of a split (files or an ``(images, labels)`` pair), in order."""
-    return split[1] if isinstance(split, tuple) else split.labels
+    """The labels of a split (files or arrays), in order."""
+    return split.labels
 
 
 def split_fingerprint(split) -> str:
-    if isinstance(split, tuple):
-        return content_fingerprint(images=split[0])
-    return content_fingerprint(paths=split.paths)
+    if split.kind == "arrays":
+        return content_fingerprint(images=split.images)
+    return content_fingerprint(paths=split.files.paths)
 
 
 def cached_datasets(
@@ -208,7 +208,8 @@ def cached_datasets(
     Args:
         model: The grafted model (its preprocessing, backbone and pooling are cached).
         bb: Its :class:`graft.backbones.Backbone`.
-        splits: ``{"train": files_or_arrays, "val": files_or_arrays_or_None}``.
+        splits: ``{"train": DataAdapter, "val": DataAdapter or None}`` (files or arrays;
+            see :class:`graft.data.adapter.DataAdapter`).
         cfg: The run's :class:`graft.config.TrainConfig` (batch size, seed, cache dir,
             ``cache_views`` and ``augment``).
         augment: The training augmentation; with ``cfg.cache_views = K`` the training
