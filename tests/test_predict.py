@@ -137,7 +137,7 @@ def test_cli_predict_reports_skipped_files_on_stderr(trained, images):
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert len(rows) == 13
     assert f"skipped {images / 'broken.png'}: not a readable image" in done.stderr
-    assert "predicted 13 image(s); skipped 1 unreadable file(s)" in done.stderr
+    assert "predicted 13 images; skipped 1 unreadable file" in done.stderr
 
 
 def test_cli_predict_errors_are_one_line(trained, images, tmp_path, capsys):

@@ -3,13 +3,15 @@
 The training pipeline (``train``, ``lr_find``, ``Run``) is imported on first use (PEP 562),
 so that a command which needs one corner of the API (``graft predict`` ->
 :mod:`graft.api.outputs`) does not import it too (about 0.4 s once Keras is loaded).
-The names of :mod:`graft.api.evaluate` are imported at once: its function ``evaluate``
-shares its module's name, and only an eager import keeps ``api.evaluate`` the function.
+The names of :mod:`graft.api.evaluate` are lazy too, so that :mod:`graft.api.preflight`
+answers without Keras; its function ``evaluate`` shares its module's name, so loading
+them puts the functions over the submodule the import system sets.
 """
 
 import importlib
 
-from graft.api.evaluate import check_data, evaluate, labelled_batches, load
+#: Names of :mod:`graft.api.evaluate` (``evaluate`` is also that module's name).
+_EVALUATE = ("check_data", "evaluate", "labelled_batches", "load")
 
 _LAZY = {
     "Run": "graft.api.result",
@@ -31,10 +33,14 @@ __all__ = [
 
 
 def __getattr__(name):
+    if name in _EVALUATE:
+        module = importlib.import_module("graft.api.evaluate")
+        globals().update({n: getattr(module, n) for n in _EVALUATE})
+        return globals()[name]
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'graft.api' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_LAZY])
+    return sorted({*globals(), *_LAZY, *_EVALUATE})

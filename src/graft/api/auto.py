@@ -199,8 +199,14 @@ def search(
             )
             return {"val_accuracy": record["val_accuracy"]}
 
+    full = settings.get("epochs")
+    if isinstance(full, int) and full > 0:  # a trial is a short run, never a longer one
+        trial_epochs = min(trial_epochs, full)
+    trials = f"{budget_trials} trial" + ("s" if budget_trials != 1 else "")
+    epochs = f"{trial_epochs} epoch" + ("s" if trial_epochs != 1 else "")
+    budget = f" (the finalists train for epochs={full})" if full not in (None, trial_epochs) else ""
     log(
-        f"Auto strategy: {budget_trials} trial(s) of {trial_epochs} epoch(s), "
+        f"Auto strategy: {trials} of {epochs} each{budget}, "
         f"{per_class_text} training images per class; "
         f"first (prior): {_describe(settings_of(prior))}"
     )

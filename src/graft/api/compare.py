@@ -38,6 +38,9 @@ SCRATCH = "scratch"
 CSV_FILE = "compare.csv"
 MARKDOWN_FILE = "compare.md"
 PLOT_FILE = "compare.png"
+#: Each compared run's own log, in its folder.
+LOG_FILE = "train.log"
+
 COLUMNS = (
     "strategy",
     "val_accuracy",
@@ -134,7 +137,7 @@ def compare(
         val: Validation data (default: the same ``val_split`` of ``data_source``).
         overwrite: Replace existing run folders.
         log: Receives progress lines.
-        verbose: Keras ``fit`` verbosity.
+        verbose: Unused: each run's log goes to its folder (``train.log``).
         safe_mode: Refuse model files whose loading could run code.
         seeds: Train every row with this many seeds (``seed``, ``seed + 1``, ...) and
             report mean and standard deviation.
@@ -163,6 +166,7 @@ def compare(
         for k in range(int(seeds)):
             log(f"== {name} ==" if seeds == 1 else f"== {name} (seed {first + k}) ==")
             folder = out / name if seeds == 1 else out / name / f"seed{first + k}"
+            lines: list[str] = []  # each run's own log goes to its folder, not the screen
             request = Request(
                 data_source,
                 backbone,
@@ -170,15 +174,28 @@ def compare(
                 val=val,
                 test=test,
                 overwrite=overwrite,
-                log=log,
-                verbose=verbose,
+                log=lines.append,
+                verbose=0,
                 safe_mode=safe_mode,
                 settings={**_settings_for(name, settings, budget), "seed": first + k},
             )
-            runs_of_row.append(row_of(name, execute(request).metrics))
+            try:
+                metrics = execute(request).metrics
+            finally:
+                if folder.is_dir():
+                    runs.atomic_write(folder / LOG_FILE, "".join(f"{x}\n" for x in lines))
+            runs_of_row.append(row_of(name, metrics))
+            log(_run_line(runs_of_row[-1], folder))
         rows.append(summarise(runs_of_row))
     write(rows, out)
     return rows
+
+
+def _run_line(row: dict, folder: Path) -> str:
+    """One line per compared run: its numbers, and where its full log is."""
+    acc = row.get("val_accuracy")
+    numbers = f"val_accuracy {acc:.4f}, " if isinstance(acc, (int, float)) else ""
+    return f"   {numbers}{row.get('seconds')} s; log: {folder / LOG_FILE}"
 
 
 def shared_scaling(data_source, backbone: str, settings: dict, safe_mode: bool, log) -> dict:

@@ -218,11 +218,17 @@ def run(
                     "seconds": round(float(np.mean(times)), 1),
                 }
             )
-            spread = f" ± {np.std(accuracies):.3f} over {seeds} seeds" if seeds > 1 else ""
-            log(f"    test accuracy {np.mean(accuracies):.3f}{spread} ({np.mean(times):.1f} s)")
+            log(seed_line(rows[-1]))
     runs.write_csv(out / "results.csv", rows)
     runs.atomic_write(out / "results.md", markdown_table(rows))
     return rows
+
+
+def seed_line(row: dict) -> str:
+    """The progress line of one row: the very numbers its table row shows."""
+    seeds = row.get("seeds") or 1
+    over = f" over {seeds} seeds" if seeds > 1 else ""
+    return f"    test accuracy {accuracy_text(row)}{over} ({row['seconds']:.1f} s)"
 
 
 def accuracy_text(row: dict) -> str:

@@ -266,6 +266,7 @@ class Fitted:
 def execute(req: Request) -> Run:
     """Run every step of a training run; on failure, record why in ``status.json``."""
     run_dir = None  # known once the folder is open: a failure is recorded there
+    started = time.perf_counter()
     held = contextlib.ExitStack()  # the run folder's lock, released last
     if req.verbose == 0:  # nobody watches: no progress lines either
         held.enter_context(progress.silenced())
@@ -299,6 +300,9 @@ def execute(req: Request) -> Run:
             worker = _draw_curves(fitted, run_dir)  # on the other core, from now on
             model = finalize(ctx, built, fitted, scope)
             metrics = measure(ctx, model, data, built, fitted)
+            # everything before the report; every timing is a "seconds" key (tests
+            # compare runs without them)
+            metrics["whole_run"] = {"seconds": round(time.perf_counter() - started, 2)}
             run = Run(
                 model, data.classes, metrics, fitted.result.history, ctx.cfg, run_dir, built.bb
             )
@@ -432,6 +436,11 @@ def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Co
 # ---------------------------------------------------------------------------------------
 
 
+def _weights_text(source, weights) -> str:
+    """``imagenet weights``, or ``its own weights`` for a model file (not its path twice)."""
+    return "its own weights" if str(weights) == str(source) else f"{weights} weights"
+
+
 def build_model(ctx: Context, data: PreparedData) -> Built:
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
     cfg, log = ctx.cfg, ctx.log
@@ -446,7 +455,7 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     source_task = _source_task(ctx, bb)
     counts = data.counts
     log(
-        f"Backbone {bb.source} ({bb.weights} weights, {len(bb.blocks)} blocks, "
+        f"Backbone {bb.source} ({_weights_text(bb.source, bb.weights)}, {len(bb.blocks)} blocks, "
         f"{bb.image_size[0]}x{bb.image_size[1]}, preprocess {bb.preprocess}); "
         f"{len(data.classes)} classes, {counts['train']} train / {counts['val']} val images"
     )
@@ -1023,6 +1032,9 @@ def _keep(model: keras.Model, fitted: Fitted, run_dir, log) -> None:
         return
     model.set_weights(keeper.weights)
     best = keeper.best
+    if best["epoch"] == last:
+        log(f"Kept the last epoch ({last}): lowest {best['monitor']} {best['value']:.4f}")
+        return
     log(
         f"Kept epoch {best['epoch']} of {last} (phase {best['phase_index']} '{best['phase']}'): "
         f"lowest {best['monitor']} {best['value']:.4f}"
@@ -1240,9 +1252,11 @@ def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInput
     files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, data.typed, d))
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
+    # Training is over and its files are saved: the report written next shows this status
+    # (a failure while evaluating still marks the run failed, in execute).
+    checkpoints.write_status(d, "completed")
     with progress.status("Evaluating and writing the report"):
         evaluated = report.finish_run(d, inputs)
-    checkpoints.write_status(d, "completed")
     if evaluated is None:
         return run
     return dataclasses.replace(run, metrics={**run.metrics, "evaluation": evaluated})

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import keras
 
 from graft.api import pipeline as p
+from graft.api import preflight
 from graft.api.pipeline import execute
 from graft.api.result import Run
 from graft.config.settings import TrainConfig
@@ -106,6 +107,8 @@ def train(
             )
     if data_source is None or backbone is None:
         raise GraftError("train needs data and a backbone (or resume=RUN_DIR).")
+    if resume is None:  # names, paths and the run folder, before any data is read
+        preflight.check_train(data_source, backbone, out, val=val, test=test, overwrite=overwrite)
     request = p.Request(
         data_source,
         backbone,

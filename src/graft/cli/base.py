@@ -4,6 +4,8 @@ that groups ``--help`` by setting group and imports the backend only when it run
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import click
 from rich.console import Console
@@ -25,6 +27,22 @@ class Session:
 
     debug: bool = False
     verbose: bool = False
+
+
+def _process_start() -> float:
+    """When this process started, on the ``time.perf_counter`` clock (Linux: from
+    ``/proc``, so the interpreter's own start counts; elsewhere: now)."""
+    now = time.perf_counter()
+    try:
+        fields = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return now - max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return now
+
+
+#: When the command started ("Done in" is the whole command's wall time).
+STARTED = _process_start()
 
 
 def session() -> Session:

@@ -45,6 +45,7 @@ for _command in (
     tools.data,
     tools.inspect,
     tools.demo,
+    tools.cache,
 ):
     app.add_command(_command)
 

@@ -15,6 +15,7 @@ from graft import progress
 from graft.cli import options
 from graft.cli.base import GraftCommand, GraftGroup, console, import_backend, log
 from graft.config import catalog, names
+from graft.errors import GraftError
 
 
 @click.command(cls=GraftCommand)
@@ -100,11 +101,17 @@ def predict(model, images, top_k, fmt, out, batch_size, min_size, unsafe):
         min_size=min_size,
     )
     where = f" to {out}" if out not in (None, "-") else ""
+    n, bad = summary.predicted, len(summary.skipped)
     print(
-        f"graft: predicted {summary.predicted} image(s){where}; "
-        f"skipped {len(summary.skipped)} unreadable file(s)",
+        f"graft: predicted {n} image{'' if n == 1 else 's'}{where}; "
+        f"skipped {bad} unreadable file{'' if bad == 1 else 's'}",
         file=sys.stderr,
     )
+    if n == 0 and bad:
+        raise GraftError(
+            f"no image could be read: every one of the {bad} input files was skipped.",
+            hint="see the reasons above.",
+        )
 
 
 @click.command(cls=GraftCommand)
@@ -340,3 +347,49 @@ def demo(quick, out, seeds, seed):
         )
     console.print(table)
     log(f"Results: {out / 'results.md'}; one run folder per row under {out}/")
+
+
+@click.command(cls=GraftCommand, needs_backend=False)
+@click.option(
+    "--clear", "clear_", is_flag=True, help="Remove cache entries (all, or --older-than)."
+)
+@click.option("--older-than", help="With --clear: only entries older than this (30m, 12h, 7d, 2w).")
+@click.option("--kind", help="With --clear: only this kind (features, activations, ...).")
+@click.option(
+    "--dir",
+    "root",
+    type=click.Path(path_type=Path),
+    help="Cache root (default: $GRAFT_CACHE or ~/.cache/keras-graft).",
+)
+def cache(clear_, older_than, kind, root):
+    """Show graft's caches on disk (size and age by kind), or clear them."""
+    from graft.api import caches
+
+    root = root or caches.cache_root()
+    if (older_than or kind) and not clear_:
+        raise GraftError("--older-than and --kind choose what --clear removes; add --clear.")
+    if clear_:
+        removed, freed = caches.clear(root, older_than=older_than, kind=kind)
+        entry = "entry" if removed == 1 else "entries"
+        log(f"Removed {removed} cache {entry} ({freed / 1e6:.1f} MB) from {root}")
+        return
+    kinds = caches.usage(root)
+    if not kinds:
+        log(f"No cache in {root}.")
+        return
+    table = Table("kind", "entries", "MB", "newest", "oldest", title=f"Cache: {root}")
+    for k in kinds:
+        ages = _age(k.newest_seconds), _age(k.oldest_seconds)
+        table.add_row(k.kind, str(k.entries), f"{k.bytes / 1e6:.1f}", *ages)
+    console.print(table)
+    total = sum(k.bytes for k in kinds)
+    log(f"Total {total / 1e6:.1f} MB; clear with: graft cache --clear [--older-than 7d]")
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"

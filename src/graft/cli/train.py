@@ -10,7 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from graft.cli import options
-from graft.cli.base import GraftCommand, SettingOption, console, fit_verbosity, log
+from graft.cli.base import (
+    GraftCommand,
+    SettingOption,
+    console,
+    fit_verbosity,
+    import_backend,
+    log,
+)
 from graft.errors import GraftError
 
 #: Settings whose explicit flag means "build the plan from the flags", not the file's phases.
@@ -40,7 +47,7 @@ _unsafe_option = _opt(
 )
 
 
-@click.command(cls=GraftCommand)
+@click.command(cls=GraftCommand, needs_backend=False)
 @click.argument("data", required=False)
 @_opt(
     "--config",
@@ -50,7 +57,13 @@ _unsafe_option = _opt(
     help="Start from the settings in this YAML file (e.g. an earlier run's config.yaml); "
     "flags given on the command line override them.",
 )
-@_opt("--out", "-o", group="run", type=_PATH, help="Run folder for model and reports.")
+@_opt(
+    "--out",
+    "-o",
+    group="run",
+    type=_PATH,
+    help="Run folder for model and reports (default: runs/train-N, the next free N).",
+)
 @_opt(
     "--resume",
     group="run",
@@ -89,6 +102,7 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
 
     An interrupted run (Ctrl-C, SIGTERM, a kill) continues with --resume RUN_DIR."""
     if resume is not None:
+        import_backend()
         from graft import api
 
         run = api.train(
@@ -119,12 +133,23 @@ def train(ctx, data, config_file, out, resume, val, test, plan_file, print_plan,
             raise GraftError("Missing --backbone.", hint="pass --backbone NAME or --config FILE.")
         _print_plan(backbone, settings)
         return
-    if data is None or not backbone or out is None:
+    if data is None or not backbone:
         raise GraftError(
-            "train needs DATA, --backbone and --out.",
+            "train needs DATA and --backbone.",
             hint="or --config FILE for the settings, or --resume RUN_DIR to continue a run.",
         )
-    from graft import api  # after --print-plan, which answers without Keras
+    from graft.api import preflight
+
+    if out is None:
+        out = preflight.default_out()
+        log(f"Run folder: {out} (no --out given)")
+
+    # Every mistake that needs no model is refused before TensorFlow is imported.
+    preflight.check_train(
+        data, backbone, out, val=val, test=test, overwrite=api_args["overwrite"], settings=settings
+    )
+    import_backend()
+    from graft import api  # after --print-plan and the checks, which answer without Keras
 
     run = api.train(
         data,
@@ -151,7 +176,13 @@ def _closing_lines(run) -> None:
         summary = f"val_accuracy {acc:.4f} +- {std:.4f} ({protocol['k']}-fold cross-validated); "
     if "test_accuracy" in run.metrics:
         summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
-    log(f"Done in {run.metrics['seconds']:.1f} s: {summary}saved to {run.run_dir}/")
+    import time
+
+    from graft.cli.base import STARTED
+
+    wall = time.perf_counter() - STARTED  # the whole command, not only its training
+    took = f"Done in {wall:.1f} s (training {run.metrics['seconds']:.1f} s)"
+    log(f"{took}: {summary}saved to {run.run_dir}/")
     log(f"Report: {run.report_file}")
 
 
@@ -336,7 +367,7 @@ def compare(data, strategies, seeds, out, val, test, overwrite, unsafe, **settin
         table.add_row(
             *(compare_mod.cell(r.get(c), c, r.get(f"{c}_std")) for c in compare_mod.COLUMNS)
         )
-    console.print(table)
+    Console(width=max(console.width, 160)).print(table)  # a table is wide: never cut it
     log(f"Comparison: {out / compare_mod.CSV_FILE}, .md and {compare_mod.PLOT_FILE}")
 
 

@@ -16,3 +16,6 @@ DEFAULT_VAL_SPLIT = 0.2
 DEFAULT_MIN_SIZE = 2
 #: The head learning rate a plan shows before ``lr="auto"`` has run the LR finder.
 AUTO_LR_PLACEHOLDER = 1e-3
+
+#: A multi-label model predicts every label whose probability is at least this.
+MULTI_LABEL_THRESHOLD = 0.5

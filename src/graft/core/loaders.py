@@ -9,9 +9,11 @@ optionally cuts it at a layer (:func:`from_model` does the same for a ``keras.Mo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +151,21 @@ def _resolve_weights(weights) -> tuple[str | None, str]:
     return str(path), str(path.resolve())
 
 
+class _LastChar:
+    """A text stream that passes everything on and remembers its last character."""
+
+    def __init__(self, stream):
+        self.stream, self.last = stream, ""
+
+    def write(self, text: str) -> int:
+        if text:
+            self.last = text[-1]
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 _URL = re.compile(r"https?://\S+?(?=[:\s]|$)")
 
 
@@ -156,9 +173,13 @@ def _build_application(constructor, **kwargs) -> keras.Model:
     """Call a keras.applications constructor; turn a failed download into one line."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)  # an unreachable host must fail fast, not hang
+    stdout = _LastChar(sys.stdout)
     try:
-        return constructor(**kwargs)
+        with contextlib.redirect_stdout(stdout):
+            return constructor(**kwargs)
     except Exception as exc:
+        if stdout.last not in ("", "\n"):  # Keras's "Downloading data from ..." line
+            print(flush=True)  # the error goes on a line of its own
         text = str(exc)
         if kwargs.get("weights") == "imagenet" and (
             "URL fetch failure" in text or "urlopen" in text.lower()

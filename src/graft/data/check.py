@@ -148,7 +148,8 @@ class CheckReport:
         """A human summary: one headline, then one line per kind with a few examples."""
         scanned = ", ".join(f"{s} {n}" for s, n in self.scanned.items() if n)
         usable = sum(len(f) for f in self.splits.values())
-        head = f"Data check: {sum(self.scanned.values())} files scanned ({scanned}); "
+        total = sum(self.scanned.values())
+        head = f"Data check: {total} file{'' if total == 1 else 's'} scanned ({scanned}); "
         head += f"{usable} usable, {self.skipped} skipped"
         if self.count("leakage"):
             head += f", {self.count('leakage')} leaked copies dropped from validation/test"

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graft.config.defaults import MULTI_LABEL_THRESHOLD
 from graft.runs.model_io import is_multi_label
 
 DIGITS = 4  # metrics are rounded to this many decimals in metrics.json
@@ -168,9 +169,15 @@ def classification_metrics(
         name: {"precision": _r(p[i]), "recall": _r(r[i]), "f1": _r(f[i]), "support": int(s[i])}
         for i, name in enumerate(classes)
     }
+    # A class absent from the evaluation data has no F1 to average (sklearn counts it as
+    # 0): the averages are over the classes present, and the absent ones are named.
+    present = [i for i in labels if s[i] > 0]
+    absent = [classes[i] for i in labels if s[i] == 0]
+    if absent:
+        result["absent_classes"] = absent
     for average in ("macro", "weighted"):
         ap, ar, af, _ = skm.precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
+            y_true, y_pred, labels=present, average=average, zero_division=0
         )
         result[f"{average}_avg"] = {"precision": _r(ap), "recall": _r(ar), "f1": _r(af)}
     result["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
@@ -179,7 +186,7 @@ def classification_metrics(
 
 
 def multilabel_metrics(
-    y_true, probs: np.ndarray, labels: list[str], threshold: float = 0.5
+    y_true, probs: np.ndarray, labels: list[str], threshold: float = MULTI_LABEL_THRESHOLD
 ) -> dict:
     """Multi-label metrics (several labels per image) at a probability threshold.
 
@@ -231,7 +238,7 @@ def evaluate_model(
     classes: list[str],
     keep_worst: int = 16,
     top_k: Iterable[int] = (2, 3, 5),
-    threshold: float = 0.5,
+    threshold: float = MULTI_LABEL_THRESHOLD,
     paths: Sequence[str] | None = None,
     pixels: Callable[[int], np.ndarray] | None = None,
 ) -> Evaluation:
@@ -315,4 +322,10 @@ def summary_line(metrics: dict) -> str:
     parts = [f"accuracy {metrics['accuracy']:.4f}", f"loss {metrics['loss']:.4f}"]
     parts += [f"top-{k} {v:.4f}" for k, v in metrics.get("top_k_accuracy", {}).items()]
     parts += [f"macro F1 {metrics['macro_avg']['f1']:.4f}", f"ECE {metrics['ece']:.4f}"]
-    return "  ".join(parts) + f"  ({metrics['images']} images)"
+    line = "  ".join(parts) + f"  ({metrics['images']} images)"
+    absent = metrics.get("absent_classes") or []
+    if absent:
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        n = len(metrics.get("per_class") or {}) - len(absent)
+        line += f"; macro F1 over the {n} classes present ({len(absent)} absent: {shown})"
+    return line

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.config.defaults import MULTI_LABEL_THRESHOLD
 from graft.config.names import EXPORT_FORMATS as FORMATS
 from graft.config.names import QUANTIZE_MODES as QUANTIZE
 from graft.data.pipelines import decode_image, load_image
@@ -72,6 +73,10 @@ class ExportResult:
     format: str
     quantize: str = "none"
     check: dict = field(default_factory=dict)
+    #: ``single_label`` (softmax, one class) or ``multi_label`` (sigmoid, every label at
+    #: least ``threshold`` probable).
+    task: str = "single_label"
+    threshold: float | None = None
 
     def summary_line(self) -> str:
         """One line: the comparison with the Keras model."""
@@ -94,6 +99,8 @@ class ExportResult:
             "path": str(self.path),
             "format": self.format,
             "quantize": self.quantize,
+            "task": self.task,
+            **({"threshold": self.threshold} if self.threshold is not None else {}),
             "check": self.check,
         }
 
@@ -177,7 +184,7 @@ def export(
         to_savedmodel(model, classes, out)
         check = check_savedmodel(out, model, check_images)
     elif fmt == "onnx":
-        onnx.to_onnx(model, out, classes)
+        onnx.to_onnx(model, out, classes, task=_task_metadata(model))
         check = compare(model.predict_on_batch(check_images), onnx.run_onnx(out, check_images))
     else:
         to_tflite(model, out, quantize, images if quantize == "int8" else None)
@@ -190,7 +197,9 @@ def export(
         check.update(tolerance=FLOAT_TOLERANCE, passed=bool(worst <= FLOAT_TOLERANCE))
     else:
         check.update(tolerance=None, passed=True)
-    result = ExportResult(out, fmt, quantize, check)
+    multi = model_io.is_multi_label(model)
+    task = "multi_label" if multi else "single_label"
+    result = ExportResult(out, fmt, quantize, check, task, MULTI_LABEL_THRESHOLD if multi else None)
     _record(model_or_run, result)
     if not check["passed"]:
         raise ExportCheckFailed(
@@ -377,6 +386,13 @@ def check_savedmodel(path: Path, model, images: np.ndarray) -> dict:
     check["serving_bytes_top1_agreement"] = bytes_check["top1_agreement"]
     check["signatures"] = sorted(loaded.signatures)
     return check
+
+
+def _task_metadata(model) -> dict:
+    """``{"task", "threshold"}`` of a model, as an export's metadata says them."""
+    if model_io.is_multi_label(model):
+        return {"task": "multi_label", "threshold": MULTI_LABEL_THRESHOLD}
+    return {"task": "single_label"}
 
 
 def _record(model_or_run, result: ExportResult) -> None:

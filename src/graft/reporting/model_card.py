@@ -6,6 +6,7 @@ import html
 import os
 from pathlib import Path
 
+from graft.config.defaults import MULTI_LABEL_THRESHOLD
 from graft.reporting import scores
 from graft.reporting.text import fmt
 from graft.runs import files, layout
@@ -194,7 +195,12 @@ def write_model_card(run_dir: str | os.PathLike) -> Path:
 def _output_line(config: dict) -> str:
     if config.get("multi_label"):
         return (
-            "- Output: one independent probability per label (sigmoid; an image may have "
-            "several labels), in the order above (`labels.json`)."
+            "- Task: multi-label classification. Output: one independent probability per "
+            "label (sigmoid; an image may have several labels), in the order above "
+            f"(`labels.json`); a label is predicted when its probability is at least "
+            f"{MULTI_LABEL_THRESHOLD} (the threshold `graft predict` and the evaluation use)."
         )
-    return "- Output: one probability per class (softmax), in the order above (`labels.json`)."
+    return (
+        "- Task: single-label classification. Output: one probability per class (softmax), "
+        "in the order above (`labels.json`)."
+    )

@@ -42,7 +42,9 @@ def require() -> None:
         )
 
 
-def to_onnx(model, out: str | os.PathLike, classes: list[str] | None = None) -> Path:
+def to_onnx(
+    model, out: str | os.PathLike, classes: list[str] | None = None, task: dict | None = None
+) -> Path:
     """Write ``out`` (atomically) with Keras's ONNX exporter, once ONNX Runtime loads it.
 
     Keras converts with ``tf2onnx.convert.from_function``, which leaves tensors the model
@@ -55,6 +57,8 @@ def to_onnx(model, out: str | os.PathLike, classes: list[str] | None = None) -> 
             dimension stays dynamic.
         out: The ``.onnx`` file.
         classes: Class names, stored in the file's metadata as ``labels``.
+        task: More metadata: ``task`` (``single_label``/``multi_label``) and a multi-label
+            model's ``threshold``.
 
     Returns:
         ``out``.
@@ -75,6 +79,9 @@ def to_onnx(model, out: str | os.PathLike, classes: list[str] | None = None) -> 
     if classes is not None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = "labels", json.dumps(list(classes))
+    for key, value in (task or {}).items():  # task, and a multi-label model's threshold
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
     data = proto.SerializeToString()
     try:
         _session(data)

@@ -64,8 +64,8 @@ def _number(value) -> float:
 
 @_plain_text
 def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
-    """Loss and accuracy per epoch across all phases, phase boundaries marked, learning rates
-    on a second (log) axis.
+    """Loss and accuracy per epoch across all phases, phase boundaries marked, and the
+    learning rates in a third panel (log axis, plain tick labels).
 
     Args:
         history: Rows of ``history.csv`` (``epoch``, ``phase``, ``loss``, ``val_loss``,
@@ -75,6 +75,11 @@ def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
     Returns:
         ``path``.
     """
+    return save(curves_figure(history), path)
+
+
+def curves_figure(history: list[dict]):
+    """The figure of :func:`training_curves` (call it inside :func:`_plain_text`)."""
     epochs = np.array([_number(r.get("epoch")) for r in history])
     series = {
         key: np.array([_number(r.get(key)) for r in history])
@@ -82,32 +87,44 @@ def training_curves(history: list[dict], path: str | os.PathLike) -> Path:
     }
     from matplotlib.ticker import MaxNLocator
 
-    fig = figure(10, 3.8)
-    axes = fig.subplots(1, 2)
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
-            if np.isfinite(series[key]).any():
-                ax.plot(epochs, series[key], style, markersize=3, label=key)
+    rates = {
+        key: series[key]
+        for key in ("lr", "backbone_lr")
+        if np.isfinite(series[key]).any() and (series[key][np.isfinite(series[key])] > 0).all()
+    }
+    fig = figure(13 if rates else 10, 4.2)
+    axes = fig.subplots(1, 3 if rates else 2, width_ratios=[1, 1, 0.7] if rates else None)
+    for ax, metric in zip(axes, ("loss", "accuracy", "learning rate")):
+        if metric == "learning rate":
+            for (key, values), color in zip(rates.items(), ("tab:gray", "tab:purple")):
+                ax.step(epochs, values, where="mid", color=color, label=key)
+            ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis)
+        else:
+            for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+                if np.isfinite(series[key]).any():
+                    ax.plot(epochs, series[key], style, markersize=3, label=key)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
         ax.set_title(metric)
         if len(epochs) and np.isfinite(epochs).all():
             ax.set_xlim(epochs.min() - 0.6, epochs.max() + 0.6)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         _mark_phases(ax, history, epochs)
-    lr_ax = axes[0].twinx()
-    for key, color in (("lr", "tab:gray"), ("backbone_lr", "tab:purple")):
-        values = series[key]
-        if np.isfinite(values).any() and (values[np.isfinite(values)] > 0).all():
-            lr_ax.step(epochs, values, where="mid", color=color, alpha=0.6, label=key)
-    if lr_ax.lines:
-        lr_ax.set_yscale("log")
-        lr_ax.set_ylabel("learning rate")
-    handles, labels = axes[0].get_legend_handles_labels()
-    lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
-    axes[0].legend(handles + lr_handles, labels + lr_labels, fontsize=8, loc="best")
-    axes[1].legend(fontsize=8, loc="best")
-    return save(fig, path)
+        if ax.lines:  # below the panel: a legend inside would cover the curves
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    return fig
+
+
+def _plain_log_ticks(axis) -> None:
+    """Log-axis tick labels as plain text (``0.001``, ``1e-05``): the default ones are
+    mathtext, shown raw (``$\\mathdefault{10^{-3}}$``) when mathtext is off."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, numticks=6))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _mark_phases(ax, history: list[dict], epochs: np.ndarray) -> None:

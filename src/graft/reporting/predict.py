@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from graft.config.defaults import MULTI_LABEL_THRESHOLD
 from graft.data.pipelines import load_image
 from graft.data.sources import IMAGE_EXTENSIONS, image_files
 from graft.errors import DataError, GraftError
@@ -46,11 +47,11 @@ class Prediction:
 
     @property
     def label(self) -> str:
-        return self.top[0][0]
+        return self.top[0][0] if self.top else ""
 
     @property
-    def probability(self) -> float:
-        return self.top[0][1]
+    def probability(self) -> float | None:
+        return self.top[0][1] if self.top else None
 
 
 @dataclass
@@ -104,6 +105,7 @@ def predict_files(
     batch_size: int = 32,
     on_skip: Callable[[Skipped], None] | None = None,
     min_size: int = 0,
+    threshold: float | None = None,
 ) -> Iterator[Prediction]:
     """Predict image files a batch at a time, yielding one :class:`Prediction` per readable file.
 
@@ -115,6 +117,8 @@ def predict_files(
         batch_size: Images per model call.
         on_skip: Called with a :class:`Skipped` for each unreadable file.
         min_size: Skip images with a side under this many pixels (as training did).
+        threshold: A multi-label model's: every label at least this probable, most
+            probable first (maybe none), instead of the top ``top_k``.
 
     Yields:
         Predictions, in the order of ``files``.
@@ -130,8 +134,9 @@ def predict_files(
 
     def flush():
         probs = np.asarray(model.predict_on_batch(np.stack(images)), dtype="float64")
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        order = np.argsort(-probs, axis=1, kind="stable")
         for path, p, idx in zip(paths, probs, order):
+            idx = idx[:top_k] if threshold is None else [i for i in idx if p[i] >= threshold]
             yield Prediction(path, [(classes[i], round(float(p[i]), DECIMALS)) for i in idx])
         paths.clear()
         images.clear()
@@ -206,6 +211,25 @@ def csv_row(prediction: Prediction) -> list:
     for label, probability in prediction.top:
         row += [inert(label), f"{probability:.{DECIMALS}f}"]
     return row
+
+
+#: CSV columns of a multi-label model: every label over the threshold, ``|``-separated.
+MULTI_LABEL_HEADER = ["path", "labels", "probabilities"]
+
+
+def multi_label_row(prediction: Prediction) -> list:
+    """``path, "cat|dog", "0.9100|0.6200"`` (empty cells: no label over the threshold)."""
+    labels = "|".join(label for label, _ in prediction.top)
+    probabilities = "|".join(f"{p:.{DECIMALS}f}" for _, p in prediction.top)
+    return [inert(prediction.path), inert(labels), probabilities]
+
+
+def multi_label_record(prediction: Prediction, threshold: float) -> dict:
+    return {
+        "path": prediction.path,
+        "labels": [{"label": label, "probability": p} for label, p in prediction.top],
+        "threshold": threshold,
+    }
 
 
 def json_record(prediction: Prediction) -> dict:
@@ -301,19 +325,30 @@ def predict_to_file(
 
     if min_size is None:
         min_size = model_io.run_min_size(model_or_run)
-    predictions = predict_files(model, classes, files, top_k, batch_size, skipped, min_size)
+    # A multi-label model: every label over the threshold, not the top-k of the outputs.
+    threshold = MULTI_LABEL_THRESHOLD if model_io.is_multi_label(model) else None
+    predictions = predict_files(
+        model, classes, files, top_k, batch_size, skipped, min_size, threshold
+    )
     with _output(out) as handle:
         if fmt == "csv":
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(csv_header(min(top_k, len(classes))))
+            header = csv_header(min(top_k, len(classes)))
+            writer.writerow(header if threshold is None else MULTI_LABEL_HEADER)
             for prediction in predictions:
-                writer.writerow(csv_row(prediction))
+                row = csv_row if threshold is None else multi_label_row
+                writer.writerow(row(prediction))
                 summary.predicted += 1
         else:
             handle.write('{"predictions": [')
             for prediction in predictions:
                 handle.write(("," if summary.predicted else "") + "\n  ")
-                handle.write(json.dumps(json_record(prediction)))
+                record = (
+                    json_record(prediction)
+                    if threshold is None
+                    else multi_label_record(prediction, threshold)
+                )
+                handle.write(json.dumps(record))
                 summary.predicted += 1
             handle.write("\n],\n")
             skipped_json = [{"path": s.path, "reason": s.reason} for s in summary.skipped]

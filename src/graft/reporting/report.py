@@ -264,8 +264,10 @@ def _describe_model(config: dict) -> str:
     bb = config.get("resolved_backbone") or {}
     if not config:
         return "No config.yaml found."
+    source, weights = bb.get("source", config.get("backbone")), bb.get("weights", "?")
+    weights = "its own weights" if str(weights) == str(source) else f"{weights} weights"
     return (
-        f"Backbone {bb.get('source', config.get('backbone'))} ({bb.get('weights', '?')} weights, "
+        f"Backbone {source} ({weights}, "
         f"preprocess {bb.get('preprocess', '?')}, input {bb.get('image_size', '?')}), "
         f"strategy {config.get('strategy')}, {len(config.get('classes', []))} classes."
     )
@@ -403,11 +405,18 @@ def _drift_section(metrics: dict) -> str:
 
 def _timing_section(metrics: dict) -> str:
     rows = [[p.get("name"), p.get("epochs"), p.get("seconds")] for p in metrics.get("phases", [])]
-    rows.append(["total training", metrics.get("epochs"), metrics.get("seconds")])
+    rows.append(["training (all phases)", metrics.get("epochs"), metrics.get("seconds")])
     ev = metrics.get("evaluation") or {}
     if "seconds" in ev:
         rows.append(["evaluation", "", ev["seconds"]])
-    return _table(["step", "epochs", "seconds"], rows, {1, 2})
+    whole = (metrics.get("whole_run") or {}).get("seconds")
+    if whole is not None:
+        rows.append(["whole run until the report", "", whole])
+    table = _table(["step", "epochs", "seconds"], rows, {1, 2})
+    return table + (
+        '<p class="muted">Training is the phases alone; the whole run adds the data check, '
+        "building the model, the caches, drift and the test split.</p>"
+    )
 
 
 def _config_section(config: dict) -> str:

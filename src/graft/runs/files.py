@@ -194,23 +194,7 @@ def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = 
     path.mkdir(parents=True, exist_ok=True)
     if resume:
         return path
-    entries = {p.name for p in path.iterdir()} - {layout.LOCK_FILE}
-    ours = entries & set(layout.ARTIFACTS)
-    is_run = layout.STATUS_FILE in entries
-    if entries and not overwrite:
-        if is_run and entries <= set(layout.DISPOSABLE) and not _completed(path):
-            overwrite = True  # a failed start: re-running the same command just works
-        else:
-            raise GraftError(
-                f"Run folder {run_dir} already exists and is not empty; refusing to overwrite it.",
-                hint="pass another out=DIR, or overwrite=True to replace its files.",
-            )
-    if overwrite and ours and not is_run:
-        raise GraftError(
-            f"out={run_dir} is not a graft run folder, yet it holds "
-            f"{', '.join(sorted(ours))}; refusing to replace files graft did not create.",
-            hint="pass another out=DIR.",
-        )
+    overwrite, ours = check_reusable(path, overwrite, run_dir)
     if overwrite:
         for name in sorted(ours):  # all checked before anything is removed
             target = path / name
@@ -222,6 +206,33 @@ def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = 
             else:
                 target.unlink(missing_ok=True)
     return path
+
+
+def check_reusable(path: Path, overwrite: bool, shown=None) -> tuple[bool, set[str]]:
+    """Refuse an existing folder :func:`prepare` must not reuse (it only reads).
+
+    Returns ``(overwrite, ours)``: whether its run files are to be replaced (also a
+    failed start's, without ``overwrite``) and which of them it holds.
+    """
+    shown = path if shown is None else shown
+    entries = {p.name for p in path.iterdir()} - {layout.LOCK_FILE}
+    ours = entries & set(layout.ARTIFACTS)
+    is_run = layout.STATUS_FILE in entries
+    if entries and not overwrite:
+        if is_run and entries <= set(layout.DISPOSABLE) and not _completed(path):
+            overwrite = True  # a failed start: re-running the same command just works
+        else:
+            raise GraftError(
+                f"Run folder {shown} already exists and is not empty; refusing to overwrite it.",
+                hint="pass another out=DIR, or overwrite=True to replace its files.",
+            )
+    if overwrite and ours and not is_run:
+        raise GraftError(
+            f"out={shown} is not a graft run folder, yet it holds "
+            f"{', '.join(sorted(ours))}; refusing to replace files graft did not create.",
+            hint="pass another out=DIR.",
+        )
+    return overwrite, ours
 
 
 def _completed(path: Path) -> bool:

@@ -400,8 +400,12 @@ def _line(s: dict, hit: bool) -> str:
     done = "reused" if hit else f"computed in {seconds['spent']:.1f} s"
     return (
         f"Activation cache: boundary at the input of {s['boundary']}{moved}, "
-        f"{s['bottom_layers']} frozen layers cached as {tuple(s['shape'])} {s['dtype']}; "
+        f"{_count(s['bottom_layers'], 'frozen layer')} cached as {tuple(s['shape'])} {s['dtype']}; "
         f"{done} for {s['images']} images ({s['bytes'] / 1e6:.1f} MB); phase(s) {phases} "
-        f"train on it, about {seconds['saved_estimate']:.1f} s of bottom passes saved "
-        f"over {s['epochs']} epochs"
-    )
+        f"train on it over {s['epochs']} epochs"
+    )  # no time "saved": that would need the run without the cache, which is not measured
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 frozen layer``, ``2 frozen layers``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")

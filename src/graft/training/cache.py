@@ -129,7 +129,9 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
         verbose: Keras's progress bar (1; plain lines where the output is not a live
             terminal, :func:`graft.progress.keras_verbosity`) or silence (0).
     """
-    verbose = progress.keras_verbosity(verbose)
+    # A live bar on a terminal; elsewhere nothing (Keras's plain lines are noise: the
+    # cache logs one line of its own when done).
+    verbose = 1 if progress.keras_verbosity(verbose) == 1 else 0
     if isinstance(inputs, np.ndarray) or keras.backend.backend() != "tensorflow":
         return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
     forward = forward_function(extractor, inputs.element_spec)

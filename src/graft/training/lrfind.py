@@ -69,8 +69,11 @@ class LRFindResult:
         ax.plot(self.lrs, self.smoothed, label="smoothed loss")
         ax.axvline(self.suggestion, color="C3", ls="--", label=f"valley {self.suggestion:.2e}")
         ax.set_xscale("log")
+        low, high = y_limits(self.smoothed)
+        ax.set_ylim(low, high)  # the divergence at the end would flatten everything else
+        clipped = max((v for v in self.losses if math.isfinite(v)), default=high) > high
         ax.set_xlabel("learning rate")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("training loss" + (f" (clipped at {high:.3g})" if clipped else ""))
         ax.legend()
         fig.tight_layout()
         tmp = png_path.with_suffix(".tmp.png")
@@ -78,6 +81,19 @@ class LRFindResult:
         plt.close(fig)
         os.replace(tmp, png_path)
         return csv_path, png_path
+
+
+def y_limits(smoothed: list[float]) -> tuple[float, float]:
+    """The loss axis of the plot: from just below the lowest smoothed loss to twice the
+    drop above the starting loss (fastai's view), so that the divergence at the end of
+    a sweep does not flatten the part that matters."""
+    finite = [v for v in smoothed if math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    start, low = finite[0], min(finite)
+    high = min(max(finite), start + 2 * max(start - low, 0.05 * abs(start) or 0.1))
+    margin = 0.05 * max(high - low, 1e-6)
+    return low - margin, high + margin
 
 
 def valley(lrs: list[float], losses: list[float]) -> float:

@@ -29,6 +29,15 @@ from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, Phas
 CACHED_STEPS_PER_EXECUTION = 64
 
 
+def steps_per_execution(steps: int | None) -> int:
+    """Head steps per call on cached features: the largest divisor of the epoch's steps up
+    to :data:`CACHED_STEPS_PER_EXECUTION` (Keras counts a call as that many steps, so a
+    call past the epoch's end shows ``64/34`` in the progress bar)."""
+    if not steps or steps < 1:
+        return 1
+    return max(d for d in range(1, min(steps, CACHED_STEPS_PER_EXECUTION) + 1) if steps % d == 0)
+
+
 def build_state(model: keras.Model, dataset) -> None:
     """Create the optimizer's and the metrics' variables of a compiled ``model`` before
     ``fit`` traces its training step. Without a distribution strategy Keras (TensorFlow)
@@ -163,10 +172,14 @@ class Trainer:
         return f"Trainer(model={self.model.name!r}, blocks={len(self.blocks)}, loss={self.loss!r})"
 
     def prepare(
-        self, phase: Phase, target: keras.Model | None = None, head_only: bool = False
+        self,
+        phase: Phase,
+        target: keras.Model | None = None,
+        head_only: bool = False,
+        steps: int | None = None,
     ) -> freezing.TrainabilityReport:
         """Apply a phase's trainability and compile ``target`` (default: the model) for it;
-        ``head_only``: ``target`` is the head on cached features."""
+        ``head_only``: ``target`` is the head on cached features, ``steps`` per epoch."""
         report = freezing.apply(self.model, self.blocks, phase.trainable, phase.train_bn)
         extra = {k: v for h in self.hooks for k, v in h.optimizer_kwargs(phase).items()}
         optimizer = make_optimizer(phase, self.model, self.blocks, **extra)
@@ -177,7 +190,7 @@ class Trainer:
             jit_compile=self.jit_compile,
             # A head step on cached features is tiny: run many per call to cut overhead
             # (a step with convolutions gains nothing and its loop traces ~1.5 s longer).
-            steps_per_execution=CACHED_STEPS_PER_EXECUTION if head_only else 1,
+            steps_per_execution=steps_per_execution(steps) if head_only else 1,
         )
         return report
 
@@ -260,7 +273,8 @@ class Trainer:
         phase, position, on_cache = ctx.phase, ctx.position, ctx.on_cache
         for hook in self.hooks:
             hook.before_phase(ctx)
-        report = self.prepare(phase, ctx.target, head_only=ctx.on_cache)
+        steps = inputs.steps or _cardinality(inputs.train)
+        report = self.prepare(phase, ctx.target, head_only=ctx.on_cache, steps=steps)
         policies = schedules.callbacks(phase, position)
         for name, policy in policies.items():
             if name in states:
@@ -308,3 +322,12 @@ class Trainer:
         for hook in self.hooks:
             hook.after_phase(ctx)
         return PhaseResult(phase, report, position.done + len(rows), seconds)
+
+
+def _cardinality(dataset) -> int | None:
+    """Batches in one pass over ``dataset``, if it knows (``None``: unknown or infinite)."""
+    try:
+        count = int(dataset.cardinality())
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return count if count > 0 else None
