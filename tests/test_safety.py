@@ -143,7 +143,11 @@ def test_full_disk_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch, di
         runs, "open", lambda fd, mode, **kw: Full(real_open(fd, mode, **kw)), raising=False
     )
     out = tmp_path / "run"
-    code = cli.main(["train", str(digits_folder), "-b", "x.keras", "--out", str(out)])
+    # A model file that exists (the early checks pass): the disk fills up when the run
+    # folder's config.yaml is written, before the backbone is read.
+    backbone = tmp_path / "x.keras"
+    backbone.write_bytes(b"not read before config.yaml")
+    code = cli.main(["train", str(digits_folder), "-b", str(backbone), "--out", str(out)])
     assert code == 2
     line = _one_error_line(capsys)
     assert "No space left" in line and str(out / "config.yaml") in line
