@@ -104,6 +104,15 @@ def cnn_file(tmp_path_factory):
     return path
 
 
+def one_error_line(capsys) -> str:
+    """The one line a user's mistake prints on stderr (no traceback, nothing else)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 def stop_after(patch: pytest.MonkeyPatch, epoch: int) -> None:
     """Make the checkpointer act as if Ctrl-C came right after epoch ``epoch`` was saved
     (the run then raises ``graft.training.checkpoints.Interrupted``)."""

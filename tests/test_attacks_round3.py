@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import stop_after
+from conftest import one_error_line, stop_after
 from graft import cli
 from graft.runs import layout
 
@@ -28,14 +28,6 @@ TRAIN = [
     "train", "data/train", "-b", "models/m.keras", "--cut", "block3_pool", "--strategy",
     "feature", "--epochs", "2", "--batch-size", "8", "--seed", "1", "--out", "runs/x",
 ]  # fmt: skip
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def _status(run: Path) -> str:
@@ -156,7 +148,7 @@ def test_1_and_3_a_moved_project_resumes_and_changed_pixels_are_refused(
     os.utime(image, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # even the mtime put back
     capsys.readouterr()
     assert cli.main(["train", "--resume", "moved/runs/x"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "Cannot resume" in line and "data ('five')" in line, line
     assert "backbone" not in line and "settings" not in line, line
     image.write_bytes(original)
@@ -177,7 +169,7 @@ def test_1_a_checkpoint_of_the_old_fingerprint_format_is_refused_naming_it(
     state_path.write_text(json.dumps(state))
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(copy / "runs" / "x")]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "format 1" in line and "format 2" in line
     assert state_path.is_file()  # nothing lost: a graft that reads it can resume
 
@@ -199,7 +191,7 @@ def test_2_a_lock_file_link_is_refused_and_its_target_untouched(
     monkeypatch.chdir(copy)
     capsys.readouterr()
     assert cli.main(["train", "--resume", "runs/x"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert layout.LOCK_FILE in line and "symbolic link" in line, line
     if dangling:
         assert not victim.exists()
@@ -220,12 +212,12 @@ def test_2_a_lock_file_with_foreign_content_or_hard_links_is_never_truncated(
     monkeypatch.chdir(copy)
     capsys.readouterr()
     assert cli.main(["train", "--resume", "runs/x"]) == 2
-    assert "hard links" in _one_error_line(capsys)
+    assert "hard links" in one_error_line(capsys)
     assert victim.read_text() == "123"
     (run / layout.LOCK_FILE).unlink()
     (run / layout.LOCK_FILE).write_text("my notes")
     assert cli.main(["train", "--resume", "runs/x"]) == 2
-    assert "does not hold a pid" in _one_error_line(capsys)
+    assert "does not hold a pid" in one_error_line(capsys)
     assert (run / layout.LOCK_FILE).read_text() == "my notes"
 
 
@@ -240,7 +232,7 @@ def test_2_a_status_json_link_is_never_written_through(interrupted, tmp_path, mo
     monkeypatch.chdir(copy)
     capsys.readouterr()
     assert cli.main(["train", "--resume", "runs/x"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert layout.STATUS_FILE in line and "symbolic link" in line, line
     assert victim.read_text() == before
     assert (run / layout.STATUS_FILE).is_symlink()
@@ -290,7 +282,7 @@ def test_5_a_zip_bomb_model_is_refused_before_it_is_read(
     for args in commands:
         capsys.readouterr()
         assert cli.main(args) == 2, args
-        line = _one_error_line(capsys)
+        line = one_error_line(capsys)
         assert "zip bomb" in line and "config.json" in line, line
     assert not (tmp_path / "run" / layout.MODEL_FILE).exists()
 
@@ -317,7 +309,7 @@ def test_8_out_of_range_numbers_are_refused_before_anything_runs(
         args += ["--config", str(tmp_path / "c.yaml")]
     capsys.readouterr()
     assert cli.main([*args, *flags, "--out", str(tmp_path / "run")]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert expected in line, line
     assert not (tmp_path / "run").exists()  # no failed run folder with a useless hint
 
@@ -424,7 +416,7 @@ def test_12_class_folders_differing_only_in_unicode_normalisation_are_refused(
         pytest.skip("this file system normalises names itself")
     capsys.readouterr()
     assert cli.main(["data", "check", str(data)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "Unicode normalisation" in line and "'caf\\xe9'" in line and "'cafe\\u0301'" in line
 
 
@@ -547,7 +539,7 @@ def test_also_a_damaged_checkpoint_array_file_is_named_not_badzipfile(
     weights.write_bytes(weights.read_bytes()[:300])
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(copy / "runs" / "x")]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "BadZipFile" not in line and f"checkpoint file {weights}" in line, line
     assert "is damaged" in line
 
@@ -574,7 +566,7 @@ def test_also_a_read_only_run_folder_is_one_line(interrupted, tmp_path, capsys, 
     _refuse_writes_under(monkeypatch, run, errno.EROFS)
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "Errno" not in line and "OSError" not in line, line
     assert "Cannot write" in line and "Read-only file system" in line, line
     monkeypatch.undo()
@@ -600,7 +592,7 @@ def test_also_the_disk_full_hint_names_the_cache_option_with_its_value(
     monkeypatch.setattr(os, "open", open_)
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "No space left" in line and "--cache-dir DIR for the cache" in line, line
 
 
@@ -614,7 +606,7 @@ def test_also_resume_after_an_edited_phase_names_the_field_once(interrupted, tmp
     config.write_text(yaml.safe_dump(body, sort_keys=False))
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(copy / "runs" / "x")]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "settings (phases[1].epochs 2 -> 3) changed" in line, line
     assert line.count("'name': 'head'") == 0
 

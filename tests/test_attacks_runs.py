@@ -20,7 +20,7 @@ import keras
 import pytest
 import yaml
 
-from conftest import IMAGE, conv_block
+from conftest import IMAGE, conv_block, one_error_line
 from graft import cli
 from graft.runs import layout
 from graft.runs import status as run_status
@@ -35,14 +35,6 @@ def _train_args(data, cnn_file, out, cache):
         "--finetune-epochs", "1", "--batch-size", "8", "--seed", "1",
         "--cache-dir", str(cache), "--out", str(out),
     ]  # fmt: skip
-
-
-def _one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def _env():
@@ -116,7 +108,7 @@ def test_1_config_yaml_cannot_enable_unsafe_loading_on_resume(
                safe_mode=False)  # fmt: skip
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "Lambda" in line and "--unsafe" in line
 
 
@@ -130,7 +122,7 @@ def test_2_export_never_replaces_another_folders_labels(finished, tmp_path, caps
     capsys.readouterr()
     code = cli.main(["export", str(finished), "--format", "keras", "--out", str(other / "x.keras")])
     assert code == 2
-    assert "labels.json" in _one_error_line(capsys)
+    assert "labels.json" in one_error_line(capsys)
     assert json.loads((other / layout.LABELS_FILE).read_text()) == ["cat", "dog"]
     assert not (other / "x.keras").exists()
     # Two exports of the same run into one folder agree on the labels: both are fine.
@@ -153,11 +145,11 @@ def test_3_savedmodel_overwrite_never_deletes_a_foreign_folder(
     capsys.readouterr()
     args = ["export", str(finished), "--format", "savedmodel", "--overwrite", "--out"]
     assert cli.main([*args, str(target)]) == 2
-    assert "refusing" in _one_error_line(capsys)
+    assert "refusing" in one_error_line(capsys)
     assert (target / "precious.txt").read_text() == "years of work"
     monkeypatch.chdir(target)  # --out . must be just as safe
     assert cli.main([*args, "."]) == 2
-    assert "refusing" in _one_error_line(capsys)
+    assert "refusing" in one_error_line(capsys)
     assert sorted(p.name for p in target.iterdir()) == ["precious.txt"]
 
 
@@ -231,7 +223,7 @@ def test_6_resume_after_the_data_changed_is_refused_saying_what_changed(
     (mine / "tmp").rename(mine / "six")
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "data" in line and "'five'" in line and "'six'" in line and "'seven'" not in line
 
 
@@ -253,7 +245,7 @@ def test_8_tampered_state_is_refused_not_a_completed_run(finished, tmp_path, cap
     state_path.write_text(json.dumps({**state, "phase_index": 99, "phase_done": False}))
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "phase_index 99" in line and "2 phase(s)" in line
     assert json.loads((run / layout.STATUS_FILE).read_text())["status"] != "completed"
 
@@ -262,10 +254,10 @@ def test_8_flags_given_with_resume_are_never_silently_ignored(finished, tmp_path
     run = _interrupted_copy(finished, tmp_path)
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run), "--epochs", "7"]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "--epochs 7" in line and "the run has 1" in line
     assert cli.main(["train", "--resume", str(run), "--overwrite"]) == 2
-    assert "--overwrite" in _one_error_line(capsys)
+    assert "--overwrite" in one_error_line(capsys)
 
 
 def test_8_a_second_run_on_a_locked_folder_gets_a_clear_error(
@@ -293,7 +285,7 @@ def test_8_a_second_run_on_a_locked_folder_gets_a_clear_error(
         assert holder.stdout.readline().strip() == "locked"
         capsys.readouterr()
         assert cli.main([*_train_args(data, cnn_file, run, cache_dir), "--overwrite"]) == 2
-        line = _one_error_line(capsys)
+        line = one_error_line(capsys)
         assert "in use by another graft process" in line and f"pid {holder.pid}" in line
         assert files() == before  # nothing touched
     finally:
@@ -354,10 +346,10 @@ def test_17_a_run_that_failed_before_training_does_not_block_the_same_command(
     args[args.index("block3_pool")] = "no_such_layer"
     capsys.readouterr()
     assert cli.main(args) == 2
-    first = _one_error_line(capsys)
+    first = one_error_line(capsys)
     assert "no_such_layer" in first
     assert cli.main(args) == 2  # the same error again, not "already exists"
-    assert _one_error_line(capsys) == first
+    assert one_error_line(capsys) == first
 
 
 def test_signals_are_restored_after_a_run(finished):
@@ -384,7 +376,7 @@ def test_17_report_tells_a_dead_running_run_is_interrupted(finished, tmp_path, c
     assert "Status: interrupted" in (run / layout.REPORT_FILE).read_text()
     (run / layout.METRICS_FILE).unlink()  # died before its end: no report to regenerate
     assert cli.main(["report", str(run)]) == 2
-    assert "has no report yet. Status: interrupted" in _one_error_line(capsys)
+    assert "has no report yet. Status: interrupted" in one_error_line(capsys)
 
 
 def test_16_resume_with_an_unparsable_status_json_is_one_line(finished, tmp_path, capsys):
@@ -392,5 +384,5 @@ def test_16_resume_with_an_unparsable_status_json_is_one_line(finished, tmp_path
     (run / layout.STATUS_FILE).write_text('{"status": "runn')
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run)]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "status.json is unreadable" in line and "delete" in line

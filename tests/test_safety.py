@@ -10,19 +10,13 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import IMAGE, conv_block, make_cnn
+from conftest import IMAGE, conv_block, make_cnn, one_error_line
 from graft import api, cli
 from graft.core import backbones
 from graft.errors import GraftError, TrainingFailed
 from graft.runs import files as runs
 
 TINY = dict(cut="block3_pool", epochs=1, finetune_epochs=1, batch_size=8, verbose=0)
-
-
-def _one_error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +60,17 @@ def test_lambda_backbone_refused_by_default_accepted_with_unsafe(
     args = ["train", str(digits_folder), "-b", str(lambda_file), "--cut", "block2_pool"]
     args += ["--epochs", "1", "--finetune-epochs", "1", "--batch-size", "8", "--no-cache"]
     assert cli.main([*args, "--out", str(tmp_path / "safe")]) == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "Lambda" in line and "--unsafe" in line
     assert cli.main([*args, "--out", str(tmp_path / "unsafe"), "--unsafe"]) == 0, capsys
     capsys.readouterr()
     # The trained model holds the Lambda too: evaluate and predict refuse it by default ...
     run_dir = str(tmp_path / "unsafe")
     assert cli.main(["evaluate", run_dir, str(digits_folder)]) == 2
-    assert "Lambda" in _one_error_line(capsys)
+    assert "Lambda" in one_error_line(capsys)
     image = next(digits_folder.glob("five/*.png"))
     assert cli.main(["predict", run_dir, str(image)]) == 2
-    assert "--unsafe" in _one_error_line(capsys)
+    assert "--unsafe" in one_error_line(capsys)
     # ... and accept it when asked.
     assert cli.main(["evaluate", run_dir, str(digits_folder), "--json", "--unsafe"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 36
@@ -143,9 +137,13 @@ def test_full_disk_is_one_line_naming_the_path(tmp_path, capsys, monkeypatch, di
         runs, "open", lambda fd, mode, **kw: Full(real_open(fd, mode, **kw)), raising=False
     )
     out = tmp_path / "run"
-    code = cli.main(["train", str(digits_folder), "-b", "x.keras", "--out", str(out)])
+    # A model file that exists (the early checks pass): the disk fills up when the run
+    # folder's config.yaml is written, before the backbone is read.
+    backbone = tmp_path / "x.keras"
+    backbone.write_bytes(b"not read before config.yaml")
+    code = cli.main(["train", str(digits_folder), "-b", str(backbone), "--out", str(out)])
     assert code == 2
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "No space left" in line and str(out / "config.yaml") in line
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written file
 
@@ -164,6 +162,6 @@ def test_out_of_memory_suggests_a_smaller_batch(
     out = tmp_path / "run"
     args = ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool"]
     assert cli.main([*args, "--batch-size", "64", "--no-cache", "--out", str(out)]) == 1
-    line = _one_error_line(capsys)
+    line = one_error_line(capsys)
     assert "Out of memory" in line and "--batch-size 64" in line and "--batch-size 32" in line
     assert json.loads((out / "status.json").read_text())["status"] == "failed"

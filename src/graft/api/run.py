@@ -108,7 +108,9 @@ def train(
     if data_source is None or backbone is None:
         raise GraftError("train needs data and a backbone (or resume=RUN_DIR).")
     if resume is None:  # names, paths and the run folder, before any data is read
-        preflight.check_train(data_source, backbone, out, val=val, test=test, overwrite=overwrite)
+        preflight.check_train(
+            data_source, backbone, out, val=val, test=test, overwrite=overwrite, settings=settings
+        )
     request = p.Request(
         data_source,
         backbone,
