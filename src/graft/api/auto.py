@@ -41,6 +41,10 @@ from graft.runs.layout import AUTO_SEARCH_FILE as AUTO_FILE  # noqa: F401
 
 DEFAULT_TRIALS = 4
 TRIAL_EPOCHS = 3
+#: Few labels: candidates are cross-validated on at most this many folds (one repeat).
+MAX_CV_FOLDS = 5
+#: One labelled image in a class: nothing can be validated; auto trains this prior.
+PRIOR_STRATEGY = "hybrid"
 SMALL_DATA = 30
 STRATEGY_ORDER_SMALL = ("feature", "hybrid", "finetune")
 STRATEGY_ORDER_LARGE = ("hybrid", "finetune", "feature")
@@ -246,17 +250,96 @@ def _epochs(settings: dict, default: int) -> int:
     return default if epochs == "auto" else int(epochs)
 
 
-def _holdout_settings(request, settings: dict) -> dict:
-    """``settings`` with ``val_split`` a fraction: the search scores trials and finalists
-    on a hold-out (``val_split="auto"`` -> :data:`DEFAULT_VAL_SPLIT`); cross-validated
-    trials (issue 22) are not implemented yet, so the hold-out is said in the log."""
+def few_label_folds(request, settings: dict, source):
+    """The folds ``val_split="auto"`` draws for ``source`` when they are not a hold-out
+    (few labels: k-fold, or ``"none"`` when a class has one image), else ``None``: a
+    given ``val``, a given fraction, a stream, multi-label data or enough images for a
+    hold-out keep the search on a hold-out."""
+    from graft.data.folds import plan_folds
+
     if request.val is not None or settings.get("val_split", "auto") != "auto":
+        return None
+    if source.labels is None or source.multi_label:
+        return None
+    folds = plan_folds(source.labels, seed=int(settings.get("seed", 0)), val_split="auto")
+    return None if folds.kind == "holdout" else folds
+
+
+def _holdout_settings(settings: dict) -> dict:
+    """``settings`` with ``val_split`` a fraction: with enough images the search scores
+    trials and finalists on a stratified hold-out (``"auto"`` -> :data:`DEFAULT_VAL_SPLIT`)."""
+    if settings.get("val_split", "auto") != "auto":
         return settings
-    request.log(
-        f"Auto strategy: trials and finalists are scored on a stratified hold-out of "
-        f"{DEFAULT_VAL_SPLIT} of the labelled images (not cross-validated)"
-    )
     return {**settings, "val_split": DEFAULT_VAL_SPLIT}
+
+
+def cross_validate(request, settings: dict, source, folds, choice: dict) -> dict:
+    """One candidate's score under the few-label protocol: trained on each fold's
+    training part, scored on its validation part (one repeat of the k-fold, at most
+    :data:`MAX_CV_FOLDS` folds), the *last* epoch's model (keep-best on the scored fold
+    would choose on it). ``{"val_accuracy", "val_loss", "val_accuracy_std", "folds",
+    "scores", "seconds"}``."""
+    import numpy as np
+
+    from graft.api.pipeline import execute
+
+    start = time.perf_counter()
+    accuracies, losses = [], []
+    for train_idx, val_idx in folds.splits[: min(folds.k, MAX_CV_FOLDS)]:
+        fold = {**settings, **runnable(choice), "keep": "last", "val_split": 0}
+        run = execute(
+            dataclasses.replace(
+                _quiet(request, fold), data=source.subset(train_idx), val=source.subset(val_idx)
+            )
+        )
+        accuracy, loss = _scores(run.metrics)
+        accuracies.append(accuracy)
+        losses.append(loss)
+    return {
+        "val_accuracy": round(float(np.mean(accuracies)), 4),
+        "val_accuracy_std": round(float(np.std(accuracies)), 4),
+        "val_loss": round(float(np.mean(losses)), 4),
+        "folds": len(accuracies),
+        "scores": [round(a, 4) for a in accuracies],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def search_by_folds(request, settings: dict, source, folds) -> dict:
+    """Few labels (``val_split="auto"`` chose k-fold): every grafting strategy with
+    graft's defaults and scratch (:func:`scratch_choice`, its budget in optimizer steps)
+    scored by :func:`cross_validate` on the same folds; the record of
+    ``auto_search.json`` with ``chosen`` the best (ties: lower validation loss, then
+    the earlier candidate). The winner is then trained on every labelled image."""
+    from graft.config.strategies import STRATEGIES
+
+    candidates = [{"strategy": s} for s in STRATEGY_ORDER_SMALL if s in STRATEGIES]
+    candidates.append(scratch_choice(str(request.backbone), settings, len(source.labels)))
+    k = min(folds.k, MAX_CV_FOLDS)
+    names = ", ".join(_describe(c) for c in candidates)
+    request.log(
+        f"Auto strategy: few labels, so every candidate ({names}) "
+        f"is scored by {k}-fold cross-validation on the same folds ({len(candidates) * k} "
+        "in-memory runs), then the best is trained on every labelled image"
+    )
+    records = []
+    for i, choice in enumerate(candidates, start=1):
+        scores = cross_validate(request, settings, source, folds, choice)
+        records.append({"trial": i, "settings": choice, **scores})
+        request.log(
+            f"Auto candidate {i}/{len(candidates)}: {_describe(choice)} -> val_accuracy "
+            f"{scores['val_accuracy']:.4f} +- {scores['val_accuracy_std']:.4f} ({k}-fold)"
+        )
+    best = min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
+    return {
+        "objective": f"val_accuracy, {k}-fold cross-validated (ties: val_loss, then the earlier)",
+        "protocol": {**folds.as_dict(), "folds_used": k},
+        "images_per_class": round(len(source.labels) / max(1, len(source.classes)), 2),
+        "trials": records,
+        "chosen_trial": best["trial"],
+        "chosen": best["settings"],
+        "finalists": records,
+    }
 
 
 def _scores(metrics: dict) -> tuple[float, float]:
@@ -297,7 +380,9 @@ def _quiet(request, settings: dict):
 
 
 def _describe(settings: dict) -> str:
-    text = f"{settings['strategy']} lr {settings['lr']:g}"
+    text = settings["strategy"]
+    if "lr" in settings:
+        text += f" lr {settings['lr']:g}"
     if "epochs" in settings and settings["strategy"] == SCRATCH:
         text += f", {settings['epochs']} epochs"
     if "unfreeze" in settings:
@@ -305,13 +390,20 @@ def _describe(settings: dict) -> str:
     return text
 
 
-def scratch_choice(backbone: str, settings: dict) -> dict:
-    """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget."""
+def scratch_choice(backbone: str, settings: dict, images: int | None = None) -> dict:
+    """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget
+    (the most epochs any strategy gets; with ``images`` known and ``epochs="auto"``, at
+    least :func:`graft.config.budget.scratch_epochs`'s optimizer steps)."""
     from graft.api.compare import epoch_budget
+    from graft.config.budget import scratch_epochs
+    from graft.config.defaults import DEFAULT_BATCH_SIZE
     from graft.config.strategies import STRATEGIES
 
     lr = settings.get("lr")
     budget = epoch_budget(backbone, [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES], settings)
+    if images and settings.get("epochs", "auto") == "auto":
+        batch = int(settings.get("batch_size") or DEFAULT_BATCH_SIZE)
+        budget = scratch_epochs(images, batch, budget)
     return {
         "strategy": SCRATCH,
         "lr": 1e-3 if lr in (None, "auto") else float(lr),
@@ -333,31 +425,14 @@ def _better(a: dict, b: dict) -> bool:
     return (a["val_accuracy"], -a["val_loss"]) > (b["val_accuracy"], -b["val_loss"])
 
 
-def train_auto(request, budget_trials: int | None = None):
-    """``strategy="auto"``: search, then train the choice into the run folder.
-
-    Args:
-        request: The run (a :class:`graft.api.pipeline.Request`; ``auto_search.json`` is
-            written into its ``out``).
-        budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
-
-    Returns:
-        The :class:`graft.api.Run` of the chosen configuration, with
-        ``metrics["auto_search"]`` (chosen settings and trial count).
-    """
+def _search_then_finalists(request, settings: dict, overwrite: bool, budget_trials):
+    """Enough labels for a hold-out: the KerasTuner search (:func:`search`), then its best
+    transfer configuration and scratch trained with the full budget, the better on the
+    hold-out kept. ``(run, record, chosen)``."""
     from graft.api.pipeline import execute
-    from graft.runs import files, layout
-    from graft.runs import metrics as run_metrics
 
-    settings = {k: v for k, v in request.settings.items() if k != "strategy"}
-    settings = _holdout_settings(request, settings)
-    if settings.get("phases") is not None:
-        raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
+    settings = _holdout_settings(settings)
     _check_validation(request.val, settings)
-    overwrite = request.overwrite
-    if request.out is not None:
-        files.prepare(request.out, overwrite)  # fail before searching
-        overwrite = True
     record = search(
         dataclasses.replace(request, settings=settings),
         budget_trials=budget_trials or DEFAULT_TRIALS,
@@ -373,7 +448,7 @@ def train_auto(request, budget_trials: int | None = None):
     baseline = execute(_quiet(request, {**settings, **runnable(scratch)})).metrics
     final = dataclasses.replace(request, overwrite=overwrite, settings={**settings, **transfer})
     run = execute(final)
-    finalists = [
+    record["finalists"] = [
         {"settings": c, **dict(zip(("val_accuracy", "val_loss"), _scores(m)))}
         for c, m in ((transfer, run.metrics), (scratch, baseline))
     ]
@@ -388,8 +463,53 @@ def train_auto(request, budget_trials: int | None = None):
         run = execute(
             dataclasses.replace(request, overwrite=True, settings={**settings, **runnable(chosen)})
         )
+    return run, record, chosen
+
+
+def train_auto(request, budget_trials: int | None = None):
+    """``strategy="auto"``: search, then train the choice into the run folder.
+
+    Args:
+        request: The run (a :class:`graft.api.pipeline.Request`; ``auto_search.json`` is
+            written into its ``out``).
+        budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
+
+    Returns:
+        The :class:`graft.api.Run` of the chosen configuration, with
+        ``metrics["auto_search"]`` (chosen settings and trial count).
+    """
+    from graft.api.pipeline import execute
+    from graft.data.adapter import adapt
+    from graft.runs import files, layout
+    from graft.runs import metrics as run_metrics
+
+    settings = {k: v for k, v in request.settings.items() if k != "strategy"}
+    if settings.get("phases") is not None:
+        raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
+    overwrite = request.overwrite
+    if request.out is not None:
+        files.prepare(request.out, overwrite)  # fail before searching
+        overwrite = True
+    source = adapt(request.data)
+    folds = few_label_folds(request, settings, source)
+    if folds is not None and folds.kind == "none":
+        chosen = {"strategy": PRIOR_STRATEGY}
+        request.log(
+            f"Auto strategy: {folds.reason}, so nothing can be cross-validated or searched; "
+            f"training the prior, {PRIOR_STRATEGY} (a converged linear probe, then "
+            "fine-tuning), on every labelled image"
+        )
+        record = {"objective": None, "protocol": folds.as_dict(), "trials": [], "chosen": chosen}
+        run = execute(dataclasses.replace(request, overwrite=overwrite, settings=settings | chosen))
+    elif folds is not None:
+        record = search_by_folds(request, settings, source, folds)
+        chosen = record["chosen"]
+        final = {**settings, **runnable(chosen)}
+        run = execute(dataclasses.replace(request, overwrite=overwrite, settings=final))
+    else:
+        run, record, chosen = _search_then_finalists(request, settings, overwrite, budget_trials)
     request.log(f"Auto strategy chose {_describe(chosen)}")
-    record.update(finalists=finalists, chosen=chosen)
+    record["chosen"] = chosen
     run.metrics["auto_search"] = {"chosen": chosen, "trials": len(record["trials"])}
     if run.run_dir is not None:
         files.write_json(run.run_dir / layout.AUTO_SEARCH_FILE, record)

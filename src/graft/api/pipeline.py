@@ -40,7 +40,7 @@ import numpy as np
 from graft import progress
 from graft.api import building
 from graft.api.result import Run
-from graft.config.budget import HeadBudget, head_budget
+from graft.config.budget import MIN_FINETUNE_STEPS, HeadBudget, finetune_epochs, head_budget
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.phase import Plan
 from graft.config.settings import TrainConfig
@@ -142,7 +142,7 @@ class Context:
     devices: Devices = field(default_factory=Devices)
     run_dir: Path | None = None
     #: The head phase's budget in optimizer steps (``epochs="auto"``), if it trains by
-    #: gradient (:func:`with_head_budget`).
+    #: gradient (:func:`with_budgets`).
     budget: HeadBudget | None = None
 
     @classmethod
@@ -290,7 +290,7 @@ def execute(req: Request) -> Run:
                 plan = Plan(ctx.plan.phases[len(solved.replaced) :], ctx.plan.head)
                 ctx = dataclasses.replace(ctx, plan=plan)
             pipes = make_pipelines(ctx, data, built.bb)
-            ctx = with_head_budget(ctx, data, pipes)
+            ctx = with_budgets(ctx, data, pipes)
             setup = make_trainer(ctx, data, built)
             fitted = fit(ctx, data, built, pipes, setup)
             fitted = dataclasses.replace(fitted, solved=solved)
@@ -683,6 +683,7 @@ def solve_head(ctx: Context, data: PreparedData, built: Built) -> Solved | None:
     first = plan.phases[0] if plan.phases else None
     writes = (
         cfg.epochs == "auto"
+        and cfg.lr != "auto"  # lr="auto" asks for the LR finder: the head trains by gradient
         and named_plan(cfg)
         and cfg.strategy in PROBE_STRATEGIES
         and plan.head == ()
@@ -748,25 +749,50 @@ def make_pipelines(ctx: Context, data: PreparedData, bb: backbones.Backbone) -> 
     return Pipelines(train, val, bs, plain)
 
 
-def with_head_budget(ctx: Context, data: PreparedData, pipes: Pipelines) -> Context:
-    """``epochs="auto"`` and a head phase that trains by gradient (a hidden head, or a
-    probe that does not apply): its epochs from :func:`graft.config.budget.head_budget`,
-    a budget in optimizer steps, so ten images get as many steps as a head needs to
-    converge. On cached features an epoch then spans ``repeats`` passes over the data."""
+def with_budgets(ctx: Context, data: PreparedData, pipes: Pipelines) -> Context:
+    """Budgets in optimizer steps for ``epochs``/``finetune_epochs="auto"`` on the
+    strategy's own plan (issue 22), so ten images get as many steps as a phase needs:
+
+    - a head phase that trains by gradient (a hidden head, or a probe that does not
+      apply): :func:`graft.config.budget.head_budget`; on cached features an epoch then
+      spans ``repeats`` passes over the data;
+    - a phase that trains backbone layers: :func:`graft.config.budget.finetune_epochs`
+      (the first phase's from ``epochs``, later ones' from ``finetune_epochs``).
+
+    Every budget is a pure function of the number of training images and the batch
+    size, so a resumed run or ``--config`` draws the same plan."""
     cfg, phases = ctx.cfg, ctx.plan.phases
-    if cfg.epochs != "auto" or not named_plan(cfg) or not phases:
+    images = data.counts["train"]
+    if not named_plan(cfg) or not phases or not isinstance(images, int):
         return ctx
-    first = phases[0]
-    if not first.backbone_frozen or not isinstance(data.counts["train"], int):
-        return ctx
-    budget = head_budget(max(1, data.counts["train"]), pipes.batch_size)
-    # The early stop on the training loss that head_budget describes is not wired into
-    # the trainer yet: the whole budget runs, and the log and metrics say so.
-    reason = budget.reason.split(", stopping")[0] + "; no early stop"
-    budget = dataclasses.replace(budget, patience=None, reason=reason)
-    ctx.log(budget.reason[0].upper() + budget.reason[1:])
-    head = dataclasses.replace(first, epochs=budget.epochs)
-    plan = Plan((head, *phases[1:]), ctx.plan.head)
+    solved_first = len(phases) < len(cfg.resolved_plan())  # the probe replaced the head
+    budget, planned, lines = None, [], []
+    for i, phase in enumerate(phases):
+        first = i == 0 and not solved_first
+        setting = cfg.epochs if first else cfg.finetune_epochs
+        if setting != "auto":
+            planned.append(phase)
+        elif phase.backbone_frozen and first:
+            budget = head_budget(max(1, images), pipes.batch_size)
+            # No early stop on the training loss: the whole budget runs, so a resumed
+            # run ends where an uninterrupted one does (the log says so).
+            reason = budget.reason.split(", stopping")[0] + "; the whole budget runs"
+            budget = dataclasses.replace(budget, patience=None, reason=reason)
+            lines.append(budget.reason[0].upper() + budget.reason[1:])
+            planned.append(dataclasses.replace(phase, epochs=budget.epochs))
+        elif not phase.backbone_frozen:
+            epochs = finetune_epochs(images, pipes.batch_size)
+            if epochs != phase.epochs:
+                lines.append(
+                    f"{phase.name.capitalize()}: {epochs} epochs, at least "
+                    f"{MIN_FINETUNE_STEPS} optimizer steps on {images} images"
+                )
+            planned.append(dataclasses.replace(phase, epochs=epochs))
+        else:
+            planned.append(phase)
+    for line in lines:
+        ctx.log(line)
+    plan = Plan(tuple(planned), ctx.plan.head)
     return dataclasses.replace(ctx, plan=plan, budget=budget)
 
 
@@ -909,8 +935,10 @@ def _auto_lr(ctx: Context, trainer: Trainer, train_ds) -> tuple[Context, dict]:
     )
     if ctx.run_dir is not None:
         found.write(ctx.run_dir)
-    plan = Plan(tuple(cfg.resolved_plan()), ctx.plan.head)
-    ctx = dataclasses.replace(ctx, cfg=cfg, plan=plan)
+    # the found rate in every phase that takes it; the budgets already drawn stay
+    budgeted = zip(cfg.resolved_plan(), ctx.plan.phases, strict=True)
+    phases = tuple(dataclasses.replace(new, epochs=old.epochs) for new, old in budgeted)
+    ctx = dataclasses.replace(ctx, cfg=cfg, plan=Plan(phases, ctx.plan.head))
     return ctx, {"suggestion": cfg.lr, "steps": len(found.lrs)}
 
 

@@ -71,6 +71,7 @@ _CALLBACKS = {
     "head": lambda ctx, param, value: units(value),
     "lr": lambda ctx, param, value: learning_rate(value),
     "epochs": number_or_auto("epochs", int),
+    "finetune_epochs": number_or_auto("finetune_epochs", int),
     "val_split": number_or_auto("val_split", float),
 }
 

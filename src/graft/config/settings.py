@@ -93,10 +93,16 @@ class TrainConfig:
         "auto",
         _S,
         "Epochs of the first phase (the head phase, or finetune's only one); auto: a "
-        "linear head of feature/hybrid is solved (converged probe, no epochs), any other "
-        f"first phase trains {d.DEFAULT_EPOCHS} epochs.",
+        "linear head of feature/hybrid is solved (converged probe, no epochs), a head "
+        "trained by gradient gets at least 300 optimizer steps, a phase training the "
+        f"backbone at least {d.DEFAULT_EPOCHS} epochs and 300 steps.",
     )
-    finetune_epochs: int = setting(d.DEFAULT_EPOCHS, _S, "Epochs of the fine-tuning phase(s).")
+    finetune_epochs: int | str = setting(
+        "auto",
+        _S,
+        "Epochs of the fine-tuning phase(s); auto: at least "
+        f"{d.DEFAULT_EPOCHS} epochs and at least 300 optimizer steps.",
+    )
     unfreeze: str = setting(
         d.DEFAULT_UNFREEZE, _S, f"Backbone layers to fine-tune: {SPEC_HELP}.", metavar="SPEC"
     )
@@ -228,7 +234,9 @@ class TrainConfig:
         phases = plan(
             self.strategy,
             epochs=d.DEFAULT_EPOCHS if self.epochs == "auto" else self.epochs,
-            finetune_epochs=self.finetune_epochs,
+            finetune_epochs=(
+                d.DEFAULT_EPOCHS if self.finetune_epochs == "auto" else self.finetune_epochs
+            ),
             lr=AUTO_LR_PLACEHOLDER if self.lr == "auto" else self.lr,
             finetune_lr=self.finetune_lr,
             unfreeze=self.unfreeze,
@@ -295,7 +303,7 @@ def _type_ok(kind: str, value) -> bool:
 
 
 #: Settings that may also be ``"auto"`` (decided by graft from the data).
-AUTO_SETTINGS = ("lr", "val_split", "epochs")
+AUTO_SETTINGS = ("lr", "val_split", "epochs", "finetune_epochs")
 
 
 def check_types(settings: dict) -> None:
@@ -374,8 +382,15 @@ def _check(cfg: TrainConfig) -> None:
             raise GraftError(
                 f"{name} must be in [{low}, {high}). {_received(name, getattr(cfg, name))}"
             )
-    for name, low in (("batch_size", 1), ("min_size", 1), ("cache_views", 0), ("devices", 0)):
-        if getattr(cfg, name) < low:
+    for name, low in (
+        ("batch_size", 1),
+        ("min_size", 1),
+        ("cache_views", 0),
+        ("devices", 0),
+        ("epochs", 1),
+        ("finetune_epochs", 1),
+    ):
+        if getattr(cfg, name) != "auto" and getattr(cfg, name) < low:
             raise GraftError(
                 f"{name} must be at least {low}. {_received(name, getattr(cfg, name))}"
             )
