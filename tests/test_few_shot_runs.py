@@ -170,23 +170,69 @@ def test_random_frozen_backbone_is_warned(tmp_path, digits_folder):
     assert any("weights none leaves the backbone random" in line for line in lines)
 
 
-def test_auto_scores_on_a_hold_out_and_one_image_per_class_is_one_clear_error(small_arrays, cnn):
+def test_auto_on_one_image_per_class_trains_the_prior_and_says_why(small_arrays, cnn):
     import graft
-    from graft.errors import GraftError
 
     x, y = small_arrays
     one = np.concatenate([np.flatnonzero(y == c)[:1] for c in range(3)])
-    with pytest.raises(GraftError, match="hold-out has no images"):
-        graft.train(
-            (x[one], y[one]),
-            cnn,
-            strategy="auto",
-            budget_trials=1,
-            epochs=1,
-            verbose=0,
-            classes=CLASSES,
-            log=lambda _: None,
-        )
+    lines: list[str] = []
+    run = graft.train(
+        (x[one], y[one]), cnn, strategy="auto", cut="gap", epochs=1, finetune_epochs=1,
+        verbose=0, classes=CLASSES, log=lines.append,
+    )  # fmt: skip
+    assert run.metrics["auto_search"] == {"chosen": {"strategy": "hybrid"}, "trials": 0}
+    assert run.metrics["train_images"] == 3  # every labelled image
+    assert any("nothing can be cross-validated or searched" in line for line in lines)
+
+
+def test_auto_on_few_labels_cross_validates_every_candidate_on_the_same_folds(
+    small_arrays, cnn, monkeypatch, tmp_path
+):
+    """Few labels: no hold-out; feature, hybrid, finetune and scratch are each trained on
+    every fold's training part and scored on its validation part (never an image they
+    trained on), the same folds for all; the winner is trained on every labelled image."""
+    import graft
+
+    x, y = small_arrays  # 8 per class: k-fold, not a hold-out
+    fold_runs = []
+    original = pipeline.execute  # auto imports it when it runs: the spy is seen
+
+    def spy(request):
+        if request.out is None and request.val is not None:
+            train, val = request.data, request.val
+            fold_runs.append(
+                (request.settings.get("strategy"), request.settings.get("weights"),
+                 train.images, val.images)
+            )  # fmt: skip
+        return original(request)
+
+    monkeypatch.setattr(pipeline, "execute", spy)
+    out = tmp_path / "auto"
+    run = graft.train(
+        (x, y), cnn, out, strategy="auto", cut="gap", epochs=1, finetune_epochs=1,
+        verbose=0, classes=CLASSES, log=lambda _: None,
+    )  # fmt: skip
+    record = json.loads((out / "auto_search.json").read_text())
+    names = [t["settings"]["strategy"] for t in record["trials"]]
+    assert names == ["feature", "hybrid", "finetune", "scratch"]
+    k = record["protocol"]["folds_used"]
+    assert k == 5 and all(t["folds"] == k and len(t["scores"]) == k for t in record["trials"])
+    assert len(fold_runs) == 4 * k
+    for _, _, train_x, val_x in fold_runs:
+        assert len(train_x) + len(val_x) == len(y)
+        trained = {a.tobytes() for a in train_x}
+        assert not any(v.tobytes() in trained for v in val_x)  # scored on unseen images
+    # the same folds for every candidate
+    per_candidate = [
+        [v.tobytes() for _, _, _, v in fold_runs[i * k : (i + 1) * k]] for i in range(4)
+    ]
+    assert all(p == per_candidate[0] for p in per_candidate)
+    assert fold_runs[-1][1] == "none"  # scratch: fresh weights
+    best = max(record["trials"], key=lambda t: t["val_accuracy"])
+    assert record["chosen"] == best["settings"] or best["val_accuracy"] == next(
+        t["val_accuracy"] for t in record["trials"] if t["settings"] == record["chosen"]
+    )
+    assert run.metrics["train_images"] == len(y) and run.metrics["val_images"] == 0
 
 
 @pytest.mark.parametrize("truth", ["symmetric", "caffe"])
@@ -222,8 +268,8 @@ def test_a_hidden_head_trains_a_budget_of_optimizer_steps_not_ten_epochs(small_a
     keep = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(3)])  # 12 images
     run = _train((x[keep], y[keep]), cnn, strategy="feature", head=(16,), batch_size=8)
     budget = run.metrics["head_budget"]
-    assert budget["total_steps"] >= 300 and budget["repeats"] > 1  # 2 batches per pass
-    assert len(run.history) == budget["epochs"] <= 50
+    assert budget["total_steps"] >= 300 and budget["repeats"] == 1  # 2 batches per pass
+    assert len(run.history) == budget["epochs"] == 150  # one pass an epoch: exact resume
     assert "probe" in run.metrics and run.metrics["val_protocol"]["cross_validated"] is False
     given = _train((x[keep], y[keep]), make_cnn(), strategy="feature", head=(16,), epochs=3)
     assert len(given.history) == 3 and "head_budget" not in given.metrics
@@ -253,3 +299,51 @@ def test_config_replays_the_measured_inputs_and_solves_the_head_again(
     ):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     capsys.readouterr()
+
+
+def test_the_default_head_is_the_solved_linear_probe(small_arrays, cnn):
+    x, y = small_arrays
+    run = _train((x, y), cnn, strategy="feature")  # no head, no epochs given
+    assert run.config.head == () and run.metrics["epochs"] == 0 and not run.history
+    assert run.metrics["val_protocol"]["of"] == "the head"
+
+
+def test_fine_tuning_gets_a_budget_of_optimizer_steps_not_ten_epochs(small_arrays, cnn):
+    from graft.config.budget import MIN_FINETUNE_STEPS, finetune_epochs
+
+    x, y = small_arrays
+    run = _train((x, y), cnn, strategy="hybrid", batch_size=8)  # LP-FT, fine-tuning auto
+    expected = finetune_epochs(len(y), 8)
+    assert expected * 3 >= MIN_FINETUNE_STEPS and expected > 10  # 3 batches per pass
+    assert [r["phase"] for r in run.history] == ["finetune"] * expected
+    given = _train((x, y), make_cnn(), strategy="hybrid", batch_size=8, finetune_epochs=2)
+    assert len(given.history) == 2
+
+
+@pytest.mark.parametrize("stop_at", [7, 130])
+def test_a_budgeted_run_resumes_exactly(tmp_path, monkeypatch, small_arrays, stop_at):
+    """A hidden head on a step budget (on cached features) then fine-tuning on a step
+    budget: stopped inside the head phase (7) or inside fine-tuning (130), the resumed
+    run ends where the uninterrupted one did."""
+    import graft
+    from conftest import stop_after
+    from graft.training.checkpoints import Interrupted
+    from test_resume import _assert_same_history_and_weights
+
+    x, y = small_arrays
+    keep = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(3)])  # 12 images
+    data = (x[keep], y[keep])
+    settings = dict(
+        cut="gap", strategy="hybrid", head=(8,), batch_size=8, seed=3, deterministic=True,
+        unfreeze="blocks:1", classes=CLASSES, verbose=0, log=lambda _: None,
+    )  # fmt: skip
+    ref = tmp_path / "reference"
+    done = graft.train(data, make_cnn(seed=0), ref, **settings)
+    assert done.metrics["head_budget"]["epochs"] == 150 > 130  # 2 batches a pass
+    run = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        stop_after(patch, stop_at)
+        with pytest.raises(Interrupted):
+            graft.train(data, make_cnn(seed=0), run, **settings)
+    graft.train(data, resume=run, verbose=0, log=lambda _: None)
+    _assert_same_history_and_weights(run, ref)

@@ -40,7 +40,13 @@ import numpy as np
 from graft import progress
 from graft.api import building
 from graft.api.result import Run
-from graft.config.budget import MIN_FINETUNE_STEPS, HeadBudget, finetune_epochs, head_budget
+from graft.config.budget import (
+    MIN_FINETUNE_STEPS,
+    MIN_HEAD_STEPS,
+    HeadBudget,
+    finetune_epochs,
+    head_budget,
+)
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.phase import Plan
 from graft.config.settings import TrainConfig
@@ -754,8 +760,7 @@ def with_budgets(ctx: Context, data: PreparedData, pipes: Pipelines) -> Context:
     strategy's own plan (issue 22), so ten images get as many steps as a phase needs:
 
     - a head phase that trains by gradient (a hidden head, or a probe that does not
-      apply): :func:`graft.config.budget.head_budget`; on cached features an epoch then
-      spans ``repeats`` passes over the data;
+      apply): :func:`graft.config.budget.head_budget`, one pass over the data an epoch;
     - a phase that trains backbone layers: :func:`graft.config.budget.finetune_epochs`
       (the first phase's from ``epochs``, later ones' from ``finetune_epochs``).
 
@@ -773,7 +778,9 @@ def with_budgets(ctx: Context, data: PreparedData, pipes: Pipelines) -> Context:
         if setting != "auto":
             planned.append(phase)
         elif phase.backbone_frozen and first:
-            budget = head_budget(max(1, images), pipes.batch_size)
+            # One pass an epoch: a resumed run replays whole passes, and an epoch that
+            # spanned several passes did not resume exactly (tests/test_few_shot_runs.py).
+            budget = head_budget(max(1, images), pipes.batch_size, max_epochs=MIN_HEAD_STEPS)
             # No early stop on the training loss: the whole budget runs, so a resumed
             # run ends where an uninterrupted one does (the log says so).
             reason = budget.reason.split(", stopping")[0] + "; the whole budget runs"
@@ -879,11 +886,6 @@ def fit(
     # bottom pass per image, graft.training.derived).
     acts = _activation_cache(ctx, data, built, pipes)
     cached = _feature_cache(ctx, data, built, pipes, acts)
-    budget = ctx.budget
-    if budget is not None and budget.repeats > 1 and cached is not None and cached.steps is None:
-        # one logged epoch = ``repeats`` passes over the cached features
-        train = cached.train.repeat()
-        cached = dataclasses.replace(cached, train=train, steps=budget.steps_per_epoch)
     state = setup.state
     if state is not None:
         # The pipelines replay the passes the interrupted run made, so the next batch is
