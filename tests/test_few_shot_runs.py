@@ -215,8 +215,9 @@ def test_auto_on_few_labels_cross_validates_every_candidate_on_the_same_folds(
     record = json.loads((out / "auto_search.json").read_text())
     names = [t["settings"]["strategy"] for t in record["trials"]]
     assert names == ["feature", "hybrid", "finetune", "scratch"]
-    k = record["protocol"]["folds_used"]
-    assert k == 5 and all(t["folds"] == k and len(t["scores"]) == k for t in record["trials"])
+    k = record["protocol"]["k"]
+    assert k == 3 and record["protocol"]["repeats"] == 1
+    assert all(t["folds"] == k and len(t["scores"]) == k for t in record["trials"])
     assert len(fold_runs) == 4 * k
     for _, _, train_x, val_x in fold_runs:
         assert len(train_x) + len(val_x) == len(y)

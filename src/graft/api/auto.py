@@ -41,8 +41,9 @@ from graft.runs.layout import AUTO_SEARCH_FILE as AUTO_FILE  # noqa: F401
 
 DEFAULT_TRIALS = 4
 TRIAL_EPOCHS = 3
-#: Few labels: candidates are cross-validated on at most this many folds (one repeat).
-MAX_CV_FOLDS = 5
+#: Few labels: candidates are cross-validated on one repeat of at most this many folds
+#: (each candidate is a whole training run per fold).
+MAX_CV_FOLDS = 3
 #: One labelled image in a class: nothing can be validated; auto trains this prior.
 PRIOR_STRATEGY = "hybrid"
 SMALL_DATA = 30
@@ -261,7 +262,9 @@ def few_label_folds(request, settings: dict, source):
         return None
     if source.labels is None or source.multi_label:
         return None
-    folds = plan_folds(source.labels, seed=int(settings.get("seed", 0)), val_split="auto")
+    # one repeat of at most MAX_CV_FOLDS folds: every candidate trains once per fold
+    seed = int(settings.get("seed", 0))
+    folds = plan_folds(source.labels, seed, "auto", min_scores=1, max_folds=MAX_CV_FOLDS)
     return None if folds.kind == "holdout" else folds
 
 
@@ -275,17 +278,16 @@ def _holdout_settings(settings: dict) -> dict:
 
 def cross_validate(request, settings: dict, source, folds, choice: dict) -> dict:
     """One candidate's score under the few-label protocol: trained on each fold's
-    training part, scored on its validation part (one repeat of the k-fold, at most
-    :data:`MAX_CV_FOLDS` folds), the *last* epoch's model (keep-best on the scored fold
-    would choose on it). ``{"val_accuracy", "val_loss", "val_accuracy_std", "folds",
-    "scores", "seconds"}``."""
+    training part, scored on its validation part (:func:`few_label_folds`), the *last*
+    epoch's model (keep-best on the scored fold would choose on it).
+    ``{"val_accuracy", "val_loss", "val_accuracy_std", "folds", "scores", "seconds"}``."""
     import numpy as np
 
     from graft.api.pipeline import execute
 
     start = time.perf_counter()
     accuracies, losses = [], []
-    for train_idx, val_idx in folds.splits[: min(folds.k, MAX_CV_FOLDS)]:
+    for train_idx, val_idx in folds.splits:
         fold = {**settings, **runnable(choice), "keep": "last", "val_split": 0}
         run = execute(
             dataclasses.replace(
@@ -315,7 +317,7 @@ def search_by_folds(request, settings: dict, source, folds) -> dict:
 
     candidates = [{"strategy": s} for s in STRATEGY_ORDER_SMALL if s in STRATEGIES]
     candidates.append(scratch_choice(str(request.backbone), settings, len(source.labels)))
-    k = min(folds.k, MAX_CV_FOLDS)
+    k = len(folds.splits)
     names = ", ".join(_describe(c) for c in candidates)
     request.log(
         f"Auto strategy: few labels, so every candidate ({names}) "
@@ -333,7 +335,7 @@ def search_by_folds(request, settings: dict, source, folds) -> dict:
     best = min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
     return {
         "objective": f"val_accuracy, {k}-fold cross-validated (ties: val_loss, then the earlier)",
-        "protocol": {**folds.as_dict(), "folds_used": k},
+        "protocol": folds.as_dict(),
         "images_per_class": round(len(source.labels) / max(1, len(source.classes)), 2),
         "trials": records,
         "chosen_trial": best["trial"],
