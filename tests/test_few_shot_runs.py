@@ -188,7 +188,7 @@ def test_auto_on_one_image_per_class_trains_the_prior_and_says_why(small_arrays,
 def test_auto_on_few_labels_cross_validates_every_candidate_on_the_same_folds(
     small_arrays, cnn, monkeypatch, tmp_path
 ):
-    """Few labels: no hold-out; feature, hybrid, finetune and scratch are each trained on
+    """Few labels: no hold-out; feature, hybrid and scratch are each trained on
     every fold's training part and scored on its validation part (never an image they
     trained on), the same folds for all; the winner is trained on every labelled image."""
     import graft
@@ -214,11 +214,11 @@ def test_auto_on_few_labels_cross_validates_every_candidate_on_the_same_folds(
     )  # fmt: skip
     record = json.loads((out / "auto_search.json").read_text())
     names = [t["settings"]["strategy"] for t in record["trials"]]
-    assert names == ["feature", "hybrid", "finetune", "scratch"]
+    assert names == ["feature", "hybrid", "scratch"]
     k = record["protocol"]["k"]
     assert k == 3 and record["protocol"]["repeats"] == 1
     assert all(t["folds"] == k and len(t["scores"]) == k for t in record["trials"])
-    assert len(fold_runs) == 4 * k
+    assert len(fold_runs) == 3 * k
     for _, _, train_x, val_x in fold_runs:
         assert len(train_x) + len(val_x) == len(y)
         trained = {a.tobytes() for a in train_x}

@@ -44,6 +44,11 @@ TRIAL_EPOCHS = 3
 #: Few labels: candidates are cross-validated on one repeat of at most this many folds
 #: (each candidate is a whole training run per fold).
 MAX_CV_FOLDS = 3
+#: Few labels: the strategies cross-validated (with graft's defaults), then scratch.
+#: ``finetune`` is left out: from a converged probe (hybrid, LP-FT) fine-tuning does at
+#: least as well as from a random head (Kumar et al. 2022), and every candidate costs a
+#: whole run per fold.
+FEW_LABEL_CANDIDATES = ("feature", "hybrid")
 #: One labelled image in a class: nothing can be validated; auto trains this prior.
 PRIOR_STRATEGY = "hybrid"
 SMALL_DATA = 30
@@ -308,14 +313,12 @@ def cross_validate(request, settings: dict, source, folds, choice: dict) -> dict
 
 
 def search_by_folds(request, settings: dict, source, folds) -> dict:
-    """Few labels (``val_split="auto"`` chose k-fold): every grafting strategy with
+    """Few labels (``val_split="auto"`` chose k-fold): :data:`FEW_LABEL_CANDIDATES` with
     graft's defaults and scratch (:func:`scratch_choice`, its budget in optimizer steps)
     scored by :func:`cross_validate` on the same folds; the record of
     ``auto_search.json`` with ``chosen`` the best (ties: lower validation loss, then
     the earlier candidate). The winner is then trained on every labelled image."""
-    from graft.config.strategies import STRATEGIES
-
-    candidates = [{"strategy": s} for s in STRATEGY_ORDER_SMALL if s in STRATEGIES]
+    candidates = [{"strategy": s} for s in FEW_LABEL_CANDIDATES]
     candidates.append(scratch_choice(str(request.backbone), settings, len(source.labels)))
     k = len(folds.splits)
     names = ", ".join(_describe(c) for c in candidates)
