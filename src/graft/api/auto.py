@@ -343,7 +343,6 @@ def search_by_folds(request, settings: dict, source, folds) -> dict:
         "trials": records,
         "chosen_trial": best["trial"],
         "chosen": best["settings"],
-        "finalists": records,
     }
 
 
@@ -491,12 +490,14 @@ def train_auto(request, budget_trials: int | None = None):
     settings = {k: v for k, v in request.settings.items() if k != "strategy"}
     if settings.get("phases") is not None:
         raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
+    source = adapt(request.data)
+    folds = few_label_folds(request, settings, source)
+    if folds is None:
+        _check_validation(request.val, _holdout_settings(settings))  # before any write
     overwrite = request.overwrite
     if request.out is not None:
         files.prepare(request.out, overwrite)  # fail before searching
         overwrite = True
-    source = adapt(request.data)
-    folds = few_label_folds(request, settings, source)
     if folds is not None and folds.kind == "none":
         chosen = {"strategy": PRIOR_STRATEGY}
         request.log(

@@ -697,8 +697,8 @@ def solve_head(ctx: Context, data: PreparedData, built: Built) -> Solved | None:
         and first.backbone_frozen
         and not first.recalibrate_bn
     )
-    if not writes and (folds is None or folds.kind != "kfold"):
-        return None
+    if not writes and (folds is None or folds.kind != "kfold" or not first.backbone_frozen):
+        return None  # nothing to solve, or nothing a probe on frozen features estimates
     labels = data.train.labels
     if folds is None or folds.kind == "holdout":  # the training part's own folds choose C
         folds = plan_folds(labels, seed=cfg.seed, val_split="auto")
