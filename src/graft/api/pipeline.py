@@ -291,6 +291,8 @@ def execute(req: Request) -> Run:
                 ctx.log(ctx.devices.describe(ctx.cfg.batch_size))
             built = build_model(ctx, data)
             ctx = with_decisions(ctx, built)
+            if built.inputs is not None and run_dir is not None:
+                save_config(ctx, data)  # the measured scaling and pooling, before training
             solved = solve_head(ctx, data, built)
             if solved is not None and solved.written:  # the phases it replaced do not run
                 plan = Plan(ctx.plan.phases[len(solved.replaced) :], ctx.plan.head)
@@ -427,14 +429,23 @@ def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Co
     held.enter_context(lock.RunLock(path))
     run_dir = files.prepare(path, req.overwrite, req.resume)
     backbone = ctx.backbone.kept_in(run_dir)
+    ctx = dataclasses.replace(ctx, run_dir=run_dir, backbone=backbone)
     if not req.resume:  # a resumed run keeps the config.yaml (and backbone) of its start
-        config = {**ctx.cfg.as_dict(), "data": data.sources, "safe_mode": req.safe_mode}
         if backbone.saved is not None:  # resume reloads it from the run folder
             backbone.model.save(backbone.saved)
-            config["backbone"] = backbone.saved
-        files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, data.typed, run_dir))
+        save_config(ctx, data)
     checkpoints.write_status(run_dir, "running")
-    return dataclasses.replace(ctx, run_dir=run_dir, backbone=backbone)
+    return ctx
+
+
+def save_config(ctx: Context, data: PreparedData) -> None:
+    """Write the run's settings as ``config.yaml`` (at the start, and again once graft
+    has measured what was not given, so an interrupted run resumes with its decisions)."""
+    config = {**ctx.cfg.as_dict(), "data": data.sources, "safe_mode": ctx.req.safe_mode}
+    if ctx.backbone.saved is not None:
+        config["backbone"] = ctx.backbone.saved
+    run_dir = ctx.run_dir
+    files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, data.typed, run_dir))
 
 
 # ---------------------------------------------------------------------------------------
