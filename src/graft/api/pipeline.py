@@ -734,6 +734,8 @@ def measure(
         phases=[p.as_dict() for p in fitted.result.phases],
         data=data.counts,
     )
+    # what pool="auto" became, for the report's "Settings graft chose"
+    metrics["head_input"] = pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, cfg.pool)
     if fitted.activation_cache is not None:
         metrics["activation_cache"] = fitted.activation_cache
     if fitted.lr_found is not None:
