@@ -290,3 +290,55 @@ def test_drift_is_read_in_words_with_its_thresholds(tmp_path):
     assert "unchanged" in drift_reading(0.995) and "a lot" in drift_reading(0.4)
     drift = _section((_fake_run(tmp_path) / "report.html").read_text(), "drift")
     assert "A linear CKA of 0.77" in drift
+
+
+# ------------------------------------------------------------------ point 10: predicted once
+
+
+def test_the_test_split_goes_through_the_model_once(tmp_path, digits, digits_folder, cnn_file,
+                                                    monkeypatch):  # fmt: skip
+    """Every test image is read into the model once: for the "Test:" scores and for the
+    report's test gallery alike (they were predicted twice)."""
+    import tensorflow as tf
+
+    import graft
+    from graft.data import pipelines
+
+    held = _held_out(tmp_path, digits)
+    test_root = str(held["test"])
+    seen = {"test": 0}
+    real = pipelines.pipeline
+
+    def counted(source, *args, **kwargs):
+        ds = real(source, *args, **kwargs)
+        if not all(str(p).startswith(test_root) for p in source.paths):
+            return ds
+
+        def tick(images):
+            seen["test"] += int(images.shape[0])
+            return images
+
+        def through(images, labels):
+            out = tf.py_function(tick, [images], images.dtype)
+            out.set_shape(images.shape)
+            return out, labels
+
+        return ds.map(through)
+
+    monkeypatch.setattr(pipelines, "pipeline", counted)
+    lines: list[str] = []
+    run = graft.train(
+        digits_folder, **held, backbone=str(cnn_file), out=tmp_path / "run",
+        **{**RUN, "log": lines.append},
+    )  # fmt: skip
+    assert seen["test"] == 24, seen  # 24 test images, each once
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    tested = metrics["test_evaluation"]
+    assert tested["images"] == 24 and tested["accuracy"] == pytest.approx(
+        run.metrics["test_accuracy"], abs=1e-4
+    )
+    assert tested["loss"] == pytest.approx(run.metrics["test_loss"], abs=1e-4)
+    assert any(line.startswith("Test: accuracy") for line in lines)
+    again = graft.evaluate(tmp_path / "run", str(held["test"]))  # the same numbers afresh
+    assert run.metrics["test_accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    assert run.metrics["test_loss"] == pytest.approx(again["loss"], rel=1e-4)

@@ -48,7 +48,7 @@ from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
 from graft.data.pipelines import load_image
 from graft.errors import DataError, GraftError
-from graft.reporting import drift, plots, report
+from graft.reporting import drift, evaluation, plots, report
 from graft.reporting.plot_worker import PlotWorker
 from graft.runs import files, fingerprints, layout, lock
 from graft.runs import metrics as run_metrics
@@ -254,6 +254,9 @@ def execute(req: Request) -> Run:
             worker = _draw_curves(fitted, run_dir)  # on the other core, from now on
             model = finalize(ctx, built, fitted, scope)
             metrics = measure(ctx, model, data, built, fitted)
+            tested = evaluate_test(
+                ctx, model, data, built.bb, metrics
+            )  # predicted once, reported too
             # everything before the report; every timing is a "seconds" key (tests
             # compare runs without them)
             metrics["whole_run"] = {"seconds": round(time.perf_counter() - started, 2)}
@@ -262,7 +265,8 @@ def execute(req: Request) -> Run:
             )
             if run_dir is None:  # in memory: nothing to write
                 return run
-            return write(ctx, run, data, report_inputs(ctx, run, data, fitted, worker))
+            inputs = report_inputs(ctx, run, data, fitted, worker)
+            return write(ctx, run, data, dataclasses.replace(inputs, test=tested))
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -758,15 +762,26 @@ def measure(
         metrics["class_weight"] = {
             data.classes[i]: round(w, 4) for i, w in data.class_weight.items()
         }
-    if data.test is not None:
-        test_ds = data.test.batches(bb.image_size, bb.channels, cfg.batch_size)
-        scores = model.evaluate(test_ds, verbose=0, return_dict=True)
-        metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
-        metrics["test_images"] = data.test.count
-        log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
     if ctx.devices.summary(cfg.batch_size) is not None:
         metrics["distribute"] = ctx.devices.summary(cfg.batch_size)
     return metrics
+
+
+def evaluate_test(
+    ctx: Context, model: keras.Model, data: PreparedData, bb: backbones.Backbone, metrics: dict
+) -> report.Split | None:
+    """The test split, predicted once: its scores go into ``metrics`` (``test_accuracy``,
+    ``test_loss``, ``test_images``) and its evaluation to the report (its worst errors),
+    which does not predict it again. ``None`` without a test split."""
+    if data.test is None:
+        return None
+    batches = data.test.batches(bb.image_size, bb.channels, ctx.cfg.batch_size)
+    tested = evaluation.evaluate_model(model, batches, data.classes, paths=data.test.paths)
+    scores = tested.scores()
+    metrics.update(test_accuracy=scores["accuracy"], test_loss=scores["loss"])
+    metrics["test_images"] = data.test.count
+    ctx.log(f"Test: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}")
+    return report.Split(batches, data.test.paths, name="test", evaluated=tested)
 
 
 def _kept_metrics(fitted: Fitted) -> dict:
@@ -805,22 +820,18 @@ def report_inputs(
     ctx: Context, run: Run, data: PreparedData, fitted: Fitted, worker: PlotWorker | None
 ) -> report.ReportInputs:
     """What the report evaluates: the validation split (on cached inputs when it can skip
-    the backbone, see :func:`_evaluated_on`) and the test split, whose worst errors it shows."""
+    the backbone, see :func:`_evaluated_on`); the test split, already predicted by
+    :func:`evaluate_test`, is added by :func:`execute`."""
     bb = run.backbone
     validation = None
     if fitted.pipes.val is not None:
         plain = report.Split(fitted.pipes.val, data.val.paths)
         validation = _evaluated_on(run.model, bb, fitted, data) or plain
-    test = None
-    if data.test is not None:
-        batches = data.test.batches(bb.image_size, bb.channels, ctx.cfg.batch_size)
-        test = report.Split(batches, data.test.paths, name="test")
     return report.ReportInputs(
         run.model,
         run.classes,
         run.history,
         validation=validation,
-        test=test,
         log=ctx.log,
         worker=worker,
     )

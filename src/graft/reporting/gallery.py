@@ -39,15 +39,19 @@ def evaluate_split(
     paths=None,
     prefix: str = "",
     pixels=None,
+    evaluated: evaluation.Evaluation | None = None,
 ) -> tuple[dict, list]:
     """Evaluate ``model`` on one split and write its worst errors' thumbnails.
+
+    ``evaluated``: the split's evaluation when it was already made (its predictions are
+    not made again; ``model`` and ``batches`` are then unused).
 
     Returns:
         The evaluation as a ``metrics.json`` section (``split``, ``seconds`` and
         ``worst_errors`` with file paths and thumbnails), and the worst errors' pixels.
     """
     start = time.perf_counter()
-    ev = evaluation.evaluate_model(model, batches, classes, paths=paths, pixels=pixels)
+    ev = evaluated or evaluation.evaluate_model(model, batches, classes, paths=paths, pixels=pixels)
     result = {"split": split, **ev.as_dict()}
     write_thumbnails(run_dir, ev.worst, result["worst_errors"], prefix)
     result["seconds"] = round(time.perf_counter() - start, 2)

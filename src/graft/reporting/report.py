@@ -86,6 +86,9 @@ class Split:
     #: The image at an index, for thumbnails when ``batches`` are not images (see
     #: :func:`graft.reporting.evaluation.evaluate_model`).
     pixels: Callable | None = None
+    #: The split's :class:`graft.reporting.evaluation.Evaluation` when its predictions were
+    #: already made (the test split's, for the run's test scores): not predicted again.
+    evaluated: object = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,14 @@ def finish_run(run_dir: str | os.PathLike, inputs: ReportInputs) -> dict | None:
     test = inputs.test
     if test is not None:
         sections[gallery.TEST_SECTION], _ = gallery.evaluate_split(
-            run_dir, inputs.model, test.batches, classes, "test", test.paths, gallery.TEST_PREFIX
+            run_dir,
+            inputs.model,
+            test.batches,
+            classes,
+            "test",
+            test.paths,
+            gallery.TEST_PREFIX,
+            evaluated=test.evaluated,
         )
     metrics = run_metrics.record(run_dir, sections)
     plots.write_all(
