@@ -342,3 +342,23 @@ def test_the_test_split_goes_through_the_model_once(tmp_path, digits, digits_fol
     again = graft.evaluate(tmp_path / "run", str(held["test"]))  # the same numbers afresh
     assert run.metrics["test_accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
     assert run.metrics["test_loss"] == pytest.approx(again["loss"], rel=1e-4)
+
+
+# ------------------------------------------------------------------ point 12: end-of-run work
+
+
+def test_last_keras_is_a_copy_when_the_kept_epoch_is_the_last(
+    tmp_path, digits_folder, cnn_file, monkeypatch
+):
+    """One model serialized, not two, when model.keras and last.keras hold the same weights
+    (no validation data: the last epoch is kept)."""
+    import graft
+    from graft.runs import files
+
+    saved = []
+    real = files.save_model
+    monkeypatch.setattr(files, "save_model", lambda m, p: saved.append(Path(p).name) or real(m, p))
+    out = tmp_path / "run"
+    graft.train(digits_folder, backbone=str(cnn_file), out=out, **{**RUN, "val_split": 0.0})
+    assert saved == ["model.keras"], saved
+    assert (out / "last.keras").read_bytes() == (out / "model.keras").read_bytes()

@@ -702,12 +702,18 @@ def kept_row(fitted: Fitted) -> dict:
 
 
 def _keep(model: keras.Model, fitted: Fitted, run_dir, log) -> None:
-    """``keep="best"``: save the last epoch as ``last.keras``, then hold the best epoch."""
+    """``keep="best"``: save the last epoch as ``last.keras``, then hold the best epoch.
+    Where the kept weights are the last ones, ``last.keras`` is a copy of ``model.keras``
+    made by :func:`write` (one model serialized, not two)."""
     keeper, history = fitted.keeper, fitted.result.history
     if keeper is None or not history:
         return
     if run_dir is not None:
-        files.save_model(model, Path(run_dir) / layout.LAST_MODEL_FILE)
+        last_file = Path(run_dir) / layout.LAST_MODEL_FILE
+        if keeper.holds_current(model):
+            last_file.unlink(missing_ok=True)  # write() copies model.keras here
+        else:
+            files.save_model(model, last_file)
     last = history[-1]["epoch"]
     if keeper.best is None:
         log(f"Kept the last epoch ({last}): no {keeper.monitor} to choose the best by.")
@@ -874,6 +880,8 @@ def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInput
     Returns ``run`` with the evaluation in its metrics."""
     d = run.run_dir
     files.save_model(run.model, d / layout.MODEL_FILE)
+    if ctx.cfg.keep == "best" and not (d / layout.LAST_MODEL_FILE).exists():
+        files.copy_file(d / layout.MODEL_FILE, d / layout.LAST_MODEL_FILE)  # see _keep
     files.write_json(d / layout.LABELS_FILE, run.classes)
     config = run.config.as_dict()
     config["resolved_backbone"] = run.backbone.describe()
