@@ -304,6 +304,7 @@ def test_the_test_split_goes_through_the_model_once(tmp_path, digits, digits_fol
     import graft
     from graft.data import pipelines
 
+    monkeypatch.setenv("GRAFT_CACHE", str(tmp_path / "cache"))  # nothing cached yet
     held = _held_out(tmp_path, digits)
     test_root = str(held["test"])
     seen = {"test": 0}
@@ -340,8 +341,28 @@ def test_the_test_split_goes_through_the_model_once(tmp_path, digits, digits_fol
     assert tested["loss"] == pytest.approx(run.metrics["test_loss"], abs=1e-4)
     assert any(line.startswith("Test: accuracy") for line in lines)
     again = graft.evaluate(tmp_path / "run", str(held["test"]))  # the same numbers afresh
-    assert run.metrics["test_accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    assert run.metrics["test_accuracy"] == pytest.approx(again["accuracy"], abs=5e-5)  # 4 decimals
     assert run.metrics["test_loss"] == pytest.approx(again["loss"], rel=1e-4)
+    # a second run on the same images and backbone (other head settings) reads the test
+    # split's features from the cache: no test image goes through the backbone again
+    assert any(line.startswith("Feature cache (test): computed 24") for line in lines)
+    lines.clear()
+    seen["test"] = 0  # (graft.evaluate above read them)
+    second = graft.train(
+        digits_folder, **held, backbone=str(cnn_file), out=tmp_path / "run2",
+        **{**RUN, "lr": 0.02, "log": lines.append},
+    )  # fmt: skip
+    assert any(line.startswith("Feature cache (test): reused 24") for line in lines), lines
+    assert seen["test"] == 0, seen
+    again = graft.evaluate(tmp_path / "run2", str(held["test"]))
+    assert second.metrics["test_accuracy"] == pytest.approx(
+        again["accuracy"], abs=5e-5
+    )  # 4 decimals
+    assert second.metrics["test_loss"] == pytest.approx(again["loss"], rel=1e-4)
+    shown = json.loads((tmp_path / "run2" / "metrics.json").read_text())["test_evaluation"]
+    for w in shown["worst_errors"]:  # thumbnails read from the files, by index
+        assert Path(w["path"]).parent.name == w["true"]
+        assert (tmp_path / "run2" / w["thumbnail"]).is_file()
 
 
 # ------------------------------------------------------------------ point 12: end-of-run work

@@ -254,9 +254,8 @@ def execute(req: Request) -> Run:
             worker = _draw_curves(fitted, run_dir)  # on the other core, from now on
             model = finalize(ctx, built, fitted, scope)
             metrics = measure(ctx, model, data, built, fitted)
-            tested = evaluate_test(
-                ctx, model, data, built.bb, metrics
-            )  # predicted once, reported too
+            # the test split, predicted once: its scores and the report's test gallery
+            tested = evaluate_test(ctx, model, data, built, fitted, metrics)
             # everything before the report; every timing is a "seconds" key (tests
             # compare runs without them)
             metrics["whole_run"] = {"seconds": round(time.perf_counter() - started, 2)}
@@ -774,20 +773,52 @@ def measure(
 
 
 def evaluate_test(
-    ctx: Context, model: keras.Model, data: PreparedData, bb: backbones.Backbone, metrics: dict
+    ctx: Context, model: keras.Model, data: PreparedData, built: Built, fitted: Fitted, metrics
 ) -> report.Split | None:
     """The test split, predicted once: its scores go into ``metrics`` (``test_accuracy``,
     ``test_loss``, ``test_images``) and its evaluation to the report (its worst errors),
-    which does not predict it again. ``None`` without a test split."""
+    which does not predict it again. Where the backbone ended the run with its pre-trained
+    weights and the run cached features, the test split's features come from the feature
+    cache too (a second run on the same test images reads them; only the head predicts).
+    ``None`` without a test split."""
     if data.test is None:
         return None
+    bb, paths = built.bb, data.test.paths
     batches = data.test.batches(bb.image_size, bb.channels, ctx.cfg.batch_size)
-    tested = evaluation.evaluate_model(model, batches, data.classes, paths=data.test.paths)
+    predictor, pixels = model, None
+    if _test_through_cache(ctx, model, data, fitted):
+        split = data.test.fitted(bb.image_size, bb.channels)
+        values = cache.split_features(model, bb, split, ctx.cfg, "test", ctx.log)
+        batches = pipelines.array_pipeline(values, split.labels, ctx.cfg.batch_size)
+        predictor = model_utils.head_model(model)
+        pixels = _test_pixels(data.test, bb)
+    tested = evaluation.evaluate_model(predictor, batches, data.classes, paths=paths, pixels=pixels)
     scores = tested.scores()
     metrics.update(test_accuracy=scores["accuracy"], test_loss=scores["loss"])
     metrics["test_images"] = data.test.count
     ctx.log(f"Test: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}")
     return report.Split(batches, data.test.paths, name="test", evaluated=tested)
+
+
+def _test_through_cache(ctx: Context, model: keras.Model, data: PreparedData, fitted) -> bool:
+    """Whether the test split can go through the feature cache: the run cached features
+    and the backbone still has exactly the weights they were computed with."""
+    return (
+        ctx.cfg.cache
+        and fitted.cached is not None
+        and data.test.labels is not None
+        and drift.unchanged(model, fitted.reference)
+    )
+
+
+def _test_pixels(test: adapter.DataAdapter, bb: backbones.Backbone):
+    """The test image at an index (thumbnails of the worst errors, when the evaluation
+    ran on cached features)."""
+    if test.paths is not None:
+        paths, size, channels = list(test.paths), bb.image_size, bb.channels
+        return lambda i: load_image(paths[i], size, channels)
+    images = test.fitted(bb.image_size, bb.channels).images
+    return lambda i: images[i]
 
 
 def _kept_metrics(fitted: Fitted) -> dict:

@@ -201,6 +201,29 @@ def split_fingerprint(split) -> str:
     return content_fingerprint(paths=split.files.paths)
 
 
+def split_features(model, bb, split, cfg, name: str, log=print) -> np.ndarray:
+    """The backbone's features of one more split (the test split), from the feature cache
+    when a run on the same images, backbone and weights stored them, else computed once
+    and stored: the same entry a later run reuses. ``split`` is a files or arrays
+    :class:`graft.data.adapter.DataAdapter` at the backbone's size."""
+    directory = Path(cfg.cache_dir) if cfg.cache_dir else None
+    extractor = features_model(model)
+    key = cache_key(
+        model,
+        bb.source,
+        split_fingerprint(split),
+        view="plain",
+        weights=weights_fingerprint(extractor),
+    )
+    batches = split_images(split, bb, max(cfg.batch_size, INFERENCE_BATCH))
+    values, stats = load_or_compute(extractor, batches, key, len(split_labels(split)), directory, 0)
+    if stats.note:
+        log(f"Feature cache ({name}): {stats.note}")
+    done = "reused" if stats.hit else "computed"
+    log(f"Feature cache ({name}): {done} {stats.images} images in {stats.seconds:.1f} s")
+    return values
+
+
 def cached_datasets(
     model, bb, splits: dict, cfg, augment=None, log=print, verbose: int = 1, derive=None
 ):
