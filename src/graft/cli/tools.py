@@ -307,7 +307,12 @@ def _head_input_line(seen) -> str:
 
 @click.command(cls=GraftCommand)
 @click.option(
-    "--quick", is_flag=True, help="Only 2 labels per class, fewer epochs (under a minute)."
+    "--quick", is_flag=True, help="Only 2 labels per class, fewer epochs (about a minute)."
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="The whole comparison: 2 and 10 labels per class, 3 seeds each (many minutes).",
 )
 @click.option(
     "--out",
@@ -320,22 +325,23 @@ def _head_input_line(seen) -> str:
     "--seeds",
     type=int,
     default=None,
-    help="Train every row with N seeds; report mean ± std (default: 3, --quick: 1).",
+    help="Train every row with N seeds; report mean ± std (default: 1, --full: 3).",
 )
 @options.settings(["seed"])
-def demo(quick, out, seeds, seed):
-    """Transfer learning on scikit-learn's digits: 0-4 pre-train, 5-9 with few labels."""
+def demo(quick, full, out, seeds, seed):
+    """Transfer learning on scikit-learn's digits: 0-4 pre-train, 5-9 with few labels.
+
+    Without a flag: 10 labels per class, every strategy against scratch, one seed (a few
+    minutes); --quick: 2 labels per class; --full: the whole comparison."""
     from graft.api import demo as demo_mod
 
+    if quick and full:
+        raise GraftError("--quick and --full choose opposite demos; pass one of them.")
+    mode = dict(demo_mod.MODES["quick" if quick else "full" if full else "default"])
+    if seeds is not None:
+        mode["seeds"] = seeds
     log("graft demo: pre-trained on digits 0-4, grafted onto digits 5-9 with few labels each")
-    rows = demo_mod.run(
-        out,
-        budgets=(2,) if quick else (2, 10),
-        seed=seed,
-        log=log,
-        epochs_scale=0.5 if quick else 1.0,
-        seeds=seeds or (1 if quick else 3),
-    )
+    rows = demo_mod.run(out, seed=seed, log=log, **mode)
     table = Table("labels/class", "strategy", "trainable params", "test accuracy", "seconds")
     for r in rows:
         table.add_row(
@@ -346,7 +352,8 @@ def demo(quick, out, seeds, seed):
             f"{r['seconds']:.1f}",
         )
     console.print(table)
-    log(f"Results: {out / 'results.md'}; one run folder per row under {out}/")
+    for line in demo_mod.closing_lines(out, rows, seed):
+        log(line)
 
 
 @click.command(cls=GraftCommand, needs_backend=False)
