@@ -86,7 +86,15 @@ def test_one_forward_pass_per_image_per_scaling_and_no_test_image(task):
     forward = Counting()
     folds = plan_folds(y, seed=0)
     result = measure_transfer(
-        bb.model, bb.blocks, x, y, folds, scalings=("none", "unit"), batch_size=8, forward=forward
+        bb.model,
+        bb.blocks,
+        x,
+        y,
+        folds,
+        scalings=("none", "unit"),
+        batch_size=8,
+        forward=forward,
+        grid=(0.1,),
     )
     seen = np.concatenate(forward.batches)
     assert len(seen) == 2 * len(x), "each image once per scaling, every cut from that pass"
@@ -97,7 +105,9 @@ def test_one_forward_pass_per_image_per_scaling_and_no_test_image(task):
     assert not any(row.tobytes() in test_rows for row in seen[: len(x)])
     assert result.forward_passes == 2 and result.images == len(x)
     # the choice depends on the labelled images only: adding a test split changes nothing
-    again = measure_transfer(bb.model, bb.blocks, x, y, folds, scalings=("none", "unit"))
+    again = measure_transfer(
+        bb.model, bb.blocks, x, y, folds, scalings=("none", "unit"), grid=(0.1,)
+    )
     assert (again.cut, again.pool, again.scaling) == (result.cut, result.pool, result.scaling)
 
 
@@ -113,12 +123,24 @@ def test_an_intermediate_layer_that_is_clearly_better_is_chosen(task):
     record = json.loads(json.dumps(result.as_dict()))
     assert record["cut"] == result.cut and len(record["candidates"]) == len(result.scores)
     assert "\n" not in result.line() and result.cut in result.line()
+    # the rule: within one standard error of the best mean, the fewest features
+    top = max(result.measured, key=lambda s: s.score.mean)
+    near = [s for s in result.measured if s.score.mean >= top.score.mean - top.score.se - 1e-12]
+    assert choose(result.scores) is result.chosen
+    assert result.chosen in near and result.features == min(s.features for s in near)
 
 
 def test_large_flatten_is_skipped_and_said(task):
     bb, x, y, _ = task
     result = measure_transfer(
-        bb.model, bb.blocks, x, y, plan_folds(y, seed=0), scalings=("unit",), max_flatten=1000
+        bb.model,
+        bb.blocks,
+        x,
+        y,
+        plan_folds(y, seed=0),
+        scalings=("unit",),
+        max_flatten=1000,
+        grid=(0.1,),
     )
     skipped = [s for s in result.scores if s.skipped]
     assert {(s.cut.path, s.pool) for s in skipped} == {
@@ -126,16 +148,6 @@ def test_large_flatten_is_skipped_and_said(task):
         ("block2_pool", "flatten"),
     }
     assert any("block1_pool" in n and "2048" in n for n in result.notes)
-
-
-def test_choice_within_one_standard_error_prefers_fewer_features(task):
-    bb, x, y, _ = task
-    result = measure_transfer(bb.model, bb.blocks, x, y, plan_folds(y, seed=0), scalings=("unit",))
-    top = max(result.measured, key=lambda s: s.score.mean)
-    pick = choose(result.scores)
-    assert pick.score.mean >= top.score.mean - top.score.se - 1e-12
-    near = [s for s in result.measured if s.score.mean >= top.score.mean - top.score.se - 1e-12]
-    assert pick.features == min(s.features for s in near)
 
 
 def test_without_validation_the_output_is_kept(task):
@@ -157,3 +169,71 @@ def test_taps_inside_nested_models_equal_the_cuts(nested_file):
         )
     cuts = candidate_cuts(bb.model, bb.blocks)
     assert cuts[-1].path == "top_conv" and any("/" in c.path for c in cuts)
+
+
+def test_graft_probe_on_a_model_file(tmp_path, digits_folder, cnn_file):
+    out = tmp_path / "probe"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graft.cli",
+            "probe",
+            str(digits_folder),
+            "--backbone",
+            str(cnn_file),
+            "--cut",
+            "block3_pool",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout + done.stderr
+    assert "← chosen" in text and "CV accuracy" in text and "Traceback" not in text
+    record = json.loads((out / "metrics" / "probe.json").read_text())
+    assert record["images"] == 36 and record["forward_passes"] == 1
+    assert {c["cut"] for c in record["candidates"]} >= {"block1_pool", "block2_pool", "block3_pool"}
+    assert record["scaling_how"] in ("evidence", "measured", "prior")
+    assert (out / "plots" / "transferability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probe_api_on_a_registry_backbone(tmp_path, digits_folder):
+    from graft.api.transfer import probe
+
+    report = probe(
+        digits_folder,
+        "mobilenet_v2",
+        tmp_path / "p",
+        weights="none",
+        alpha=0.35,
+        image_size=32,
+        log=lambda _: None,
+    )
+    result = report.result
+    assert report.scaling_how == "registry" and result.scaling == "symmetric"
+    cuts = {s.cut.path for s in result.scores}
+    assert 3 <= len(cuts) <= 9 and result.output == "out_relu"
+    assert report.curve.is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing-folder", "--backbone", "mobilenet_v2"], "Data folder not found"),
+        (["{data}", "--backbone", "mobilenet_v9"], "Unknown backbone"),
+    ],
+)
+def test_probe_mistakes_are_one_line(tmp_path, digits_folder, args, message):
+    args = [a.format(data=digits_folder) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "graft.cli", "probe", *args, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1 and message in lines[0], done.stderr
