@@ -9,14 +9,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from graft.reporting.plots import _plain_text, figure, save
+from graft.reporting.plots import figure, save
 
 CURVE = "transferability.png"
 
 
-@_plain_text
 def transferability_curve(record: dict, path: str | os.PathLike) -> Path:
-    """Draw the curve of ``record`` (a ``TransferResult.as_dict()``) into ``path`` (PNG)."""
+    """Draw the curve of ``record`` (a ``TransferResult.as_dict()``) into ``path`` (PNG).
+
+    Layer names are taken literally (no mathtext), as every plot of the run's."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _draw(record, path)
+
+
+def _draw(record: dict, path: str | os.PathLike) -> Path:
     rows = [r for r in record.get("candidates", []) if "mean" in r]
     fig = figure(6.4, 3.6)
     ax = fig.add_subplot()
