@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import IMAGE
+from graft.api.transfer import choose_cut, curve_figure
 from graft.core.backbones import resolve
 from graft.core.cutting import cut, outputs_at
 from graft.data.folds import plan_folds
@@ -111,7 +112,7 @@ def test_one_forward_pass_per_image_per_scaling_and_no_test_image(task):
     assert (again.cut, again.pool, again.scaling) == (result.cut, result.pool, result.scaling)
 
 
-def test_an_intermediate_layer_that_is_clearly_better_is_chosen(task):
+def test_an_intermediate_layer_that_is_clearly_better_is_chosen(task, tmp_path):
     bb, x, y, _ = task
     result = measure_transfer(bb.model, bb.blocks, x, y, plan_folds(y, seed=0), scalings=("unit",))
     by = {(s.cut.path, s.pool): s for s in result.measured}
@@ -128,6 +129,11 @@ def test_an_intermediate_layer_that_is_clearly_better_is_chosen(task):
     near = [s for s in result.measured if s.score.mean >= top.score.mean - top.score.se - 1e-12]
     assert choose(result.scores) is result.chosen
     assert result.chosen in near and result.features == min(s.features for s in near)
+    # --cut auto's entry point gives the same choice; None would mean "the model's output"
+    cut_name, pool, again = choose_cut(bb, x, y, plan_folds(y, seed=0), scaling="unit")
+    assert (cut_name, pool) == (result.cut, result.pool) and again.as_dict() == result.as_dict()
+    png = curve_figure(result.as_dict(), tmp_path)
+    assert png.name == "transferability.png" and png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_large_flatten_is_skipped_and_said(task):

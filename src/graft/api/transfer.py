@@ -132,7 +132,9 @@ def probe(
     return ProbeReport(result, folds, how, metrics, curve, seconds)
 
 
-def choose_cut(backbone, images, labels, folds, *, seed: int = 0, scaling: str | None = None):
+def choose_cut(
+    backbone, images, labels, folds, *, seed: int = 0, scaling: str | None = None, **options
+):
     """``(cut, pool, result)`` for ``--cut auto``: the cut and pooling with the best
     cross-validated probe score (within one standard error, the fewest features).
 
@@ -145,6 +147,8 @@ def choose_cut(backbone, images, labels, folds, *, seed: int = 0, scaling: str |
         folds: :func:`graft.data.folds.plan_folds` over ``labels``.
         seed: Seed of the probe.
         scaling: The input scaling (default: ``backbone.preprocess``).
+        **options: Passed to :func:`~graft.training.transfer.measure_transfer`
+            (``num_classes``, ``max_cuts``, ``batch_size``, ``grid``, ``forward``).
 
     Returns:
         ``cut``: the chosen layer's path, or ``None`` when it is the model's own output
@@ -162,6 +166,7 @@ def choose_cut(backbone, images, labels, folds, *, seed: int = 0, scaling: str |
         folds,
         scalings=(scaling or backbone.preprocess,),
         seed=seed,
+        **options,
     )
     cut = None if result.cut == result.output else result.cut
     return cut, result.pool, result
