@@ -82,9 +82,13 @@ def outputs_at(model: keras.Model, paths: list[str]) -> keras.Model:
     """One ``keras.Model`` whose outputs are the outputs of the layers at ``paths`` (in
     order), so one forward pass gives every one of them.
 
-    A path inside a nested model (``trunk/inner``) is reached through that model called
-    once, as a multi-output copy of itself: the nested part is computed once for all the
-    paths inside it. Layers and weights are shared with ``model``.
+    A path inside a nested model (``trunk/inner``) is reached through a multi-output copy
+    of that model (same layers and weights), called once for all the paths inside it.
+    Known cost: when a path lies *after* such a nested model too (the model's own output),
+    the original nested model is also run for it, so that nested part runs twice per
+    batch (rebuilding the outer graph on the copy's output would add nodes to the
+    caller's layers). Layers and weights are shared with ``model``; ``model`` itself is
+    not changed (its layers gain no inbound node).
     """
     found = _tensors_at(model, list(dict.fromkeys(paths)))
     return keras.Model(model.inputs, [found[p] for p in paths], name=f"{model.name}_taps")
