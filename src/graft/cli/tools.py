@@ -296,6 +296,58 @@ def inspect(backbone, image_size, alpha, cut, layers):
             log(f"{block.name}: " + ", ".join(block.layers))
 
 
+@click.command(cls=GraftCommand)
+@click.argument("data")
+@options.settings(
+    ["backbone", "weights", "image_size", "alpha", "cut", "preprocess", "seed", "batch_size"],
+    backbone={"required": True},
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for the results."
+)
+def probe(data, backbone, weights, image_size, alpha, cut, preprocess, seed, batch_size, out):
+    """Which layer transfers best: probe accuracy of every cut x pooling, and the curve."""
+    from graft.api import preflight
+
+    preflight.check_source(data, "DATA")
+    preflight.check_backbone(backbone)
+    import_backend()
+    from graft.api.transfer import probe as run_probe
+
+    report = run_probe(
+        data,
+        backbone,
+        out,
+        weights=weights,
+        image_size=image_size,
+        alpha=alpha,
+        cut=cut,
+        preprocess=preprocess,
+        seed=seed,
+        batch_size=batch_size,
+        log=log,
+    )
+    result = report.result
+    table = Table("cut", "depth", "map", "pooling", "features", "CV accuracy ± std", "")
+    for row in result.scores:
+        score = row.score.text().replace("+-", "±") if row.score else "-"
+        mark = "← chosen" if row is result.chosen else ("skipped" if row.skipped else "")
+        table.add_row(
+            row.cut.path,
+            str(row.cut.depth),
+            "x".join(map(str, row.cut.shape)),
+            row.pool,
+            f"{row.features:,}",
+            score,
+            mark,
+        )
+    console.print(table)
+    for note in result.notes:
+        log(note)
+    log(result.line())
+    log(f"Wrote {report.metrics} and {report.curve} in {report.seconds:.1f} s")
+
+
 def _head_input_line(seen) -> str:
     """The backbone's output shape, its default pooling and the --pool choices."""
     shape, choices = seen.output_shape, seen.pool_choices
