@@ -76,18 +76,23 @@ def compiled(model):
     return model
 """
 
-CLASSIC = COMMON.replace("BATCH", "32") + r"""
+CLASSIC = (
+    COMMON.replace("BATCH", "32")
+    + r"""
 model = compiled(keras.Model(inputs, head(base(pre))))
 h = model.fit(train, validation_data=val, epochs=epochs, verbose=0)
 print("VAL_ACC", h.history["val_accuracy"][-1])
 """
+)
 
 # The same fine-tuning written by hand the fast way: one pass of the frozen bottom over the
 # images (compiled, batches of 64), then the unfrozen top + head trained on those
 # activations held in memory. Not graft: the floor for a run that caches activations
 # (imports, one decode, one bottom pass, the epochs of the top); classic / floor bounds
 # what any such tool can reach.
-FLOOR = COMMON.replace("BATCH", "64") + r"""
+FLOOR = (
+    COMMON.replace("BATCH", "64")
+    + r"""
 first = next(layer for layer in base.layers if layer.name in unfreeze)
 bottom = keras.Model(inputs, keras.Model(base.input, first.input)(pre))
 forward = tf.function(lambda t: bottom(t, training=False),
@@ -105,6 +110,7 @@ top = compiled(keras.Model(top_in, head(keras.Model(first.input, base.output)(to
 h = top.fit(xt, yt, validation_data=(xv, yv), epochs=epochs, batch_size=32, verbose=0)
 print("VAL_ACC", h.history["val_accuracy"][-1])
 """
+)
 
 # A backbone that has learnt something, so that accuracies mean something (random weights
 # leave every run at chance): the whole network trained 3 epochs on the OTHER 896 digits,
@@ -262,8 +268,10 @@ def _bench(a, n: int, tmp: Path) -> None:
               f"| {med['classic'] / med['floor']:.2f}x | {med['cache'] / med['floor']:.2f}x "
               f"| {acc['classic']:.3f} / {acc['plain']:.3f} / {acc['cache']:.3f} "
               f"(diff {acc['cache'] - acc['plain']:+.3f}) |")  # fmt: skip
-        print(f"<!-- {name} activation_cache: {json.dumps(summary)}; backbone pre-trained 3 "
-              f"epochs on the other 896 digits (train accuracy {pretrain_acc:.3f}) -->")
+        print(
+            f"<!-- {name} activation_cache: {json.dumps(summary)}; backbone pre-trained 3 "
+            f"epochs on the other 896 digits (train accuracy {pretrain_acc:.3f}) -->"
+        )
     if a.no_rss:
         return
     counts = (200, 2000) if a.quick else (500, 5000)

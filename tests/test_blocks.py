@@ -130,3 +130,58 @@ def test_inspect_shows_the_blocks_inside_nested_models(nested_file):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "4 blocks" in done.stdout
     assert "middle/inner: middle/inner/inner_conv, middle/inner/inner_bn" in done.stdout
+
+
+def conv1_bn1_cnn() -> keras.Model:
+    """conv-BN-relu blocks named ``conv1``/``bn1``/``relu1``/``pool1``... and a head."""
+    keras.utils.set_random_seed(4)
+    layers = keras.layers
+    inputs = keras.Input((IMAGE, IMAGE, 3))
+    x = inputs
+    for i, filters in enumerate((8, 16, 16), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(x)
+        x = layers.MaxPooling2D(name=f"pool{i}")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, layers.Dense(5, name="head")(x), name="conv1_bn1")
+
+
+def block_table(bb) -> list[tuple[str, list[str]]]:
+    return [(b.name, [layer.name for layer in b.layers]) for b in bb.blocks]
+
+
+def prefix_up_to(full: list, cut_layers: set) -> list:
+    """The uncut model's blocks, keeping only the layers the cut model has."""
+    out = [(name, [x for x in layers if x in cut_layers]) for name, layers in full]
+    return [(name, layers) for name, layers in out if layers]
+
+
+@pytest.mark.parametrize(
+    "make, cuts",
+    [
+        (conv1_bn1_cnn, ["conv1", "bn1", "pool1", "bn2", "relu2", "bn3", "gap"]),
+        (
+            lambda: keras.applications.MobileNetV2(
+                input_shape=(IMAGE, IMAGE, 3), alpha=0.35, include_top=False, weights=None
+            ),
+            ["Conv1", "expanded_conv_project", "block_1_project", "block_4_add", "Conv_1_bn"],
+        ),
+    ],
+    ids=["conv1-bn1-cnn", "mobilenet_v2"],
+)
+def test_blocks_of_a_cut_model_are_a_prefix_of_the_uncut_blocks(tmp_path, make, cuts):
+    """Issue 23/24: the same model must not be split differently with and without a cut."""
+    path = tmp_path / "model.keras"
+    make().save(path)
+    full = block_table(resolve(str(path)))
+    block_of = {layer: name for name, layers in full for layer in layers}
+    for name, layers in full:  # a BN sits in the block of the conv it normalizes
+        for bn in (x for x in layers if x.startswith("bn") and x[2:].isdigit()):
+            assert block_of[f"conv{bn[2:]}"] == name, full
+    for cut in cuts:
+        got = block_table(resolve(str(path), cut=cut))
+        cut_layers = {x for _, layers in got for x in layers}
+        assert got == prefix_up_to(full, cut_layers), cut
+        # and a re-initialised cut (graft's scratch baseline) reads the same
+        assert block_table(resolve(str(path), cut=cut, weights="none")) == got, cut

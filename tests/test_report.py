@@ -21,7 +21,9 @@ from graft.reporting import evaluation, plots, report
 from graft.runs import files as runs
 from graft.training import tensorboard as tb
 
-PLOT_FILES = (plots.CURVES, plots.CONFUSION, plots.F1, plots.ERRORS)
+PLOT_FILES = (plots.CURVES, plots.CONFUSION, plots.F1, plots.ERRORS, plots.RELIABILITY)
+# The report embeds all but the error grid (the gallery shows those errors, once).
+EMBEDDED = (plots.CURVES, plots.CONFUSION, plots.F1, plots.RELIABILITY)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,7 @@ def test_report_embeds_every_plot_and_the_numbers(run):
         re.findall(r'src="data:image/png;base64,([^"]+)"[^>]*data-plot="([^"]+)"', text)
     )
     by_name = {name: data for data, name in embedded.items()}
-    assert set(by_name) == set(PLOT_FILES)
+    assert set(by_name) == set(EMBEDDED) and plots.ERRORS not in by_name
     for name, data in by_name.items():
         assert base64.b64decode(data) == (out / plots.PLOTS_DIR / name).read_bytes(), name
     assert not re.search(r'(src|href)="(https?:|//|file:)', text)  # self-contained
@@ -149,6 +151,7 @@ def test_report_embeds_every_plot_and_the_numbers(run):
         assert f"<td>{name}</td>" in text
     for section in (
         "Data",
+        "Settings graft chose",
         "Plan of phases",
         "Training curves",
         "Metrics",
@@ -156,6 +159,7 @@ def test_report_embeds_every_plot_and_the_numbers(run):
         "Calibration",
         "Feature drift",
         "Timing",
+        "Reproduce",
         "Configuration",
     ):
         assert f">{section}</h2>" in text, section
@@ -248,7 +252,7 @@ def test_report_renders_in_headless_chromium_without_errors(run, tmp_path):
     _, out, _ = run
     found, log = _render(out / report.REPORT_FILE, tmp_path)
     # the plots, plus the worst-error thumbnails of the gallery: every one must load
-    assert found["images"] >= len(PLOT_FILES), found
+    assert found["images"] >= len(EMBEDDED), found
     assert found["loaded"] == found["images"] and found["errors"] == 0, found
     assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
 

@@ -31,8 +31,16 @@ def fd2_captured():
             os.close(saved)
 
 
+#: Set once :func:`import_backend` has run: the first caller (the CLI, with or without
+#: ``--verbose``) decides; later calls (the Python API's) change nothing.
+_done: list[bool] = []
+
+
 def import_backend(verbose: bool = False) -> None:
     """Import Keras (and TensorFlow when it is the backend) without start-up noise."""
+    if _done:
+        return
+    _done.append(True)
     if verbose:
         import keras  # noqa: F401
 

@@ -32,7 +32,25 @@ __all__ = [
 ]
 
 
+#: Lazy names whose modules import Keras (``summary_line`` is NumPy only).
+_NEED_BACKEND = {*_EVALUATE, "Run", "lr_find", "train"}
+
+
+def _quiet_backend() -> None:
+    """Import Keras (and TensorFlow) as the CLI does: its start-up lines (oneDNN, CUDA
+    probing, absl's banner) kept off the caller's terminal. ``TF_CPP_MIN_LOG_LEVEL=0``
+    in the environment asks for them; after the CLI's own import (``--verbose`` or not)
+    this changes nothing."""
+    import os
+
+    from graft import _quiet
+
+    _quiet.import_backend(verbose=os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0")
+
+
 def __getattr__(name):
+    if name in _NEED_BACKEND:
+        _quiet_backend()
     if name in _EVALUATE:
         module = importlib.import_module("graft.api.evaluate")
         globals().update({n: getattr(module, n) for n in _EVALUATE})

@@ -63,7 +63,7 @@ from graft.data import adapter, pipelines
 from graft.data.folds import HOLDOUT_FRACTION, Folds, plan_folds
 from graft.data.pipelines import load_image
 from graft.errors import DataError, GraftError
-from graft.reporting import drift, plots, report
+from graft.reporting import drift, evaluation, plots, report
 from graft.reporting.plot_worker import PlotWorker
 from graft.runs import files, fingerprints, layout, lock
 from graft.runs import metrics as run_metrics
@@ -308,6 +308,8 @@ def execute(req: Request) -> Run:
             worker = _draw_curves(fitted, run_dir)  # on the other core, from now on
             model = finalize(ctx, built, fitted, scope)
             metrics = measure(ctx, model, data, built, fitted)
+            # the test split, predicted once: its scores and the report's test gallery
+            tested = evaluate_test(ctx, model, data, built, fitted, metrics)
             # everything before the report; every timing is a "seconds" key (tests
             # compare runs without them)
             metrics["whole_run"] = {"seconds": round(time.perf_counter() - started, 2)}
@@ -316,7 +318,8 @@ def execute(req: Request) -> Run:
             )
             if run_dir is None:  # in memory: nothing to write
                 return run
-            return write(ctx, run, data, report_inputs(ctx, run, data, fitted, worker))
+            inputs = report_inputs(ctx, run, data, fitted, worker)
+            return write(ctx, run, data, dataclasses.replace(inputs, test=tested))
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -1058,12 +1061,18 @@ def kept_row(fitted: Fitted) -> dict:
 
 
 def _keep(model: keras.Model, fitted: Fitted, run_dir, log) -> None:
-    """``keep="best"``: save the last epoch as ``last.keras``, then hold the best epoch."""
+    """``keep="best"``: save the last epoch as ``last.keras``, then hold the best epoch.
+    Where the kept weights are the last ones, ``last.keras`` is a copy of ``model.keras``
+    made by :func:`write` (one model serialized, not two)."""
     keeper, history = fitted.keeper, fitted.result.history
     if keeper is None or not history:
         return
     if run_dir is not None:
-        files.save_model(model, Path(run_dir) / layout.LAST_MODEL_FILE)
+        last_file = Path(run_dir) / layout.LAST_MODEL_FILE
+        if keeper.holds_current(model):
+            last_file.unlink(missing_ok=True)  # write() copies model.keras here
+        else:
+            files.save_model(model, last_file)
     last = history[-1]["epoch"]
     if keeper.best is None:
         log(
@@ -1102,6 +1111,8 @@ def measure(
         metrics["inputs"] = built.inputs.as_dict()
     if ctx.budget is not None:
         metrics["head_budget"] = ctx.budget.as_dict()
+    # what pool="auto" became, for the report's "Settings graft chose"
+    metrics["head_input"] = pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, cfg.pool)
     if fitted.activation_cache is not None:
         metrics["activation_cache"] = fitted.activation_cache
     if fitted.lr_found is not None:
@@ -1124,12 +1135,6 @@ def measure(
         metrics["class_weight"] = {
             data.classes[i]: round(w, 4) for i, w in data.class_weight.items()
         }
-    if data.test is not None:
-        test_ds = data.test.batches(bb.image_size, bb.channels, cfg.batch_size)
-        scores = model.evaluate(test_ds, verbose=0, return_dict=True)
-        metrics.update(test_accuracy=float(scores["accuracy"]), test_loss=float(scores["loss"]))
-        metrics["test_images"] = data.test.count
-        log(f"Test: accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f}")
     if ctx.devices.summary(cfg.batch_size) is not None:
         metrics["distribute"] = ctx.devices.summary(cfg.batch_size)
     return metrics
@@ -1185,6 +1190,55 @@ def _validation_metrics(model: keras.Model, data: PreparedData, fitted: Fitted) 
     return out
 
 
+def evaluate_test(
+    ctx: Context, model: keras.Model, data: PreparedData, built: Built, fitted: Fitted, metrics
+) -> report.Split | None:
+    """The test split, predicted once: its scores go into ``metrics`` (``test_accuracy``,
+    ``test_loss``, ``test_images``) and its evaluation to the report (its worst errors),
+    which does not predict it again. Where the backbone ended the run with its pre-trained
+    weights and the run cached features, the test split's features come from the feature
+    cache too (a second run on the same test images reads them; only the head predicts).
+    ``None`` without a test split."""
+    if data.test is None:
+        return None
+    bb, paths = built.bb, data.test.paths
+    batches = data.test.batches(bb.image_size, bb.channels, ctx.cfg.batch_size)
+    predictor, pixels = model, None
+    if _test_through_cache(ctx, model, data, fitted):
+        split = data.test.fitted(bb.image_size, bb.channels)
+        values = cache.split_features(model, bb, split, ctx.cfg, "test", ctx.log)
+        batches = pipelines.array_pipeline(values, split.labels, ctx.cfg.batch_size)
+        predictor = model_utils.head_model(model)
+        pixels = _test_pixels(data.test, bb)
+    tested = evaluation.evaluate_model(predictor, batches, data.classes, paths=paths, pixels=pixels)
+    scores = tested.scores()
+    metrics.update(test_accuracy=scores["accuracy"], test_loss=scores["loss"])
+    metrics["test_images"] = data.test.count
+    ctx.log(f"Test: accuracy {scores['accuracy']:.4f}, loss {scores['loss']:.4f}")
+    return report.Split(batches, data.test.paths, name="test", evaluated=tested)
+
+
+def _test_through_cache(ctx: Context, model: keras.Model, data: PreparedData, fitted) -> bool:
+    """Whether the test split can go through the feature cache: the run cached features
+    and the backbone still has exactly the weights they were computed with."""
+    return (
+        ctx.cfg.cache
+        and fitted.cached is not None
+        and data.test.labels is not None
+        and drift.unchanged(model, fitted.reference)
+    )
+
+
+def _test_pixels(test: adapter.DataAdapter, bb: backbones.Backbone):
+    """The test image at an index (thumbnails of the worst errors, when the evaluation
+    ran on cached features)."""
+    if test.paths is not None:
+        paths, size, channels = list(test.paths), bb.image_size, bb.channels
+        return lambda i: load_image(paths[i], size, channels)
+    images = test.fitted(bb.image_size, bb.channels).images
+    return lambda i: images[i]
+
+
 def _kept_metrics(fitted: Fitted) -> dict:
     """The scores of the epoch ``model.keras`` holds, and which epoch that is."""
     kept = kept_row(fitted) if fitted.result.history else {}
@@ -1221,22 +1275,18 @@ def report_inputs(
     ctx: Context, run: Run, data: PreparedData, fitted: Fitted, worker: PlotWorker | None
 ) -> report.ReportInputs:
     """What the report evaluates: the validation split (on cached inputs when it can skip
-    the backbone, see :func:`_evaluated_on`) and the test split, whose worst errors it shows."""
+    the backbone, see :func:`_evaluated_on`); the test split, already predicted by
+    :func:`evaluate_test`, is added by :func:`execute`."""
     bb = run.backbone
     validation = None
     if fitted.pipes.val is not None:
         plain = report.Split(fitted.pipes.val, data.val.paths)
         validation = _evaluated_on(run.model, bb, fitted, data) or plain
-    test = None
-    if data.test is not None:
-        batches = data.test.batches(bb.image_size, bb.channels, ctx.cfg.batch_size)
-        test = report.Split(batches, data.test.paths, name="test")
     return report.ReportInputs(
         run.model,
         run.classes,
         run.history,
         validation=validation,
-        test=test,
         log=ctx.log,
         worker=worker,
     )
@@ -1279,6 +1329,8 @@ def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInput
     Returns ``run`` with the evaluation in its metrics."""
     d = run.run_dir
     files.save_model(run.model, d / layout.MODEL_FILE)
+    if ctx.cfg.keep == "best" and not (d / layout.LAST_MODEL_FILE).exists():
+        files.copy_file(d / layout.MODEL_FILE, d / layout.LAST_MODEL_FILE)  # see _keep
     files.write_json(d / layout.LABELS_FILE, run.classes)
     config = run.config.as_dict()
     config["resolved_backbone"] = run.backbone.describe()

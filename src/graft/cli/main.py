@@ -44,6 +44,7 @@ for _command in (
     tools.backbones,
     tools.data,
     tools.inspect,
+    tools.probe,
     tools.demo,
     tools.cache,
 ):

@@ -296,6 +296,58 @@ def inspect(backbone, image_size, alpha, cut, layers):
             log(f"{block.name}: " + ", ".join(block.layers))
 
 
+@click.command(cls=GraftCommand)
+@click.argument("data")
+@options.settings(
+    ["backbone", "weights", "image_size", "alpha", "cut", "preprocess", "seed", "batch_size"],
+    backbone={"required": True},
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Folder for the results."
+)
+def probe(data, backbone, weights, image_size, alpha, cut, preprocess, seed, batch_size, out):
+    """Which layer transfers best: probe accuracy of every cut x pooling, and the curve."""
+    from graft.api import preflight
+
+    preflight.check_source(data, "DATA")
+    preflight.check_backbone(backbone)
+    import_backend()
+    from graft.api.transfer import probe as run_probe
+
+    report = run_probe(
+        data,
+        backbone,
+        out,
+        weights=weights,
+        image_size=image_size,
+        alpha=alpha,
+        cut=cut,
+        preprocess=preprocess,
+        seed=seed,
+        batch_size=batch_size,
+        log=log,
+    )
+    result = report.result
+    table = Table("cut", "depth", "map", "pooling", "features", "CV accuracy ± std", "")
+    for row in result.scores:
+        score = row.score.text().replace("+-", "±") if row.score else "-"
+        mark = "← chosen" if row is result.chosen else ("skipped" if row.skipped else "")
+        table.add_row(
+            row.cut.path,
+            str(row.cut.depth),
+            "x".join(map(str, row.cut.shape)),
+            row.pool,
+            f"{row.features:,}",
+            score,
+            mark,
+        )
+    console.print(table)
+    for note in result.notes:
+        log(note)
+    log(result.line())
+    log(f"Wrote {report.metrics} and {report.curve} in {report.seconds:.1f} s")
+
+
 def _head_input_line(seen) -> str:
     """The backbone's output shape, its default pooling and the --pool choices."""
     shape, choices = seen.output_shape, seen.pool_choices
@@ -307,7 +359,12 @@ def _head_input_line(seen) -> str:
 
 @click.command(cls=GraftCommand)
 @click.option(
-    "--quick", is_flag=True, help="Only 2 labels per class, fewer epochs (under a minute)."
+    "--quick", is_flag=True, help="Only 2 labels per class, fewer epochs (about a minute)."
+)
+@click.option(
+    "--full",
+    is_flag=True,
+    help="The whole comparison: 2 and 10 labels per class, 3 seeds each (many minutes).",
 )
 @click.option(
     "--out",
@@ -320,22 +377,23 @@ def _head_input_line(seen) -> str:
     "--seeds",
     type=int,
     default=None,
-    help="Train every row with N seeds; report mean ± std (default: 3, --quick: 1).",
+    help="Train every row with N seeds; report mean ± std (default: 1, --full: 3).",
 )
 @options.settings(["seed"])
-def demo(quick, out, seeds, seed):
-    """Transfer learning on scikit-learn's digits: 0-4 pre-train, 5-9 with few labels."""
+def demo(quick, full, out, seeds, seed):
+    """Transfer learning on scikit-learn's digits: 0-4 pre-train, 5-9 with few labels.
+
+    Without a flag: 10 labels per class, every strategy against scratch, one seed (a few
+    minutes); --quick: 2 labels per class; --full: the whole comparison."""
     from graft.api import demo as demo_mod
 
+    if quick and full:
+        raise GraftError("--quick and --full choose opposite demos; pass one of them.")
+    mode = dict(demo_mod.MODES["quick" if quick else "full" if full else "default"])
+    if seeds is not None:
+        mode["seeds"] = seeds
     log("graft demo: pre-trained on digits 0-4, grafted onto digits 5-9 with few labels each")
-    rows = demo_mod.run(
-        out,
-        budgets=(2,) if quick else (2, 10),
-        seed=seed,
-        log=log,
-        epochs_scale=0.5 if quick else 1.0,
-        seeds=seeds or (1 if quick else 3),
-    )
+    rows = demo_mod.run(out, seed=seed, log=log, **mode)
     table = Table("labels/class", "strategy", "trainable params", "test accuracy", "seconds")
     for r in rows:
         table.add_row(
@@ -346,7 +404,8 @@ def demo(quick, out, seeds, seed):
             f"{r['seconds']:.1f}",
         )
     console.print(table)
-    log(f"Results: {out / 'results.md'}; one run folder per row under {out}/")
+    for line in demo_mod.closing_lines(out, rows, seed):
+        log(line)
 
 
 @click.command(cls=GraftCommand, needs_backend=False)

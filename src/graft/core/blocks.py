@@ -40,6 +40,9 @@ class BlockRule:
 
     anchors: tuple[tuple[str, str], ...]
     attach: Literal["next", "previous"] = "next"
+    #: An unanchored normalization layer right after a weighted unit joins that unit's
+    #: block (``conv1``/``bn1`` naming: the BN must not start the next block).
+    norm_follows: bool = False
 
 
 @dataclass
@@ -154,12 +157,49 @@ def group(model: keras.Model, rule: BlockRule | None = None) -> list[Block]:
                 label = template.format(*match.groups(), name=layer.name)
                 break
         labels.append(label)
+    if rule.norm_follows:
+        _norms_follow(labels, layers)
     if not any(labels):  # no layer name matches the family's rule: one block, not none
         labels = [model.name] * len(layers)
     order = range(len(labels) - 1, -1, -1) if rule.attach == "next" else range(len(labels))
     _fill(labels, order)
     _fill(labels, reversed(list(order)))  # leading/trailing layers with no anchor beyond them
     return _blocks(zip(labels, layers))
+
+
+def _norms_follow(labels: list, layers: list) -> None:
+    """Give an unlabelled normalization layer the label of the weighted unit before it."""
+    for i in range(1, len(layers)):
+        previous = layers[i - 1]
+        if (
+            labels[i] is None
+            and labels[i - 1] is not None
+            and isinstance(layers[i], _NORMALIZATION)
+            and previous.weights
+            and not isinstance(previous, _NORMALIZATION)
+        ):
+            labels[i] = labels[i - 1]
+
+
+def restrict(found: list[Block], uncut: keras.Model, model: keras.Model) -> list[Block]:
+    """The blocks of ``model``, a cut of ``uncut``: ``found`` (``uncut``'s blocks) keeping
+    only the units of ``model``, matched by path, so the cut's blocks are exactly a prefix of the
+    uncut model's (the last one possibly shortened), whatever the cut.
+
+    Grouping the cut model afresh would not do: a naming convention, a fork or a trailing
+    layer can read differently once the layers after the cut are gone.
+    """
+    by_path = dict(walk(model))
+    # A unit of a nested container keeps its path: the cut rebuilds the container under
+    # the same name (and a re-initialised clone keeps every name).
+    path_of = {id(layer): path for path, layer in walk(uncut)}
+    out = []
+    for block in found:
+        paths = (path_of.get(id(layer)) for layer in block.layers)
+        kept = [by_path[p] for p in paths if p in by_path]
+        if kept:
+            out.append(Block(block.name, kept))
+    return out
 
 
 def _blocks(labelled) -> list[Block]:
@@ -236,7 +276,8 @@ def fallback_blocks(model: keras.Model) -> list[Block]:
         # A naming convention only when at least two prefixes cover half the weighted
         # layers: a stray "conv1" in an otherwise unnamed model must not make the blocks.
         if len({m.group(1) for m in prefixed}) >= 2 and len(prefixed) * 2 >= len(weighted):
-            return group(model, BlockRule(((_GENERIC_PREFIX, "{0}"),), attach="next"))
+            rule = BlockRule(((_GENERIC_PREFIX, "{0}"),), attach="next", norm_follows=True)
+            return group(model, rule)
     runs = _runs(model, "")
     # One weighted run (a plain stack with no merges or strided pooling) gives nothing to
     # choose between: one block per weighted layer, so "blocks:N" still means something.

@@ -76,3 +76,40 @@ def _in_graph(tensor, inside: set) -> bool:
     return operation is not None and (
         id(operation) in inside or isinstance(operation, keras.layers.InputLayer)
     )
+
+
+def outputs_at(model: keras.Model, paths: list[str]) -> keras.Model:
+    """One ``keras.Model`` whose outputs are the outputs of the layers at ``paths`` (in
+    order), so one forward pass gives every one of them.
+
+    A path inside a nested model (``trunk/inner``) is reached through a multi-output copy
+    of that model (same layers and weights), called once for all the paths inside it.
+    Known cost: when a path lies *after* such a nested model too (the model's own output),
+    the original nested model is also run for it, so that nested part runs twice per
+    batch (rebuilding the outer graph on the copy's output would add nodes to the
+    caller's layers). Layers and weights are shared with ``model``; ``model`` itself is
+    not changed (its layers gain no inbound node).
+    """
+    found = _tensors_at(model, list(dict.fromkeys(paths)))
+    return keras.Model(model.inputs, [found[p] for p in paths], name=f"{model.name}_taps")
+
+
+def _tensors_at(model: keras.Model, paths: list[str]) -> dict:
+    """``path -> tensor`` in ``model``'s own graph (its inputs: ``model.inputs``)."""
+    out = {}
+    nested: dict[str, list[str]] = {}
+    for path in paths:
+        head, _, rest = path.partition(blocks.SEP)
+        if rest:
+            nested.setdefault(head, []).append(rest)
+        else:
+            out[path] = _call_in(model, model.get_layer(head)).output_tensors[0]
+    for name, inner_paths in nested.items():
+        container = model.get_layer(name)
+        inner = _tensors_at(container, inner_paths)
+        taps = keras.Model(container.inputs, [inner[p] for p in inner_paths], name=f"{name}_taps")
+        args = _call_in(model, container).input_tensors
+        values = taps(args[0] if len(args) == 1 else args)
+        values = values if isinstance(values, (list, tuple)) else [values]
+        out.update({f"{name}{blocks.SEP}{p}": v for p, v in zip(inner_paths, values)})
+    return out

@@ -297,6 +297,7 @@ def from_model(
     preprocess = check_mode(preprocess or "none")
     source = source or f"<{type(model).__name__} {model.name!r}>"
     rule = block_rule_for(model)  # the family's, also for a cut of it
+    uncut = model
     if cut is not None:
         model = cutting.cut(model, cut, source)
         hub.check_round_trip(model, source)
@@ -330,9 +331,12 @@ def from_model(
         )
     if channels is None:
         raise GraftError(f"{source} takes inputs of shape {model.input_shape}: channels unknown.")
+    found = _blocks.group(uncut, rule)
+    if uncut is not model:  # cut or re-initialised: the same blocks, up to the cut
+        found = _blocks.restrict(found, uncut, model)
     return Backbone(
         model=model,
-        blocks=_blocks.group(model, rule),
+        blocks=found,
         preprocess=preprocess,
         image_size=(int(height), int(width)),
         channels=int(channels),

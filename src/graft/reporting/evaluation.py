@@ -73,6 +73,24 @@ class Evaluation:
         """``metrics`` plus the worst errors (without pixels)."""
         return {**self.metrics, "worst_errors": [w.as_dict(self.classes) for w in self.worst]}
 
+    def scores(self) -> dict:
+        """``{"accuracy", "loss"}`` unrounded, as Keras's ``evaluate`` reports them for the
+        run's model (without regularization terms): top-1 accuracy and crossentropy, or
+        per-label binary accuracy and binary crossentropy for a multi-label model."""
+        probs = np.clip(np.asarray(self.probs, dtype="float64"), 1e-7, 1 - 1e-7)
+        if not len(probs):
+            return {"accuracy": float("nan"), "loss": float("nan")}
+        if self.metrics.get("task") == "multi_label":
+            y = np.asarray(self.y_true, dtype="float64")
+            loss = -(y * np.log(probs) + (1 - y) * np.log(1 - probs)).mean()
+            accuracy = ((probs >= self.metrics.get("threshold", 0.5)) == (y > 0.5)).mean()
+            return {"accuracy": float(accuracy), "loss": float(loss)}
+        y = np.asarray(self.y_true).astype(int).ravel()
+        probs = probs / probs.sum(axis=1, keepdims=True)
+        loss = -np.log(probs[np.arange(len(y)), y]).mean()
+        accuracy = (probs.argmax(axis=1) == y).mean()
+        return {"accuracy": float(accuracy), "loss": float(loss)}
+
 
 def _r(value) -> float:
     return round(float(value), DIGITS)

@@ -39,15 +39,19 @@ def evaluate_split(
     paths=None,
     prefix: str = "",
     pixels=None,
+    evaluated: evaluation.Evaluation | None = None,
 ) -> tuple[dict, list]:
     """Evaluate ``model`` on one split and write its worst errors' thumbnails.
+
+    ``evaluated``: the split's evaluation when it was already made (its predictions are
+    not made again; ``model`` and ``batches`` are then unused).
 
     Returns:
         The evaluation as a ``metrics.json`` section (``split``, ``seconds`` and
         ``worst_errors`` with file paths and thumbnails), and the worst errors' pixels.
     """
     start = time.perf_counter()
-    ev = evaluation.evaluate_model(model, batches, classes, paths=paths, pixels=pixels)
+    ev = evaluated or evaluation.evaluate_model(model, batches, classes, paths=paths, pixels=pixels)
     result = {"split": split, **ev.as_dict()}
     write_thumbnails(run_dir, ev.worst, result["worst_errors"], prefix)
     result["seconds"] = round(time.perf_counter() - start, 2)
@@ -91,7 +95,8 @@ def errors_sections(run_dir: Path, metrics: dict) -> str:
 
 
 def errors_section(run_dir: Path, ev: dict) -> str:
-    """The worst errors: a gallery of thumbnails, then a table by file name."""
+    """The worst errors, shown once: a gallery of thumbnails, each captioned with its file
+    name, true and predicted label and confidence (the full path in its tooltip)."""
     worst = ev.get("worst_errors")
     if not ev.get("images") or ev.get("task") == "multi_label":
         return '<p class="muted">No evaluation data.</p>'
@@ -106,25 +111,26 @@ def errors_section(run_dir: Path, ev: dict) -> str:
         if thumb is not None and thumb.is_file():
             data = base64.b64encode(thumb.read_bytes()).decode("ascii")
             img = f'<img src="data:image/png;base64,{data}" alt="{_e(label)}">'
-        cards.append(
-            f'<figure class="error" title="{_e(name)}">{img}<figcaption><b>{_e(label)}</b><br>'
-            f"true {_e(w['true'])}, predicted {_e(w['predicted'])} "
-            f"({float(w['confidence']):.2f})</figcaption></figure>"
+        # One line each, cut with an ellipsis where too long (never broken mid-word);
+        # the whole text is in the tooltip.
+        lines = (
+            label,
+            f"true {w['true']}",
+            f"predicted {w['predicted']}",
+            f"confidence {float(w['confidence']):.2f}",
         )
-    rows = "".join(
-        f"<tr><td>{_e(w.get('path') or w['index'])}</td><td>{_e(w['true'])}</td>"
-        f'<td>{_e(w["predicted"])}</td><td class="num">{float(w["confidence"]):.4f}</td></tr>'
-        for w in worst
-    )
-    return (
-        f'<div class="gallery">{"".join(cards)}</div>'
-        "<table><thead><tr><th>image</th><th>true</th><th>predicted</th><th>confidence</th>"
-        f"</tr></thead><tbody>{rows}</tbody></table>"
-    )
+        caption = "".join(f'<span title="{_e(t)}">{_e(t)}</span>' for t in lines)
+        cards.append(
+            f'<figure class="error" title="{_e(name)}">{img}<figcaption>{caption}'
+            "</figcaption></figure>"
+        )
+    return f'<div class="gallery">{"".join(cards)}</div>'
 
 
 CSS = (
-    ".gallery{display:flex;flex-wrap:wrap;gap:.6rem}.gallery figure.error{width:120px;"
-    "margin:0;font-size:.8rem;word-break:break-all}.gallery img{width:96px;height:auto;"
+    ".gallery{display:flex;flex-wrap:wrap;gap:.6rem}.gallery figure.error{width:140px;"
+    "margin:0;font-size:.8rem}.gallery figcaption span{display:block;white-space:nowrap;"
+    "overflow:hidden;text-overflow:ellipsis}.gallery figcaption span:first-child{"
+    "font-weight:600}.gallery img{width:96px;height:auto;"
     "image-rendering:pixelated;border:2px solid #c33}"
 )

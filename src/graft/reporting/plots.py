@@ -22,6 +22,7 @@ CURVES = "training_curves.png"
 CONFUSION = "confusion_matrix.png"
 F1 = "per_class_f1.png"
 ERRORS = "worst_errors.png"
+RELIABILITY = "reliability.png"
 DPI = 110
 
 
@@ -261,6 +262,62 @@ def worst_errors(worst: list, classes: list[str], path: str | os.PathLike) -> Pa
     return save(fig, path)
 
 
+@_plain_text
+def reliability(bins: list[dict], ece: float, path: str | os.PathLike) -> Path:
+    """The reliability diagram: accuracy against mean confidence per confidence bin
+    (the diagonal is perfect calibration), with how many images each bin holds below.
+
+    Args:
+        bins: ``metrics.json``'s ``"calibration"``: ``{"lower", "upper", "count",
+            "accuracy", "confidence"}`` for each non-empty bin.
+        ece: The expected calibration error of those bins.
+        path: Where to write the PNG.
+
+    Returns:
+        ``path``.
+    """
+    fig = figure(5.2, 5.4)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    lower = np.array([b["lower"] for b in bins], dtype="float64")
+    width = np.array([b["upper"] - b["lower"] for b in bins], dtype="float64")
+    accuracy = np.array([b["accuracy"] for b in bins], dtype="float64")
+    confidence = np.array([b["confidence"] for b in bins], dtype="float64")
+    top.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect")
+    top.bar(
+        lower,
+        accuracy,
+        width,
+        align="edge",
+        color="tab:blue",
+        alpha=0.8,
+        edgecolor="white",
+        label="accuracy",
+    )
+    gap = confidence - accuracy
+    top.bar(
+        lower,
+        gap,
+        width,
+        bottom=accuracy,
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap to confidence",
+    )
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    top.legend(fontsize=8, loc="upper left")
+    top.grid(alpha=0.3)
+    bottom.bar(lower, [b["count"] for b in bins], width, align="edge", color="tab:gray")
+    bottom.set_xlabel("confidence of the top prediction")
+    bottom.set_ylabel("images")
+    return save(fig, path)
+
+
 def write_all(
     run_dir: str | os.PathLike,
     history: list[dict],
@@ -284,7 +341,7 @@ def write_all(
             returns once every plot is written.
 
     Returns:
-        ``{"curves" | "confusion" | "f1" | "errors": path}`` for the plots written.
+        ``{"curves" | "confusion" | "f1" | "reliability" | "errors": path}`` for the plots written.
     """
     folder = Path(run_dir) / PLOTS_DIR
     jobs: dict[str, tuple[str, tuple]] = {}
@@ -299,6 +356,11 @@ def write_all(
                 (metrics["confusion_matrix"], classes, folder / CONFUSION),
             )
             jobs["f1"] = ("per_class_f1", (metrics["per_class"], folder / F1))
+            if metrics.get("calibration"):
+                jobs["reliability"] = (
+                    "reliability",
+                    (metrics["calibration"], metrics.get("ece", 0.0), folder / RELIABILITY),
+                )
             if worst is not None:
                 jobs["errors"] = ("worst_errors", (worst, classes, folder / ERRORS))
     here = {k: job for k, job in jobs.items() if worker is None or k == "confusion"}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from graft.data.adapter import labelled_batches
 from graft.errors import GraftError
-from graft.reporting import evaluation, gallery, plots, scores
+from graft.reporting import evaluation, gallery, plots, provenance, scores
 from graft.reporting.model_card import write_model_card
 from graft.reporting.text import fmt as _fmt
 from graft.runs import files as runs
@@ -37,7 +37,37 @@ PLOT_TITLES = {
     plots.CONFUSION: "Confusion matrix",
     plots.F1: "Per-class F1",
     plots.ERRORS: "Most confidently wrong predictions",
+    plots.RELIABILITY: "Reliability diagram",
 }
+#: The report's sections: ``(anchor, title)``, in order (the contents bar links them).
+SECTIONS = (
+    ("data", "Data"),
+    ("settings", "Settings graft chose"),
+    ("plan", "Plan of phases"),
+    ("curves", "Training curves"),
+    ("metrics", "Metrics"),
+    ("errors", "Worst errors"),
+    ("calibration", "Calibration"),
+    ("drift", "Feature drift"),
+    ("timing", "Timing"),
+    ("reproduce", "Reproduce"),
+    ("config", "Configuration"),
+)
+#: Linear CKA thresholds for the drift sentence: ``(at least, what it means)``.
+CKA_READINGS = (
+    (0.99, "the backbone's features are practically unchanged"),
+    (0.9, "the features changed little: the pre-trained representation is kept"),
+    (
+        0.7,
+        "the features changed moderately: fine-tuning reshaped them but kept most of "
+        "their structure",
+    ),
+    (
+        0.0,
+        "the features changed a lot: the backbone now represents images differently "
+        "from its pre-training (check the source task, if measured, for forgetting)",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +86,9 @@ class Split:
     #: The image at an index, for thumbnails when ``batches`` are not images (see
     #: :func:`graft.reporting.evaluation.evaluate_model`).
     pixels: Callable | None = None
+    #: The split's :class:`graft.reporting.evaluation.Evaluation` when its predictions were
+    #: already made (the test split's, for the run's test scores): not predicted again.
+    evaluated: object = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +145,14 @@ def finish_run(run_dir: str | os.PathLike, inputs: ReportInputs) -> dict | None:
     test = inputs.test
     if test is not None:
         sections[gallery.TEST_SECTION], _ = gallery.evaluate_split(
-            run_dir, inputs.model, test.batches, classes, "test", test.paths, gallery.TEST_PREFIX
+            run_dir,
+            inputs.model,
+            test.batches,
+            classes,
+            "test",
+            test.paths,
+            gallery.TEST_PREFIX,
+            evaluated=test.evaluated,
         )
     metrics = run_metrics.record(run_dir, sections)
     plots.write_all(
@@ -182,6 +222,10 @@ figcaption{color:#666;font-size:.85rem}.muted{color:#777}
 .headline{display:flex;gap:1rem;flex-wrap:wrap}
 .headline div{background:#f6f8fa;border:1px solid #e1e4e8;border-radius:6px;padding:.5rem 1rem}
 .headline b{display:block;font-size:1.3rem}
+nav.contents{position:sticky;top:0;background:#fff;border-bottom:1px solid #ddd;
+padding:.4rem 0;font-size:.9rem;z-index:1}nav.contents a{margin-right:.8rem;white-space:nowrap}
+pre.command{background:#f6f8fa;border:1px solid #e1e4e8;padding:.5rem;overflow-x:auto}
+details summary{cursor:pointer;color:#555}
 """
 
 
@@ -233,31 +277,78 @@ def render_html(run_dir: str | os.PathLike) -> str:
         f'<p class="muted">{_e(_describe_model(config))}</p>',
         (f"<p><b>{_e(note)}</b></p>" if (note := run_status.status_note(run_dir)) else ""),
         _headline(metrics, ev),
-        '<h2 id="data">Data</h2>',
+        _contents(),
+        _h2("data"),
         _data_section(metrics, ev, classes),
-        '<h2 id="plan">Plan of phases</h2>',
+        _h2("settings"),
+        _settings_section(config, metrics),
+        _h2("plan"),
         _plan_section(metrics),
-        '<h2 id="curves">Training curves</h2>',
+        _h2("curves"),
         _image(run_dir, plots.CURVES) or '<p class="muted">No training history.</p>',
-        '<h2 id="metrics">Metrics</h2>',
+        _h2("metrics"),
         _metrics_section(ev),
         _image(run_dir, plots.CONFUSION),
         _image(run_dir, plots.F1),
-        '<h2 id="errors">Worst errors</h2>',
+        _h2("errors"),
         gallery.errors_sections(run_dir, metrics),
-        _image(run_dir, plots.ERRORS),
-        '<h2 id="calibration">Calibration</h2>',
-        _calibration_section(ev),
-        '<h2 id="drift">Feature drift</h2>',
+        _h2("calibration"),
+        _calibration_section(run_dir, ev),
+        _h2("drift"),
         _drift_section(metrics),
-        '<h2 id="timing">Timing</h2>',
+        _h2("timing"),
         _timing_section(metrics),
-        '<h2 id="config">Configuration</h2>',
+        _h2("reproduce"),
+        _reproduce_section(run_dir, config),
+        _h2("config"),
         _config_section(config),
         f'<p class="muted">Generated by graft at {_e(time.strftime("%Y-%m-%d %H:%M:%S"))}.</p>',
         "</body></html>",
     ]
     return "\n".join(p for p in parts if p)
+
+
+def _h2(anchor: str) -> str:
+    return f'<h2 id="{anchor}">{_e(dict(SECTIONS)[anchor])}</h2>'
+
+
+def _contents() -> str:
+    """The contents bar: a link to every section."""
+    links = "".join(f'<a href="#{a}">{_e(title)}</a>' for a, title in SECTIONS)
+    return f'<nav class="contents">{links}</nav>'
+
+
+def _settings_section(config: dict, metrics: dict) -> str:
+    rows = provenance.inferred_settings(config, metrics)
+    if not rows:
+        return '<p class="muted">Not recorded for this run.</p>'
+    intro = (
+        "<p>What the run used where graft decided, and where each value came from "
+        "(given: on the command line or in the config; model evidence: read from the model "
+        "file; measured: on your data; registry default: the architecture's own).</p>"
+    )
+    return intro + _table(["setting", "value used", "from", "how"], [list(r) for r in rows])
+
+
+def reproduce_command(run_dir: str | os.PathLike) -> str:
+    """The command that trains this run again (the same settings, data and seed) into a
+    new folder next to it."""
+    import shlex
+
+    run_dir = Path(run_dir).resolve()
+    config = shlex.quote(str(run_dir / runs.CONFIG_FILE))
+    again = shlex.quote(str(run_dir.with_name(run_dir.name + "-again")))
+    return f"graft train --config {config} --out {again}"
+
+
+def _reproduce_section(run_dir: Path, config: dict) -> str:
+    if not config:
+        return '<p class="muted">No config.yaml to reproduce the run from.</p>'
+    return (
+        "<p>This command trains the run again from its recorded settings, data and seed "
+        "(DATA, --val and --test default to the run's own; flags added to it win):</p>"
+        f'<pre class="command">{_e(reproduce_command(run_dir))}</pre>'
+    )
 
 
 def _describe_model(config: dict) -> str:
@@ -374,7 +465,7 @@ def _metrics_section(ev: dict) -> str:
     return "\n".join(out)
 
 
-def _calibration_section(ev: dict) -> str:
+def _calibration_section(run_dir: Path, ev: dict) -> str:
     bins = ev.get("calibration")
     if not bins:
         return '<p class="muted">Not measured.</p>'
@@ -382,9 +473,35 @@ def _calibration_section(ev: dict) -> str:
         [f"{b['lower']:.2f}-{b['upper']:.2f}", b["count"], b["accuracy"], b["confidence"]]
         for b in bins
     ]
-    return f"<p>Expected calibration error (top-1, {evaluation.ECE_BINS} bins): " + (
-        f"{ev['ece']:.4f}.</p>"
-        + _table(["confidence bin", "images", "accuracy", "mean confidence"], rows, {1, 2, 3})
+    ece = float(ev["ece"])
+    reading = (
+        "well calibrated: its confidence can be read as a probability"
+        if ece < 0.05
+        else "somewhat miscalibrated: treat its confidence as a ranking more than a probability"
+        if ece < 0.15
+        else "poorly calibrated: its confidence is not a probability (bars far from the diagonal)"
+    )
+    intro = (
+        f"<p>Expected calibration error (top-1, {evaluation.ECE_BINS} bins): {ece:.4f}, the "
+        f"average gap between confidence and accuracy. Below 0.05 a model is usually called "
+        f"well calibrated, above 0.15 poorly: this one is {_e(reading)}.</p>"
+    )
+    table = _table(["confidence bin", "images", "accuracy", "mean confidence"], rows, {1, 2, 3})
+    return (
+        intro
+        + _image(run_dir, plots.RELIABILITY)
+        + f"<details><summary>The bins as numbers</summary>{table}</details>"
+    )
+
+
+def drift_reading(cka: float) -> str:
+    """One sentence on what a linear CKA between the backbone's features before and after
+    training means, with the thresholds it was read against."""
+    meaning = next(text for least, text in CKA_READINGS if cka >= least)
+    return (
+        f"A linear CKA of {cka:.2f} compares the backbone's features of the same images before "
+        f"and after training (1: the same up to rotation and scale, 0: unrelated): {meaning} "
+        "(read as: 0.99 and above unchanged, 0.9 little, 0.7 moderate, below 0.7 a lot)."
     )
 
 
@@ -399,7 +516,10 @@ def _drift_section(metrics: dict) -> str:
     if not drift:
         return '<p class="muted">Not measured for this run.</p>' + extra
     if isinstance(drift, dict):
-        return _table(["measure", "value"], [[k, v] for k, v in drift.items()], {1}) + extra
+        table = _table(["measure", "value"], [[k, v] for k, v in drift.items()], {1})
+        cka = drift.get("cka")
+        reading = f"<p>{_e(drift_reading(float(cka)))}</p>" if cka is not None else ""
+        return reading + table + extra
     return f"<p>{_e(_fmt(drift))}</p>" + extra
 
 
@@ -423,8 +543,18 @@ def _config_section(config: dict) -> str:
     if not config:
         return '<p class="muted">No config.yaml.</p>'
     skip = {"phases", "resolved_backbone", "classes", "versions"}
-    rows = [[k, v] for k, v in config.items() if k not in skip]
-    out = [_table(["setting", "value"], rows)]
+    # A setting left out (None) was decided by graft: "Settings graft chose" says how.
+    decided = {row[0].replace(" ", "_") for row in provenance.inferred_settings(config, {})}
+    rows = [
+        [k, v if v is not None else "chosen by graft" if k in decided else "default"]
+        for k, v in config.items()
+        if k not in skip
+    ]
+    out = [
+        '<p class="muted">As recorded in config.yaml; "chosen by graft" and "default": not '
+        'given (see <a href="#settings">Settings graft chose</a>).</p>',
+        _table(["setting", "value"], rows),
+    ]
     if config.get("resolved_backbone"):
         out.append("<p>Resolved backbone:</p>")
         out.append(_table(["field", "value"], list(map(list, config["resolved_backbone"].items()))))

@@ -177,6 +177,15 @@ def save_model(model, path) -> Path:
     return path
 
 
+def copy_file(source, path) -> Path:
+    """Copy ``source`` to ``path`` atomically (a copy in place or nothing)."""
+    path = Path(path)
+    with _replacing(path, path.suffix) as (fd, tmp):
+        os.close(fd)
+        shutil.copyfile(source, tmp)
+    return path
+
+
 def prepare(run_dir: str | os.PathLike, overwrite: bool = False, resume: bool = False) -> Path:
     """Create ``run_dir``, or make an existing one ready for a new run.
 

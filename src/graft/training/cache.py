@@ -126,21 +126,22 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     Args:
         extractor: ``features_model(model)``; reuse one for several calls.
         inputs: A dataset of image batches, or an array of images.
-        verbose: Keras's progress bar (1; plain lines where the output is not a live
-            terminal, :func:`graft.progress.keras_verbosity`) or silence (0).
+        verbose: A progress bar on a live terminal (1, cleared when done; nothing where
+            the output is not live, :func:`graft.progress.keras_verbosity`) or silence (0).
     """
-    # A live bar on a terminal; elsewhere nothing (Keras's plain lines are noise: the
-    # cache logs one line of its own when done).
-    verbose = 1 if progress.keras_verbosity(verbose) == 1 else 0
+    # graft's own bar on a live terminal, cleared when done; elsewhere nothing. Never
+    # Keras's bar: its "1/1 ━━━ 0s 20ms/step" stays behind on the terminal, and the cache
+    # logs one line of its own when done.
+    live = progress.keras_verbosity(verbose) == 1
     if isinstance(inputs, np.ndarray) or keras.backend.backend() != "tensorflow":
-        return np.asarray(extractor.predict(inputs, verbose=verbose), dtype="float32")
+        return np.asarray(extractor.predict(inputs, verbose=0), dtype="float32")
     forward = forward_function(extractor, inputs.element_spec)
-    total = inputs.cardinality().numpy()
-    bar = keras.utils.Progbar(total if total > 0 else None, verbose=verbose or 0)
+    total = int(inputs.cardinality().numpy())
     parts = []
-    for step, batch in enumerate(inputs, start=1):
-        parts.append(np.asarray(forward(batch), dtype="float32"))
-        bar.update(step)
+    with progress.track("Computing features", total if live else 0, "batches") as bar:
+        for batch in inputs:
+            parts.append(np.asarray(forward(batch), dtype="float32"))
+            bar.advance()
     if not parts:
         return np.zeros((0, *extractor.output_shape[1:]), "float32")
     return np.concatenate(parts)
@@ -198,6 +199,29 @@ def split_fingerprint(split) -> str:
     if split.kind == "arrays":
         return content_fingerprint(images=split.images)
     return content_fingerprint(paths=split.files.paths)
+
+
+def split_features(model, bb, split, cfg, name: str, log=print) -> np.ndarray:
+    """The backbone's features of one more split (the test split), from the feature cache
+    when a run on the same images, backbone and weights stored them, else computed once
+    and stored: the same entry a later run reuses. ``split`` is a files or arrays
+    :class:`graft.data.adapter.DataAdapter` at the backbone's size."""
+    directory = Path(cfg.cache_dir) if cfg.cache_dir else None
+    extractor = features_model(model)
+    key = cache_key(
+        model,
+        bb.source,
+        split_fingerprint(split),
+        view="plain",
+        weights=weights_fingerprint(extractor),
+    )
+    batches = split_images(split, bb, max(cfg.batch_size, INFERENCE_BATCH))
+    values, stats = load_or_compute(extractor, batches, key, len(split_labels(split)), directory, 0)
+    if stats.note:
+        log(f"Feature cache ({name}): {stats.note}")
+    done = "reused" if stats.hit else "computed"
+    log(f"Feature cache ({name}): {done} {stats.images} images in {stats.seconds:.1f} s")
+    return values
 
 
 def cached_datasets(

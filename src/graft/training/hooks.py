@@ -190,6 +190,16 @@ class KeepBest(Hook):
             }
             self.weights = [np.array(w) for w in model.get_weights()]
 
+    def holds_current(self, model: keras.Model) -> bool:
+        """Whether the kept weights are exactly ``model``'s current ones (none kept: the
+        current ones are what is kept)."""
+        if self.weights is None:
+            return True
+        current = model.get_weights()
+        return len(current) == len(self.weights) and all(
+            np.array_equal(a, b) for a, b in zip(current, self.weights)
+        )
+
     def epoch_end(self, ctx: PhaseContext, row: dict, states: dict) -> None:
         self._consider(row, ctx.model)
 

@@ -1,0 +1,245 @@
+"""Which layer transfers best (issue 23): candidate cuts, one pass per image, the choice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import IMAGE
+from graft.api.transfer import choose_cut, curve_figure
+from graft.core.backbones import resolve
+from graft.core.cutting import cut, outputs_at
+from graft.data.folds import plan_folds
+from graft.training.transfer import candidate_cuts, choose, measure_transfer
+
+
+def source_cnn(squash: bool) -> keras.Model:
+    """Two conv-BN-relu-pool blocks, then (``squash``) a 1-channel conv that throws
+    almost everything away: the intermediate block is then clearly the better cut."""
+    layers = keras.layers
+    inputs = keras.Input((IMAGE, IMAGE, 3))
+    x = inputs
+    for i, filters in enumerate((8, 16), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.ReLU(name=f"block{i}_relu")(x)
+        x = layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    if squash:
+        x = layers.Conv2D(1, 1, name="block3_squash")(x)
+        x = layers.GlobalAveragePooling2D(name="block3_gap")(x)
+    return keras.Model(inputs, x, name="source")
+
+
+@pytest.fixture(scope="module")
+def task(digits):
+    """A CNN pre-trained for a few steps on digits 0-4; 6 labelled images per class of
+    digits 5-9 (labels 0-4) and a disjoint test split."""
+    x, y = digits
+    keras.utils.set_random_seed(0)
+    model = source_cnn(squash=True)
+    head = keras.layers.Dense(5, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(model.get_layer("block2_pool").output)
+    )
+    pre = keras.Model(model.inputs, head)
+    pre.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    src = np.isin(y, range(5))
+    pre.fit(x[src][:400] / 255.0, y[src][:400], batch_size=32, epochs=1, verbose=0)
+    target = np.flatnonzero(y >= 5)
+    rng = np.random.default_rng(0)
+    train = np.concatenate(
+        [rng.choice(target[y[target] == c], 6, replace=False) for c in range(5, 10)]
+    )
+    test = np.setdiff1d(target, train)[:100]
+    bb = resolve(model)
+    return bb, x[train].astype("float32"), y[train] - 5, x[test].astype("float32")
+
+
+class Counting:
+    """A forward function that records every batch it is given."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, taps, batch):
+        self.batches.append(np.array(batch))
+        out = taps(batch, training=False)
+        return [np.asarray(t) for t in (out if isinstance(out, list) else [out])]
+
+
+def test_candidates_are_block_ends_and_the_output(task):
+    bb, *_ = task
+    cuts = candidate_cuts(bb.model, bb.blocks)
+    assert [c.path for c in cuts] == ["block1_pool", "block2_pool", "block3_gap"]
+    assert cuts[-1].block == "output" and cuts[-1].shape == (1,)
+    assert [c.depth for c in cuts] == sorted(c.depth for c in cuts)
+    # capped: spread over depth, the output always kept
+    few = candidate_cuts(bb.model, bb.blocks, max_cuts=1)
+    assert len(few) == 2 and few[-1].path == "block3_gap"
+
+
+def test_one_forward_pass_per_image_per_scaling_and_no_test_image(task):
+    bb, x, y, x_test = task
+    forward = Counting()
+    folds = plan_folds(y, seed=0)
+    result = measure_transfer(
+        bb.model,
+        bb.blocks,
+        x,
+        y,
+        folds,
+        scalings=("none", "unit"),
+        batch_size=8,
+        forward=forward,
+        grid=(0.1,),
+    )
+    seen = np.concatenate(forward.batches)
+    assert len(seen) == 2 * len(x), "each image once per scaling, every cut from that pass"
+    assert len(forward.batches) == 2 * int(np.ceil(len(x) / 8))
+    # the images seen are exactly the labelled ones (first pass unscaled), never a test one
+    np.testing.assert_array_equal(seen[: len(x)], x)
+    test_rows = {row.tobytes() for row in x_test}
+    assert not any(row.tobytes() in test_rows for row in seen[: len(x)])
+    assert result.forward_passes == 2 and result.images == len(x)
+    # the choice depends on the labelled images only: adding a test split changes nothing
+    again = measure_transfer(
+        bb.model, bb.blocks, x, y, folds, scalings=("none", "unit"), grid=(0.1,)
+    )
+    assert (again.cut, again.pool, again.scaling) == (result.cut, result.pool, result.scaling)
+
+
+def test_an_intermediate_layer_that_is_clearly_better_is_chosen(task, tmp_path):
+    bb, x, y, _ = task
+    result = measure_transfer(bb.model, bb.blocks, x, y, plan_folds(y, seed=0), scalings=("unit",))
+    by = {(s.cut.path, s.pool): s for s in result.measured}
+    assert by["block3_gap", "identity"].score.mean < 0.5  # 1 feature: near chance
+    assert result.cut != "block3_gap", result.line()
+    assert result.chosen.score.mean >= by["block3_gap", "identity"].score.mean + 0.3
+    # flatten of the 16x16x8 map (2048 features) is measured, nothing skipped here
+    assert ("block1_pool", "flatten") in by and not result.notes
+    record = json.loads(json.dumps(result.as_dict()))
+    assert record["cut"] == result.cut and len(record["candidates"]) == len(result.scores)
+    assert "\n" not in result.line() and result.cut in result.line()
+    # the rule: within one standard error of the best mean, the fewest features
+    top = max(result.measured, key=lambda s: s.score.mean)
+    near = [s for s in result.measured if s.score.mean >= top.score.mean - top.score.se - 1e-12]
+    assert choose(result.scores) is result.chosen
+    assert result.chosen in near and result.features == min(s.features for s in near)
+    # --cut auto's entry point gives the same choice; None would mean "the model's output"
+    cut_name, pool, again = choose_cut(bb, x, y, plan_folds(y, seed=0), scaling="unit")
+    assert (cut_name, pool) == (result.cut, result.pool) and again.as_dict() == result.as_dict()
+    png = curve_figure(result.as_dict(), tmp_path)
+    assert png.name == "transferability.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_large_flatten_is_skipped_and_said(task):
+    bb, x, y, _ = task
+    result = measure_transfer(
+        bb.model,
+        bb.blocks,
+        x,
+        y,
+        plan_folds(y, seed=0),
+        scalings=("unit",),
+        max_flatten=1000,
+        grid=(0.1,),
+    )
+    skipped = [s for s in result.scores if s.skipped]
+    assert {(s.cut.path, s.pool) for s in skipped} == {
+        ("block1_pool", "flatten"),
+        ("block2_pool", "flatten"),
+    }
+    assert any("block1_pool" in n and "2048" in n for n in result.notes)
+
+
+def test_without_validation_the_output_is_kept(task):
+    bb, x, y, _ = task
+    one_each = np.array([np.flatnonzero(y == c)[0] for c in range(5)])
+    folds = plan_folds(y[one_each], seed=0)
+    result = measure_transfer(bb.model, bb.blocks, x[one_each], y[one_each], folds)
+    assert (result.how, result.cut, result.forward_passes) == ("prior", "block3_gap", 0)
+
+
+def test_taps_inside_nested_models_equal_the_cuts(nested_file):
+    bb = resolve(str(nested_file))
+    paths = ["stem_bn", "middle/inner/inner_bn", "middle/middle_conv", "top_conv"]
+    taps = outputs_at(bb.model, paths)
+    x = np.random.default_rng(0).random((2, IMAGE, IMAGE, 3)).astype("float32")
+    for path, out in zip(paths, taps(x)):
+        np.testing.assert_allclose(
+            np.asarray(out), np.asarray(cut(bb.model, path, "f")(x)), atol=1e-5
+        )
+    cuts = candidate_cuts(bb.model, bb.blocks)
+    assert cuts[-1].path == "top_conv" and any("/" in c.path for c in cuts)
+
+
+def test_graft_probe_on_a_model_file(tmp_path, digits_folder, cnn_file):
+    out = tmp_path / "probe"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "graft.cli",
+            "probe",
+            str(digits_folder),
+            "--backbone",
+            str(cnn_file),
+            "--cut",
+            "block3_pool",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = done.stdout + done.stderr
+    assert "← chosen" in text and "CV accuracy" in text and "Traceback" not in text
+    record = json.loads((out / "metrics" / "probe.json").read_text())
+    assert record["images"] == 36 and record["forward_passes"] == 1
+    assert {c["cut"] for c in record["candidates"]} >= {"block1_pool", "block2_pool", "block3_pool"}
+    assert record["scaling_how"] in ("evidence", "measured", "prior")
+    assert (out / "plots" / "transferability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_probe_api_on_a_registry_backbone(tmp_path, digits_folder):
+    from graft.api.transfer import probe
+
+    report = probe(
+        digits_folder,
+        "mobilenet_v2",
+        tmp_path / "p",
+        weights="none",
+        alpha=0.35,
+        image_size=32,
+        log=lambda _: None,
+    )
+    result = report.result
+    assert report.scaling_how == "registry" and result.scaling == "symmetric"
+    cuts = {s.cut.path for s in result.scores}
+    assert 3 <= len(cuts) <= 9 and result.output == "out_relu"
+    assert report.curve.is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing-folder", "--backbone", "mobilenet_v2"], "Data folder not found"),
+        (["{data}", "--backbone", "mobilenet_v9"], "Unknown backbone"),
+    ],
+)
+def test_probe_mistakes_are_one_line(tmp_path, digits_folder, args, message):
+    args = [a.format(data=digits_folder) for a in args]
+    done = subprocess.run(
+        [sys.executable, "-m", "graft.cli", "probe", *args, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode != 0 and len(lines) == 1 and message in lines[0], done.stderr
