@@ -348,3 +348,26 @@ def test_a_budgeted_run_resumes_exactly(tmp_path, monkeypatch, small_arrays, sto
             graft.train(data, make_cnn(seed=0), run, **settings)
     graft.train(data, resume=run, verbose=0, log=lambda _: None)
     _assert_same_history_and_weights(run, ref)
+
+
+def test_the_report_of_a_cross_validated_run_shows_out_of_fold_predictions(
+    small_arrays, cnn, tmp_path
+):
+    """No hold-out: the confusion matrix, worst errors and calibration come from the
+    probe's out-of-fold predictions of every labelled image, the same that a probe fitted
+    by hand on each fold's training part gives."""
+    x, y = small_arrays
+    out = tmp_path / "run"
+    run = _train((x, y), cnn, out=out, strategy="feature", log=lambda _: None)
+    ev = json.loads((out / "metrics.json").read_text())["evaluation"]
+    assert ev["split"].startswith("validation (out-of-fold, 5-fold cross-validated")
+    assert ev["images"] == len(y)  # every labelled image, each predicted out of fold
+    assert (out / "plots" / "confusion_matrix.png").is_file()
+    features = model_utils.features_model(run.model).predict(x, verbose=0)
+    folds = plan_folds(y, seed=0)
+    _, oof = cross_validate(
+        np.asarray(features, "float64"), y, folds.splits, run.metrics["probe"]["C"], 3
+    )
+    assert ev["accuracy"] == pytest.approx(float(np.mean(oof.argmax(1) == y)), abs=1e-4)
+    html = (out / "report.html").read_text("utf-8")
+    assert "out-of-fold" in html

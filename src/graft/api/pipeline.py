@@ -1278,7 +1278,7 @@ def report_inputs(
     the backbone, see :func:`_evaluated_on`); the test split, already predicted by
     :func:`evaluate_test`, is added by :func:`execute`."""
     bb = run.backbone
-    validation = None
+    validation = out_of_fold(data, bb, fitted)
     if fitted.pipes.val is not None:
         plain = report.Split(fitted.pipes.val, data.val.paths)
         validation = _evaluated_on(run.model, bb, fitted, data) or plain
@@ -1290,6 +1290,32 @@ def report_inputs(
         log=ctx.log,
         worker=worker,
     )
+
+
+def out_of_fold(data: PreparedData, bb: backbones.Backbone, fitted: Fitted) -> report.Split | None:
+    """With k-fold and the solved probe as the head: the report's validation evaluation
+    from the probe's out-of-fold predictions (every labelled image predicted by a probe
+    that did not train on it), so the confusion matrix, worst errors and calibration
+    describe the cross-validated figure. ``None`` otherwise."""
+    solved = fitted.solved
+    if data.folds is None or data.folds.kind != "kfold" or solved is None or not solved.written:
+        return None
+    probs = solved.probe.out_of_fold
+    if probs is None:
+        return None
+    train = data.train
+    if train.paths is not None:
+        paths, size, channels = list(train.paths), bb.image_size, bb.channels
+        pixels = lambda i: load_image(paths[i], size, channels)  # noqa: E731
+    else:
+        images = train.fitted(bb.image_size, bb.channels).images
+        pixels = images.__getitem__
+    stage = "" if not fitted.phases else ", of the first stage (linear probe)"
+    name = f"validation (out-of-fold, {data.folds.k}-fold cross-validated{stage})"
+    evaluated = evaluation.evaluate_probabilities(
+        train.labels, probs, data.classes, pixels, paths=train.paths
+    )
+    return report.Split(None, train.paths, name=name, evaluated=evaluated)
 
 
 def _evaluated_on(

@@ -87,7 +87,8 @@ class Split:
     #: :func:`graft.reporting.evaluation.evaluate_model`).
     pixels: Callable | None = None
     #: The split's :class:`graft.reporting.evaluation.Evaluation` when its predictions were
-    #: already made (the test split's, for the run's test scores): not predicted again.
+    #: already made (the test split's, for the run's test scores; the linear probe's
+    #: out-of-fold ones for a cross-validated run): not predicted again.
     evaluated: object = None
 
 
@@ -138,6 +139,7 @@ def finish_run(run_dir: str | os.PathLike, inputs: ReportInputs) -> dict | None:
             val.name,
             val.paths,
             pixels=val.pixels,
+            evaluated=val.evaluated,
         )
         sections["evaluation"] = result
         if inputs.log is not None:
