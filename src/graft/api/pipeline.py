@@ -484,6 +484,9 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
         log(channels)
     for line in practitioner_warnings(ctx, data, bb):
         log(line)
+    # The head's initial weights do not depend on whether the inputs were measured (a
+    # --config replay or a resume does not measure them again).
+    keras.utils.set_random_seed(cfg.seed)
     with building.precision(cfg.precision):
         head = HeadConfig(ctx.plan.head, cfg.dropout, data.multi_label, pool)
         model = assemble(bb, len(data.classes), head)
