@@ -200,6 +200,9 @@ class Built:
     source_task: drift.SourceTask | None
     #: The input scaling and pooling chosen by measurement (``None``: not chosen here).
     inputs: InputChoice | None = None
+    #: ``cut="auto"``: every candidate cut's score and the choice
+    #: (:class:`graft.training.transfer.TransferResult`).
+    transfer: object = None
 
 
 @dataclass(frozen=True)
@@ -291,8 +294,8 @@ def execute(req: Request) -> Run:
                 ctx.log(ctx.devices.describe(ctx.cfg.batch_size))
             built = build_model(ctx, data)
             ctx = with_decisions(ctx, built)
-            if built.inputs is not None and run_dir is not None:
-                save_config(ctx, data)  # the measured scaling and pooling, before training
+            if (built.inputs or built.transfer) is not None and run_dir is not None:
+                save_config(ctx, data)  # the measured inputs and cut, before training
             solved = solve_head(ctx, data, built)
             if solved is not None and solved.written:  # the phases it replaced do not run
                 plan = Plan(ctx.plan.phases[len(solved.replaced) :], ctx.plan.head)
@@ -464,14 +467,17 @@ def _weights_text(source, weights) -> str:
 def build_model(ctx: Context, data: PreparedData) -> Built:
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
     cfg, log = ctx.cfg, ctx.log
-    bb = building.resolve_backbone(cfg, ctx.req.safe_mode, ctx.backbone.model)
+    whole = dataclasses.replace(cfg, cut=None) if cfg.cut == AUTO_CUT else cfg
+    bb = building.resolve_backbone(whole, ctx.req.safe_mode, ctx.backbone.model)
     measured = measure_inputs(ctx, data, bb)
-    pool, choice = cfg.pool, None
+    pool, choice, transfer = cfg.pool, None, None
     if measured is not None:
         bb, choice = measured
         pool = head_pool(choice)
     elif ctx.backbone.is_file:
         bb = match_scaling(cfg, bb, data.train, log)
+    if cfg.cut == AUTO_CUT:
+        bb, pool, transfer = cut_by_measurement(ctx, data, bb)
     source_task = _source_task(ctx, bb)
     counts = data.counts
     log(
@@ -493,7 +499,7 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     log(f"Head input: {pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, pool)}")
     freezing.check_plan(model, bb.blocks, ctx.plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
-    return Built(bb, model, loss, metrics, source_task, choice)
+    return Built(bb, model, loss, metrics, source_task, choice, transfer)
 
 
 #: Images upscaled more than this to the backbone's input size get a warning.
@@ -582,18 +588,29 @@ def with_decisions(ctx: Context, built: Built) -> Context:
     """The context whose settings hold the measured input scaling and pooling, so
     ``config.yaml`` records them and ``--config`` replays them without measuring again
     (a registry backbone's known preprocessing stays unset: the registry gives it)."""
-    choice = built.inputs
-    if choice is None:
+    choice, transfer, cfg = built.inputs, built.transfer, ctx.cfg
+    if choice is None and transfer is None:
         return ctx
     user_model = ctx.backbone.is_file or ctx.backbone.model is not None
-    preprocess = choice.scaling if user_model else ctx.cfg.preprocess
-    cfg = dataclasses.replace(ctx.cfg, preprocess=preprocess, pool=head_pool(choice))
+    if choice is not None:
+        preprocess = choice.scaling if user_model else cfg.preprocess
+        cfg = dataclasses.replace(cfg, preprocess=preprocess, pool=head_pool(choice))
+    if transfer is not None:  # the measured cut and pooling replace "auto"
+        cut = None if transfer.cut == transfer.output else transfer.cut
+        cfg = dataclasses.replace(cfg, cut=cut, pool=head_pool_name(transfer.pool))
+        if user_model:
+            cfg = dataclasses.replace(cfg, preprocess=built.bb.preprocess)
     return dataclasses.replace(ctx, cfg=cfg)
 
 
 def head_pool(choice: InputChoice) -> str:
     """The ``pool`` setting of a choice (a vector output has nothing to pool: ``auto``)."""
-    return "auto" if choice.pool == "identity" else choice.pool
+    return head_pool_name(choice.pool)
+
+
+def head_pool_name(pool: str) -> str:
+    """The ``pool`` setting of a measured pooling (``identity``: a vector, ``auto``)."""
+    return "auto" if pool == "identity" else pool
 
 
 def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
@@ -621,7 +638,28 @@ def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
         evidence = bb.scaling
         if scaling is None and evidence and evidence.get("choice"):
             scaling = evidence["choice"]  # clear evidence decides; nothing is searched
-    labels = data.train.labels
+    images, labels, folds = measurement_set(ctx, data, bb)
+    choice = choose_inputs(
+        bb.model,
+        images,
+        labels,
+        folds,
+        scaling=scaling,
+        pool=pool,
+        num_classes=len(data.classes),
+        batch_size=cfg.batch_size,
+    )
+    ctx.log(choice.line()[0].upper() + choice.line()[1:])
+    evidence = choice.evidence if choice.evidence is not None else evidence
+    return dataclasses.replace(bb, preprocess=choice.scaling, scaling=evidence), choice
+
+
+def measurement_set(ctx: Context, data: PreparedData, bb: backbones.Backbone):
+    """``(images, labels, folds)`` that measurements choose on: the training images (at
+    most :data:`MEASURE_MAX`; beyond, :data:`EVIDENCE_SAMPLE` of them and no folds: the
+    priors decide), raw at the backbone's size, and the run's folds (beside a hold-out,
+    folds of the training part). Never a validation or test image."""
+    cfg, labels = ctx.cfg, data.train.labels
     folds = data.folds
     limit = len(labels) if len(labels) <= MEASURE_MAX else EVIDENCE_SAMPLE
     if limit < len(labels):
@@ -634,20 +672,46 @@ def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
         taken += len(images[-1])
         if taken >= limit:
             break
-    images = np.concatenate(images)[:limit]
-    choice = choose_inputs(
-        bb.model,
-        images,
-        labels[:limit],
-        folds,
-        scaling=scaling,
-        pool=pool,
-        num_classes=len(data.classes),
-        batch_size=cfg.batch_size,
-    )
-    ctx.log(choice.line()[0].upper() + choice.line()[1:])
-    evidence = choice.evidence if choice.evidence is not None else evidence
-    return dataclasses.replace(bb, preprocess=choice.scaling, scaling=evidence), choice
+    return np.concatenate(images)[:limit], labels[:limit], folds
+
+
+#: ``cut="auto"``: the cut (and pooling) chosen by the cross-validated linear probe.
+AUTO_CUT = "auto"
+
+
+def cut_by_measurement(ctx: Context, data: PreparedData, bb: backbones.Backbone):
+    """``cut="auto"`` (issue 23): every candidate cut (block ends and the model's output)
+    and pooling scored by the cross-validated probe on the training images from one
+    forward pass (:func:`graft.api.transfer.choose_cut`); ``(backbone cut there, pool,
+    result)``. A model file or object only; needs labelled single-label images and
+    pre-trained weights (one clear error otherwise)."""
+    from graft.api.transfer import choose_cut
+
+    cfg = ctx.cfg
+    if not (ctx.backbone.is_file or ctx.backbone.model is not None):
+        raise GraftError(
+            "cut='auto' chooses a layer of a model file or keras.Model; a registry backbone "
+            f"is used whole. Received: backbone={cfg.backbone}, cut=auto",
+            hint="pass the model as a file, or drop --cut.",
+        )
+    random = cfg.weights is not None and str(cfg.weights).lower() == "none"
+    if random or data.train.labels is None or data.multi_label:
+        raise GraftError(
+            "cut='auto' measures each layer on your labelled images with the pre-trained "
+            "weights: it needs single-label data and weights other than none.",
+            hint="give --cut LAYER instead.",
+        )
+    images, labels, folds = measurement_set(ctx, data, bb)
+    cut, pool, result = choose_cut(
+        bb, images, labels, folds, seed=cfg.seed, scaling=bb.preprocess,
+        num_classes=len(data.classes), batch_size=cfg.batch_size,
+    )  # fmt: skip
+    ctx.log(result.line()[0].upper() + result.line()[1:])
+    if cut is not None:
+        at = dataclasses.replace(cfg, cut=cut, preprocess=bb.preprocess)
+        cut_bb = building.resolve_backbone(at, ctx.req.safe_mode, ctx.backbone.model)
+        bb = dataclasses.replace(cut_bb, preprocess=bb.preprocess, scaling=bb.scaling)
+    return bb, head_pool_name(pool), result
 
 
 def match_scaling(
@@ -1112,6 +1176,8 @@ def measure(
     metrics.update(_validation_metrics(model, data, fitted))
     if built.inputs is not None:
         metrics["inputs"] = built.inputs.as_dict()
+    if built.transfer is not None:
+        metrics["transfer"] = built.transfer.as_dict()
     if ctx.budget is not None:
         metrics["head_budget"] = ctx.budget.as_dict()
     # what pool="auto" became, for the report's "Settings graft chose"
@@ -1374,6 +1440,10 @@ def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInput
     files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, data.typed, d))
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
+    if "transfer" in run.metrics:  # cut="auto": the curve the choice was made on
+        from graft.api.transfer import curve_figure
+
+        curve_figure(run.metrics["transfer"], d)
     # Training is over and its files are saved: the report written next shows this status
     # (a failure while evaluating still marks the run failed, in execute).
     checkpoints.write_status(d, "completed")
