@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -254,15 +255,17 @@ def test_train_with_cut_auto_chooses_records_replays_and_reports(task, tmp_path,
 
     import graft
     from graft import cli
+    from graft.api.demo import write_folder
 
     bb, x, y, _ = task
     path = tmp_path / "source.keras"
     bb.model.save(path)
+    data = write_folder(tmp_path / "data", x.astype("uint8"), y, {c: f"d{c}" for c in range(5)})
     lines: list[str] = []
     out = tmp_path / "run"
     run = graft.train(
-        (x.astype("uint8"), y), str(path), out, cut="auto", strategy="feature",
-        preprocess="unit", verbose=0, log=lines.append,
+        str(data), str(path), out, cut="auto", strategy="feature", preprocess="unit",
+        verbose=0, log=lines.append,
     )  # fmt: skip
     transfer = run.metrics["transfer"]
     assert transfer["cut"] != transfer["output"] and transfer["cut"].startswith("block")
@@ -272,6 +275,7 @@ def test_train_with_cut_auto_chooses_records_replays_and_reports(task, tmp_path,
     assert config["cut"] == transfer["cut"] and config["pool"] == transfer["pool"]
     html = (out / "report.html").read_text("utf-8")
     assert 'data-plot="transferability.png"' in html and transfer["cut"] in html
+    _curve_renders_in_chromium(out / "report.html", tmp_path)
     again = tmp_path / "again"
     assert cli.main(["train", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
     replayed = json.loads((again / "metrics.json").read_text())
@@ -290,3 +294,25 @@ def test_cut_auto_on_a_registry_backbone_is_one_clear_error(tmp_path, digits_fol
     err = capsys.readouterr().err.strip()
     assert "cut is for backbones loaded from a model file" in err and "Traceback" not in err
     assert time.perf_counter() - start < 5  # refused before TensorFlow builds anything
+
+
+_CURVE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const img = document.querySelector('img[data-plot="transferability.png"]');
+  document.documentElement.dataset.curve =
+      img && img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0;
+});
+</script>"""
+
+
+def _curve_renders_in_chromium(page, tmp_path) -> None:
+    """The report's transferability curve loads in headless Chromium (skipped, not
+    failed, where there is no Chromium: .ci/run installs it)."""
+    from test_report import _chromium
+    from test_truth_report import _chromium_dom
+
+    if _chromium() is None:
+        return
+    dom = _chromium_dom(page, tmp_path, _CURVE_CHECK)
+    width = int(re.search(r'data-curve="(\d+)"', dom).group(1))
+    assert width > 300, "the transferability curve did not load in Chromium"
