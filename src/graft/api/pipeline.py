@@ -703,9 +703,15 @@ def cut_by_measurement(ctx: Context, data: PreparedData, bb: backbones.Backbone)
         )
     images, labels, folds = measurement_set(ctx, data, bb)
     cut, pool, result = choose_cut(
-        bb, images, labels, folds, seed=cfg.seed, scaling=bb.preprocess,
-        num_classes=len(data.classes), batch_size=cfg.batch_size,
-    )  # fmt: skip
+        bb,
+        images,
+        labels,
+        folds,
+        seed=cfg.seed,
+        scaling=bb.preprocess,
+        num_classes=len(data.classes),
+        batch_size=cfg.batch_size,
+    )
     ctx.log(result.line()[0].upper() + result.line()[1:])
     if cut is not None:
         at = dataclasses.replace(cfg, cut=cut, preprocess=bb.preprocess)
