@@ -115,7 +115,8 @@ def test_precise_bn_revalidates_the_last_epoch(small_arrays, cnn_file, tmp_path)
     )  # fmt: skip
     assert "val_accuracy now" in "\n".join(lines)
     again = evaluate(tmp_path / "run", small_arrays)
-    assert run.metrics["val_accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    # evaluate's metrics are rounded to 4 decimals (24 images: k/24 has more)
+    assert run.metrics["val_accuracy"] == pytest.approx(again["accuracy"], abs=5e-5)
     with open(tmp_path / "run" / "history.csv", newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
-    assert float(last["val_accuracy"]) == pytest.approx(again["accuracy"], abs=1e-6)
+    assert float(last["val_accuracy"]) == pytest.approx(again["accuracy"], abs=5e-5)
