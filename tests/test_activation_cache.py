@@ -19,6 +19,7 @@ RUN = dict(
     cut="block3_pool", batch_size=8, seed=3, image_size=IMAGE, strategy="finetune",
     unfreeze="blocks:1", epochs=2, lr=0.05, finetune_lr=0.05, optimizer="sgd",
     precise_bn=False, verbose=0,
+    val_split=0.2, pool="avg",  # the caches of a hold-out, average pooling as tuned
 )  # fmt: skip
 
 

@@ -438,7 +438,7 @@ def test_training_logs_the_head_input_once(tmp_path, cnn_file, small_arrays):
     lines = []
     graft.train(
         small_arrays, str(cnn_file), None, cut="block3_pool", strategy="feature", epochs=1,
-        batch_size=8, verbose=0, log=lines.append,
+        batch_size=8, pool="avg", verbose=0, log=lines.append,
     )  # fmt: skip
     head = [line for line in lines if line.startswith("Head input:")]
     assert head == ["Head input: global average pooling of (4, 4, 16) -> 16 features"]

@@ -32,7 +32,7 @@ _CACHED: list[Path] = []  # the cache entries the finished run wrote
 def _train_args(data, cnn_file, out, cache):
     return [
         "train", str(data), "-b", str(cnn_file), "--cut", "block3_pool", "--epochs", "1",
-        "--finetune-epochs", "1", "--batch-size", "8", "--seed", "1",
+        "--finetune-epochs", "1", "--batch-size", "8", "--seed", "1", "--val-split", "0.2",
         "--cache-dir", str(cache), "--out", str(out),
     ]  # fmt: skip
 

@@ -16,7 +16,7 @@ def test_auto_records_trials_and_trains_the_best(tmp_path, digits_folder, cnn_fi
     code = cli.main(
         ["train", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
          "--strategy", "auto", "--budget-trials", "2", "--epochs", "1", "--finetune-epochs", "1",
-         "--head", "", "--batch-size", "16", "-o", str(out)]
+         "--head", "", "--batch-size", "16", "--val-split", "0.2", "-o", str(out)]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
@@ -89,8 +89,10 @@ def test_auto_chooses_scratch_where_the_backbone_is_useless(tmp_path):
     )  # fmt: skip
     record = json.loads((tmp_path / "auto" / autostrategy.AUTO_FILE).read_text())
     assert record["chosen"] == {"strategy": "scratch", "lr": 1e-3, "epochs": 20}, record
-    scratch, transfer = record["finalists"][1], record["finalists"][0]
-    assert scratch["val_accuracy"] > transfer["val_accuracy"]
+    # 10 images per class: no hold-out; every candidate cross-validated on the same folds
+    *transfer, scratch = record["trials"]
+    assert [t["settings"]["strategy"] for t in transfer] == ["feature", "hybrid"]
+    assert all(scratch["val_accuracy"] > t["val_accuracy"] for t in transfer)
     config = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
     assert config["weights"] == "none" and config["phases"][0]["precise_bn"] is True
     assert run.metrics["test_accuracy"] > 0.5

@@ -24,7 +24,7 @@ def test_compare_writes_table_matching_each_run(tmp_path, digits, digits_folder,
         ["compare", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
          "--strategies", "feature,finetune,scratch", "--unfreeze", "all", "--finetune-lr", "0.01",
          "--epochs", "1", "--head", "", "--batch-size", "16", "--test", str(test_dir),
-         "-o", str(out)]
+         "--val-split", "0.2", "-o", str(out)]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0
@@ -69,7 +69,7 @@ def test_compare_with_seeds_reports_mean_and_std(tmp_path, digits_folder, cnn_fi
     code = cli.main(
         ["compare", str(digits_folder), "-b", str(cnn_file), "--cut", "block3_pool",
          "--strategies", "feature,scratch", "--seeds", "2", "--seed", "3", "--epochs", "1",
-         "--head", "", "--batch-size", "16", "-o", str(out)]
+         "--head", "", "--batch-size", "16", "--val-split", "0.2", "-o", str(out)]
     )  # fmt: skip
     assert code == 0
     with open(out / "compare.csv", newline="") as handle:

@@ -15,6 +15,7 @@ from graft.training import activations
 RUN = dict(
     cut="block3_pool", batch_size=8, seed=3, image_size=IMAGE, strategy="finetune",
     unfreeze="blocks:1", epochs=2, lr=0.05, optimizer="sgd", verbose=0, keep="last",
+    val_split=0.2, pool="avg", preprocess="none",  # a hold-out; the scenario's inputs
 )  # fmt: skip
 
 

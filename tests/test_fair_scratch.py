@@ -83,6 +83,7 @@ def test_precise_bn_re_estimates_only_the_bn_layers_that_trained(small_arrays, c
     run = graft.train(
         small_arrays, str(cnn_file), cut="block3_pool", strategy="finetune", unfreeze="blocks:1",
         train_bn=True, epochs=1, val_split=0.0, batch_size=8, log=lines.append, verbose=0,
+        preprocess="none", pool="avg",  # raw images reach block3_bn, as computed below
     )  # fmt: skip
     assert "Precise BN: re-estimated the statistics of 1 BatchNorm layers" in "\n".join(lines)
     weights = snapshot(run.model)
@@ -114,7 +115,8 @@ def test_precise_bn_revalidates_the_last_epoch(small_arrays, cnn_file, tmp_path)
     )  # fmt: skip
     assert "val_accuracy now" in "\n".join(lines)
     again = evaluate(tmp_path / "run", small_arrays)
-    assert run.metrics["val_accuracy"] == pytest.approx(again["accuracy"], abs=1e-6)
+    # evaluate's metrics are rounded to 4 decimals (24 images: k/24 has more)
+    assert run.metrics["val_accuracy"] == pytest.approx(again["accuracy"], abs=5e-5)
     with open(tmp_path / "run" / "history.csv", newline="") as handle:
         last = list(csv.DictReader(handle))[-1]
-    assert float(last["val_accuracy"]) == pytest.approx(again["accuracy"], abs=1e-6)
+    assert float(last["val_accuracy"]) == pytest.approx(again["accuracy"], abs=5e-5)

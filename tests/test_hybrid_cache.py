@@ -14,6 +14,7 @@ RUN = dict(
     cut="block3_pool", batch_size=8, seed=3, image_size=IMAGE, strategy="hybrid",
     unfreeze="blocks:1", epochs=1, finetune_epochs=1, lr=0.05, finetune_lr=0.05,
     optimizer="sgd", precise_bn=False, verbose=0,
+    val_split=0.2, pool="avg",  # the caches of a hold-out, average pooling as tuned
 )  # fmt: skip
 
 

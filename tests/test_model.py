@@ -27,6 +27,7 @@ def trained_run(tmp_path_factory, digits_folder):
         epochs=1,
         finetune_epochs=1,
         batch_size=8,
+        val_split=0.2,  # the artifacts of a run with a hold-out
         verbose=0,
         log=lambda _: None,
     )

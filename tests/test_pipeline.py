@@ -81,7 +81,9 @@ def test_arrays_train_in_memory_without_a_run_folder(small_arrays, cnn_file, tmp
     monkeypatch.chdir(tmp_path)
     x, y = small_arrays
     x0, y0 = x.copy(), y.copy()
-    settings = dict(cut="block3_pool", image_size=IMAGE, epochs=1, batch_size=8, verbose=0)
+    settings = dict(
+        cut="block3_pool", image_size=IMAGE, epochs=1, batch_size=8, val_split=0.2, verbose=0
+    )
     given = dict(settings)
     run = graft.train((x, y), str(cnn_file), None, log=lambda _: None, **settings)
     assert run.run_dir is None and "val_accuracy" in run.metrics

@@ -51,6 +51,8 @@ def test_piped_train_shows_plain_progress_without_escape_codes(tmp_path, digits_
         "feature",
         "--epochs",
         "2",
+        "--val-split",  # a hold-out: Keras's epoch line shows val_accuracy
+        "0.2",
         "--cache-dir",
         tmp_path / "cache",
         "--out",
@@ -155,6 +157,7 @@ def test_config_reproduces_a_run_from_another_directory(tmp_path, digits_folder,
     shutil.copytree(digits_folder, a / "digits")
     shutil.copy(cnn_file, a / "cnn.keras")
     args = ["--cut", "block3_pool", "--strategy", "feature", "--epochs", "1", "--batch-size", "8"]
+    args += ["--val-split", "0.2"]  # compared below by the hold-out's val_accuracy
     first = _graft("train", "digits", "-b", "cnn.keras", *args, "--out", "run", cwd=a)
     assert first.returncode == 0, first.stderr[-3000:]
     config = yaml.safe_load((a / "run" / "config.yaml").read_text())

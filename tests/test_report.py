@@ -44,6 +44,7 @@ def run(tmp_path_factory, digits_folder):
         lr=1e-2,
         finetune_lr=1e-4,
         batch_size=8,
+        val_split=0.2,  # the report evaluates a hold-out
         verbose=0,
         tensorboard=True,
         log=lines.append,

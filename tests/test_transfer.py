@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -243,3 +245,74 @@ def test_probe_mistakes_are_one_line(tmp_path, digits_folder, args, message):
     )
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode != 0 and len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_train_with_cut_auto_chooses_records_replays_and_reports(task, tmp_path, capsys):
+    """``graft.train(cut="auto")``: the squashed output loses to an intermediate block;
+    the choice is in the log, metrics.json, config.yaml (a --config replay trains at that
+    cut without measuring) and the report's curve."""
+    import yaml
+
+    import graft
+    from graft import cli
+    from graft.api.demo import write_folder
+
+    bb, x, y, _ = task
+    path = tmp_path / "source.keras"
+    bb.model.save(path)
+    data = write_folder(tmp_path / "data", x.astype("uint8"), y, {c: f"d{c}" for c in range(5)})
+    lines: list[str] = []
+    out = tmp_path / "run"
+    run = graft.train(
+        str(data), str(path), out, cut="auto", strategy="feature", preprocess="unit",
+        verbose=0, log=lines.append,
+    )  # fmt: skip
+    transfer = run.metrics["transfer"]
+    assert transfer["cut"] != transfer["output"] and transfer["cut"].startswith("block")
+    assert any(line.startswith("Cut: ") for line in lines)
+    assert transfer["images"] == len(y)  # only the labelled images were measured
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["cut"] == transfer["cut"] and config["pool"] == transfer["pool"]
+    html = (out / "report.html").read_text("utf-8")
+    assert 'data-plot="transferability.png"' in html and transfer["cut"] in html
+    _curve_renders_in_chromium(out / "report.html", tmp_path)
+    again = tmp_path / "again"
+    assert cli.main(["train", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    replayed = json.loads((again / "metrics.json").read_text())
+    assert "transfer" not in replayed  # the cut came from config.yaml: nothing measured
+    assert replayed["val_accuracy"] == run.metrics["val_accuracy"]
+    capsys.readouterr()
+
+
+def test_cut_auto_on_a_registry_backbone_is_one_clear_error(tmp_path, digits_folder, capsys):
+    from graft import cli
+
+    args = ["train", str(digits_folder), "-b", "mobilenet_v2", "--weights", "none", "--alpha",
+            "0.35", "--image-size", "32", "--cut", "auto", "--out", str(tmp_path)]  # fmt: skip
+    start = time.perf_counter()
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cut is for backbones loaded from a model file" in err and "Traceback" not in err
+    assert time.perf_counter() - start < 5  # refused before TensorFlow builds anything
+
+
+_CURVE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const img = document.querySelector('img[data-plot="transferability.png"]');
+  document.documentElement.dataset.curve =
+      img && img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0;
+});
+</script>"""
+
+
+def _curve_renders_in_chromium(page, tmp_path) -> None:
+    """The report's transferability curve loads in headless Chromium (skipped, not
+    failed, where there is no Chromium: .ci/run installs it)."""
+    from test_report import _chromium
+    from test_truth_report import _chromium_dom
+
+    if _chromium() is None:
+        return
+    dom = _chromium_dom(page, tmp_path, _CURVE_CHECK)
+    width = int(re.search(r'data-curve="(\d+)"', dom).group(1))
+    assert width > 300, "the transferability curve did not load in Chromium"

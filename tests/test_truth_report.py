@@ -226,7 +226,8 @@ def test_a_registry_backbones_settings_say_registry_default():
 
 def test_real_run_records_what_pool_auto_became(real_run):
     metrics = json.loads((real_run / "metrics.json").read_text())
-    assert metrics["head_input"] == "global average pooling of (4, 4, 16) -> 16 features"
+    pooled = {"avg": "average", "max": "max"}[metrics["inputs"]["pool"]]  # measured
+    assert metrics["head_input"] == f"global {pooled} pooling of (4, 4, 16) -> 16 features"
     settings = _section((real_run / "report.html").read_text(), "settings")
     assert metrics["head_input"].replace(">", "&gt;") in settings
 

@@ -35,11 +35,22 @@ import tempfile
 import time
 
 from graft.api.compare import SCRATCH
+from graft.config.defaults import DEFAULT_VAL_SPLIT
 from graft.errors import GraftError
 from graft.runs.layout import AUTO_SEARCH_FILE as AUTO_FILE  # noqa: F401
 
 DEFAULT_TRIALS = 4
 TRIAL_EPOCHS = 3
+#: Few labels: candidates are cross-validated on one repeat of at most this many folds
+#: (each candidate is a whole training run per fold).
+MAX_CV_FOLDS = 3
+#: Few labels: the strategies cross-validated (with graft's defaults), then scratch.
+#: ``finetune`` is left out: from a converged probe (hybrid, LP-FT) fine-tuning does at
+#: least as well as from a random head (Kumar et al. 2022), and every candidate costs a
+#: whole run per fold.
+FEW_LABEL_CANDIDATES = ("feature", "hybrid")
+#: One labelled image in a class: nothing can be validated; auto trains this prior.
+PRIOR_STRATEGY = "hybrid"
 SMALL_DATA = 30
 STRATEGY_ORDER_SMALL = ("feature", "hybrid", "finetune")
 STRATEGY_ORDER_LARGE = ("hybrid", "finetune", "feature")
@@ -115,7 +126,8 @@ def _images_per_class(source, val, settings: dict) -> tuple[float, str]:
         return float(SMALL_DATA), "unknown (tf.data)"
     n, classes = len(labels), len(source.classes)
     if val is None:
-        n *= 1 - float(settings.get("val_split", 0.2))
+        split = settings.get("val_split", DEFAULT_VAL_SPLIT)
+        n *= 1 - float(DEFAULT_VAL_SPLIT if split == "auto" else split)
     return n / max(1, classes), f"{n / max(1, classes):.1f}"
 
 
@@ -177,11 +189,16 @@ def search(
                 failure.append(exc)
                 raise kt.errors.FatalError(str(exc)) from exc
             metrics = run.metrics
+            try:
+                accuracy, loss = _scores(metrics)
+            except GraftError as exc:
+                failure.append(exc)
+                raise kt.errors.FatalError(str(exc)) from exc
             record = {
                 "trial": len(records) + 1,
                 "settings": settings_of(values),
-                "val_accuracy": float(metrics["val_accuracy"]),
-                "val_loss": float(metrics["val_loss"]),
+                "val_accuracy": accuracy,
+                "val_loss": loss,
                 "feature_drift_cka": (metrics.get("feature_drift") or {}).get("cka"),
                 "seconds": round(time.perf_counter() - start, 2),
             }
@@ -233,6 +250,114 @@ def search(
     }
 
 
+def _epochs(settings: dict, default: int) -> int:
+    """The ``epochs`` setting as a number (``"auto"`` or absent: ``default``)."""
+    epochs = settings.get("epochs", "auto")
+    return default if epochs == "auto" else int(epochs)
+
+
+def few_label_folds(request, settings: dict, source):
+    """The folds ``val_split="auto"`` draws for ``source`` when they are not a hold-out
+    (few labels: k-fold, or ``"none"`` when a class has one image), else ``None``: a
+    given ``val``, a given fraction, a stream, multi-label data or enough images for a
+    hold-out keep the search on a hold-out."""
+    from graft.data.folds import plan_folds
+
+    if request.val is not None or settings.get("val_split", "auto") != "auto":
+        return None
+    if source.labels is None or source.multi_label:
+        return None
+    # one repeat of at most MAX_CV_FOLDS folds: every candidate trains once per fold
+    seed = int(settings.get("seed", 0))
+    folds = plan_folds(source.labels, seed, "auto", min_scores=1, max_folds=MAX_CV_FOLDS)
+    return None if folds.kind == "holdout" else folds
+
+
+def _holdout_settings(settings: dict) -> dict:
+    """``settings`` with ``val_split`` a fraction: with enough images the search scores
+    trials and finalists on a stratified hold-out (``"auto"`` -> :data:`DEFAULT_VAL_SPLIT`)."""
+    if settings.get("val_split", "auto") != "auto":
+        return settings
+    return {**settings, "val_split": DEFAULT_VAL_SPLIT}
+
+
+def cross_validate(request, settings: dict, source, folds, choice: dict) -> dict:
+    """One candidate's score under the few-label protocol: trained on each fold's
+    training part, scored on its validation part (:func:`few_label_folds`), the *last*
+    epoch's model (keep-best on the scored fold would choose on it).
+    ``{"val_accuracy", "val_loss", "val_accuracy_std", "folds", "scores", "seconds"}``."""
+    import numpy as np
+
+    from graft.api.pipeline import execute
+
+    start = time.perf_counter()
+    accuracies, losses = [], []
+    for train_idx, val_idx in folds.splits:
+        fold = {**settings, **runnable(choice), "keep": "last", "val_split": 0}
+        run = execute(
+            dataclasses.replace(
+                _quiet(request, fold), data=source.subset(train_idx), val=source.subset(val_idx)
+            )
+        )
+        accuracy, loss = _scores(run.metrics)
+        accuracies.append(accuracy)
+        losses.append(loss)
+    return {
+        "val_accuracy": round(float(np.mean(accuracies)), 4),
+        "val_accuracy_std": round(float(np.std(accuracies)), 4),
+        "val_loss": round(float(np.mean(losses)), 4),
+        "folds": len(accuracies),
+        "scores": [round(a, 4) for a in accuracies],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def search_by_folds(request, settings: dict, source, folds) -> dict:
+    """Few labels (``val_split="auto"`` chose k-fold): :data:`FEW_LABEL_CANDIDATES` with
+    graft's defaults and scratch (:func:`scratch_choice`, its budget in optimizer steps)
+    scored by :func:`cross_validate` on the same folds; the record of
+    ``auto_search.json`` with ``chosen`` the best (ties: lower validation loss, then
+    the earlier candidate). The winner is then trained on every labelled image."""
+    candidates = [{"strategy": s} for s in FEW_LABEL_CANDIDATES]
+    candidates.append(scratch_choice(str(request.backbone), settings, len(source.labels)))
+    k = len(folds.splits)
+    names = ", ".join(_describe(c) for c in candidates)
+    request.log(
+        f"Auto strategy: few labels, so every candidate ({names}) "
+        f"is scored by {k}-fold cross-validation on the same folds ({len(candidates) * k} "
+        "in-memory runs), then the best is trained on every labelled image"
+    )
+    records = []
+    for i, choice in enumerate(candidates, start=1):
+        scores = cross_validate(request, settings, source, folds, choice)
+        records.append({"trial": i, "settings": choice, **scores})
+        request.log(
+            f"Auto candidate {i}/{len(candidates)}: {_describe(choice)} -> val_accuracy "
+            f"{scores['val_accuracy']:.4f} +- {scores['val_accuracy_std']:.4f} ({k}-fold)"
+        )
+    best = min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
+    return {
+        "objective": f"val_accuracy, {k}-fold cross-validated (ties: val_loss, then the earlier)",
+        "protocol": folds.as_dict(),
+        "images_per_class": round(len(source.labels) / max(1, len(source.classes)), 2),
+        "trials": records,
+        "chosen_trial": best["trial"],
+        "chosen": best["settings"],
+    }
+
+
+def _scores(metrics: dict) -> tuple[float, float]:
+    """``(val_accuracy, val_loss)`` of a trial or finalist, or one clear error when the
+    hold-out was empty (every class has one labelled image)."""
+    if "val_accuracy" not in metrics or "val_loss" not in metrics:
+        raise GraftError(
+            "strategy=auto chooses by validation accuracy, but the hold-out has no images "
+            "(no class has 2 labelled images).",
+            hint="label more images, pass val=DATA, or choose a strategy.",
+        )
+    return float(metrics["val_accuracy"]), float(metrics["val_loss"])
+
+
 def _check_validation(val, settings: dict) -> None:
     if val is None and not settings.get("val_split", 0.2):
         raise GraftError(
@@ -259,7 +384,9 @@ def _quiet(request, settings: dict):
 
 
 def _describe(settings: dict) -> str:
-    text = f"{settings['strategy']} lr {settings['lr']:g}"
+    text = settings["strategy"]
+    if "lr" in settings:
+        text += f" lr {settings['lr']:g}"
     if "epochs" in settings and settings["strategy"] == SCRATCH:
         text += f", {settings['epochs']} epochs"
     if "unfreeze" in settings:
@@ -267,13 +394,20 @@ def _describe(settings: dict) -> str:
     return text
 
 
-def scratch_choice(backbone: str, settings: dict) -> dict:
-    """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget."""
+def scratch_choice(backbone: str, settings: dict, images: int | None = None) -> dict:
+    """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget
+    (the most epochs any strategy gets; with ``images`` known and ``epochs="auto"``, at
+    least :func:`graft.config.budget.scratch_epochs`'s optimizer steps)."""
     from graft.api.compare import epoch_budget
+    from graft.config.budget import scratch_epochs
+    from graft.config.defaults import DEFAULT_BATCH_SIZE
     from graft.config.strategies import STRATEGIES
 
     lr = settings.get("lr")
     budget = epoch_budget(backbone, [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES], settings)
+    if images and settings.get("epochs", "auto") == "auto":
+        batch = int(settings.get("batch_size") or DEFAULT_BATCH_SIZE)
+        budget = scratch_epochs(images, batch, budget)
     return {
         "strategy": SCRATCH,
         "lr": 1e-3 if lr in (None, "auto") else float(lr),
@@ -295,34 +429,18 @@ def _better(a: dict, b: dict) -> bool:
     return (a["val_accuracy"], -a["val_loss"]) > (b["val_accuracy"], -b["val_loss"])
 
 
-def train_auto(request, budget_trials: int | None = None):
-    """``strategy="auto"``: search, then train the choice into the run folder.
-
-    Args:
-        request: The run (a :class:`graft.api.pipeline.Request`; ``auto_search.json`` is
-            written into its ``out``).
-        budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
-
-    Returns:
-        The :class:`graft.api.Run` of the chosen configuration, with
-        ``metrics["auto_search"]`` (chosen settings and trial count).
-    """
+def _search_then_finalists(request, settings: dict, overwrite: bool, budget_trials):
+    """Enough labels for a hold-out: the KerasTuner search (:func:`search`), then its best
+    transfer configuration and scratch trained with the full budget, the better on the
+    hold-out kept. ``(run, record, chosen)``."""
     from graft.api.pipeline import execute
-    from graft.runs import files, layout
-    from graft.runs import metrics as run_metrics
 
-    settings = {k: v for k, v in request.settings.items() if k != "strategy"}
-    if settings.get("phases") is not None:
-        raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
+    settings = _holdout_settings(settings)
     _check_validation(request.val, settings)
-    overwrite = request.overwrite
-    if request.out is not None:
-        files.prepare(request.out, overwrite)  # fail before searching
-        overwrite = True
     record = search(
         dataclasses.replace(request, settings=settings),
         budget_trials=budget_trials or DEFAULT_TRIALS,
-        trial_epochs=min(TRIAL_EPOCHS, int(settings.get("epochs", TRIAL_EPOCHS))),
+        trial_epochs=min(TRIAL_EPOCHS, _epochs(settings, TRIAL_EPOCHS)),
     )
     transfer, scratch = record["chosen"], scratch_choice(str(request.backbone), settings)
     request.log(
@@ -334,8 +452,8 @@ def train_auto(request, budget_trials: int | None = None):
     baseline = execute(_quiet(request, {**settings, **runnable(scratch)})).metrics
     final = dataclasses.replace(request, overwrite=overwrite, settings={**settings, **transfer})
     run = execute(final)
-    finalists = [
-        {"settings": c, **{k: float(m[k]) for k in ("val_accuracy", "val_loss")}}
+    record["finalists"] = [
+        {"settings": c, **dict(zip(("val_accuracy", "val_loss"), _scores(m)))}
         for c, m in ((transfer, run.metrics), (scratch, baseline))
     ]
     chosen = transfer
@@ -349,8 +467,55 @@ def train_auto(request, budget_trials: int | None = None):
         run = execute(
             dataclasses.replace(request, overwrite=True, settings={**settings, **runnable(chosen)})
         )
+    return run, record, chosen
+
+
+def train_auto(request, budget_trials: int | None = None):
+    """``strategy="auto"``: search, then train the choice into the run folder.
+
+    Args:
+        request: The run (a :class:`graft.api.pipeline.Request`; ``auto_search.json`` is
+            written into its ``out``).
+        budget_trials: Trials of the search (default :data:`DEFAULT_TRIALS`).
+
+    Returns:
+        The :class:`graft.api.Run` of the chosen configuration, with
+        ``metrics["auto_search"]`` (chosen settings and trial count).
+    """
+    from graft.api.pipeline import execute
+    from graft.data.adapter import adapt
+    from graft.runs import files, layout
+    from graft.runs import metrics as run_metrics
+
+    settings = {k: v for k, v in request.settings.items() if k != "strategy"}
+    if settings.get("phases") is not None:
+        raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
+    source = adapt(request.data)
+    folds = few_label_folds(request, settings, source)
+    if folds is None:
+        _check_validation(request.val, _holdout_settings(settings))  # before any write
+    overwrite = request.overwrite
+    if request.out is not None:
+        files.prepare(request.out, overwrite)  # fail before searching
+        overwrite = True
+    if folds is not None and folds.kind == "none":
+        chosen = {"strategy": PRIOR_STRATEGY}
+        request.log(
+            f"Auto strategy: {folds.reason}, so nothing can be cross-validated or searched; "
+            f"training the prior, {PRIOR_STRATEGY} (a converged linear probe, then "
+            "fine-tuning), on every labelled image"
+        )
+        record = {"objective": None, "protocol": folds.as_dict(), "trials": [], "chosen": chosen}
+        run = execute(dataclasses.replace(request, overwrite=overwrite, settings=settings | chosen))
+    elif folds is not None:
+        record = search_by_folds(request, settings, source, folds)
+        chosen = record["chosen"]
+        final = {**settings, **runnable(chosen)}
+        run = execute(dataclasses.replace(request, overwrite=overwrite, settings=final))
+    else:
+        run, record, chosen = _search_then_finalists(request, settings, overwrite, budget_trials)
     request.log(f"Auto strategy chose {_describe(chosen)}")
-    record.update(finalists=finalists, chosen=chosen)
+    record["chosen"] = chosen
     run.metrics["auto_search"] = {"chosen": chosen, "trials": len(record["trials"])}
     if run.run_dir is not None:
         files.write_json(run.run_dir / layout.AUTO_SEARCH_FILE, record)

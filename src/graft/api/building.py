@@ -20,10 +20,11 @@ from graft.errors import DataError
 def resolve_backbone(
     cfg: TrainConfig, safe_mode: bool, model: keras.Model | None = None
 ) -> backbones.Backbone:
-    """The run's backbone (``model``: a keras.Model object), built under its precision policy."""
+    """The run's backbone (``model``: a keras.Model object, used through a copy of its
+    own), built under its precision policy."""
     with precision(cfg.precision):
         return backbones.resolve(
-            cfg.backbone if model is None else model,
+            cfg.backbone if model is None else private_copy(model),
             weights=cfg.weights,
             image_size=cfg.image_size,
             alpha=cfg.alpha,
@@ -31,6 +32,20 @@ def resolve_backbone(
             preprocess=cfg.preprocess,
             safe_mode=safe_mode,
         )
+
+
+def private_copy(model: keras.Model) -> keras.Model:
+    """A copy of a caller's ``keras.Model`` with the same weights, so a run neither
+    trains the caller's object nor calls its layers again (a second call on a layer makes
+    a later cut at it ambiguous: ``strategy="auto"`` runs many times on one object). A
+    model that cannot be rebuilt from its config (a layer without ``get_config``) is used
+    as it is."""
+    try:
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+    except Exception:  # noqa: BLE001 - any failure to rebuild: the object itself
+        return model
+    return copy
 
 
 @contextlib.contextmanager

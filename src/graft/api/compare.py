@@ -94,7 +94,8 @@ def epoch_budget(backbone: str, strategies: Sequence[str], settings: dict) -> in
     from graft.config.defaults import DEFAULT_EPOCHS
     from graft.config.settings import TrainConfig
 
-    totals = [int(settings.get("epochs", DEFAULT_EPOCHS))]
+    epochs = settings.get("epochs", "auto")
+    totals = [DEFAULT_EPOCHS if epochs == "auto" else int(epochs)]
     for name in strategies:
         if name != SCRATCH:
             cfg = TrainConfig(backbone=backbone, **{**settings, "strategy": name, "lr": 1e-3})

@@ -111,21 +111,19 @@ def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, names: dict
     return root
 
 
-# Per strategy: graft settings, all with the same budget of 40 epochs (few labels mean
-# one to four steps per epoch). Everything else is graft's default.
+# Per strategy: graft's defaults (the head solved as a converged linear probe, budgets in
+# optimizer steps, every labelled image trained, input scaling inferred from the model's
+# BatchNormalization statistics), only the unfreeze depth of this 3-block CNN given.
+# Scratch: graft compare's recipe (compare.scratch_phase) with auto's budget in steps
+# (:func:`graft.config.budget.scratch_epochs`, at least 40 epochs).
 _SETTINGS = {
-    "scratch": dict(  # graft compare's scratch recipe (compare.scratch_phase), 40 epochs
-        weights="none",
-        phases=[
-            dict(
-                name="scratch", trainable="all", epochs=40, lr=1e-3, train_bn=True, precise_bn=True
-            )
-        ],
-    ),
-    "feature": dict(strategy="feature", epochs=40),
-    "finetune": dict(strategy="finetune", epochs=40, unfreeze="blocks:1"),
-    "hybrid": dict(strategy="hybrid", epochs=20, finetune_epochs=20, unfreeze="blocks:1"),
+    "scratch": dict(weights="none"),
+    "feature": dict(strategy="feature"),
+    "finetune": dict(strategy="finetune", unfreeze="blocks:1"),
+    "hybrid": dict(strategy="hybrid", unfreeze="blocks:1"),
 }
+SCRATCH_EPOCHS = 40
+BATCH_SIZE = 16
 
 
 def run(
@@ -149,10 +147,12 @@ def run(
         strategies: Subset of :data:`STRATEGIES`.
         seed: Seed for sampling and training.
         log: Receives progress lines.
-        epochs_scale: Multiplies every epoch count (``--quick`` uses less).
+        epochs_scale: Multiplies scratch's epochs (``--quick`` uses less; the other
+            strategies train on graft's own budgets in optimizer steps).
     """
     from graft import api
-    from graft.config.strategies import Phase
+    from graft.api.compare import scratch_phase
+    from graft.config.budget import scratch_epochs
     from graft.runs import files as runs
 
     if int(seeds) < 1:
@@ -177,14 +177,9 @@ def run(
         )
         for strategy in strategies:
             settings = dict(_SETTINGS[strategy])
-            for key in ("epochs", "finetune_epochs"):
-                if key in settings:
-                    settings[key] = max(1, int(settings[key] * epochs_scale))
-            if "phases" in settings:
-                settings["phases"] = [
-                    Phase.from_dict({**p, "epochs": max(1, int(p["epochs"] * epochs_scale))})
-                    for p in settings["phases"]
-                ]
+            if strategy == "scratch":
+                epochs = scratch_epochs(len(train_idx), BATCH_SIZE, SCRATCH_EPOCHS)
+                settings["phases"] = [scratch_phase(max(1, int(epochs * epochs_scale)))]
             log(f"[{budget}/class] {strategy} ...")
             accuracies, times = [], []
             for k in range(seeds):
@@ -196,9 +191,7 @@ def run(
                     out / f"{strategy}_{budget}{suffix}",
                     overwrite=True,
                     cut=CUT_LAYER,
-                    preprocess="unit",
-                    val_split=0.0,
-                    batch_size=16,
+                    batch_size=BATCH_SIZE,
                     seed=seed + k,
                     log=lambda _line: None,
                     verbose=0,
@@ -207,7 +200,8 @@ def run(
                 times.append(time.perf_counter() - start)
                 with progress.silenced():
                     accuracies.append(api.evaluate(result.run_dir, test_dir)["accuracy"])
-            trainable = max(p["trainable_params"] for p in result.metrics["phases"])
+            head = result.model.get_layer("head_output").count_params()  # a solved head
+            trainable = max((p["trainable_params"] for p in result.metrics["phases"]), default=head)
             rows.append(
                 {
                     "labels_per_class": budget,

@@ -35,17 +35,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from graft import progress
 from graft.api import building
 from graft.api.result import Run
+from graft.config.budget import (
+    MIN_FINETUNE_STEPS,
+    MIN_HEAD_STEPS,
+    HeadBudget,
+    finetune_epochs,
+    head_budget,
+)
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.phase import Plan
 from graft.config.settings import TrainConfig
 from graft.core import backbones, freezing, model_utils, scaling
-from graft.core.model import BACKBONE_NAME, HeadConfig, backbone_of, pooling_summary
+from graft.core.model import (
+    BACKBONE_NAME,
+    HEAD_PREFIX,
+    HeadConfig,
+    backbone_of,
+    pooling_summary,
+)
 from graft.core.model import build_model as assemble
 from graft.data import adapter, pipelines
+from graft.data.folds import HOLDOUT_FRACTION, Folds, plan_folds
 from graft.data.pipelines import load_image
 from graft.errors import DataError, GraftError
 from graft.reporting import drift, evaluation, plots, report
@@ -55,7 +70,9 @@ from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
 from graft.training import activations, cache, checkpoints, derived, distribute, resume
+from graft.training.candidates import InputChoice, choose_inputs
 from graft.training.hooks import KeepBest
+from graft.training.probe import Probe, fit_probe
 from graft.training.trainer import Trainer, TrainResult
 
 #: Where a run trains: one device, or a tf.distribute strategy behind one adapter.
@@ -130,6 +147,9 @@ class Context:
     plan: Plan
     devices: Devices = field(default_factory=Devices)
     run_dir: Path | None = None
+    #: The head phase's budget in optimizer steps (``epochs="auto"``), if it trains by
+    #: gradient (:func:`with_budgets`).
+    budget: HeadBudget | None = None
 
     @classmethod
     def of(cls, req: Request) -> Context:
@@ -162,6 +182,10 @@ class PreparedData:
     sources: dict
     #: The same paths as the caller typed them (``config.yaml``'s ``as_typed``).
     typed: dict
+    #: The validation protocol ``val_split="auto"`` drew (``None``: a given ``val`` or
+    #: fraction, or data without labels): with k-fold or none, ``train`` is every
+    #: labelled image (refit on all) and ``val`` is ``None``.
+    folds: Folds | None = None
 
     classes = property(lambda self: self.train.classes)
     multi_label = property(lambda self: self.train.multi_label)
@@ -174,6 +198,28 @@ class Built:
     loss: str
     metrics: list
     source_task: drift.SourceTask | None
+    #: The input scaling and pooling chosen by measurement (``None``: not chosen here).
+    inputs: InputChoice | None = None
+    #: ``cut="auto"``: every candidate cut's score and the choice
+    #: (:class:`graft.training.transfer.TransferResult`).
+    transfer: object = None
+
+
+@dataclass(frozen=True)
+class Solved:
+    """The converged linear probe on the head's input features (issue 22).
+
+    ``written``: the probe *is* the model's output layer, and the phases it replaced
+    (``feature``'s only phase, ``hybrid``'s head phase: LP-FT) do not run. Otherwise it
+    is only the cross-validated estimate of a linear head on these features.
+    """
+
+    probe: Probe
+    #: The folds that chose its ``C`` (and scored it).
+    folds: Folds
+    written: bool
+    #: The phases the probe replaced (empty unless ``written``).
+    replaced: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -212,6 +258,8 @@ class Fitted:
     cached: object = None
     #: The :class:`graft.training.activations.ActivationCache`, if the run used it.
     activations: object = None
+    #: The linear probe, if one was solved (:func:`solve_head`).
+    solved: Solved | None = None
 
     @property
     def activation_cache(self) -> dict | None:
@@ -245,9 +293,18 @@ def execute(req: Request) -> Run:
             if ctx.devices.describe(ctx.cfg.batch_size):
                 ctx.log(ctx.devices.describe(ctx.cfg.batch_size))
             built = build_model(ctx, data)
+            ctx = with_decisions(ctx, built)
+            if (built.inputs or built.transfer) is not None and run_dir is not None:
+                save_config(ctx, data)  # the measured inputs and cut, before training
+            solved = solve_head(ctx, data, built)
+            if solved is not None and solved.written:  # the phases it replaced do not run
+                plan = Plan(ctx.plan.phases[len(solved.replaced) :], ctx.plan.head)
+                ctx = dataclasses.replace(ctx, plan=plan)
             pipes = make_pipelines(ctx, data, built.bb)
+            ctx = with_budgets(ctx, data, pipes)
             setup = make_trainer(ctx, data, built)
             fitted = fit(ctx, data, built, pipes, setup)
+            fitted = dataclasses.replace(fitted, solved=solved)
             # From here on the run's settings are the ones it trained with (lr="auto"
             # replaced by the found rate): config.yaml records them.
             ctx = dataclasses.replace(ctx, cfg=fitted.cfg)
@@ -311,7 +368,10 @@ def prepare_data(ctx: Context) -> PreparedData:
             "Training on a tf.data.Dataset needs the class names.",
             hint="pass classes=[...] in label order.",
         )
-    if val is None and cfg.val_split and train.labels is not None:
+    folds = None
+    if val is None and cfg.val_split == "auto" and train.labels is not None:
+        train, val, folds = _auto_validation(train, cfg.seed, log)
+    elif val is None and cfg.val_split and train.labels is not None:
         train, val = train.split(cfg.val_split, cfg.seed)
         if not val.count:  # every class too small to give one image away
             log(
@@ -339,7 +399,25 @@ def prepare_data(ctx: Context) -> PreparedData:
         weights,
         sources={**sources, "classes": req.classes},
         typed=typed,
+        folds=folds,
     )
+
+
+def _auto_validation(train: adapter.DataAdapter, seed: int, log):
+    """``val_split="auto"``: ``(train, val, folds)``. A stratified hold-out of
+    :data:`~graft.data.folds.HOLDOUT_FRACTION` only when every class keeps enough
+    validation images; otherwise no hold-out: the model trains on every labelled image
+    and the validation figure is cross-validated (:func:`graft.data.folds.plan_folds`).
+    Multi-label data keeps the plain hold-out (folds are drawn per class)."""
+    if train.multi_label:
+        part, val = train.split(HOLDOUT_FRACTION, seed)
+        return part, (val if val.count else None), None
+    folds = plan_folds(train.labels, seed=seed, val_split="auto")
+    log(folds.line()[0].upper() + folds.line()[1:])
+    if folds.kind == "holdout":
+        part, val = train.split(HOLDOUT_FRACTION, seed)
+        return part, (val if val.count else None), folds
+    return train, None, folds
 
 
 def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Context:
@@ -357,14 +435,23 @@ def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Co
     held.enter_context(lock.RunLock(path))
     run_dir = files.prepare(path, req.overwrite, req.resume)
     backbone = ctx.backbone.kept_in(run_dir)
+    ctx = dataclasses.replace(ctx, run_dir=run_dir, backbone=backbone)
     if not req.resume:  # a resumed run keeps the config.yaml (and backbone) of its start
-        config = {**ctx.cfg.as_dict(), "data": data.sources, "safe_mode": req.safe_mode}
         if backbone.saved is not None:  # resume reloads it from the run folder
             backbone.model.save(backbone.saved)
-            config["backbone"] = backbone.saved
-        files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, data.typed, run_dir))
+        save_config(ctx, data)
     checkpoints.write_status(run_dir, "running")
-    return dataclasses.replace(ctx, run_dir=run_dir, backbone=backbone)
+    return ctx
+
+
+def save_config(ctx: Context, data: PreparedData) -> None:
+    """Write the run's settings as ``config.yaml`` (at the start, and again once graft
+    has measured what was not given, so an interrupted run resumes with its decisions)."""
+    config = {**ctx.cfg.as_dict(), "data": data.sources, "safe_mode": ctx.req.safe_mode}
+    if ctx.backbone.saved is not None:
+        config["backbone"] = ctx.backbone.saved
+    run_dir = ctx.run_dir
+    files.write_yaml(run_dir / layout.CONFIG_FILE, make_portable(config, data.typed, run_dir))
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,9 +467,17 @@ def _weights_text(source, weights) -> str:
 def build_model(ctx: Context, data: PreparedData) -> Built:
     """Resolve the backbone, prepare the source task, assemble the model and its loss."""
     cfg, log = ctx.cfg, ctx.log
-    bb = building.resolve_backbone(cfg, ctx.req.safe_mode, ctx.backbone.model)
-    if ctx.backbone.is_file:
+    whole = dataclasses.replace(cfg, cut=None) if cfg.cut == AUTO_CUT else cfg
+    bb = building.resolve_backbone(whole, ctx.req.safe_mode, ctx.backbone.model)
+    measured = measure_inputs(ctx, data, bb)
+    pool, choice, transfer = cfg.pool, None, None
+    if measured is not None:
+        bb, choice = measured
+        pool = head_pool(choice)
+    elif ctx.backbone.is_file:
         bb = match_scaling(cfg, bb, data.train, log)
+    if cfg.cut == AUTO_CUT:
+        bb, pool, transfer = cut_by_measurement(ctx, data, bb)
     source_task = _source_task(ctx, bb)
     counts = data.counts
     log(
@@ -393,13 +488,236 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     channels = data.check.channel_line(bb.channels) if data.check is not None else None
     if channels:
         log(channels)
+    for line in practitioner_warnings(ctx, data, bb):
+        log(line)
+    # The head's initial weights do not depend on whether the inputs were measured (a
+    # --config replay or a resume does not measure them again).
+    keras.utils.set_random_seed(cfg.seed)
     with building.precision(cfg.precision):
-        head = HeadConfig(ctx.plan.head, cfg.dropout, data.multi_label, cfg.pool)
+        head = HeadConfig(ctx.plan.head, cfg.dropout, data.multi_label, pool)
         model = assemble(bb, len(data.classes), head)
-    log(f"Head input: {pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, cfg.pool)}")
+    log(f"Head input: {pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, pool)}")
     freezing.check_plan(model, bb.blocks, ctx.plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
-    return Built(bb, model, loss, metrics, source_task)
+    return Built(bb, model, loss, metrics, source_task, choice, transfer)
+
+
+#: Images upscaled more than this to the backbone's input size get a warning.
+MAX_UPSCALE = 2.0
+
+
+def practitioner_warnings(ctx: Context, data: PreparedData, bb: backbones.Backbone) -> list[str]:
+    """Warnings a practitioner needs before training (issue 22): a frozen backbone with
+    random weights, a model used uncut whose output is a softmax, images upscaled more
+    than :data:`MAX_UPSCALE` times to the input size."""
+    cfg, out = ctx.cfg, []
+    first = ctx.plan.phases[0] if ctx.plan.phases else None
+    random = cfg.weights is not None and str(cfg.weights).lower() == "none"
+    if random and first is not None and first.backbone_frozen:
+        out.append(
+            f"Warning: weights none leaves the backbone random, and {cfg.strategy}'s first "
+            "phase keeps it frozen: its features are random, so expect near-chance accuracy "
+            "(use pre-trained weights, or strategy finetune/scratch)."
+        )
+    if cfg.cut is None and (ctx.backbone.is_file or ctx.backbone.model is not None):
+        layer = _softmax_output(bb.model)
+        if layer is not None:
+            out.append(
+                f"Warning: the model's output ({layer}) is a softmax over its own classes; "
+                "graft's head then sees class probabilities, not features "
+                f"(cut below it, e.g. --cut {_below(bb.model, layer)})."
+            )
+    side = _smallest_side(data.train)
+    if side and max(bb.image_size) > MAX_UPSCALE * side:
+        out.append(
+            f"Warning: images as small as {side} px are upscaled "
+            f"{max(bb.image_size) / side:.1f}x to the {bb.image_size[0]}x{bb.image_size[1]} "
+            "input (pass image_size/--image-size nearer the images' size if the model allows)."
+        )
+    return out
+
+
+def _softmax_output(model: keras.Model) -> str | None:
+    """The name of the model's last layer when it applies a softmax, else ``None``."""
+    if not model.layers:
+        return None
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "")
+    if name == "softmax" or type(last).__name__ == "Softmax":
+        return last.name
+    return None
+
+
+def _below(model: keras.Model, name: str) -> str:
+    """The layer feeding ``name`` (what ``--cut`` should name), best effort."""
+    names = [layer.name for layer in model.layers]
+    i = names.index(name)
+    while i > 0:
+        i -= 1
+        if type(model.layers[i]).__name__ not in ("Activation", "Softmax", "Dropout", "Dense"):
+            return names[i]
+    return names[0]
+
+
+def _smallest_side(train: adapter.DataAdapter, sample: int = 32) -> int | None:
+    """The smallest image side among the first ``sample`` training images (``None``:
+    unknown, e.g. a stream)."""
+    if train.images is not None:
+        return int(min(train.images.shape[1:3])) if train.images.ndim == 4 else None
+    paths = train.paths
+    if not paths:
+        return None
+    from PIL import Image
+
+    sides = []
+    for path in paths[:sample]:
+        with contextlib.suppress(OSError), Image.open(path) as image:
+            sides.append(min(image.size))
+    return min(sides) if sides else None
+
+
+#: Input candidates are measured on at most this many labelled images; beyond, the priors
+#: decide (the scaling the evidence ranks best, the pooling rule) on a sample.
+MEASURE_MAX = 2048
+#: Images the priors' evidence is computed on when the data is too large to measure on.
+EVIDENCE_SAMPLE = 256
+
+
+def with_decisions(ctx: Context, built: Built) -> Context:
+    """The context whose settings hold the measured input scaling and pooling, so
+    ``config.yaml`` records them and ``--config`` replays them without measuring again
+    (a registry backbone's known preprocessing stays unset: the registry gives it)."""
+    choice, transfer, cfg = built.inputs, built.transfer, ctx.cfg
+    if choice is None and transfer is None:
+        return ctx
+    user_model = ctx.backbone.is_file or ctx.backbone.model is not None
+    if choice is not None:
+        preprocess = choice.scaling if user_model else cfg.preprocess
+        cfg = dataclasses.replace(cfg, preprocess=preprocess, pool=head_pool(choice))
+    if transfer is not None:  # the measured cut and pooling replace "auto"
+        cut = None if transfer.cut == transfer.output else transfer.cut
+        cfg = dataclasses.replace(cfg, cut=cut, pool=head_pool_name(transfer.pool))
+        if user_model:
+            cfg = dataclasses.replace(cfg, preprocess=built.bb.preprocess)
+    return dataclasses.replace(ctx, cfg=cfg)
+
+
+def head_pool(choice: InputChoice) -> str:
+    """The ``pool`` setting of a choice (a vector output has nothing to pool: ``auto``)."""
+    return head_pool_name(choice.pool)
+
+
+def head_pool_name(pool: str) -> str:
+    """The ``pool`` setting of a measured pooling (``identity``: a vector, ``auto``)."""
+    return "auto" if pool == "identity" else pool
+
+
+def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
+    """Input scaling and pooling not given, chosen on the labelled images
+    (:func:`graft.training.candidates.choose_inputs`): ``(backbone, choice)``, or ``None``
+    (nothing to choose: both given, a stream, multi-label, random weights, or a registry
+    backbone whose pooling was given).
+
+    A model file or object: scaling by clear evidence, else measured (never the candidate
+    the evidence ranks worst). A registry backbone keeps its known preprocessing; only
+    its pooling may be measured. C, folds and the scores go to ``metrics.json``."""
+    cfg = ctx.cfg
+    if cfg.weights is not None and str(cfg.weights).lower() == "none":
+        return None
+    if data.train.labels is None or data.multi_label:
+        return None
+    user_model = ctx.backbone.is_file or ctx.backbone.model is not None
+    scaling = cfg.preprocess if user_model else bb.preprocess
+    pool = None if cfg.pool == "auto" else cfg.pool
+    if scaling is not None and pool is not None:
+        return None
+    evidence = None
+    if user_model:  # the model's own evidence first: logged, and a wrong given one warned
+        bb = match_scaling(cfg, bb, data.train, ctx.log)
+        evidence = bb.scaling
+        if scaling is None and evidence and evidence.get("choice"):
+            scaling = evidence["choice"]  # clear evidence decides; nothing is searched
+    images, labels, folds = measurement_set(ctx, data, bb)
+    choice = choose_inputs(
+        bb.model,
+        images,
+        labels,
+        folds,
+        scaling=scaling,
+        pool=pool,
+        num_classes=len(data.classes),
+        batch_size=cfg.batch_size,
+    )
+    ctx.log(choice.line()[0].upper() + choice.line()[1:])
+    evidence = choice.evidence if choice.evidence is not None else evidence
+    return dataclasses.replace(bb, preprocess=choice.scaling, scaling=evidence), choice
+
+
+def measurement_set(ctx: Context, data: PreparedData, bb: backbones.Backbone):
+    """``(images, labels, folds)`` that measurements choose on: the training images (at
+    most :data:`MEASURE_MAX`; beyond, :data:`EVIDENCE_SAMPLE` of them and no folds: the
+    priors decide), raw at the backbone's size, and the run's folds (beside a hold-out,
+    folds of the training part). Never a validation or test image."""
+    cfg, labels = ctx.cfg, data.train.labels
+    folds = data.folds
+    limit = len(labels) if len(labels) <= MEASURE_MAX else EVIDENCE_SAMPLE
+    if limit < len(labels):
+        folds = None  # too many images to measure on: the priors decide
+    elif folds is None or folds.kind == "holdout":  # the training part's own folds
+        folds = plan_folds(labels, seed=cfg.seed, val_split="auto")
+    images, taken = [], 0
+    for x, _ in data.train.batches(bb.image_size, bb.channels, cfg.batch_size):
+        images.append(x.numpy() if hasattr(x, "numpy") else x)
+        taken += len(images[-1])
+        if taken >= limit:
+            break
+    return np.concatenate(images)[:limit], labels[:limit], folds
+
+
+#: ``cut="auto"``: the cut (and pooling) chosen by the cross-validated linear probe.
+AUTO_CUT = "auto"
+
+
+def cut_by_measurement(ctx: Context, data: PreparedData, bb: backbones.Backbone):
+    """``cut="auto"`` (issue 23): every candidate cut (block ends and the model's output)
+    and pooling scored by the cross-validated probe on the training images from one
+    forward pass (:func:`graft.api.transfer.choose_cut`); ``(backbone cut there, pool,
+    result)``. A model file or object only; needs labelled single-label images and
+    pre-trained weights (one clear error otherwise)."""
+    from graft.api.transfer import choose_cut
+
+    cfg = ctx.cfg
+    if not (ctx.backbone.is_file or ctx.backbone.model is not None):
+        raise GraftError(
+            "cut='auto' chooses a layer of a model file or keras.Model; a registry backbone "
+            f"is used whole. Received: backbone={cfg.backbone}, cut=auto",
+            hint="pass the model as a file, or drop --cut.",
+        )
+    random = cfg.weights is not None and str(cfg.weights).lower() == "none"
+    if random or data.train.labels is None or data.multi_label:
+        raise GraftError(
+            "cut='auto' measures each layer on your labelled images with the pre-trained "
+            "weights: it needs single-label data and weights other than none.",
+            hint="give --cut LAYER instead.",
+        )
+    images, labels, folds = measurement_set(ctx, data, bb)
+    cut, pool, result = choose_cut(
+        bb,
+        images,
+        labels,
+        folds,
+        seed=cfg.seed,
+        scaling=bb.preprocess,
+        num_classes=len(data.classes),
+        batch_size=cfg.batch_size,
+    )
+    ctx.log(result.line()[0].upper() + result.line()[1:])
+    if cut is not None:
+        at = dataclasses.replace(cfg, cut=cut, preprocess=bb.preprocess)
+        cut_bb = building.resolve_backbone(at, ctx.req.safe_mode, ctx.backbone.model)
+        bb = dataclasses.replace(cut_bb, preprocess=bb.preprocess, scaling=bb.scaling)
+    return bb, head_pool_name(pool), result
 
 
 def match_scaling(
@@ -424,6 +742,67 @@ def match_scaling(
     elif evidence.clear and evidence.choice != cfg.preprocess:
         log(f"Warning: preprocess={cfg.preprocess} was asked for, but {evidence.line()}")
     return dataclasses.replace(bb, preprocess=preprocess, scaling=evidence.as_dict())
+
+
+#: Strategies whose first phase is a linear head on the frozen backbone's features: with
+#: ``epochs="auto"`` the converged probe replaces it (feature: the whole run; hybrid: LP-FT).
+PROBE_STRATEGIES = ("feature", "hybrid")
+
+
+def named_plan(cfg: TrainConfig) -> bool:
+    """Whether the run trains its strategy's own plan: no custom phases, or the phases a
+    run's ``config.yaml`` recorded for that strategy (``--config`` replays them), so a
+    replayed run solves and budgets its head as the original did."""
+    if cfg.phases is None:
+        return True
+    return dataclasses.replace(cfg, phases=None).resolved_plan() == cfg.resolved_plan()
+
+
+def solve_head(ctx: Context, data: PreparedData, built: Built) -> Solved | None:
+    """The converged linear probe (:func:`graft.training.probe.fit_probe`) on the head's
+    input features of every training image, or ``None`` when there is nothing to solve.
+
+    - It **is the head** (written into ``head_output``) for ``feature`` and ``hybrid``
+      with a linear head (``head=()``), ``epochs="auto"`` and a single-label task: the
+      head phase then does not run (``feature``: no epochs; ``hybrid``: fine-tuning starts
+      from a converged head). ``C`` is chosen by the run's folds (or, beside a hold-out,
+      by folds of the training part), then the probe is refit on every training image.
+    - Otherwise, when ``val_split="auto"`` chose k-fold, it is only the cross-validated
+      estimate of a linear head on these features, recorded beside the run's metrics.
+    """
+    cfg, plan, folds = ctx.cfg, ctx.plan, data.folds
+    if data.train.labels is None or data.multi_label:
+        return None
+    first = plan.phases[0] if plan.phases else None
+    writes = (
+        cfg.epochs == "auto"
+        and cfg.lr != "auto"  # lr="auto" asks for the LR finder: the head trains by gradient
+        and named_plan(cfg)
+        and cfg.strategy in PROBE_STRATEGIES
+        and plan.head == ()
+        and first is not None
+        and first.backbone_frozen
+        and not first.recalibrate_bn
+    )
+    if not writes and (folds is None or folds.kind != "kfold" or not first.backbone_frozen):
+        return None  # nothing to solve, or nothing a probe on frozen features estimates
+    labels = data.train.labels
+    if folds is None or folds.kind == "holdout":  # the training part's own folds choose C
+        folds = plan_folds(labels, seed=cfg.seed, val_split="auto")
+    bb = built.bb
+    batches = data.train.batches(bb.image_size, bb.channels, cfg.batch_size)
+    features = model_utils.features_model(built.model).predict(batches, verbose=0)
+    probe = fit_probe(features, labels, folds, num_classes=len(data.classes), seed=cfg.seed)
+    if not writes:
+        ctx.log(f"Cross-validated estimate, {probe.line()} (not this model's head)")
+        return Solved(probe, folds, written=False)
+    head = built.model.get_layer(f"{HEAD_PREFIX}output")
+    probe.write(head)
+    replaced = plan.phases[:1]
+    freezing.apply(built.model, bb.blocks, first.trainable, first.train_bn)
+    after = "no epochs" if len(plan.phases) == 1 else "fine-tuning starts from it (LP-FT)"
+    ctx.log(f"Head solved: {probe.line()}; {after}")
+    return Solved(probe, folds, written=True, replaced=replaced)
 
 
 def _source_task(ctx: Context, bb: backbones.Backbone) -> drift.SourceTask | None:
@@ -461,6 +840,54 @@ def make_pipelines(ctx: Context, data: PreparedData, bb: backbones.Backbone) -> 
         train, val = distribute.deterministic(train), distribute.deterministic(val)
         plain = distribute.deterministic(plain)
     return Pipelines(train, val, bs, plain)
+
+
+def with_budgets(ctx: Context, data: PreparedData, pipes: Pipelines) -> Context:
+    """Budgets in optimizer steps for ``epochs``/``finetune_epochs="auto"`` on the
+    strategy's own plan (issue 22), so ten images get as many steps as a phase needs:
+
+    - a head phase that trains by gradient (a hidden head, or a probe that does not
+      apply): :func:`graft.config.budget.head_budget`, one pass over the data an epoch;
+    - a phase that trains backbone layers: :func:`graft.config.budget.finetune_epochs`
+      (the first phase's from ``epochs``, later ones' from ``finetune_epochs``).
+
+    Every budget is a pure function of the number of training images and the batch
+    size, so a resumed run or ``--config`` draws the same plan."""
+    cfg, phases = ctx.cfg, ctx.plan.phases
+    images = data.counts["train"]
+    if not named_plan(cfg) or not phases or not isinstance(images, int):
+        return ctx
+    solved_first = len(phases) < len(cfg.resolved_plan())  # the probe replaced the head
+    budget, planned, lines = None, [], []
+    for i, phase in enumerate(phases):
+        first = i == 0 and not solved_first
+        setting = cfg.epochs if first else cfg.finetune_epochs
+        if setting != "auto":
+            planned.append(phase)
+        elif phase.backbone_frozen and first:
+            # One pass an epoch: a resumed run replays whole passes, and an epoch that
+            # spanned several passes did not resume exactly (tests/test_few_shot_runs.py).
+            budget = head_budget(max(1, images), pipes.batch_size, max_epochs=MIN_HEAD_STEPS)
+            # No early stop on the training loss: the whole budget runs, so a resumed
+            # run ends where an uninterrupted one does (the log says so).
+            reason = budget.reason.split(", stopping")[0] + "; the whole budget runs"
+            budget = dataclasses.replace(budget, patience=None, reason=reason)
+            lines.append(budget.reason[0].upper() + budget.reason[1:])
+            planned.append(dataclasses.replace(phase, epochs=budget.epochs))
+        elif not phase.backbone_frozen:
+            epochs = finetune_epochs(images, pipes.batch_size)
+            if epochs != phase.epochs:
+                lines.append(
+                    f"{phase.name.capitalize()}: {epochs} epochs, at least "
+                    f"{MIN_FINETUNE_STEPS} optimizer steps on {images} images"
+                )
+            planned.append(dataclasses.replace(phase, epochs=epochs))
+        else:
+            planned.append(phase)
+    for line in lines:
+        ctx.log(line)
+    plan = Plan(tuple(planned), ctx.plan.head)
+    return dataclasses.replace(ctx, plan=plan, budget=budget)
 
 
 def make_trainer(ctx: Context, data: PreparedData, built: Built) -> TrainerSetup:
@@ -536,6 +963,9 @@ def fit(
 ) -> Fitted:
     """(``lr="auto"``: find the learning rate,) cache features, train every phase."""
     start = time.perf_counter()
+    if not ctx.plan.phases:  # the solved head replaced every phase: nothing to train
+        seconds = time.perf_counter() - start
+        return Fitted(TrainResult(), ctx.cfg, (), pipes, seconds, None, setup.reference)
     lr_found = None
     if ctx.cfg.lr == "auto":
         ctx, lr_found = _auto_lr(ctx, setup.trainer, pipes.train)
@@ -594,8 +1024,10 @@ def _auto_lr(ctx: Context, trainer: Trainer, train_ds) -> tuple[Context, dict]:
     )
     if ctx.run_dir is not None:
         found.write(ctx.run_dir)
-    plan = Plan(tuple(cfg.resolved_plan()), ctx.plan.head)
-    ctx = dataclasses.replace(ctx, cfg=cfg, plan=plan)
+    # the found rate in every phase that takes it; the budgets already drawn stay
+    budgeted = zip(cfg.resolved_plan(), ctx.plan.phases, strict=True)
+    phases = tuple(dataclasses.replace(new, epochs=old.epochs) for new, old in budgeted)
+    ctx = dataclasses.replace(ctx, cfg=cfg, plan=Plan(phases, ctx.plan.head))
     return ctx, {"suggestion": cfg.lr, "steps": len(found.lrs)}
 
 
@@ -686,7 +1118,8 @@ def finalize(
         from graft.training import tensorboard as tb
 
         tb.write_phases(ctx.run_dir, fitted.result.history)
-    building.compile_for_shipping(model, fitted.phases[-1], built.loss, built.metrics)
+    last = (fitted.phases or fitted.solved.replaced)[-1]
+    building.compile_for_shipping(model, last, built.loss, built.metrics)
     _keep(model, fitted, ctx.run_dir, ctx.log)
     return model
 
@@ -715,7 +1148,10 @@ def _keep(model: keras.Model, fitted: Fitted, run_dir, log) -> None:
             files.save_model(model, last_file)
     last = history[-1]["epoch"]
     if keeper.best is None:
-        log(f"Kept the last epoch ({last}): no {keeper.monitor} to choose the best by.")
+        log(
+            f"Kept the last epoch ({last}): no {keeper.monitor} to choose the best by "
+            "(no hold-out: every labelled image trained)."
+        )
         return
     model.set_weights(keeper.weights)
     best = keeper.best
@@ -743,6 +1179,13 @@ def measure(
         phases=[p.as_dict() for p in fitted.result.phases],
         data=data.counts,
     )
+    metrics.update(_validation_metrics(model, data, fitted))
+    if built.inputs is not None:
+        metrics["inputs"] = built.inputs.as_dict()
+    if built.transfer is not None:
+        metrics["transfer"] = built.transfer.as_dict()
+    if ctx.budget is not None:
+        metrics["head_budget"] = ctx.budget.as_dict()
     # what pool="auto" became, for the report's "Settings graft chose"
     metrics["head_input"] = pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, cfg.pool)
     if fitted.activation_cache is not None:
@@ -770,6 +1213,56 @@ def measure(
     if ctx.devices.summary(cfg.batch_size) is not None:
         metrics["distribute"] = ctx.devices.summary(cfg.batch_size)
     return metrics
+
+
+def _validation_metrics(model: keras.Model, data: PreparedData, fitted: Fitted) -> dict:
+    """How the run was validated (``val_protocol``) and, where the figure is
+    cross-validated, ``val_accuracy``/``val_loss``/``val_accuracy_std`` from the folds.
+
+    - k-fold with the probe as the head: the cross-validated accuracy of that head,
+      then refit on every labelled image (``feature``: the shipped model's head exactly;
+      ``hybrid``: its first stage, fine-tuning is not cross-validated).
+    - A solved head with a hold-out (no epochs, so no history row): evaluated on it.
+    - Otherwise the hold-out's figures of the kept epoch stand, as before.
+    """
+    folds, solved, out = data.folds, fitted.solved, {}
+    if solved is not None:
+        out["probe"] = solved.probe.as_dict()
+    if folds is not None:
+        out["validation"] = folds.as_dict()
+    if folds is not None and folds.kind == "kfold":
+        cv = solved.probe.cv if solved is not None else None
+        if solved is not None and solved.written and cv is not None:
+            stage = "the head" if not fitted.phases else "the first stage (linear probe)"
+            out.update(
+                val_accuracy=round(cv.mean, 4),
+                val_accuracy_std=round(cv.std, 4),
+                val_loss=round(cv.log_loss, 4),
+                val_protocol={
+                    **folds.as_dict(),
+                    "cross_validated": True,
+                    "of": stage,
+                    "refit_on_all": data.counts["train"],
+                },
+            )
+        else:
+            out["val_protocol"] = {
+                **folds.as_dict(),
+                "cross_validated": False,
+                "of": None,
+                "refit_on_all": data.counts["train"],
+                "note": "no hold-out and this model's training is not cross-validated: "
+                "no validation figure (see probe for a linear head's estimate)",
+            }
+    elif folds is not None and folds.kind == "none":
+        out["val_protocol"] = {**folds.as_dict(), "cross_validated": False}
+    elif fitted.pipes.val is not None:
+        if solved is not None and solved.written and not fitted.result.history:
+            scores = model.evaluate(fitted.pipes.val, verbose=0, return_dict=True)
+            out.update(val_accuracy=float(scores["accuracy"]), val_loss=float(scores["loss"]))
+        kind = "holdout" if folds is not None or data.sources.get("val") is None else "given"
+        out["val_protocol"] = {"kind": kind, "cross_validated": False}
+    return out
 
 
 def evaluate_test(
@@ -860,7 +1353,7 @@ def report_inputs(
     the backbone, see :func:`_evaluated_on`); the test split, already predicted by
     :func:`evaluate_test`, is added by :func:`execute`."""
     bb = run.backbone
-    validation = None
+    validation = out_of_fold(data, bb, fitted)
     if fitted.pipes.val is not None:
         plain = report.Split(fitted.pipes.val, data.val.paths)
         validation = _evaluated_on(run.model, bb, fitted, data) or plain
@@ -872,6 +1365,32 @@ def report_inputs(
         log=ctx.log,
         worker=worker,
     )
+
+
+def out_of_fold(data: PreparedData, bb: backbones.Backbone, fitted: Fitted) -> report.Split | None:
+    """With k-fold and the solved probe as the head: the report's validation evaluation
+    from the probe's out-of-fold predictions (every labelled image predicted by a probe
+    that did not train on it), so the confusion matrix, worst errors and calibration
+    describe the cross-validated figure. ``None`` otherwise."""
+    solved = fitted.solved
+    if data.folds is None or data.folds.kind != "kfold" or solved is None or not solved.written:
+        return None
+    probs = solved.probe.out_of_fold
+    if probs is None:
+        return None
+    train = data.train
+    if train.paths is not None:
+        paths, size, channels = list(train.paths), bb.image_size, bb.channels
+        pixels = lambda i: load_image(paths[i], size, channels)  # noqa: E731
+    else:
+        images = train.fitted(bb.image_size, bb.channels).images
+        pixels = images.__getitem__
+    stage = "" if not fitted.phases else ", of the first stage (linear probe)"
+    name = f"validation (out-of-fold, {data.folds.k}-fold cross-validated{stage})"
+    evaluated = evaluation.evaluate_probabilities(
+        train.labels, probs, data.classes, pixels, paths=train.paths
+    )
+    return report.Split(None, train.paths, name=name, evaluated=evaluated)
 
 
 def _evaluated_on(
@@ -927,6 +1446,10 @@ def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInput
     files.write_yaml(d / layout.CONFIG_FILE, make_portable(config, data.typed, d))
     files.write_csv(d / layout.HISTORY_FILE, run.history)
     run_metrics.record(d, run.metrics, fresh=True)
+    if "transfer" in run.metrics:  # cut="auto": the curve the choice was made on
+        from graft.api.transfer import curve_figure
+
+        curve_figure(run.metrics["transfer"], d)
     # Training is over and its files are saved: the report written next shows this status
     # (a failure while evaluating still marks the run failed, in execute).
     checkpoints.write_status(d, "completed")

@@ -42,6 +42,11 @@ def check_train(
             settings.pop("strategy")
         TrainConfig(backbone=str(backbone), **settings)
         check_backbone(str(backbone))
+        if settings.get("cut") is not None and not str(backbone).endswith(MODEL_SUFFIXES):
+            raise GraftError(  # as graft.core.loaders.resolve says it, without TensorFlow
+                "cut is for backbones loaded from a model file, not registry names. "
+                f"Received: cut={settings['cut']}"
+            )
     for name, source in (("DATA", data), ("--val", val), ("--test", test)):
         check_source(source, name)
     if out is not None:

@@ -50,9 +50,29 @@ def learning_rate(value):
         raise GraftError(f"lr must be a number or 'auto'. Received: lr={value!r}") from None
 
 
+def number_or_auto(name: str, kind: type):
+    """A click callback: ``"auto"`` or a number of ``kind`` (one clear error otherwise)."""
+
+    def parse(ctx, param, value):
+        if value is None or value == "auto" or isinstance(value, kind):
+            return value
+        try:
+            return kind(value)
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise GraftError(
+                f"{name} must be {expected} or 'auto'. Received: {name}={value!r}"
+            ) from None
+
+    return parse
+
+
 _CALLBACKS = {
     "head": lambda ctx, param, value: units(value),
     "lr": lambda ctx, param, value: learning_rate(value),
+    "epochs": number_or_auto("epochs", int),
+    "finetune_epochs": number_or_auto("finetune_epochs", int),
+    "val_split": number_or_auto("val_split", float),
 }
 
 
@@ -83,6 +103,8 @@ def _option(field: dataclasses.Field, **overrides):
         # callback like any given value (so "--head 128,64" and the default agree).
         if field.name == "head":
             kwargs["default"] = ",".join(map(str, field.default))
+        elif isinstance(field.default, str):
+            kwargs["default"] = field.default
         else:
             kwargs["default"] = f"{field.default:g}"
     else:

@@ -170,6 +170,10 @@ def _closing_lines(run) -> None:
     """The last lines of a run, new or resumed: its metrics, folder and report."""
     acc = run.metrics.get("val_accuracy")
     summary = f"val_accuracy {acc:.4f}; " if acc is not None else ""
+    protocol = run.metrics.get("val_protocol") or {}
+    if acc is not None and protocol.get("cross_validated"):
+        std = run.metrics.get("val_accuracy_std", 0.0)
+        summary = f"val_accuracy {acc:.4f} +- {std:.4f} ({protocol['k']}-fold cross-validated); "
     if "test_accuracy" in run.metrics:
         summary += f"test_accuracy {run.metrics['test_accuracy']:.4f}; "
     import time

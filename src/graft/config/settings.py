@@ -89,10 +89,20 @@ class TrainConfig:
         "How to train; auto searches (see --budget-trials).",
         choices=(*STRATEGIES, AUTO_STRATEGY),
     )
-    epochs: int = setting(
-        d.DEFAULT_EPOCHS, _S, "Epochs of the first phase (the head phase, or finetune's only one)."
+    epochs: int | str = setting(
+        "auto",
+        _S,
+        "Epochs of the first phase (the head phase, or finetune's only one); auto: a "
+        "linear head of feature/hybrid is solved (converged probe, no epochs), a head "
+        "trained by gradient gets at least 300 optimizer steps, a phase training the "
+        f"backbone at least {d.DEFAULT_EPOCHS} epochs and 300 steps.",
     )
-    finetune_epochs: int = setting(d.DEFAULT_EPOCHS, _S, "Epochs of the fine-tuning phase(s).")
+    finetune_epochs: int | str = setting(
+        "auto",
+        _S,
+        "Epochs of the fine-tuning phase(s); auto: at least "
+        f"{d.DEFAULT_EPOCHS} epochs and at least 300 optimizer steps.",
+    )
     unfreeze: str = setting(
         d.DEFAULT_UNFREEZE, _S, f"Backbone layers to fine-tune: {SPEC_HELP}.", metavar="SPEC"
     )
@@ -145,8 +155,12 @@ class TrainConfig:
         "training images (non-shuffled).",
     )
     batch_size: int = setting(d.DEFAULT_BATCH_SIZE, _D, "Images per batch.")
-    val_split: float = setting(
-        d.DEFAULT_VAL_SPLIT, _D, "Fraction of DATA held out for validation (stratified)."
+    val_split: float | str = setting(
+        "auto",
+        _D,
+        "Fraction of DATA held out for validation (stratified); auto: a hold-out of "
+        f"{d.DEFAULT_VAL_SPLIT} only when every class keeps >= 5 validation images, else "
+        "k-fold cross-validation and the final model trained on every labelled image.",
     )
     augment: str = setting("none", _D, "Training-batch augmentation.", choices=AUGMENT_LEVELS)
     class_weight: str = setting(
@@ -219,8 +233,10 @@ class TrainConfig:
             return plans.with_options(custom, precise_bn=self.precise_bn)
         phases = plan(
             self.strategy,
-            epochs=self.epochs,
-            finetune_epochs=self.finetune_epochs,
+            epochs=d.DEFAULT_EPOCHS if self.epochs == "auto" else self.epochs,
+            finetune_epochs=(
+                d.DEFAULT_EPOCHS if self.finetune_epochs == "auto" else self.finetune_epochs
+            ),
             lr=AUTO_LR_PLACEHOLDER if self.lr == "auto" else self.lr,
             finetune_lr=self.finetune_lr,
             unfreeze=self.unfreeze,
@@ -286,6 +302,10 @@ def _type_ok(kind: str, value) -> bool:
     return True
 
 
+#: Settings that may also be ``"auto"`` (decided by graft from the data).
+AUTO_SETTINGS = ("lr", "val_split", "epochs", "finetune_epochs")
+
+
 def check_types(settings: dict) -> None:
     """Refuse a setting of the wrong type (``epochs: "ten"``) with one clear error.
 
@@ -302,14 +322,14 @@ def check_types(settings: dict) -> None:
         kinds = [k.strip() for k in str(f.type).split("|")]
         if value is None and "None" in kinds:
             continue
-        if f.name == "lr" and value == "auto":
+        if f.name in AUTO_SETTINGS and value == "auto":
             continue
         kind = next(k for k in kinds if k != "None")
         if not _type_ok(kind, value):
             raise GraftError(
                 f"{f.name} must be {_TYPE_NAMES.get(kind, kind)}"
                 + (" or None" if "None" in kinds else "")
-                + (" or 'auto'" if f.name == "lr" else "")
+                + (" or 'auto'" if f.name in AUTO_SETTINGS else "")
                 + f". {_received(f.name, value)}"
             )
 
@@ -356,12 +376,21 @@ def _check(cfg: TrainConfig) -> None:
                 f"Expected one of {', '.join(choices)}."
             )
     for name, low, high in (("val_split", 0, 1), ("dropout", 0, 1)):
+        if getattr(cfg, name) == "auto" and name in AUTO_SETTINGS:
+            continue
         if not low <= getattr(cfg, name) < high:
             raise GraftError(
                 f"{name} must be in [{low}, {high}). {_received(name, getattr(cfg, name))}"
             )
-    for name, low in (("batch_size", 1), ("min_size", 1), ("cache_views", 0), ("devices", 0)):
-        if getattr(cfg, name) < low:
+    for name, low in (
+        ("batch_size", 1),
+        ("min_size", 1),
+        ("cache_views", 0),
+        ("devices", 0),
+        ("epochs", 1),
+        ("finetune_epochs", 1),
+    ):
+        if getattr(cfg, name) != "auto" and getattr(cfg, name) < low:
             raise GraftError(
                 f"{name} must be at least {low}. {_received(name, getattr(cfg, name))}"
             )

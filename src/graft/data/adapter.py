@@ -93,6 +93,11 @@ class DataAdapter:
         """A stratified ``(train, val)`` split."""
         raise DataError("A tf.data.Dataset cannot be split; pass val=... instead.")
 
+    def subset(self, index) -> DataAdapter:
+        """The images at ``index`` (positions into :attr:`labels`), same classes: one
+        fold of a cross-validation."""
+        raise DataError("A tf.data.Dataset cannot be cross-validated; pass val=... instead.")
+
     def batches(
         self, image_size, channels: int, batch_size: int, shuffle=False, seed=0, augment=None
     ):
@@ -124,6 +129,9 @@ class FilesAdapter(DataAdapter):
     def split(self, fraction, seed):
         train, val = stratified_split(self.source, fraction, seed)
         return FilesAdapter(train), FilesAdapter(val)
+
+    def subset(self, index):
+        return FilesAdapter(self.source.subset(index))
 
     def batches(self, image_size, channels, batch_size, shuffle=False, seed=0, augment=None):
         return pipelines.pipeline(
@@ -157,6 +165,10 @@ class ArrayAdapter(DataAdapter):
         train, val = stratified_split(index, fraction, seed)
         pick = [[int(p) for p in part.paths] for part in (train, val)]
         return tuple(ArrayAdapter(self.x[i], self.y[i], self.names) for i in pick)
+
+    def subset(self, index):
+        index = np.asarray(index, dtype=int)
+        return ArrayAdapter(self.x[index], self.y[index], self.names)
 
     def fitted(self, image_size, channels: int) -> ArrayAdapter:
         x = pipelines.fit_arrays(self.x, image_size, channels)

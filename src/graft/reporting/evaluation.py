@@ -323,6 +323,38 @@ def evaluate_model(
     return Evaluation(metrics, y_true, probs, worst, list(classes))
 
 
+def evaluate_probabilities(
+    y_true,
+    probs: np.ndarray,
+    classes: list[str],
+    pixels: Callable[[int], np.ndarray],
+    keep_worst: int = 16,
+    paths: Sequence[str] | None = None,
+) -> Evaluation:
+    """An :class:`Evaluation` of single-label predictions made elsewhere (the linear
+    probe's out-of-fold probabilities: each image predicted by a probe that did not
+    train on it); ``pixels(i)`` reads the worst errors' images only."""
+    y = np.asarray(y_true).astype(int).ravel()
+    probs = np.asarray(probs, dtype="float32")
+    metrics = {"task": "single_label", **classification_metrics(y, probs, classes)}
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != y)
+    confidence = probs[wrong, predicted[wrong]]
+    order = wrong[np.lexsort((wrong, -confidence))][:keep_worst]
+    worst = [
+        WorstError(
+            int(i),
+            int(y[i]),
+            int(predicted[i]),
+            float(probs[i, predicted[i]]),
+            _to_uint8(pixels(int(i))),
+            None if paths is None else str(paths[i]),
+        )
+        for i in order
+    ]
+    return Evaluation(metrics, y, probs, worst, list(classes))
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     image = np.clip(np.asarray(image, dtype="float32"), 0, 255).round().astype("uint8")
     return image[..., 0] if image.shape[-1] == 1 else image

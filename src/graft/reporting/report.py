@@ -23,7 +23,7 @@ from pathlib import Path
 
 from graft.data.adapter import labelled_batches
 from graft.errors import GraftError
-from graft.reporting import evaluation, gallery, plots, provenance, scores
+from graft.reporting import evaluation, gallery, plots, provenance, scores, transfer_plot
 from graft.reporting.model_card import write_model_card
 from graft.reporting.text import fmt as _fmt
 from graft.runs import files as runs
@@ -38,11 +38,13 @@ PLOT_TITLES = {
     plots.F1: "Per-class F1",
     plots.ERRORS: "Most confidently wrong predictions",
     plots.RELIABILITY: "Reliability diagram",
+    transfer_plot.CURVE: "Transferability curve: probe accuracy against depth",
 }
 #: The report's sections: ``(anchor, title)``, in order (the contents bar links them).
 SECTIONS = (
     ("data", "Data"),
     ("settings", "Settings graft chose"),
+    ("transfer", "Which layer transfers best"),
     ("plan", "Plan of phases"),
     ("curves", "Training curves"),
     ("metrics", "Metrics"),
@@ -87,7 +89,8 @@ class Split:
     #: :func:`graft.reporting.evaluation.evaluate_model`).
     pixels: Callable | None = None
     #: The split's :class:`graft.reporting.evaluation.Evaluation` when its predictions were
-    #: already made (the test split's, for the run's test scores): not predicted again.
+    #: already made (the test split's, for the run's test scores; the linear probe's
+    #: out-of-fold ones for a cross-validated run): not predicted again.
     evaluated: object = None
 
 
@@ -138,6 +141,7 @@ def finish_run(run_dir: str | os.PathLike, inputs: ReportInputs) -> dict | None:
             val.name,
             val.paths,
             pixels=val.pixels,
+            evaluated=val.evaluated,
         )
         sections["evaluation"] = result
         if inputs.log is not None:
@@ -282,6 +286,8 @@ def render_html(run_dir: str | os.PathLike) -> str:
         _data_section(metrics, ev, classes),
         _h2("settings"),
         _settings_section(config, metrics),
+        _h2("transfer"),
+        _transfer_section(run_dir, metrics),
         _h2("plan"),
         _plan_section(metrics),
         _h2("curves"),
@@ -310,6 +316,31 @@ def render_html(run_dir: str | os.PathLike) -> str:
 
 def _h2(anchor: str) -> str:
     return f'<h2 id="{anchor}">{_e(dict(SECTIONS)[anchor])}</h2>'
+
+
+def _transfer_section(run_dir: Path, metrics: dict) -> str:
+    """``cut="auto"``: the transferability curve and the choice, in one sentence."""
+    record = metrics.get("transfer")
+    if not record:
+        return (
+            '<p class="muted">Not measured: the run used the cut it was given '
+            "(<code>--cut auto</code> or <code>graft probe</code> measure every block).</p>"
+        )
+    key = (record["cut"], record["pool"], record.get("scaling"))
+    chosen = next(
+        (c for c in record.get("candidates", ()) if (c["cut"], c["pool"], c["scaling"]) == key),
+        None,
+    )
+    score = ""
+    if chosen and chosen.get("mean") is not None:
+        score = f", cross-validated probe accuracy {float(chosen['mean']):.3f}"
+    text = (
+        f"<p>Cut at <code>{_e(record['cut'])}</code> with {_e(record['pool'])} pooling "
+        f"({int(record['features'])} features{score}), chosen among "
+        f"{len(record.get('candidates', ()))} candidates by {_e(record.get('rule', ''))}; "
+        f"the model's own output is <code>{_e(record.get('output', ''))}</code>.</p>"
+    )
+    return text + _image(run_dir, transfer_plot.CURVE)
 
 
 def _contents() -> str:

@@ -181,6 +181,9 @@ class KeepBest(Hook):
             return
         same = self.best is not None and self.best["epoch"] == row["epoch"]
         if same or self.best is None or value < self.best["value"]:
+            weights = [np.array(w) for w in model.get_weights()]
+            if same and all(np.array_equal(a, b) for a, b in zip(self.weights, weights)):
+                return  # the kept arrays already are these (no precise BN): not written again
             self.best = {
                 "epoch": row["epoch"],
                 "phase": row.get("phase"),
@@ -188,7 +191,7 @@ class KeepBest(Hook):
                 "monitor": self.monitor,
                 "value": float(value),
             }
-            self.weights = [np.array(w) for w in model.get_weights()]
+            self.weights = weights
 
     def holds_current(self, model: keras.Model) -> bool:
         """Whether the kept weights are exactly ``model``'s current ones (none kept: the

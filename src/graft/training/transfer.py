@@ -233,7 +233,7 @@ def measure_transfer(
 
     Args:
         model: The backbone (without graft's preprocessing: ``images`` are scaled here).
-        found_blocks: Its blocks (:attr:`graft.core.loaders.Backbone.blocks`).
+        found_blocks: Its blocks (the ``blocks`` of a :class:`graft.core.loaders.Backbone`).
         images: Raw 0-255 labelled images, NHWC, at the model's input size. Only these
             images are seen: pass the training images, never a test split.
         labels: Integer class per image.
