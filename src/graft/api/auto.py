@@ -429,10 +429,11 @@ def _better(a: dict, b: dict) -> bool:
     return (a["val_accuracy"], -a["val_loss"]) > (b["val_accuracy"], -b["val_loss"])
 
 
-def _search_then_finalists(request, settings: dict, overwrite: bool, budget_trials):
+def _search_then_finalists(request, settings: dict, overwrite: bool, budget_trials, images):
     """Enough labels for a hold-out: the KerasTuner search (:func:`search`), then its best
-    transfer configuration and scratch trained with the full budget, the better on the
-    hold-out kept. ``(run, record, chosen)``."""
+    transfer configuration and scratch (its budget in steps for the ``images`` it trains
+    on, if known) trained with the full budget, the better on the hold-out kept.
+    ``(run, record, chosen)``."""
     from graft.api.pipeline import execute
 
     settings = _holdout_settings(settings)
@@ -442,7 +443,10 @@ def _search_then_finalists(request, settings: dict, overwrite: bool, budget_tria
         budget_trials=budget_trials or DEFAULT_TRIALS,
         trial_epochs=min(TRIAL_EPOCHS, _epochs(settings, TRIAL_EPOCHS)),
     )
-    transfer, scratch = record["chosen"], scratch_choice(str(request.backbone), settings)
+    if images is not None and request.val is None:  # it trains on the hold-out's other part
+        images = int(round(images * (1 - float(settings["val_split"]))))
+    scratch = scratch_choice(str(request.backbone), settings, images)
+    transfer = record["chosen"]
     request.log(
         f"Auto search: best transfer {_describe(transfer)} (trial {record['chosen_trial']}: "
         f"val_accuracy {record['trials'][record['chosen_trial'] - 1]['val_accuracy']:.4f} over "
@@ -513,7 +517,10 @@ def train_auto(request, budget_trials: int | None = None):
         final = {**settings, **runnable(chosen)}
         run = execute(dataclasses.replace(request, overwrite=overwrite, settings=final))
     else:
-        run, record, chosen = _search_then_finalists(request, settings, overwrite, budget_trials)
+        images = None if source.labels is None else len(source.labels)
+        run, record, chosen = _search_then_finalists(
+            request, settings, overwrite, budget_trials, images
+        )
     request.log(f"Auto strategy chose {_describe(chosen)}")
     record["chosen"] = chosen
     run.metrics["auto_search"] = {"chosen": chosen, "trials": len(record["trials"])}

@@ -140,7 +140,7 @@ def head_budget(
 
 
 #: A network trained from scratch gets at least this many optimizer steps (``epochs="auto"``).
-MIN_SCRATCH_STEPS = 200
+MIN_SCRATCH_STEPS = 1000
 #: ... and at most this many epochs (tiny data: one step an epoch).
 MAX_SCRATCH_EPOCHS = 200
 
@@ -152,10 +152,13 @@ def scratch_epochs(num_images: int, batch_size: int, floor_epochs: int) -> int:
 
     A comparison with scratch counted in epochs starves it on few images (ten images
     at batch 32 make one step an epoch); plain Keras recipes give it 60 epochs or more.
+    On the digits benchmark of issue 22 (250 labelled images, 200 after the hold-out)
+    graft's scratch finalist had 20 epochs = 140 steps and auto kept a transfer model
+    0.036 below the plain-Keras scratch recipe (60 epochs at batch 16 = 960 steps).
 
     Example:
-        >>> scratch_epochs(40, 32, 20), scratch_epochs(10_000, 32, 20)
-        (100, 20)
+        >>> scratch_epochs(200, 32, 20), scratch_epochs(40, 32, 20), scratch_epochs(10**5, 32, 20)
+        (143, 200, 20)
     """
     per_pass = math.ceil(max(1, num_images) / max(1, batch_size))
     return max(floor_epochs, min(MAX_SCRATCH_EPOCHS, math.ceil(MIN_SCRATCH_STEPS / per_pass)))
