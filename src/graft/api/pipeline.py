@@ -69,7 +69,7 @@ from graft.runs import files, fingerprints, layout, lock
 from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
-from graft.training import activations, cache, checkpoints, derived, distribute, resume
+from graft.training import activations, cache, checkpoints, derived, distribute, remembered, resume
 from graft.training.candidates import InputChoice, choose_inputs
 from graft.training.hooks import KeepBest
 from graft.training.probe import Probe, fit_probe
@@ -638,18 +638,31 @@ def measure_inputs(ctx: Context, data: PreparedData, bb: backbones.Backbone):
         evidence = bb.scaling
         if scaling is None and evidence and evidence.get("choice"):
             scaling = evidence["choice"]  # clear evidence decides; nothing is searched
-    images, labels, folds = measurement_set(ctx, data, bb)
-    choice = choose_inputs(
-        bb.model,
-        images,
-        labels,
-        folds,
-        scaling=scaling,
-        pool=pool,
-        num_classes=len(data.classes),
-        batch_size=cfg.batch_size,
-    )
-    ctx.log(choice.line()[0].upper() + choice.line()[1:])
+
+    def measure():
+        images, labels, folds = measurement_set(ctx, data, bb)
+        return choose_inputs(
+            bb.model,
+            images,
+            labels,
+            folds,
+            scaling=scaling,
+            pool=pool,
+            num_classes=len(data.classes),
+            batch_size=cfg.batch_size,
+        )
+
+    given = {"scaling": scaling, "pool": pool, "evidence": evidence, "classes": len(data.classes)}
+    if cfg.cache:  # remembered across runs (graft.training.remembered)
+        key = remembered.inputs_key(bb, data.train, *measurement_folds(ctx, data), given)
+        folder = remembered.directory(cfg.cache_dir)
+        choice, earlier = remembered.remembered_inputs(key, folder, measure)
+    else:
+        choice, earlier = measure(), None
+    line = choice.line()[0].upper() + choice.line()[1:]
+    if earlier is not None:  # the same images, labels, folds and backbone: not measured again
+        line += f" (remembered: measured in {earlier:.1f} s by an earlier run on these images)"
+    ctx.log(line)
     evidence = choice.evidence if choice.evidence is not None else evidence
     return dataclasses.replace(bb, preprocess=choice.scaling, scaling=evidence), choice
 
@@ -660,12 +673,7 @@ def measurement_set(ctx: Context, data: PreparedData, bb: backbones.Backbone):
     priors decide), raw at the backbone's size, and the run's folds (beside a hold-out,
     folds of the training part). Never a validation or test image."""
     cfg, labels = ctx.cfg, data.train.labels
-    folds = data.folds
-    limit = len(labels) if len(labels) <= MEASURE_MAX else EVIDENCE_SAMPLE
-    if limit < len(labels):
-        folds = None  # too many images to measure on: the priors decide
-    elif folds is None or folds.kind == "holdout":  # the training part's own folds
-        folds = plan_folds(labels, seed=cfg.seed, val_split="auto")
+    limit, folds = measurement_folds(ctx, data)
     images, taken = [], 0
     for x, _ in data.train.batches(bb.image_size, bb.channels, cfg.batch_size):
         images.append(x.numpy() if hasattr(x, "numpy") else x)
@@ -673,6 +681,18 @@ def measurement_set(ctx: Context, data: PreparedData, bb: backbones.Backbone):
         if taken >= limit:
             break
     return np.concatenate(images)[:limit], labels[:limit], folds
+
+
+def measurement_folds(ctx: Context, data: PreparedData):
+    """``(limit, folds)`` of :func:`measurement_set`: how many training images are
+    measured and the folds they are measured with (drawn from the labels alone)."""
+    labels, folds = data.train.labels, data.folds
+    limit = len(labels) if len(labels) <= MEASURE_MAX else EVIDENCE_SAMPLE
+    if limit < len(labels):
+        folds = None  # too many images to measure on: the priors decide
+    elif folds is None or folds.kind == "holdout":  # the training part's own folds
+        folds = plan_folds(labels, seed=ctx.cfg.seed, val_split="auto")
+    return limit, folds
 
 
 #: ``cut="auto"``: the cut (and pooling) chosen by the cross-validated linear probe.
