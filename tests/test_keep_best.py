@@ -108,3 +108,33 @@ def test_resumed_run_keeps_the_same_best_epoch(tmp_path, monkeypatch, splits, cn
             np.testing.assert_array_equal(a, b)
     best = [json.loads((d / "metrics.json").read_text())["best_epoch"] for d in (run, ref)]
     assert best[0] == best[1]
+
+
+def test_last_keras_of_a_frozen_backbone_run_is_derived_not_serialized_again(
+    tmp_path, splits, cnn_file, monkeypatch
+):
+    """Issue 24 point 12: where the kept and last epochs differ only in the head (the
+    backbone frozen), last.keras is model.keras with the head's last values
+    (graft.runs.variant), one model serialized instead of two; it loads as the last epoch."""
+    import graft
+    from graft.runs import files
+
+    saved = []
+    real = files.save_model
+    monkeypatch.setattr(files, "save_model", lambda m, p: saved.append(p.name) or real(m, p))
+    train, val = splits
+    out = tmp_path / "run"
+    settings = {**RUN, "strategy": "feature", "epochs": 6, "lr": 2.0, "head": (16,)}
+    graft.train(train, val=val, backbone=str(cnn_file), out=out, **QUIET, **settings)
+    losses = [float(r["val_loss"]) for r in _history(out)]
+    best = int(np.argmin(losses))
+    assert best < len(losses) - 1, losses  # the construction: the last epoch is worse
+    assert saved == ["model.keras"], saved
+    assert _val_loss(out / "model.keras", val) == pytest.approx(losses[best], rel=1e-4)
+    assert _val_loss(out / "last.keras", val) == pytest.approx(losses[-1], rel=1e-4)
+    kept, last = _weights(out / "model.keras"), _weights(out / "last.keras")
+    assert len(kept) == len(last) and any(not np.array_equal(a, b) for a, b in zip(kept, last))
+    backbone = keras.saving.load_model(out / "last.keras").get_layer("backbone")
+    reference = keras.saving.load_model(cnn_file)
+    for a, b in zip(backbone.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)

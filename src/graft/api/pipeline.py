@@ -65,7 +65,7 @@ from graft.data.pipelines import load_image
 from graft.errors import DataError, GraftError
 from graft.reporting import drift, evaluation, plots, report
 from graft.reporting.plot_worker import PlotWorker
-from graft.runs import files, fingerprints, layout, lock
+from graft.runs import files, fingerprints, layout, lock, variant
 from graft.runs import metrics as run_metrics
 from graft.runs import status as run_status
 from graft.runs.model_io import is_multi_label
@@ -309,7 +309,7 @@ def execute(req: Request) -> Run:
             # replaced by the found rate): config.yaml records them.
             ctx = dataclasses.replace(ctx, cfg=fitted.cfg)
             worker = _draw_curves(fitted, run_dir)  # on the other core, from now on
-            model = finalize(ctx, built, fitted, scope)
+            model, last = finalize(ctx, built, fitted, scope)
             metrics = measure(ctx, model, data, built, fitted)
             # the test split, predicted once: its scores and the report's test gallery
             tested = evaluate_test(ctx, model, data, built, fitted, metrics)
@@ -322,7 +322,7 @@ def execute(req: Request) -> Run:
             if run_dir is None:  # in memory: nothing to write
                 return run
             inputs = report_inputs(ctx, run, data, fitted, worker)
-            return write(ctx, run, data, dataclasses.replace(inputs, test=tested))
+            return write(ctx, run, data, dataclasses.replace(inputs, test=tested), last)
     except BaseException as exc:
         if run_dir is not None:
             status, details = run_status.describe_failure(exc)
@@ -1140,8 +1140,8 @@ def finalize(
         tb.write_phases(ctx.run_dir, fitted.result.history)
     last = (fitted.phases or fitted.solved.replaced)[-1]
     building.compile_for_shipping(model, last, built.loss, built.metrics)
-    _keep(model, fitted, ctx.run_dir, ctx.log)
-    return model
+    last = _keep(model, fitted, ctx.run_dir, ctx.log)
+    return model, last
 
 
 def kept_row(fitted: Fitted) -> dict:
@@ -1153,36 +1153,41 @@ def kept_row(fitted: Fitted) -> dict:
     return history[-1] if history else {}
 
 
-def _keep(model: keras.Model, fitted: Fitted, run_dir, log) -> None:
+def _keep(model: keras.Model, fitted: Fitted, run_dir, log) -> dict | None:
     """``keep="best"``: save the last epoch as ``last.keras``, then hold the best epoch.
     Where the kept weights are the last ones, ``last.keras`` is a copy of ``model.keras``
-    made by :func:`write` (one model serialized, not two)."""
+    made by :func:`write` (one model serialized, not two); where they differ only in
+    top-level layers (the head), returns those layers' last values and :func:`write`
+    makes ``last.keras`` from ``model.keras`` with them (:mod:`graft.runs.variant`)."""
     keeper, history = fitted.keeper, fitted.result.history
+    last_values = None
     if keeper is None or not history:
-        return
+        return None
     if run_dir is not None:
         last_file = Path(run_dir) / layout.LAST_MODEL_FILE
-        if keeper.holds_current(model):
-            last_file.unlink(missing_ok=True)  # write() copies model.keras here
-        else:
-            files.save_model(model, last_file)
+        last_file.unlink(missing_ok=True)  # write() copies or derives model.keras here
+        if not keeper.holds_current(model):
+            last_values = variant.changed_layers(model, keeper.weights)
+            if last_values is None:  # a nested model changed: serialize it whole
+                files.save_model(model, last_file)
     last = history[-1]["epoch"]
     if keeper.best is None:
         log(
             f"Kept the last epoch ({last}): no {keeper.monitor} to choose the best by "
             "(no hold-out: every labelled image trained)."
         )
-        return
+        return last_values
     model.set_weights(keeper.weights)
     best = keeper.best
     if best["epoch"] == last:
         log(f"Kept the last epoch ({last}): lowest {best['monitor']} {best['value']:.4f}")
-        return
+        return last_values
     log(
         f"Kept epoch {best['epoch']} of {last} (phase {best['phase_index']} '{best['phase']}'): "
         f"lowest {best['monitor']} {best['value']:.4f}"
         + (f"; the last epoch is in {layout.LAST_MODEL_FILE}" if run_dir is not None else "")
     )
+    return last_values
 
 
 def measure(
@@ -1361,6 +1366,26 @@ def _drift_inputs(model: keras.Model, fitted: Fitted) -> tuple | None:
     return derived.features_top(model, fitted.activations.boundary), found[0]
 
 
+def _write_last(model: keras.Model, run_dir: Path, last: dict | None) -> None:
+    """``last.keras``: a copy of ``model.keras`` (the kept epoch is the last), or that
+    file with the last epoch's values of the layers in ``last``; where the file's layout
+    does not take them, the model with those values serialized whole."""
+    saved, path = run_dir / layout.MODEL_FILE, run_dir / layout.LAST_MODEL_FILE
+    if not last:
+        files.copy_file(saved, path)
+        return
+    if variant.write_variant(saved, path, last):
+        return
+    kept = variant.states(model, list(last))
+    for name, values in last.items():
+        model.get_layer(name).load_own_variables(values)
+    try:
+        files.save_model(model, path)
+    finally:
+        for name, values in kept.items():
+            model.get_layer(name).load_own_variables(values)
+
+
 # ---------------------------------------------------------------------------------------
 # 9: write
 # ---------------------------------------------------------------------------------------
@@ -1445,13 +1470,16 @@ def _evaluated_on(
     )
 
 
-def write(ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInputs) -> Run:
+def write(
+    ctx: Context, run: Run, data: PreparedData, inputs: report.ReportInputs, last=None
+) -> Run:
     """Save the run folder's artifacts, evaluate, draw, report; mark it completed.
-    Returns ``run`` with the evaluation in its metrics."""
+    ``last``: the last epoch's values of the layers where it differs from the kept one
+    (see :func:`_keep`). Returns ``run`` with the evaluation in its metrics."""
     d = run.run_dir
     files.save_model(run.model, d / layout.MODEL_FILE)
     if ctx.cfg.keep == "best" and not (d / layout.LAST_MODEL_FILE).exists():
-        files.copy_file(d / layout.MODEL_FILE, d / layout.LAST_MODEL_FILE)  # see _keep
+        _write_last(run.model, d, last)
     files.write_json(d / layout.LABELS_FILE, run.classes)
     config = run.config.as_dict()
     config["resolved_backbone"] = run.backbone.describe()
