@@ -286,6 +286,7 @@ def execute(req: Request) -> Run:
             ctx = open_run(ctx, data, held)
             run_dir = ctx.run_dir
             held.enter_context(resume.signals_interrupt(run_dir))
+            worker = _plot_worker(run_dir, held)  # matplotlib warms up on the other core
             # Seeded before anything is built: the same seed, the same head weights and
             # batches (a resume then restores the RNG of its last checkpoint).
             keras.utils.set_random_seed(ctx.cfg.seed)
@@ -308,7 +309,7 @@ def execute(req: Request) -> Run:
             # From here on the run's settings are the ones it trained with (lr="auto"
             # replaced by the found rate): config.yaml records them.
             ctx = dataclasses.replace(ctx, cfg=fitted.cfg)
-            worker = _draw_curves(fitted, run_dir)  # on the other core, from now on
+            _draw_curves(fitted, run_dir, worker)  # on the other core, from now on
             model, last = finalize(ctx, built, fitted, scope)
             metrics = measure(ctx, model, data, built, fitted)
             # the test split, predicted once: its scores and the report's test gallery
@@ -1113,14 +1114,22 @@ def _feature_cache(ctx: Context, data: PreparedData, built: Built, pipes: Pipeli
     )
 
 
-def _draw_curves(fitted: Fitted, run_dir) -> PlotWorker | None:
-    """Start drawing the training curves in a second process (see :func:`write`)."""
-    if run_dir is None or not fitted.result.history:
+def _plot_worker(run_dir, held: contextlib.ExitStack) -> PlotWorker | None:
+    """The second process that draws the run's plots, started now so that it has
+    imported matplotlib by the end of training; stopped if the run fails (``held``)."""
+    if run_dir is None:
         return None
-    worker = PlotWorker()
+    worker = PlotWorker().start()
+    held.callback(worker.close)
+    return worker
+
+
+def _draw_curves(fitted: Fitted, run_dir, worker: PlotWorker | None) -> None:
+    """Start drawing the training curves in the plot worker (see :func:`write`)."""
+    if worker is None or run_dir is None or not fitted.result.history:
+        return
     path = Path(run_dir) / plots.PLOTS_DIR / plots.CURVES
     worker.submit("training_curves", fitted.result.history, path)
-    return worker
 
 
 # ---------------------------------------------------------------------------------------

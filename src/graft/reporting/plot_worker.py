@@ -36,6 +36,38 @@ class PlotWorker:
         self._proc = None
         self._failed = not enabled
 
+    def start(self) -> PlotWorker:
+        """Start the worker now, before any job: it imports matplotlib and loads its fonts
+        while this process works (:func:`graft.reporting.plots.warm_up`), so the jobs
+        sent later are drawn at once. Returns ``self``."""
+        if not self._failed and self._proc is None:
+            self._spawn()
+        return self
+
+    def _spawn(self) -> None:
+        # The worker imports the very graft this process runs (same sys.path).
+        env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(sys.path)}
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", _MAIN],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+            )
+        except (OSError, ValueError):
+            self._failed = True
+
+    def close(self) -> None:
+        """Stop the worker without waiting for its jobs (a run that failed); idempotent."""
+        proc, self._proc, self.jobs = self._proc, None, []
+        if proc is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            proc.wait()
+
     def submit(self, name: str, *args) -> None:
         """Queue ``plots.<name>(*args)``; drawing starts at once in the worker."""
         self.jobs.append((name, args))
@@ -46,17 +78,11 @@ class PlotWorker:
         except Exception:  # not picklable: everything is drawn here at wait()
             self._failed = True
             return
-        # The worker imports the very graft this process runs (same sys.path).
-        env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": os.pathsep.join(sys.path)}
+        if self._proc is None:
+            self._spawn()
+            if self._failed:
+                return
         try:
-            if self._proc is None:
-                self._proc = subprocess.Popen(
-                    [sys.executable, "-c", _MAIN],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    env=env,
-                )
             self._proc.stdin.write(job)
             self._proc.stdin.flush()
         except (OSError, ValueError):
@@ -85,6 +111,7 @@ class PlotWorker:
 def main() -> None:
     """The worker: draw each pickled job read from stdin; exit 1 on the first failure."""
     stream = sys.stdin.buffer
+    plots.warm_up()
     while True:
         try:
             name, args = pickle.load(stream)

@@ -56,6 +56,17 @@ def save(fig, path: str | os.PathLike) -> Path:
     return runs.atomic_write(path, buffer.getvalue())
 
 
+def warm_up() -> None:
+    """Import matplotlib and draw a small figure with text, unsaved: what the first
+    figure of a process costs (fonts loaded, text rendering set up) is paid before the
+    first real one (the plot worker calls it as it starts)."""
+    fig = figure(1, 1)
+    ax = fig.subplots()
+    ax.set_title("warm-up")
+    ax.text(0.5, 0.5, "0.50\n(1)", fontsize=7)
+    fig.savefig(io.BytesIO(), format="png", dpi=DPI, pil_kwargs={"compress_level": 1})
+
+
 def _number(value) -> float:
     try:
         return float(value)
@@ -336,9 +347,9 @@ def write_all(
         classes: Class names (needed with ``metrics``).
         worst: Confidently wrong predictions with pixels; ``None`` keeps an existing
             error grid (its images are not stored elsewhere).
-        worker: A :class:`graft.reporting.plot_worker.PlotWorker`: the confusion matrix is
-            drawn here while it draws the others (curves it already has are not redrawn);
-            returns once every plot is written.
+        worker: A :class:`graft.reporting.plot_worker.PlotWorker`: every plot is drawn
+            there (curves it already has are not redrawn; this process then never
+            imports matplotlib); returns once every plot is written.
 
     Returns:
         ``{"curves" | "confusion" | "f1" | "reliability" | "errors": path}`` for the plots written.
@@ -363,7 +374,7 @@ def write_all(
                 )
             if worst is not None:
                 jobs["errors"] = ("worst_errors", (worst, classes, folder / ERRORS))
-    here = {k: job for k, job in jobs.items() if worker is None or k == "confusion"}
+    here = {k: job for k, job in jobs.items() if worker is None}
     for key, (name, args) in jobs.items():
         if key not in here and not worker.submitted(name, args[-1]):
             worker.submit(name, *args)

@@ -16,22 +16,15 @@ is taken or written: the caller then saves the model as usual.
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from graft.runs.files import _replacing
+from graft.runs.files import atomic_write
 
 #: The weights file inside a ``.keras`` archive.
 WEIGHTS = "model.weights.h5"
-
-
-def _leaf(layer) -> bool:
-    """Whether ``layer``'s weights are all its own variables (no nested layer has any)."""
-    own = {id(v) for v in [*layer._trainable_variables, *layer._non_trainable_variables]}
-    return {id(v) for v in layer.weights} <= own
 
 
 def states(model, names) -> dict:
@@ -61,11 +54,16 @@ def changed_layers(model, other: list) -> dict | None:
         if a.shape == np.shape(b) and np.array_equal(a, b):
             continue
         layer = owner.get(id(v))
-        if layer is None or not _leaf(layer):
+        if layer is None:
             return None
         if layer.name not in names:
             names.append(layer.name)
-    return states(model, names)
+    found = states(model, names)
+    for name, values in found.items():
+        # A layer's own variables are all its weights only where no nested layer has any.
+        if len(values) != len(model.get_layer(name).weights):
+            return None
+    return found
 
 
 def write_variant(source, path, changes: dict) -> bool:
@@ -94,11 +92,11 @@ def write_variant(source, path, changes: dict) -> bool:
             for key, value in values.items():
                 groups[name][key][...] = value
     members[WEIGHTS] = buffer.getvalue()
-    with _replacing(Path(path), ".keras") as (fd, tmp):
-        os.close(fd)
-        with zipfile.ZipFile(tmp, "w") as out:
-            for info in infos:
-                out.writestr(info, members[info.filename])
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as out:
+        for info in infos:
+            out.writestr(info, members[info.filename])
+    atomic_write(Path(path), archive.getvalue())
     return True
 
 
