@@ -1486,6 +1486,8 @@ def write(
     ``last``: the last epoch's values of the layers where it differs from the kept one
     (see :func:`_keep`). Returns ``run`` with the evaluation in its metrics."""
     d = run.run_dir
+    # predicted first: its plots are drawn in the plot worker while the files are saved
+    inputs = report.evaluate_early(d, inputs)
     files.save_model(run.model, d / layout.MODEL_FILE)
     if ctx.cfg.keep == "best" and not (d / layout.LAST_MODEL_FILE).exists():
         _write_last(run.model, d, last)

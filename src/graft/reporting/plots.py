@@ -354,6 +354,31 @@ def write_all(
     Returns:
         ``{"curves" | "confusion" | "f1" | "reliability" | "errors": path}`` for the plots written.
     """
+    jobs = _jobs(run_dir, history, metrics, classes, worst)
+    here = {k: job for k, job in jobs.items() if worker is None}
+    if worker is not None:
+        submit_all(worker, jobs)
+    for name, args in here.values():
+        globals()[name](*args)
+    if worker is not None:
+        worker.wait()
+    return {key: Path(args[-1]) for key, (_, args) in jobs.items()}
+
+
+def submit_all(worker, jobs: dict) -> None:
+    """Queue in ``worker`` each of ``jobs`` (:func:`plot_jobs`) it does not have yet."""
+    for name, args in jobs.values():
+        if not worker.submitted(name, args[-1]):
+            worker.submit(name, *args)
+
+
+def plot_jobs(run_dir, history: list[dict], metrics: dict | None, classes, worst) -> dict:
+    """``{key: (function name, arguments)}`` of the plots :func:`write_all` draws (the
+    same arguments): queue them early with :func:`submit_all`."""
+    return _jobs(run_dir, history, metrics, classes, worst)
+
+
+def _jobs(run_dir, history, metrics, classes, worst) -> dict[str, tuple[str, tuple]]:
     folder = Path(run_dir) / PLOTS_DIR
     jobs: dict[str, tuple[str, tuple]] = {}
     if history:
@@ -374,12 +399,4 @@ def write_all(
                 )
             if worst is not None:
                 jobs["errors"] = ("worst_errors", (worst, classes, folder / ERRORS))
-    here = {k: job for k, job in jobs.items() if worker is None}
-    for key, (name, args) in jobs.items():
-        if key not in here and not worker.submitted(name, args[-1]):
-            worker.submit(name, *args)
-    for name, args in here.values():
-        globals()[name](*args)
-    if worker is not None:
-        worker.wait()
-    return {key: Path(args[-1]) for key, (_, args) in jobs.items()}
+    return jobs
