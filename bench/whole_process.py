@@ -23,7 +23,8 @@ Every measurement is a separate Python process, timed from spawn to exit, on the
     sizes), assemble backbone + head and save the model (``.keras``).
 
 ``--warm`` adds (d) and (e) (targets: (d) <= 1.3x (e), classic/(d) >= 3.7x); ``--only-warm``
-times just (a), (d) and (e).
+times just (a), (d) and (e); with ``--baseline-src OLD/src`` also (d0): (d) run by the graft
+in that folder, interleaved with the others (before/after under the same load).
 
 Also timed: ``graft --help``, ``graft train --help`` and ``graft train --print-plan``.
 Prints a markdown table with the ratios classic/graft (target >= 3.5x) and graft/floor
@@ -276,8 +277,8 @@ def main() -> None:
         if args.warm:
             warm_cache = root / "warm-cache"
 
-            def graft_warm() -> tuple[list[str], dict]:
-                cmd, run_env = graft_train()
+            def graft_warm(src: Path | None = None) -> tuple[list[str], dict]:
+                cmd, run_env = graft_train(src)
                 cmd += ["--head", "64", "--dropout", "0.3", "--lr", "0.003"]
                 return cmd, {**run_env, "GRAFT_CACHE": str(warm_cache)}
 
@@ -292,8 +293,12 @@ def main() -> None:
             commands["warm_floor"] = lambda: ([py, str(scripts["warm_floor"]), str(labelled),
                                                str(weights), str(SIZE), str(EPOCHS),
                                                str(root / "warm_floor.keras")], env)  # fmt: skip
+            warm_names = ["classic", "graft_warm", "warm_floor"]
+            if args.baseline_src is not None:  # before/after under the same load
+                commands["graft_warm_baseline"] = lambda: graft_warm(args.baseline_src)
+                warm_names.append("graft_warm_baseline")
             if args.only_warm:
-                commands = {k: commands[k] for k in ("classic", "graft_warm", "warm_floor")}
+                commands = {k: commands[k] for k in warm_names}
         for make in commands.values():  # warm-up: file caches, .pyc files
             timed(*make())
         times: dict[str, list[float]] = {name: [] for name in commands}
@@ -319,6 +324,13 @@ def main() -> None:
             ]
         else:
             rows.append(f"| (a) classic recipe script | {med['classic']:.1f} s | | |")
+        if args.warm and args.baseline_src is not None:
+            rows.append(
+                f"| (d0) graft warm second run from {args.baseline_src} | "
+                f"{med['graft_warm_baseline']:.1f} s | classic/warm "
+                f"{med['classic'] / med['graft_warm_baseline']:.2f}x, warm/floor "
+                f"{med['graft_warm_baseline'] / med['warm_floor']:.2f}x | |"
+            )
         if args.warm:
             rows += [
                 f"| (d) graft, warm second run (other head settings) | {med['graft_warm']:.1f} s "
@@ -344,7 +356,7 @@ def main() -> None:
                     f"{med['classic'] / med['graft_baseline']:.2f}x, baseline/floor "
                     f"{med['graft_baseline'] / med['floor']:.2f}x)\n"
                 ]
-                if args.baseline_src is not None
+                if args.baseline_src is not None and "graft_baseline" in med
                 else []
             ),
             "All timed runs (s): "
