@@ -117,3 +117,24 @@ def test_worker_does_not_import_tensorflow():
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_run_draws_every_plot_in_the_worker(tmp_path, digits_folder, monkeypatch):
+    """Issue 24 point 12: the worker starts with the run and draws every plot, the
+    confusion matrix too; the training process draws none (so never imports matplotlib
+    for them), and each plot is there."""
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a plot drawn in the training process")
+
+    names = ("training_curves", "confusion_matrix", "per_class_f1", "reliability", "worst_errors")
+    for name in names:
+        monkeypatch.setattr(plots, name, not_here)
+    out = tmp_path / "run"
+    graft.train(
+        digits_folder, "mobilenet_v2", out, weights="none", alpha=0.35, image_size=32,
+        strategy="feature", epochs=2, batch_size=16, val_split=0.3, head=(8,), verbose=0,
+    )  # fmt: skip
+    folder = out / plots.PLOTS_DIR
+    for name in (plots.CURVES, plots.CONFUSION, plots.F1, plots.RELIABILITY, plots.ERRORS):
+        assert (folder / name).is_file() and (folder / name).stat().st_size > 1000, name
