@@ -78,10 +78,11 @@ def check() -> str:
             f"Keras's backend here is {backend}, which is not installed; {others[0]} is.",
             hint=f'run with KERAS_BACKEND={others[0]}, or pip install "keras-graft[{backend}]".',
         )
+    alternatives = " or ".join(f"[{b}]" for b in ("tensorflow", "jax", "torch") if b != backend)
     raise BackendMissing(
         f"No Keras backend: Keras's backend here is {backend}, which is not installed.",
-        hint=f'pip install "keras-graft[{backend}]" (or another of [tensorflow], [jax], '
-        "[torch] with KERAS_BACKEND set to it).",
+        hint=f'pip install "keras-graft[{backend}]" (or {alternatives}, with KERAS_BACKEND '
+        "set to it).",
     )
 
 
