@@ -449,20 +449,15 @@ def scratch_choice(backbone: str, settings: dict, images: int | None = None) -> 
     """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget
     (the most epochs any strategy gets; with ``images`` known and ``epochs="auto"``, at
     least :func:`graft.config.budget.scratch_epochs`'s optimizer steps)."""
-    from graft.api.compare import epoch_budget
-    from graft.config.budget import scratch_epochs
-    from graft.config.defaults import DEFAULT_BATCH_SIZE
+    from graft.api.compare import scratch_budget
     from graft.config.strategies import STRATEGIES
 
     lr = settings.get("lr")
-    budget = epoch_budget(backbone, [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES], settings)
-    if images and settings.get("epochs", "auto") == "auto":
-        batch = int(settings.get("batch_size") or DEFAULT_BATCH_SIZE)
-        budget = scratch_epochs(images, batch, budget)
+    strategies = [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES]
     return {
         "strategy": SCRATCH,
         "lr": 1e-3 if lr in (None, "auto") else float(lr),
-        "epochs": budget,
+        "epochs": scratch_budget(backbone, strategies, settings, images),
     }
 
 
