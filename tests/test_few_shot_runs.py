@@ -302,7 +302,7 @@ def test_a_hidden_head_trains_a_budget_of_optimizer_steps_not_ten_epochs(small_a
     keep = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(3)])  # 12 images
     run = _train((x[keep], y[keep]), cnn, strategy="feature", head=(16,), batch_size=8)
     budget = run.metrics["head_budget"]
-    assert budget["total_steps"] >= 300 and budget["repeats"] == 1  # 2 batches per pass
+    assert budget["total_steps"] >= 300 and budget["steps_per_epoch"] == 2  # 12 at batch 8
     assert len(run.history) == budget["epochs"] == 150  # one pass an epoch: exact resume
     assert "probe" in run.metrics and run.metrics["val_protocol"]["cross_validated"] is False
     given = _train((x[keep], y[keep]), make_cnn(), strategy="feature", head=(16,), epochs=3)
