@@ -157,12 +157,12 @@ def measure(
     """
     extractor = features_model(model)
     trained = extractor.get_weights()
-    images = _images(dataset, max_images)
-    if _same(trained, reference):
+    if _same(trained, reference):  # no pipeline is built when the count is known
         if count is None:
-            count = int(sum(1 for _ in images.unbatch()))
+            count = int(sum(1 for _ in _images(dataset, max_images).unbatch()))
         count = min(int(count), max_images)
         return {"cka": 1.0, "cosine": 1.0, "images": count, "split": split, "unchanged": True}
+    images = _images(dataset, max_images)
     features = extractor if through is None else through
     after = _predict(features, images)
     try:
