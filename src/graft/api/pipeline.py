@@ -683,17 +683,11 @@ def cut_by_measurement(ctx: Context, data: PreparedData, bb: backbones.Backbone)
     """``cut="auto"`` (issue 23): every candidate cut (block ends and the model's output)
     and pooling scored by the cross-validated probe on the training images from one
     forward pass (:func:`graft.api.transfer.choose_cut`); ``(backbone cut there, pool,
-    result)``. A model file or object only; needs labelled single-label images and
-    pre-trained weights (one clear error otherwise)."""
+    result)``. Any backbone (a registry name, a model file or object); needs labelled
+    single-label images and pre-trained weights (one clear error otherwise)."""
     from graft.api.transfer import choose_cut
 
     cfg = ctx.cfg
-    if not (ctx.backbone.is_file or ctx.backbone.model is not None):
-        raise GraftError(
-            "cut='auto' chooses a layer of a model file or keras.Model; a registry backbone "
-            f"is used whole. Received: backbone={cfg.backbone}, cut=auto",
-            hint="pass the model as a file, or drop --cut.",
-        )
     random = cfg.weights is not None and str(cfg.weights).lower() == "none"
     if random or data.train.labels is None or data.multi_label:
         raise GraftError(
