@@ -36,6 +36,10 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WANTED = ("plain-keras", "scratch", "feature", "finetune", "hybrid", "gradual", "lp-ft", "auto")
+#: graft with its defaults: ``STRATEGY@defaults`` passes only the strategy (no epochs, no
+#: validation images, no preprocess, no batch size): what a user who types
+#: ``graft train DATA --strategy STRATEGY`` gets (k-fold and refit on every label at these K).
+DEFAULTS = "@defaults"
 #: Rows that are not graft strategies: plain Keras ``model.fit`` of the same CNN from
 #: scratch, graft's scratch recipe, graft's scratch without precise BN (the old baseline).
 BASELINES = ("plain-keras", "scratch", "scratch-no-precise-bn")
@@ -58,6 +62,8 @@ def settings_for(strategy: str, scale: float) -> dict:
         if strategy != "scratch":
             phase = dataclasses.replace(phase, precise_bn=False)
         return {"weights": "none", "phases": [phase]}
+    if strategy.endswith(DEFAULTS):
+        return {"strategy": strategy.removesuffix(DEFAULTS)}
     if strategy == "auto":
         return {"strategy": "auto", "epochs": total, "finetune_epochs": total - half,
                 "finetune_lr": FINETUNE_LR, "budget_trials": AUTO_TRIALS}  # fmt: skip
@@ -76,7 +82,11 @@ def available(wanted) -> tuple[list[str], list[str], str | None]:
     from graft.config.settings import TrainConfig
     from graft.config.strategies import STRATEGIES
 
-    run = [s for s in wanted if s in (*BASELINES, "auto") or s in STRATEGIES]
+    run = [
+        s
+        for s in wanted
+        if s in (*BASELINES, "auto") or s.removesuffix(DEFAULTS) in (*STRATEGIES, "auto")
+    ]
     skipped = [s for s in wanted if s not in run]
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     l2sp = next((name for name in ("l2sp", "l2_sp", "l2sp_alpha") if name in fields), None)
@@ -165,23 +175,23 @@ def run(args) -> list[dict]:
                     continue
                 variants = [None]
                 trains_backbone = strategy not in (*BASELINES, "feature", "auto")
-                if l2sp is not None and trains_backbone:
+                defaults = strategy.endswith(DEFAULTS)
+                if l2sp is not None and trains_backbone and not defaults:
                     variants.append(args.l2sp)
                 for alpha in variants:
                     settings = settings_for(strategy, args.epochs_scale)
                     if alpha is not None:
                         settings[l2sp] = alpha
+                    if not defaults:
+                        settings.update(val=val, preprocess="unit", batch_size=16)
                     start = time.perf_counter()
                     result = api.train(
                         train,
                         str(source),
                         None,
-                        val=val,
                         test=test,
                         classes=[f"digit_{c}" for c in target],
                         cut=demo.CUT_LAYER,
-                        preprocess="unit",
-                        batch_size=16,
                         seed=seed,
                         source_eval=source_eval,
                         log=lambda _line: None,
@@ -261,6 +271,7 @@ def closing_note(rows: list[dict]) -> str:
             "feature",
             "hybrid",
             "auto",
+            *(f"{name}{DEFAULTS}" for name in ("feature", "hybrid", "auto")),
         ):
             group = [
                 r["test_accuracy"]
@@ -269,12 +280,14 @@ def closing_note(rows: list[dict]) -> str:
             ]
             if group:
                 mean[name] = float(np.mean(group))
-        chose = sorted({r.get("auto_chose") for r in rows if r["labels_per_class"] == budget
-                        and r["strategy"] == "auto" and r.get("auto_chose")})  # fmt: skip
+        chose = [
+            f"{name} chose {', '.join(picks)}"
+            for name in ("auto", f"auto{DEFAULTS}")
+            if (picks := sorted({r.get("auto_chose") for r in rows if r["labels_per_class"]
+                                 == budget and r["strategy"] == name and r.get("auto_chose")}))
+        ]  # fmt: skip
         text = ", ".join(f"{k} {v:.3f}" for k, v in mean.items())
-        lines.append(
-            f"- {budget}/class: {text}" + (f"; auto chose {', '.join(chose)}" if chose else "")
-        )
+        lines.append(f"- {budget}/class: {text}" + (f"; {'; '.join(chose)}" if chose else ""))
     head = (
         "Before/after (issue 15): `scratch-no-precise-bn` is graft's scratch row before, "
         "`scratch` after; `auto` before could not choose scratch.\n\n"
@@ -313,6 +326,13 @@ without precise BN, i.e. graft's scratch row before issue 15. `auto` is `--strat
 ({AUTO_TRIALS} trials on the validation images, then the best transfer configuration and
 scratch as full-budget finalists; its head phase gets the full epoch budget and hybrid's
 fine-tuning phase half of it, so its finalists may train longer than the other rows).
+
+Rows `STRATEGY@defaults` are graft with its defaults: only the strategy is given (no epoch
+budget, no validation images, no preprocess, no batch size), as a user typing
+`graft train DATA --strategy STRATEGY` runs it: at these K the validation is k-fold and the
+model is trained on every labelled image, the head is the solved linear probe, budgets are
+optimizer steps and the input scaling is measured; their drift columns are measured on
+the training images (they get no validation images).
 
 A note on plain Keras: after `keras.utils.set_random_seed`, `model.fit` on numpy arrays with
 `shuffle=True` feeds the same batch order in every epoch (Keras 3.15 / TF 2.21), while graft's

@@ -99,3 +99,27 @@ def test_scratch_gets_the_largest_epoch_budget():
         True,
         1e-3,
     )
+
+
+def test_scratch_gets_a_budget_of_optimizer_steps_on_the_images_it_trains_on():
+    """Counted in epochs, scratch on few labels got ten steps against the grafted rows'
+    hundreds; with epochs="auto" it gets >= 1,000 steps (<= 200 epochs) on the images
+    its final model trains on (k-fold refits on all; a hold-out keeps its training part)."""
+    from graft.config.budget import MAX_SCRATCH_EPOCHS, MIN_SCRATCH_STEPS
+
+    y = np.repeat(np.arange(3), 8)  # 8 per class: k-fold, the model trains on all 24
+    x = np.zeros((len(y), 8, 8, 3), "uint8")
+    assert compare_mod.trained_images((x, y), {}) == 24
+    assert compare_mod.trained_images((x, y), {"val_split": 0.25}) == 18
+    assert compare_mod.trained_images((x, y), {}, val=(x[:3], y[:3])) == 24
+    y_big = np.repeat(np.arange(3), 40)  # 8 validation images per class: a hold-out
+    x_big = np.zeros((len(y_big), 8, 8, 3), "uint8")
+    assert compare_mod.trained_images((x_big, y_big), {}) == 96
+    names = ["feature", "hybrid", "scratch"]
+    assert compare_mod.scratch_budget("m.keras", names, {}, 24) == MAX_SCRATCH_EPOCHS
+    images = 62 * 32  # 62 steps a pass at the default batch size
+    assert compare_mod.scratch_budget("m.keras", names, {}, images) * 62 >= MIN_SCRATCH_STEPS
+    # an explicit epoch budget is obeyed as before
+    assert (
+        compare_mod.scratch_budget("m.keras", names, {"epochs": 5, "finetune_epochs": 7}, 24) == 12
+    )

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL_CLI, make_cnn
+from graft.api import auto as autostrategy
 from graft.api import pipeline
 from graft.core import model_utils
 from graft.data.folds import plan_folds
@@ -229,9 +230,43 @@ def test_auto_on_few_labels_cross_validates_every_candidate_on_the_same_folds(
     ]
     assert all(p == per_candidate[0] for p in per_candidate)
     assert fold_runs[-1][1] == "none"  # scratch: fresh weights
+    assert all(t["predictions"] == len(y) for t in record["trials"])  # each image once
     best = max(record["trials"], key=lambda t: (t["val_accuracy"], -t["val_loss"], -t["trial"]))
-    assert record["chosen"] == best["settings"]
+    assert record["best_trial"] == best["trial"]
+    chosen = record["trials"][record["chosen_trial"] - 1]
+    assert record["chosen"] == chosen["settings"]
+    assert chosen["val_accuracy"] >= best["val_accuracy"] - record["standard_error"] - 1e-9
     assert run.metrics["train_images"] == len(y) and run.metrics["val_images"] == 0
+
+
+def _trial(i, strategy, accuracy, loss=1.0, predictions=10):
+    return {"trial": i, "settings": {"strategy": strategy}, "val_accuracy": accuracy,
+            "val_loss": loss, "predictions": predictions}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("scores", "predictions", "expected"),
+    [
+        # 2 images per class, 10 validation predictions: one image (0.1) is noise
+        ((0.5, 0.5, 0.6), 10, "hybrid"),
+        ((0.6, 0.5, 0.4), 10, "hybrid"),
+        # clearly better beyond one standard error: the measurement wins
+        ((0.5, 0.5, 0.9), 10, "scratch"),
+        ((0.86, 0.86, 0.94), 250, "scratch"),
+        ((0.9, 0.7, 0.6), 50, "feature"),
+        # ties at a perfect score: the order decides (and the SE is not 0)
+        ((1.0, 1.0, 1.0), 10, "hybrid"),
+    ],
+)
+def test_few_label_choice_is_the_one_standard_error_rule(scores, predictions, expected):
+    records = [
+        _trial(i, s, a, predictions=predictions)
+        for i, (s, a) in enumerate(zip(("feature", "hybrid", "scratch"), scores), start=1)
+    ]
+    chosen, best, se = autostrategy.choose_by_folds(records)
+    assert chosen["settings"]["strategy"] == expected
+    assert best["val_accuracy"] == max(scores)
+    assert 0 < se < 0.2
 
 
 @pytest.mark.parametrize("truth", ["symmetric", "caffe"])
@@ -267,7 +302,7 @@ def test_a_hidden_head_trains_a_budget_of_optimizer_steps_not_ten_epochs(small_a
     keep = np.concatenate([np.flatnonzero(y == c)[:4] for c in range(3)])  # 12 images
     run = _train((x[keep], y[keep]), cnn, strategy="feature", head=(16,), batch_size=8)
     budget = run.metrics["head_budget"]
-    assert budget["total_steps"] >= 300 and budget["repeats"] == 1  # 2 batches per pass
+    assert budget["total_steps"] >= 300 and budget["steps_per_epoch"] == 2  # 12 at batch 8
     assert len(run.history) == budget["epochs"] == 150  # one pass an epoch: exact resume
     assert "probe" in run.metrics and run.metrics["val_protocol"]["cross_validated"] is False
     given = _train((x[keep], y[keep]), make_cnn(), strategy="feature", head=(16,), epochs=3)

@@ -36,3 +36,10 @@ def test_table_is_mean_and_sample_std_over_seeds(bench):
     ]  # fmt: skip
     line = bench.table(rows).splitlines()[2]
     assert line.startswith("| 5 | feature | - | 0.700 ± 0.200 | 1.000 ± 0.000 |")
+
+
+def test_defaults_rows_pass_only_the_strategy(bench):
+    run, skipped, _ = bench.available(["feature@defaults", "auto@defaults", "nope@defaults"])
+    assert run == ["feature@defaults", "auto@defaults"] and skipped == ["nope@defaults"]
+    assert bench.settings_for("hybrid@defaults", 0.5) == {"strategy": "hybrid"}
+    assert bench.settings_for("hybrid", 0.5)["epochs"] == 10  # the equal budget stays

@@ -21,6 +21,13 @@ lower validation loss) is the run. A short scratch trial would say nothing about
 one, so scratch is a finalist rather than a trial. Budget: ``budget_trials`` short trials
 plus two full-budget runs (three when scratch wins: it is retrained into the run folder).
 
+Few labels (``val_split="auto"`` draws k-fold, :func:`few_label_folds`): no search and no
+hold-out; feature, hybrid (graft's defaults) and scratch are each cross-validated on the
+same folds and the choice follows the one-standard-error rule (:func:`choose_by_folds`):
+a few folds of a few images cannot separate candidates closer than one standard error,
+so among those the first of :data:`FEW_LABEL_PREFERENCE` wins. The winner is then trained
+on every labelled image. One image in a class: :data:`PRIOR_STRATEGY`, said so.
+
 The classic guidance is the *prior*, not the decision: the first trial is the space's
 default, which is feature extraction with a shallow unfreeze depth for small datasets
 (fewer than :data:`SMALL_DATA` training images per class) and hybrid fine-tuning of
@@ -31,6 +38,7 @@ at random, and the measured best wins whatever the prior said.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 
@@ -51,6 +59,12 @@ MAX_CV_FOLDS = 3
 FEW_LABEL_CANDIDATES = ("feature", "hybrid")
 #: One labelled image in a class: nothing can be validated; auto trains this prior.
 PRIOR_STRATEGY = "hybrid"
+#: Few labels: among the candidates within one standard error of the best cross-validated
+#: accuracy, the first in this order wins. A few folds of a few images cannot separate
+#: candidates closer than that (at 2 images per class, 10 validation predictions: one image
+#: is 0.1), and on the few-shot bench hybrid >= feature at every K and transfer beats
+#: scratch at K <= 4 (bench/results-few-shot-cpu.md); scratch wins only when clearly better.
+FEW_LABEL_PREFERENCE = ("hybrid", "feature", "scratch")
 SMALL_DATA = 30
 STRATEGY_ORDER_SMALL = ("feature", "hybrid", "finetune")
 STRATEGY_ORDER_LARGE = ("hybrid", "finetune", "feature")
@@ -291,8 +305,9 @@ def cross_validate(request, settings: dict, source, folds, choice: dict) -> dict
     from graft.api.pipeline import execute
 
     start = time.perf_counter()
-    accuracies, losses = [], []
+    accuracies, losses, predictions = [], [], 0
     for train_idx, val_idx in folds.splits:
+        predictions += len(val_idx)
         fold = {**settings, **runnable(choice), "keep": "last", "val_split": 0}
         run = execute(
             dataclasses.replace(
@@ -307,6 +322,7 @@ def cross_validate(request, settings: dict, source, folds, choice: dict) -> dict
         "val_accuracy_std": round(float(np.std(accuracies)), 4),
         "val_loss": round(float(np.mean(losses)), 4),
         "folds": len(accuracies),
+        "predictions": predictions,
         "scores": [round(a, 4) for a in accuracies],
         "seconds": round(time.perf_counter() - start, 2),
     }
@@ -335,15 +351,50 @@ def search_by_folds(request, settings: dict, source, folds) -> dict:
             f"Auto candidate {i}/{len(candidates)}: {_describe(choice)} -> val_accuracy "
             f"{scores['val_accuracy']:.4f} +- {scores['val_accuracy_std']:.4f} ({k}-fold)"
         )
-    best = min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
+    chosen, best, se = choose_by_folds(records)
+    if chosen is not best:
+        request.log(
+            f"Auto strategy: {_describe(best['settings'])} scored best, but "
+            f"{_describe(chosen['settings'])} is within one standard error of it "
+            f"({chosen['val_accuracy']:.4f} vs {best['val_accuracy']:.4f}, SE {se:.4f} over "
+            f"{best['predictions']} validation predictions): taking "
+            f"{_describe(chosen['settings'])}, first in the order "
+            f"{', '.join(FEW_LABEL_PREFERENCE)}"
+        )
     return {
-        "objective": f"val_accuracy, {k}-fold cross-validated (ties: val_loss, then the earlier)",
+        "objective": (
+            f"val_accuracy, {k}-fold cross-validated; within one standard error of the best, "
+            f"the first of {', '.join(FEW_LABEL_PREFERENCE)}"
+        ),
         "protocol": folds.as_dict(),
         "images_per_class": round(len(source.labels) / max(1, len(source.classes)), 2),
         "trials": records,
-        "chosen_trial": best["trial"],
-        "chosen": best["settings"],
+        "best_trial": best["trial"],
+        "standard_error": round(se, 4),
+        "chosen_trial": chosen["trial"],
+        "chosen": chosen["settings"],
     }
+
+
+def choose_by_folds(records: list[dict]) -> tuple[dict, dict, float]:
+    """The few-label choice among cross-validated candidates (:func:`cross_validate`
+    records): the best accuracy (ties: lower validation loss, then the earlier), its
+    standard error ``sqrt(p(1-p)/n)`` over its ``n`` validation predictions (``p``
+    smoothed as ``(correct+1)/(n+2)``: never 0), and among the candidates within one
+    standard error of it the first in :data:`FEW_LABEL_PREFERENCE` (the one-standard-error
+    rule, Hastie et al. 2009, 7.10). ``(chosen, best, se)``."""
+    best = min(records, key=lambda r: (-r["val_accuracy"], r["val_loss"], r["trial"]))
+    n = max(1, int(best["predictions"]))
+    p = (best["val_accuracy"] * n + 1) / (n + 2)
+    se = math.sqrt(p * (1 - p) / n)
+    near = [r for r in records if r["val_accuracy"] >= best["val_accuracy"] - se - 1e-9]
+
+    def rank(record):
+        strategy = record["settings"]["strategy"]
+        order = FEW_LABEL_PREFERENCE.index(strategy) if strategy in FEW_LABEL_PREFERENCE else 99
+        return (order, -record["val_accuracy"], record["val_loss"], record["trial"])
+
+    return min(near, key=rank), best, se
 
 
 def _scores(metrics: dict) -> tuple[float, float]:
@@ -398,20 +449,15 @@ def scratch_choice(backbone: str, settings: dict, images: int | None = None) -> 
     """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget
     (the most epochs any strategy gets; with ``images`` known and ``epochs="auto"``, at
     least :func:`graft.config.budget.scratch_epochs`'s optimizer steps)."""
-    from graft.api.compare import epoch_budget
-    from graft.config.budget import scratch_epochs
-    from graft.config.defaults import DEFAULT_BATCH_SIZE
+    from graft.api.compare import scratch_budget
     from graft.config.strategies import STRATEGIES
 
     lr = settings.get("lr")
-    budget = epoch_budget(backbone, [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES], settings)
-    if images and settings.get("epochs", "auto") == "auto":
-        batch = int(settings.get("batch_size") or DEFAULT_BATCH_SIZE)
-        budget = scratch_epochs(images, batch, budget)
+    strategies = [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES]
     return {
         "strategy": SCRATCH,
         "lr": 1e-3 if lr in (None, "auto") else float(lr),
-        "epochs": budget,
+        "epochs": scratch_budget(backbone, strategies, settings, images),
     }
 
 

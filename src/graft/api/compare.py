@@ -8,12 +8,15 @@ same settings apart from the strategy, so every row is backed by a full run fold
 ``scratch`` is a baseline that is not a strategy (see :func:`scratch_phase`): the same
 architecture with freshly initialised weights, everything trainable (BatchNormalization
 included) at the full ``lr``, for the largest epoch budget of the compared strategies
-(hybrid's head and fine-tuning epochs together), with precise BN after training (BN
-statistics re-estimated on the training images, so they match the final weights).
+(hybrid's head and fine-tuning epochs together) and, with ``epochs="auto"``, at least
+:func:`graft.config.budget.scratch_epochs`'s optimizer steps on the images it trains on
+(:func:`scratch_budget`: counted in epochs, scratch on ten images would get ten steps
+while the grafted rows get hundreds), with precise BN after training (BN statistics
+re-estimated on the training images, so they match the final weights).
 
-Every row loses the same ``val_split`` of the data, so the rows stay comparable; with
-tiny data that costs accuracy (measured: about 0.02 with 10 labelled images per class), so
-``val_split=0`` (``--val-split 0``) with separate ``test`` data is the better setting there.
+Every row is validated the same way (the same ``val_split``, or the same folds when
+``val_split="auto"`` cross-validates few labels and trains on every labelled image), so
+the rows stay comparable.
 
 ``seeds=N`` repeats every row with the seeds ``seed``, ``seed + 1``, ... into
 ``OUT/<strategy>/seed<k>`` and reports the mean and standard deviation of each accuracy.
@@ -31,6 +34,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from graft.config.defaults import DEFAULT_VAL_SPLIT
 from graft.errors import GraftError, UnknownNameError, did_you_mean
 from graft.runs import files as runs
 
@@ -103,6 +107,41 @@ def epoch_budget(backbone: str, strategies: Sequence[str], settings: dict) -> in
     return max(totals)
 
 
+def trained_images(data_source, settings: dict, val=None) -> int | None:
+    """How many labelled images the final model of a run with ``settings`` trains on:
+    every one with ``val`` given or when ``val_split="auto"`` cross-validates (then refits
+    on all), else the hold-out's training part; ``None`` for unlabelled streams."""
+    from graft.data.adapter import adapt
+    from graft.data.folds import plan_folds
+
+    source = adapt(data_source)
+    if source.labels is None:
+        return None
+    images, split = len(source.labels), settings.get("val_split", "auto")
+    if val is not None:
+        return images
+    if source.multi_label:  # multi-label keeps a hold-out
+        return round(images * (1 - (DEFAULT_VAL_SPLIT if split == "auto" else float(split))))
+    folds = plan_folds(source.labels, int(settings.get("seed", 0)), split)
+    return len(folds.splits[0][0]) if folds.kind == "holdout" else images
+
+
+def scratch_budget(
+    backbone: str, strategies: Sequence[str], settings: dict, images: int | None
+) -> int:
+    """Scratch's epochs: :func:`epoch_budget` and, with ``epochs="auto"`` and the number of
+    ``images`` it trains on known, at least :func:`graft.config.budget.scratch_epochs`'s
+    optimizer steps (at most its epoch cap)."""
+    from graft.config.budget import scratch_epochs
+    from graft.config.defaults import DEFAULT_BATCH_SIZE
+
+    budget = epoch_budget(backbone, strategies, settings)
+    if images and settings.get("epochs", "auto") == "auto":
+        batch = int(settings.get("batch_size") or DEFAULT_BATCH_SIZE)
+        budget = scratch_epochs(images, batch, budget)
+    return budget
+
+
 def _settings_for(strategy: str, settings: dict, budget: int) -> dict:
     if strategy != SCRATCH:
         return {**settings, "strategy": strategy}
@@ -158,6 +197,9 @@ def compare(
     if int(seeds) < 1:
         raise GraftError(f"seeds must be at least 1. Received: seeds={seeds}")
     budget = epoch_budget(str(backbone), names, settings)
+    if SCRATCH in names:
+        images = trained_images(data_source, settings, val)
+        budget = scratch_budget(str(backbone), names, settings, images)
     settings = shared_scaling(data_source, str(backbone), settings, safe_mode, log)
     first = int(settings.pop("seed", 0))
     rows = []

@@ -42,7 +42,6 @@ from graft.api import building
 from graft.api.result import Run
 from graft.config.budget import (
     MIN_FINETUNE_STEPS,
-    MIN_HEAD_STEPS,
     HeadBudget,
     finetune_epochs,
     head_budget,
@@ -859,13 +858,7 @@ def with_budgets(ctx: Context, data: PreparedData, pipes: Pipelines) -> Context:
         if setting != "auto":
             planned.append(phase)
         elif phase.backbone_frozen and first:
-            # One pass an epoch: a resumed run replays whole passes, and an epoch that
-            # spanned several passes did not resume exactly (tests/test_few_shot_runs.py).
-            budget = head_budget(max(1, images), pipes.batch_size, max_epochs=MIN_HEAD_STEPS)
-            # No early stop on the training loss: the whole budget runs, so a resumed
-            # run ends where an uninterrupted one does (the log says so).
-            reason = budget.reason.split(", stopping")[0] + "; the whole budget runs"
-            budget = dataclasses.replace(budget, patience=None, reason=reason)
+            budget = head_budget(max(1, images), pipes.batch_size)
             lines.append(budget.reason[0].upper() + budget.reason[1:])
             planned.append(dataclasses.replace(phase, epochs=budget.epochs))
         elif not phase.backbone_frozen:

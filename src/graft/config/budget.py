@@ -5,19 +5,14 @@ ends far from converged (issue 22 measured training accuracy 0.2-0.4). Ten epoch
 50,000 images are 31,000 steps, more than a head needs. An epoch is the wrong unit at
 both ends; the unit that matters to the optimizer is the step.
 
-The rule of :func:`head_budget` for ``epochs="auto"``:
-
-- **at least** :data:`MIN_HEAD_STEPS` (300) optimizer steps, and at least
-  :data:`DEFAULT_EPOCHS` passes over the data (what graft did before, so nothing gets
-  less training on large data);
-- **stopped early** when the training loss stops improving: :attr:`HeadBudget.patience`
-  epochs without a relative improvement of :data:`MIN_DELTA` (the pipeline passes both to
-  ``keras.callbacks.EarlyStopping(monitor="loss", ...)``), so the cap is rarely reached on
-  easy data;
-- at most :data:`MAX_EPOCHS` logged epochs: on tiny data an "epoch" then spans several
-  passes over the images (``repeats``: the pipeline repeats the dataset that many times
-  per epoch), so the per-epoch work (checkpoint, logs, history rows) stays bounded while
-  the steps are not.
+The rule of :func:`head_budget` for ``epochs="auto"``: **at least** :data:`MIN_HEAD_STEPS`
+(300) optimizer steps, and at least :data:`DEFAULT_EPOCHS` passes over the data (what graft
+did before, so nothing gets less training on large data); one pass over the data an
+epoch, and the whole budget runs. An earlier version stopped early on the training loss
+and, on tiny data, let an epoch span several passes; neither resumed exactly (a killed
+run replays whole epochs from its checkpoint, and the stopping point depended on where
+it was killed: ``tests/test_few_shot_runs.py`` caught a loss that differed by 0.024), so
+both went. A budget is then a pure function of the image count and the batch size.
 
 Why 300: the head is a linear or one-hidden-layer map over fixed features, trained with
 Adam at 1e-3 from a random start. Adam's effective step is about the learning rate per
@@ -28,12 +23,12 @@ converged probe was 0.04-0.07 better. 300 steps of a small head on cached featur
 second or two on a CPU, so the floor is cheap where it matters (few images) and invisible
 where the data is large (10 epochs already exceed it).
 
-An explicit ``epochs=N`` is obeyed as it is (no floor, no early stop).
+An explicit ``epochs=N`` is obeyed as it is (no floor).
 
 Example:
     >>> b = head_budget(10, 16)
-    >>> (b.epochs, b.repeats, b.steps_per_epoch, b.total_steps)
-    (50, 6, 6, 300)
+    >>> (b.epochs, b.steps_per_epoch, b.total_steps)
+    (300, 1, 300)
     >>> head_budget(50_000, 32).epochs
     10
 """
@@ -45,11 +40,6 @@ from dataclasses import dataclass
 
 MIN_HEAD_STEPS = 300
 DEFAULT_EPOCHS = 10
-MAX_EPOCHS = 50
-#: Epochs without improvement of the training loss before stopping (at least).
-MIN_PATIENCE = 3
-#: Relative improvement of the training loss that counts.
-MIN_DELTA = 1e-3
 
 
 @dataclass(frozen=True)
@@ -57,30 +47,22 @@ class HeadBudget:
     """A head's training budget.
 
     Attributes:
-        epochs: Logged epochs (``fit(epochs=...)``).
-        repeats: Passes over the data per logged epoch (1 unless the data is tiny).
-        steps_per_epoch: Optimizer steps per logged epoch (``repeats`` passes).
-        total_steps: ``epochs * steps_per_epoch``: the most steps the head takes.
-        patience: Early stopping on the training loss (``None``: no early stop).
-        min_delta: The improvement that resets ``patience`` (relative to the loss).
+        epochs: Epochs (``fit(epochs=...)``), one pass over the data each.
+        steps_per_epoch: Optimizer steps per epoch.
+        total_steps: ``epochs * steps_per_epoch``.
         reason: One line: the budget and why.
     """
 
     epochs: int
-    repeats: int
     steps_per_epoch: int
     total_steps: int
-    patience: int | None
-    min_delta: float
     reason: str
 
     def as_dict(self) -> dict:
         return {
             "epochs": self.epochs,
-            "repeats": self.repeats,
             "steps_per_epoch": self.steps_per_epoch,
             "total_steps": self.total_steps,
-            "patience": self.patience,
             "reason": self.reason,
         }
 
@@ -92,7 +74,6 @@ def head_budget(
     *,
     min_steps: int = MIN_HEAD_STEPS,
     default_epochs: int = DEFAULT_EPOCHS,
-    max_epochs: int = MAX_EPOCHS,
 ) -> HeadBudget:
     """The head's budget for ``num_images`` at ``batch_size`` (see the module docstring).
 
@@ -102,7 +83,6 @@ def head_budget(
         epochs: ``"auto"`` or a number of epochs the user asked for.
         min_steps: The floor of optimizer steps for ``"auto"``.
         default_epochs: The floor of passes over the data for ``"auto"``.
-        max_epochs: The most logged epochs for ``"auto"`` (tiny data: several passes per epoch).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1. Received: num_images={num_images}")
@@ -113,29 +93,21 @@ def head_budget(
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"Invalid epochs: {epochs!r}. Expected 'auto' or an integer >= 1.")
         steps = epochs * per_pass
-        reason = f"head: {epochs} epochs as given ({steps} optimizer steps)"
-        return HeadBudget(epochs, 1, per_pass, steps, None, MIN_DELTA, reason)
+        return HeadBudget(
+            epochs, per_pass, steps, f"head: {epochs} epochs as given ({steps} optimizer steps)"
+        )
     passes = max(default_epochs, math.ceil(min_steps / per_pass))
-    repeats = max(1, math.ceil(passes / max_epochs))
-    n_epochs = math.ceil(passes / repeats)
-    steps_per_epoch = per_pass * repeats
-    total = n_epochs * steps_per_epoch
-    patience = max(MIN_PATIENCE, math.ceil(n_epochs / 10))
+    total = passes * per_pass
     why = (
         f"at least {min_steps} optimizer steps"
         if passes > default_epochs
         else f"{default_epochs} passes over {num_images} images exceed {min_steps} steps"
     )
-    spans = f", each epoch {repeats} passes over the data" if repeats > 1 else ""
     return HeadBudget(
-        n_epochs,
-        repeats,
-        steps_per_epoch,
+        passes,
+        per_pass,
         total,
-        patience,
-        MIN_DELTA,
-        f"head: up to {n_epochs} epochs = {total} optimizer steps{spans} ({why}), "
-        f"stopping when the training loss has not improved for {patience} epochs",
+        f"head: {passes} epochs = {total} optimizer steps ({why}); the whole budget runs",
     )
 
 
