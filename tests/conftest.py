@@ -15,6 +15,10 @@ if "GRAFT_CACHE" not in os.environ:  # never read or fill the user's own caches
 
     os.environ["GRAFT_CACHE"] = tempfile.mkdtemp(prefix="graft-test-cache-")
 
+import importlib.util  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -23,6 +27,15 @@ from graft import _quiet  # noqa: E402
 _quiet.import_backend()
 
 import keras  # noqa: E402
+
+#: Without TensorFlow (CI's backend job: ``.[jax,test-neutral]``, ``-m backend``), test modules
+#: that import it at the top cannot even be collected; they hold no ``backend`` tests.
+if importlib.util.find_spec("tensorflow") is None:
+    collect_ignore = [
+        path.name
+        for path in Path(__file__).parent.glob("test_*.py")
+        if re.search(r"^(import|from) tensorflow\b", path.read_text("utf-8"), re.M)
+    ]
 
 IMAGE = 32
 

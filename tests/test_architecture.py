@@ -22,12 +22,12 @@ ALLOWED: set[tuple[str, str]] = set()
 
 
 def _layer(module: str) -> str | None:
-    """``graft.core.model`` -> ``core``; ``graft._quiet``, ``graft.errors`` and
-    ``graft.progress`` -> ``errors`` (the base layer)."""
+    """``graft.core.model`` -> ``core``; ``graft._quiet``, ``graft._backend``,
+    ``graft.errors`` and ``graft.progress`` -> ``errors`` (the base layer)."""
     parts = module.split(".")
     if parts[0] != "graft" or len(parts) == 1:
         return None
-    if parts[1] in ("errors", "_quiet", "progress"):
+    if parts[1] in ("errors", "_quiet", "_backend", "progress"):
         return "errors"
     return parts[1] if parts[1] in LAYERS else "top"
 
@@ -88,7 +88,11 @@ def violations() -> list[tuple[str, str]]:
                     found.append((module, f"imports upward: {full}"))
             if target.startswith("graft") and target != module:
                 for n in names:
-                    if n.startswith("_") and not n.startswith("__") and n != "_quiet":
+                    if (
+                        n.startswith("_")
+                        and not n.startswith("__")
+                        and n not in ("_quiet", "_backend")
+                    ):
                         found.append((module, f"imports private {target}.{n}"))
         aliases = {
             (a.asname or a.name)
@@ -218,8 +222,15 @@ def test_the_private_api_scan_finds_what_it_must(tmp_path, monkeypatch):
 
 #: What the CLI may import: it parses, makes one call into graft.api, and prints. Pure-Python
 #: config (setting metadata, plans, the catalog) answers --help, --print-plan and
-#: `graft backbones` without Keras; errors, progress and _quiet are the base layer.
-CLI_MAY_IMPORT = ("graft.api", "graft.config", "graft.errors", "graft.progress", "graft._quiet")
+#: `graft backbones` without Keras; errors, progress, _quiet and _backend are the base layer.
+CLI_MAY_IMPORT = (
+    "graft.api",
+    "graft.config",
+    "graft.errors",
+    "graft.progress",
+    "graft._quiet",
+    "graft._backend",
+)
 
 
 def cli_reaches_around_api() -> list[str]:

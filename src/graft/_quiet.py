@@ -16,6 +16,8 @@ import sys
 import tempfile
 import warnings
 
+from graft import _backend
+
 
 @contextlib.contextmanager
 def fd2_captured():
@@ -40,6 +42,7 @@ def import_backend(verbose: bool = False) -> None:
     """Import Keras (and TensorFlow when it is the backend) without start-up noise."""
     if _done:
         return
+    backend = _backend.check()  # one line naming the extra to add when none is installed
     _done.append(True)
     if verbose:
         import keras  # noqa: F401
@@ -47,12 +50,10 @@ def import_backend(verbose: bool = False) -> None:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with fd2_captured():
-        try:
+        if backend == "tensorflow":
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # device probing logs too; do it now
-        except ImportError:  # another Keras backend without TensorFlow
-            pass
         import keras  # noqa: F401
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     logging.getLogger("absl").setLevel(logging.ERROR)

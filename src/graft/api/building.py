@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from graft.config.settings import TrainConfig
-from graft.core import backbones, keras_compat
+from graft.core import backbones, backend, keras_compat
 from graft.core.optim import make_optimizer
 from graft.data import sources
 from graft.errors import DataError
@@ -58,21 +58,12 @@ def precision(mode: str):
         yield
         return
     previous = keras.mixed_precision.global_policy()
-    gpu = any(d.device_type == "GPU" for d in _devices())
+    gpu = backend.gpu_available()
     keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
     try:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
-
-
-def _devices():
-    try:
-        import tensorflow as tf
-
-        return tf.config.list_physical_devices()
-    except ImportError:
-        return []
 
 
 def jit(mode: str):
@@ -178,12 +169,9 @@ def versions() -> dict:
         "python": platform.python_version(),
         "backend": keras.backend.backend(),
     }
-    try:
-        import tensorflow as tf
-
+    tf = sys.modules.get("tensorflow")  # loaded with its backend; never imported for this
+    if tf is not None and hasattr(tf, "__version__"):
         info["tensorflow"] = tf.__version__
-    except ImportError:
-        pass
     hub = sys.modules.get("keras_hub")  # imported only for a KerasHub backbone
     if hub is not None:
         info["keras_hub"] = hub.__version__

@@ -10,7 +10,7 @@ import time
 import click
 from rich.console import Console
 
-from graft import _quiet, progress
+from graft import _backend, _quiet, progress
 from graft.config.fields import GROUPS
 
 #: No styles (escape codes) where progress is plain: NO_COLOR, TERM=dumb, CI, no terminal.
@@ -67,6 +67,22 @@ def fit_verbosity() -> int:
     return progress.keras_verbosity("auto")
 
 
+#: Commands that need TensorFlow whatever Keras's backend, for now: their input pipelines
+#: are tf.data (docs/plans/any-backend.md moves them to a backend-neutral reader).
+TENSORFLOW_FOR_NOW = ("train", "lr-find", "compare", "evaluate", "predict", "probe", "demo")
+#: Export formats written by TensorFlow's converters (ONNX goes through tf2onnx).
+TENSORFLOW_EXPORTS = ("savedmodel", "tflite", "onnx")
+
+
+def tensorflow_use(command: str | None, params: dict) -> str | None:
+    """What in this invocation needs TensorFlow (``"graft train"``), or None."""
+    if command in TENSORFLOW_FOR_NOW:
+        return f"graft {command}"
+    if command == "export" and params.get("fmt") in TENSORFLOW_EXPORTS:
+        return f"graft export --format {params['fmt']}"
+    return None
+
+
 class SettingOption(click.Option):
     """An option generated from a setting; ``group`` picks its ``--help`` section."""
 
@@ -91,8 +107,14 @@ class GraftCommand(click.Command):
         self.needs_backend = needs_backend
 
     def invoke(self, ctx: click.Context):
-        if self.needs_backend and not any(ctx.params.get(flag) for flag in self.NO_BACKEND):
-            import_backend()
+        if not any(ctx.params.get(flag) for flag in self.NO_BACKEND):
+            needs_tensorflow = tensorflow_use(self.name, ctx.params)
+            if self.needs_backend or needs_tensorflow:
+                _backend.check()  # one line naming the extra when no backend is installed
+            if needs_tensorflow:
+                _backend.require_tensorflow(needs_tensorflow)
+            if self.needs_backend:
+                import_backend()
         return super().invoke(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -15,6 +15,7 @@ import threading
 
 import click
 
+from graft import _backend
 from graft.cli import tools, train
 from graft.cli.base import GraftGroup, Session
 from graft.cli.options import FLAGS, command_flags, to_flags
@@ -81,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"graft: error: No space left on the device: {first_line(exc)[:200]} "
                 "HINT: free some space, or write to another disk (--out).",
+                file=sys.stderr,
+            )
+            return 2
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").startswith("tensorflow"):
+            # A path the command table in cli/base.py does not know yet: still one line.
+            print(
+                "graft: error: This needs TensorFlow for now (Keras's backend here is "
+                f"{_backend.name()}, and TensorFlow is not installed). HINT: pip install "
+                '"keras-graft[tensorflow]" and run with KERAS_BACKEND=tensorflow.',
                 file=sys.stderr,
             )
             return 2
