@@ -334,6 +334,12 @@ model is trained on every labelled image, the head is the solved linear probe, b
 optimizer steps and the input scaling is measured; their drift columns are measured on
 the training images (they get no validation images).
 
+The equal-budget rows give graft an epoch count, so their head (linear, graft's default
+head since issue 22) trains by gradient: 10 or 20 epochs of 10-50 images at batch 16 are
+10-80 optimizer steps, far from converged, which is why `feature` there trails
+`feature@defaults` (the solved probe) by up to 0.33 below 50 labels per class; graft warns
+about such a budget.
+
 A note on plain Keras: after `keras.utils.set_random_seed`, `model.fit` on numpy arrays with
 `shuffle=True` feeds the same batch order in every epoch (Keras 3.15 / TF 2.21), while graft's
 `tf.data` pipeline really reshuffles; that makes plain Keras's BN moving statistics look

@@ -68,9 +68,12 @@ def one(bb, x, y, k: int, seed: int) -> None:
         shape = "x".join(map(str, s.cut.shape))
         row = f"{s.cut.path}{mark} | {s.cut.depth} | {shape} | {s.pool} | {s.features} | {cv}"
         print(f"| {row} | {'-' if acc is None else f'{acc:.3f}'} |")
-    chosen, default = test[res.cut, res.pool], test[res.output, "avg"]
+    chosen = test[res.cut, res.pool]
+    pool = "avg" if (res.output, "avg") in test else "identity"  # a vector output: as it is
+    default = test[res.output, pool]
     print(
-        f"CHOSEN {res.cut}+{res.pool} test {chosen:.3f}; DEFAULT (output, avg) test {default:.3f}"
+        f"CHOSEN {res.cut}+{res.pool} test {chosen:.3f}; "
+        f"DEFAULT (output, {pool}) test {default:.3f}"
     )
     print(res.line())
 

@@ -150,6 +150,9 @@ def test_practitioner_warnings(small_arrays, cnn):
     quiet: list[str] = []
     _train((x, y), cnn, strategy="feature", head=(), log=quiet.append)
     assert not [line for line in quiet if line.startswith("Warning")]
+    few: list[str] = []  # an explicit epoch count that leaves the head far from converged
+    _train((x, y), cnn, strategy="feature", head=(), epochs=2, log=few.append)
+    assert any("epochs 2 give the head 2 optimizer steps" in line for line in few), few
 
 
 def test_random_frozen_backbone_is_warned(tmp_path, digits_folder):

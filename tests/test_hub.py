@@ -151,6 +151,25 @@ def test_a_cut_that_would_not_load_again_is_refused(tmp_path):
     assert [b.name for b in bb.blocks] == ["stem", "stack0_block0"]
 
 
+def test_cut_auto_on_a_preset_directory_measures_its_block_ends(tmp_path, digits_folder):
+    """``--cut auto`` works for KerasHub presets too: the block ends of a tiny ResNet and
+    its own output are scored, and the run's backbone ends at the choice."""
+    preset = tmp_path / "resnet_preset"
+    tiny_resnet().save_to_preset(str(preset))
+    converter = keras_hub.layers.ResNetImageConverter(image_size=(IMAGE, IMAGE), scale=1 / 255)
+    converter.save_to_preset(str(preset))
+    out = tmp_path / "run"
+    run = graft.train(
+        str(digits_folder), str(preset), out, cut="auto", strategy="feature", verbose=0,
+        log=lambda _: None,
+    )  # fmt: skip
+    transfer = run.metrics["transfer"]
+    measured = {c["cut"] for c in transfer["candidates"] if "mean" in c}
+    assert transfer["output"] in measured and len(measured) == 3  # stem, stack0_block0, output
+    ends_at = run.model.get_layer("backbone").layers[-1].name
+    assert ends_at == transfer["cut"].split("/")[-1]
+
+
 def test_run_model_loads_in_plain_keras_with_its_optimizer_state(tmp_path, small_arrays):
     """A KerasHub backbone forgets its layers' trainable flags when loaded: the shipped
     optimizer state must still fit what ``load_model(compile=True)`` rebuilds."""

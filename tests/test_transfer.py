@@ -179,6 +179,41 @@ def test_taps_inside_nested_models_equal_the_cuts(nested_file):
     assert cuts[-1].path == "top_conv" and any("/" in c.path for c in cuts)
 
 
+def test_the_probe_on_more_features_than_images_solves_the_same_problem():
+    """With fewer images than features the probe is solved in the span of the images
+    (:class:`graft.training.probe.Design`): the same L2 logistic regression, so the same
+    predictions as scikit-learn on the standardised features, and at a large C (where
+    L-BFGS in 2,000 dimensions stops early) an objective no worse."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from graft.training.probe import Design, fit_probe
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 8)
+    x = np.abs(rng.normal(size=(24, 2000)) + 0.5 * y[:, None] * rng.normal(size=2000))
+    design = Design.of(x)
+    assert design.basis is not None and design.coords.shape[1] <= 24
+    z = (x - design.mean) / design.scale
+    for c in (0.01, 10.0):
+        probe = fit_probe(x, y, C=c)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            full = LogisticRegression(C=c, max_iter=2000).fit(z, y)
+
+        def objective(logits, weights, c=c):
+            logits = logits - logits.max(1, keepdims=True)
+            log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+            return -c * log_p[np.arange(len(y)), y].sum() + 0.5 * (weights**2).sum()
+
+        ours = objective(probe.logits(x), probe.kernel * design.scale[:, None])
+        theirs = objective(z @ full.coef_.T + full.intercept_, full.coef_)
+        assert ours <= theirs + 1e-6
+        if c == 0.01:  # converged both ways: the same classifier
+            np.testing.assert_allclose(probe.predict_proba(x), full.predict_proba(z), atol=2e-3)
+
+
 def test_graft_probe_on_a_model_file(tmp_path, digits_folder, cnn_file):
     out = tmp_path / "probe"
     done = subprocess.run(
@@ -284,7 +319,7 @@ def test_train_with_cut_auto_chooses_records_replays_and_reports(task, tmp_path,
     capsys.readouterr()
 
 
-def test_cut_auto_on_a_registry_backbone_is_one_clear_error(tmp_path, digits_folder, capsys):
+def test_cut_auto_with_random_weights_is_one_clear_error(tmp_path, digits_folder, capsys):
     from graft import cli
 
     args = ["train", str(digits_folder), "-b", "mobilenet_v2", "--weights", "none", "--alpha",
@@ -292,8 +327,117 @@ def test_cut_auto_on_a_registry_backbone_is_one_clear_error(tmp_path, digits_fol
     start = time.perf_counter()
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "cut is for backbones loaded from a model file" in err and "Traceback" not in err
+    assert "measures each layer" in err and re.search(r"weights[= ]none leaves them random", err)
+    assert "Traceback" not in err
     assert time.perf_counter() - start < 5  # refused before TensorFlow builds anything
+
+
+MOBILENET = {"alpha": 0.35, "image_size": 32}
+
+
+@pytest.fixture(scope="module")
+def mobilenet_weights(tmp_path_factory):
+    """Weights for MobileNetV2 (alpha 0.35, 32 px) made here: "pre-trained" for graft,
+    random in fact (never ImageNet: no network)."""
+    keras.utils.set_random_seed(0)
+    model = keras.applications.MobileNetV2(
+        weights=None, include_top=False, input_shape=(32, 32, 3), alpha=0.35
+    )
+    path = tmp_path_factory.mktemp("mobilenet") / "mobilenet_v2_035_32.weights.h5"
+    model.save_weights(path)
+    return path
+
+
+def _backbone_end(run_dir) -> keras.layers.Layer:
+    from graft.core.model import BACKBONE_NAME
+
+    model = keras.saving.load_model(run_dir / "model.keras", compile=False)
+    return model.get_layer(BACKBONE_NAME)
+
+
+def test_a_registry_backbone_cut_at_a_layer_trains_and_ends_there(tmp_path, digits_folder):
+    import yaml
+
+    import graft
+
+    out = tmp_path / "run"
+    run = graft.train(
+        str(digits_folder), "mobilenet_v2", out, weights="none", cut="block_3_project_BN",
+        strategy="feature", verbose=0, log=lambda _: None, **MOBILENET,
+    )  # fmt: skip
+    backbone = _backbone_end(out)
+    assert backbone.layers[-1].name == "block_3_project_BN"
+    assert tuple(backbone.output.shape[1:]) == (4, 4, 16)
+    assert [b.name for b in run.backbone.blocks][-1] == "block_3"  # the family's blocks, cut
+    assert yaml.safe_load((out / "config.yaml").read_text())["cut"] == "block_3_project_BN"
+
+
+def test_cut_auto_on_a_registry_backbone_records_its_scores(
+    tmp_path, digits_folder, mobilenet_weights
+):
+    import yaml
+
+    import graft
+
+    out = tmp_path / "run"
+    lines: list[str] = []
+    graft.train(
+        str(digits_folder), "mobilenet_v2", out, weights=str(mobilenet_weights), cut="auto",
+        strategy="feature", verbose=0, log=lines.append, **MOBILENET,
+    )  # fmt: skip
+    transfer = json.loads((out / "metrics.json").read_text())["transfer"]
+    measured = [c for c in transfer["candidates"] if "mean" in c]
+    cuts = {c["cut"] for c in measured}
+    assert transfer["output"] == "out_relu" and "out_relu" in cuts and len(cuts) == 9
+    assert {c["scaling"] for c in measured} == {"symmetric"}  # the registry's preprocessing
+    assert all(c["n"] == measured[0]["n"] > 1 for c in measured)
+    assert transfer["images"] == 36 and transfer["forward_passes"] == 1
+    assert any(line.startswith("Cut: ") for line in lines)
+    chosen = transfer["cut"]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["cut"] == (None if chosen == "out_relu" else chosen)
+    assert _backbone_end(out).layers[-1].name == chosen
+
+
+def test_cut_auto_with_relative_paths_resumes_and_replays_from_another_folder(
+    task, tmp_path, monkeypatch, capsys
+):
+    """As users run it: ``graft train data -b model.keras --cut auto --out run`` with paths
+    relative to the working folder (not the repository's), interrupted after its first
+    epoch; from another folder, ``--resume`` continues it and a ``--config`` replay of its
+    ``config.yaml`` trains, both at the recorded cut without measuring again."""
+    import yaml
+
+    from conftest import stop_after
+    from graft import cli
+    from graft.api.demo import write_folder
+
+    bb, x, y, _ = task
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    bb.model.save(work / "source.keras")
+    write_folder(work / "data", x.astype("uint8"), y, {c: f"d{c}" for c in range(5)})
+    monkeypatch.chdir(work)
+    args = ["train", "data", "-b", "source.keras", "--cut", "auto", "--strategy", "feature",
+            "--epochs", "2", "--preprocess", "unit", "--out", "run"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        stop_after(patch, 1)
+        assert cli.main(args) == 130  # Ctrl-C after epoch 1
+    chosen = yaml.safe_load((work / "run" / "config.yaml").read_text())["cut"]
+    assert chosen.startswith("block")  # measured before training, and recorded
+    monkeypatch.chdir(elsewhere)
+    assert cli.main(["train", "--resume", "../work/run"]) == 0
+    resumed = json.loads((work / "run" / "metrics.json").read_text())
+    assert resumed.get("transfer", {"cut": chosen})["cut"] == chosen
+    assert yaml.safe_load((work / "run" / "config.yaml").read_text())["cut"] == chosen
+    assert _backbone_end(work / "run").layers[-1].name == chosen
+    assert cli.main(["train", "--config", "../work/run/config.yaml", "--out", "again"]) == 0
+    again = elsewhere / "again"
+    assert yaml.safe_load((again / "config.yaml").read_text())["cut"] == chosen
+    assert "transfer" not in json.loads((again / "metrics.json").read_text())  # not measured
+    assert _backbone_end(again).layers[-1].name == chosen
+    capsys.readouterr()
 
 
 _CURVE_CHECK = """<script>

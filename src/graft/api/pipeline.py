@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from graft.api import building
 from graft.api.result import Run
 from graft.config.budget import (
     MIN_FINETUNE_STEPS,
+    MIN_HEAD_STEPS,
     HeadBudget,
     finetune_epochs,
     head_budget,
@@ -509,9 +511,25 @@ MAX_UPSCALE = 2.0
 def practitioner_warnings(ctx: Context, data: PreparedData, bb: backbones.Backbone) -> list[str]:
     """Warnings a practitioner needs before training (issue 22): a frozen backbone with
     random weights, a model used uncut whose output is a softmax, images upscaled more
-    than :data:`MAX_UPSCALE` times to the input size."""
+    than :data:`MAX_UPSCALE` times to the input size, an epoch count that gives a head
+    trained by gradient fewer than :data:`~graft.config.budget.MIN_HEAD_STEPS` steps."""
     cfg, out = ctx.cfg, []
     first = ctx.plan.phases[0] if ctx.plan.phases else None
+    images = data.counts["train"]
+    if (
+        cfg.epochs != "auto"
+        and first is not None
+        and first.backbone_frozen
+        and isinstance(images, int)
+        and images > 0
+    ):
+        steps = first.epochs * math.ceil(images / cfg.batch_size)
+        if steps < MIN_HEAD_STEPS:
+            out.append(
+                f"Warning: epochs {first.epochs} give the head {steps} optimizer steps on "
+                f"{images} images (a head needs a few hundred from a random start); leave "
+                "epochs out to let graft solve the head, or give more epochs."
+            )
     random = cfg.weights is not None and str(cfg.weights).lower() == "none"
     if random and first is not None and first.backbone_frozen:
         out.append(
@@ -703,17 +721,11 @@ def cut_by_measurement(ctx: Context, data: PreparedData, bb: backbones.Backbone)
     """``cut="auto"`` (issue 23): every candidate cut (block ends and the model's output)
     and pooling scored by the cross-validated probe on the training images from one
     forward pass (:func:`graft.api.transfer.choose_cut`); ``(backbone cut there, pool,
-    result)``. A model file or object only; needs labelled single-label images and
-    pre-trained weights (one clear error otherwise)."""
+    result)``. Any backbone (a registry name, a model file or object); needs labelled
+    single-label images and pre-trained weights (one clear error otherwise)."""
     from graft.api.transfer import choose_cut
 
     cfg = ctx.cfg
-    if not (ctx.backbone.is_file or ctx.backbone.model is not None):
-        raise GraftError(
-            "cut='auto' chooses a layer of a model file or keras.Model; a registry backbone "
-            f"is used whole. Received: backbone={cfg.backbone}, cut=auto",
-            hint="pass the model as a file, or drop --cut.",
-        )
     random = cfg.weights is not None and str(cfg.weights).lower() == "none"
     if random or data.train.labels is None or data.multi_label:
         raise GraftError(

@@ -42,11 +42,7 @@ def check_train(
             settings.pop("strategy")
         TrainConfig(backbone=str(backbone), **settings)
         check_backbone(str(backbone))
-        if settings.get("cut") is not None and not str(backbone).endswith(MODEL_SUFFIXES):
-            raise GraftError(  # as graft.core.loaders.resolve says it, without TensorFlow
-                "cut is for backbones loaded from a model file, not registry names. "
-                f"Received: cut={settings['cut']}"
-            )
+    check_cut(settings or {})
     for name, source in (("DATA", data), ("--val", val), ("--test", test)):
         check_source(source, name)
     if out is not None:
@@ -55,6 +51,19 @@ def check_train(
             raise GraftError(f"out={out} exists and is not a folder.")
         if path.is_dir():
             files.check_reusable(path, overwrite, out)
+
+
+def check_cut(settings: dict) -> None:
+    """``cut="auto"`` measures every layer with the pre-trained weights: with
+    ``weights="none"`` there is nothing to measure (said before TensorFlow is imported,
+    as :func:`graft.api.pipeline.cut_by_measurement` would say it)."""
+    weights = settings.get("weights")
+    if settings.get("cut") == "auto" and weights is not None and str(weights).lower() == "none":
+        raise GraftError(
+            "cut='auto' measures each layer on your labelled images with the pre-trained "
+            "weights; weights=none leaves them random. Received: cut=auto, weights=none",
+            hint="give --cut LAYER, or drop --weights none.",
+        )
 
 
 def check_backbone(name: str) -> None:

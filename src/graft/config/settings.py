@@ -65,7 +65,10 @@ class TrainConfig:
         path="existing",
     )
     cut: str | None = setting(
-        None, _M, "Cut a model file at this layer (drop its head); a/b cuts inside nested model a."
+        None,
+        _M,
+        "Cut the backbone at this layer (drop what follows; a/b cuts inside nested model a); "
+        "auto: the layer and pooling the cross-validated linear probe scores best.",
     )
     pool: str = setting(
         "auto",

@@ -10,6 +10,7 @@ optionally cuts it at a layer (:func:`from_model` does the same for a ``keras.Mo
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import socket
@@ -365,7 +366,8 @@ def resolve(
     """Registry name, model path or ``keras.Model`` -> :class:`Backbone`; the one entry point.
 
     ``weights=None`` means the backbone's own pre-trained weights: ImageNet for a
-    registry name, the file's (or object's) weights otherwise.
+    registry name, the file's (or object's) weights otherwise. ``cut`` ends any of them
+    at a layer (a registry backbone's blocks follow its family's rule, up to the cut).
     """
     if isinstance(backbone, keras.Model):
         return from_model(
@@ -380,11 +382,6 @@ def resolve(
             safe_mode=safe_mode,
             image_size=image_size,
         )
-    if cut is not None:
-        raise GraftError(
-            "cut is for backbones loaded from a model file, not registry names. "
-            f"Received: cut={cut}"
-        )
     bb = load_backbone(
         backbone,
         weights="imagenet" if weights is None else weights,
@@ -393,7 +390,16 @@ def resolve(
     )
     if preprocess is not None:
         bb.preprocess = check_mode(preprocess)
-    return bb
+    return bb if cut is None else cut_backbone(bb, cut)
+
+
+def cut_backbone(bb: Backbone, cut: str) -> Backbone:
+    """``bb`` ending at the layer ``cut`` (``trunk/inner`` inside a nested model): its
+    blocks are ``bb``'s, up to the cut (:func:`graft.core.blocks.restrict`), whatever the
+    cut; preprocessing, size and weights are ``bb``'s."""
+    model = cutting.cut(bb.model, cut, bb.source)
+    found = _blocks.restrict(bb.blocks, bb.model, model)
+    return dataclasses.replace(bb, model=model, blocks=found)
 
 
 def _write_block_counts() -> None:  # python -m graft.core.loaders

@@ -37,7 +37,7 @@ import numpy as np
 
 from graft.core import scaling as scaling_evidence
 from graft.core.preprocessing import MODES, preprocessing_layers
-from graft.training.probe import C_GRID, CVScore, cross_validate, small_blas
+from graft.training.probe import C_GRID, CVScore, cross_validate, fold_designs, small_blas
 
 #: ``flatten`` is a candidate only up to this many features.
 MAX_FLATTEN = 8192
@@ -284,9 +284,11 @@ def choose_inputs(
         for p in pool_list:
             feats = pool_features(fmap, p).astype("float64")
             best_c, best = None, None
+            with small_blas(feats):
+                designs = fold_designs(feats, folds.splits)
             for c in grid:
                 with small_blas(feats):
-                    score, _ = cross_validate(feats, y, folds.splits, c, num_classes)
+                    score, _ = cross_validate(feats, y, folds.splits, c, num_classes, 0, designs)
                 if best is None or (score.mean, -score.log_loss) > (best.mean, -best.log_loss):
                     best_c, best = c, score
             measured.append(Candidate(mode, p, feats.shape[1], best, best_c))

@@ -178,11 +178,14 @@ class TransferResult:
         }
 
 
-def candidate_cuts(model, found_blocks, max_cuts: int = MAX_CUTS) -> list[CutPoint]:
+def candidate_cuts(
+    model, found_blocks, max_cuts: int = MAX_CUTS, input_shape: Sequence | None = None
+) -> list[CutPoint]:
     """Block ends (at most ``max_cuts``, spread evenly over depth) and the model's output.
 
-    A block end whose output is not one fully known tensor of rank 2-4 (an image map,
-    tokens or a vector) is not a candidate.
+    A block end whose output is not one tensor of rank 2-4 (an image map, tokens or a
+    vector) is not a candidate. ``input_shape`` (without the batch axis): the size the
+    images are fed at, which gives the shapes of a model that takes any size.
     """
     walked = walk(model)
     depth_of = {id(layer): i + 1 for i, (_, layer) in enumerate(walked)}
@@ -202,7 +205,24 @@ def candidate_cuts(model, found_blocks, max_cuts: int = MAX_CUTS) -> list[CutPoi
     if len(ends) > max_cuts:
         keep = sorted({round(i) for i in np.linspace(0, len(ends) - 1, max_cuts)})
         ends = [ends[i] for i in keep]
-    return [*ends, output]
+    cuts = [*ends, output]
+    if input_shape is not None and any(None in c.shape for c in cuts):
+        cuts = _at_size(model, cuts, input_shape)
+    return [c for c in cuts if None not in c.shape or c.block == OUTPUT]
+
+
+def _at_size(model, cuts: list[CutPoint], input_shape: Sequence) -> list[CutPoint]:
+    """``cuts`` with the shapes their layers give at ``input_shape`` (symbolically: no
+    image is computed)."""
+    import keras
+
+    taps = outputs_at(model, [c.path for c in cuts])
+    specs = taps.compute_output_spec(keras.KerasTensor((1, *input_shape)))
+    specs = specs if isinstance(specs, (list, tuple)) else [specs]
+    return [
+        CutPoint(c.path, c.depth, tuple(int(d) for d in spec.shape[1:]), c.block)
+        for c, spec in zip(cuts, specs)
+    ]
 
 
 def cut_pools(shape: Sequence, max_flatten: int = MAX_FLATTEN) -> tuple[list[str], list[str]]:
@@ -256,7 +276,7 @@ def measure_transfer(
     x = np.asarray(images, "float32")
     y = np.asarray(labels).astype("int64")
     num_classes = int(num_classes or y.max() + 1)
-    cuts = list(cuts or candidate_cuts(model, found_blocks, max_cuts))
+    cuts = list(cuts or candidate_cuts(model, found_blocks, max_cuts, x.shape[1:]))
     output = cuts[-1].path
     protocol = folds.line() if folds is not None else ""
     if folds is None or not folds.can_validate:
@@ -341,8 +361,8 @@ def _shape(tensor) -> tuple:
 
 
 def _layer_shape(layer) -> tuple | None:
+    """The layer's output shape (``None`` when it has no single output)."""
     try:
-        shape = _shape(layer.output)
+        return _shape(layer.output)
     except (AttributeError, ValueError):
         return None
-    return None if None in shape else shape
