@@ -42,8 +42,8 @@ from graft import progress
 from graft.api import building
 from graft.api.result import Run
 from graft.config.budget import (
+    FEW_HEAD_STEPS,
     MIN_FINETUNE_STEPS,
-    MIN_HEAD_STEPS,
     HeadBudget,
     finetune_epochs,
     head_budget,
@@ -512,7 +512,7 @@ def practitioner_warnings(ctx: Context, data: PreparedData, bb: backbones.Backbo
     """Warnings a practitioner needs before training (issue 22): a frozen backbone with
     random weights, a model used uncut whose output is a softmax, images upscaled more
     than :data:`MAX_UPSCALE` times to the input size, an epoch count that gives a head
-    trained by gradient fewer than :data:`~graft.config.budget.MIN_HEAD_STEPS` steps."""
+    trained by gradient fewer than :data:`~graft.config.budget.FEW_HEAD_STEPS` steps."""
     cfg, out = ctx.cfg, []
     first = ctx.plan.phases[0] if ctx.plan.phases else None
     images = data.counts["train"]
@@ -524,7 +524,7 @@ def practitioner_warnings(ctx: Context, data: PreparedData, bb: backbones.Backbo
         and images > 0
     ):
         steps = first.epochs * math.ceil(images / cfg.batch_size)
-        if steps < MIN_HEAD_STEPS:
+        if steps < FEW_HEAD_STEPS:
             out.append(
                 f"Warning: epochs {first.epochs} give the head {steps} optimizer steps on "
                 f"{images} images (a head needs a few hundred from a random start); leave "

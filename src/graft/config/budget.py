@@ -40,6 +40,9 @@ from dataclasses import dataclass
 
 MIN_HEAD_STEPS = 300
 DEFAULT_EPOCHS = 10
+#: An explicit epoch count that gives a head trained by gradient fewer steps than this is
+#: warned about (the classic recipe's 10 epochs of 10-50 images are 10-40 steps).
+FEW_HEAD_STEPS = 100
 
 
 @dataclass(frozen=True)
