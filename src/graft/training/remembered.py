@@ -68,7 +68,9 @@ def inputs_key(backbone, split, limit: int, folds, settings: dict) -> str:
         "kind": "inputs",
         "version": VERSION,
         "source": str(backbone.source),
-        "input": [int(d) for d in model.input_shape[1:]],
+        # an any-size model (KerasHub presets: (None, None, 3)) is measured at image_size
+        "input": [None if d is None else int(d) for d in model.input_shape[1:]],
+        "image_size": [int(d) for d in backbone.image_size],
         "output": [None if d is None else int(d) for d in model.output_shape[1:]],
         "weights": weights_fingerprint(model),
         "content": content,
