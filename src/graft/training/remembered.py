@@ -20,15 +20,16 @@ or setting measures again; an unreadable or mismatching file too (never an error
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from graft.runs import files
 from graft.training import cache
 from graft.training.candidates import MAX_FLATTEN, Candidate, InputChoice
 from graft.training.probe import C_GRID, CVScore
@@ -159,16 +160,9 @@ def remember(key: str, folder: Path, choice: InputChoice, seconds: float) -> Non
     the next run a measurement)."""
     record = {"key": key, "version": VERSION, "seconds": round(seconds, 3)}
     record["choice"] = choice_to_dict(choice)
-    part = folder / f"{key}.json.{os.getpid()}.part"
-    try:
+    with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True)
-        part.write_text(json.dumps(record, sort_keys=True), encoding="utf-8")
-        os.replace(part, folder / f"{key}.json")
-    except OSError:
-        try:
-            part.unlink()
-        except OSError:
-            pass
+        files.atomic_write(folder / f"{key}.json", json.dumps(record, sort_keys=True))
 
 
 def remembered_inputs(
