@@ -1,7 +1,7 @@
 """``--distribute mirrored`` on JAX: ``keras.distribution.DataParallel`` over local devices.
 
-Runs in a JAX interpreter (this one under ``KERAS_BACKEND=jax``, else
-``GRAFT_TEST_PYTHON_JAX``; skipped without one) with two host devices, made either by
+Runs in a JAX interpreter (this one under ``KERAS_BACKEND=jax``; from the TensorFlow
+venv, ``GRAFT_TEST_PYTHON_JAX``; skipped otherwise) with two host devices, made either by
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` or by graft's ``devices=2``. A
 graft-built model fitted on NumPy arrays under the distribution ends with the weights of
 the same fit on one device.
@@ -78,6 +78,8 @@ print(json.dumps({
 def _jax_python() -> str:
     if BACKEND == "jax":
         return sys.executable
+    if BACKEND != "tensorflow":  # CI's JAX job runs these; the torch job need not again
+        pytest.skip("run under KERAS_BACKEND=jax, or from the TensorFlow venv")
     python = os.environ.get("GRAFT_TEST_PYTHON_JAX")
     if not python:
         pytest.skip("no JAX here (run under KERAS_BACKEND=jax, or set GRAFT_TEST_PYTHON_JAX)")
