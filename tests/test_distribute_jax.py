@@ -148,3 +148,23 @@ def test_what_a_backend_cannot_distribute_is_refused_in_one_line(
         distribute.strategy(name)
     assert str(caught.value).startswith(message), str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_determinism_off_tensorflow_needs_no_tensorflow(monkeypatch):
+    """``--deterministic`` on JAX sets XLA's deterministic GPU ops; datasets that are not
+    tf.data pass through ``deterministic`` untouched."""
+    from graft import _backend
+    from graft.training import distribute
+
+    monkeypatch.setattr(_backend, "name", lambda: "jax")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # must not be needed
+    distribute.enable_determinism()
+    distribute.enable_determinism()  # once only
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=2",
+        "--xla_gpu_deterministic_ops=true",
+    ]
+    data = [1, 2, 3]
+    assert distribute.deterministic(data) is data
+    assert distribute.deterministic(None) is None

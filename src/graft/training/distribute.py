@@ -25,16 +25,35 @@ STRATEGIES = DISTRIBUTE_MODES
 
 
 def enable_determinism() -> None:
-    """Make TensorFlow ops deterministic (same seed, same results, bit for bit)."""
+    """Make the backend's ops deterministic (same seed, same results, bit for bit).
+
+    TensorFlow: op determinism. JAX: XLA's deterministic GPU ops (a flag read when JAX
+    starts its GPU backend; JAX on CPU is deterministic already). torch: its
+    deterministic algorithms.
+    """
+    backend = _backend.name()
+    if backend == "jax":
+        import os
+
+        flag = "--xla_gpu_deterministic_ops=true"
+        if flag not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        return
+    if backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
 
 
 def deterministic(dataset):
-    """``dataset`` with deterministic element order (``None`` passes through)."""
-    if dataset is None:
-        return None
+    """``dataset`` with deterministic element order (``None``, and a reader that is not a
+    ``tf.data.Dataset``, pass through: their order is graft's own)."""
+    if dataset is None or not hasattr(dataset, "with_options"):
+        return dataset
     import tensorflow as tf
 
     options = tf.data.Options()
