@@ -7,8 +7,9 @@ whose interpreter is not set, or cannot import its backend, is skipped). The sav
 builds a graft model (a tiny "pre-trained" CNN cut at ``block3_pool``, graft's head) with
 graft's own assembly API, trains it a step so no weight is at its initial value, and saves
 ``model.keras`` with its predictions on fixed inputs. The loading side loads it with graft's
-loader, exports it with ``graft export --format keras`` (the CLI's path, whose own parity
-check must pass) and predicts with the export: both must match within 1e-4.
+loader and with plain ``keras.saving.load_model``, exports it with ``graft export --format
+keras`` (the CLI's path, whose own parity check must pass), and loads with graft the same
+model saved by Keras's own ``model.save``: every prediction must match within 1e-4.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 import keras
 from graft.core.loaders import from_model
 from graft.core.model import HeadConfig, build_model
+from graft.runs import files
 
 out = sys.argv[1]
 keras.utils.set_random_seed(3)
@@ -59,13 +61,15 @@ model.compile(optimizer=keras.optimizers.SGD(0.05), loss="sparse_categorical_cro
 rng = np.random.default_rng(0)
 images = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
 model.fit(images, np.arange(16) % 3, batch_size=8, epochs=1, verbose=0, shuffle=False)
-model.save(os.path.join(out, "model.keras"))
+files.save_model(model, os.path.join(out, "model.keras"))  # how graft ships a run's model
+model.save(os.path.join(out, "raw.keras"))  # Keras's own save
 np.save(os.path.join(out, "predictions.npy"), model.predict_on_batch(images))
 np.save(os.path.join(out, "images.npy"), images)
 print(keras.backend.backend())
 """
 
-#: Loads with graft, exports with the CLI, predicts with both; argv: model, images, out.
+#: Loads with graft and with Keras, exports with the CLI, predicts with each; argv: model,
+#: images, out.
 _LOAD = r"""
 import sys
 import numpy as np
@@ -76,6 +80,10 @@ from graft.runs import model_io
 model_file, images, out = sys.argv[1], np.load(sys.argv[2]), sys.argv[3]
 model, _ = model_io.load(model_file)
 np.save(out + "/loaded.npy", model.predict_on_batch(images))
+plain = keras.saving.load_model(model_file)  # graft's file loads without graft too
+np.save(out + "/keras.npy", plain.predict_on_batch(images))
+raw, _ = model_io.load(model_file.replace("model.keras", "raw.keras"))
+np.save(out + "/raw.npy", raw.predict_on_batch(images))
 code = main(["export", model_file, "--format", "keras", "-o", out + "/exported.keras"])
 assert code == 0, code
 exported, _ = model_io.load(out + "/exported.keras")
@@ -151,7 +159,7 @@ def test_a_model_saved_on_one_backend_predicts_the_same_on_another(source, targe
     _run(target_python, target, _LOAD, folder / "model.keras", folder / "images.npy", tmp_path)
     expected = np.load(folder / "predictions.npy")
     assert expected.shape == (16, 3) and np.ptp(expected) > 1e-3  # a model that discriminates
-    for name in ("loaded", "exported"):
+    for name in ("loaded", "exported", "keras", "raw"):
         got = np.load(tmp_path / f"{name}.npy")
         diff = float(np.max(np.abs(got - expected)))
         assert diff <= ATOL, json.dumps({"source": source, "target": target, name: diff})
