@@ -24,6 +24,12 @@ as wheels). It generates a folder of JPEGs (500x375, quality 90; 10,000 in 10 cl
 It prints the ratios the issue's targets name (graft vs (a) >= 4x, graft <= 1.5x the
 floor, graft's first epoch >= 0.8x the decode rate) and writes a results file with the
 machine, the versions and the date.
+
+On the device (JAX there, no network): ``bench/gpu_wheels.sh`` here makes ``wheels/``
+(graft's wheel and its dependencies less what a JAX machine has, ~53 MB; cp311 wheels, so
+Python 3.11 there), carried to the device, then ``pip install --no-index --find-links wheels
+keras-graft && KERAS_BACKEND=jax python bench/gpu_whole.py --out bench/results-gpu-whole-h200.md``
+(graft's row runs once graft trains on JAX; before, it is reported as failed in one line).
 """
 
 from __future__ import annotations
