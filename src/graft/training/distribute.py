@@ -375,6 +375,14 @@ class Distribution:
         return self.strategy.num_replicas_in_sync
 
     @property
+    def batch_multiple(self) -> int:
+        """Every training batch's size must be a multiple of this: JAX's ``DataParallel``
+        splits the batch axis evenly over its devices (a last batch of 1 image on 2 devices
+        fails with jax's ``IndivisibleError``), so a feed drops or pads a last partial
+        batch that is not. tf.distribute splits unevenly: 1."""
+        return self.replicas if is_keras_distribution(self.strategy) else 1
+
+    @property
     def peeks(self) -> bool:
         """Keras's fit makes one extra iterator of its data under a tf.distribute strategy."""
         return self.strategy is not None and not is_keras_distribution(self.strategy)
