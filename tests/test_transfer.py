@@ -17,7 +17,7 @@ from graft.api.transfer import choose_cut, curve_figure
 from graft.core.backbones import resolve
 from graft.core.cutting import cut, outputs_at
 from graft.data.folds import plan_folds
-from graft.training.transfer import candidate_cuts, choose, measure_transfer
+from graft.training.transfer import OUTPUT_MAP, candidate_cuts, choose, measure_transfer
 
 
 def source_cnn(squash: bool) -> keras.Model:
@@ -76,12 +76,14 @@ class Counting:
 def test_candidates_are_block_ends_and_the_output(task):
     bb, *_ = task
     cuts = candidate_cuts(bb.model, bb.blocks)
-    assert [c.path for c in cuts] == ["block1_pool", "block2_pool", "block3_gap"]
+    # the output is a global pooling: the map it pools is a candidate too
+    assert [c.path for c in cuts] == ["block1_pool", "block2_pool", "block3_squash", "block3_gap"]
     assert cuts[-1].block == "output" and cuts[-1].shape == (1,)
+    assert cuts[-2].block == OUTPUT_MAP and cuts[-2].shape == (8, 8, 1)
     assert [c.depth for c in cuts] == sorted(c.depth for c in cuts)
-    # capped: spread over depth, the output always kept
+    # capped: block ends spread over depth; the output and the map it pools always kept
     few = candidate_cuts(bb.model, bb.blocks, max_cuts=1)
-    assert len(few) == 2 and few[-1].path == "block3_gap"
+    assert [c.path for c in few][1:] == ["block3_squash", "block3_gap"] and len(few) == 3
 
 
 def test_one_forward_pass_per_image_per_scaling_and_no_test_image(task):

@@ -190,7 +190,10 @@ class TransferResult:
 def candidate_cuts(
     model, found_blocks, max_cuts: int = MAX_CUTS, input_shape: Sequence | None = None
 ) -> list[CutPoint]:
-    """Block ends (at most ``max_cuts``, spread evenly over depth) and the model's output.
+    """Block ends (at most ``max_cuts``, spread evenly over depth) and the model's output;
+    when the output is a global pooling of a map, that map too (its other poolings and
+    flatten are candidates the pooled output hides: the issue's own table had the last
+    map before the pooled output).
 
     A block end whose output is not one tensor of rank 2-4 (an image map, tokens or a
     vector) is not a candidate. ``input_shape`` (without the batch axis): the size the
@@ -214,10 +217,31 @@ def candidate_cuts(
     if len(ends) > max_cuts:
         keep = sorted({round(i) for i in np.linspace(0, len(ends) - 1, max_cuts)})
         ends = [ends[i] for i in keep]
+    pooled = _pooled_map(last_layer)
+    if pooled is not None and id(pooled) in path_of:
+        path = path_of[id(pooled)]
+        if path not in {c.path for c in ends}:
+            ends.append(CutPoint(path, depth_of[id(pooled)], _layer_shape(pooled), OUTPUT_MAP))
     cuts = [*ends, output]
     if input_shape is not None and any(None in c.shape for c in cuts):
         cuts = _at_size(model, cuts, input_shape)
     return [c for c in cuts if None not in c.shape or c.block == OUTPUT]
+
+
+#: Global poolings whose input map is a candidate when they are the model's output.
+GLOBAL_POOLS = ("GlobalAveragePooling2D", "GlobalMaxPooling2D")
+#: The ``block`` of that candidate.
+OUTPUT_MAP = "map before the output's pooling"
+
+
+def _pooled_map(layer):
+    """The layer whose 4-D map ``layer`` (a global pooling) pools, else ``None``."""
+    if type(layer).__name__ not in GLOBAL_POOLS:
+        return None
+    history = getattr(layer.input, "_keras_history", None)
+    producer = history[0] if history else None
+    shape = None if producer is None else _layer_shape(producer)
+    return producer if shape is not None and len(shape) == 3 else None
 
 
 def _at_size(model, cuts: list[CutPoint], input_shape: Sequence) -> list[CutPoint]:
