@@ -23,7 +23,7 @@ from graft.core.blocks import Block
 from graft.core.optim import make_optimizer
 from graft.core.schedules import Position
 from graft.errors import TrainingFailed
-from graft.training.feed import ACTIVATIONS, Feed, Inputs
+from graft.training.feed import ACTIVATIONS, Feed, Inputs, order_callbacks
 from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, PhaseContext
 
 CACHED_STEPS_PER_EXECUTION = 64
@@ -296,6 +296,7 @@ class Trainer:
         callbacks = [keras.callbacks.TerminateOnNaN(), *policies.values()]
         callbacks.append(_Recorder(ctx, policies, self.hooks, rows))
         callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
+        callbacks += order_callbacks(inputs.train)  # graft's epoch order (not tf.data)
         start = time.perf_counter()
         build_state(ctx.target, inputs.train)
         ctx.target.fit(
