@@ -9,13 +9,20 @@ permutation of ``(seed, e)``, set before each epoch by :class:`EpochOrder` (a ca
 the trainer adds), so a resumed run needs only the epoch it continues from.
 
 A :class:`Batches` holds paths, arrays or a row reader and labels, never a model.
-Image files are decoded by :data:`WORKERS` threads (``GRAFT_READER_WORKERS`` sets it).
+Image files are decoded by :data:`WORKERS` threads (``GRAFT_READER_WORKERS`` sets it),
+the images of a batch in parallel, and the next batch of the epoch's order while the
+model runs on this one. Keras's own ``workers`` (its ``OrderedEnqueuer``) is not used:
+when ``fit`` peeks at a batch before training (the JAX trainer's symbolic build) and
+stops the enqueuer, the batches it had in flight are served first in the next epoch,
+out of order; graft's prefetch is keyed by (epoch, batch) instead, so it never changes
+what a batch holds.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import keras
 import numpy as np
@@ -52,15 +59,30 @@ def _labels(labels) -> np.ndarray:
 
 
 class FileRows:
-    """``rows(positions)``: the image files at those positions through the Pillow recipe."""
+    """``rows(positions)``: the image files at those positions through the Pillow recipe,
+    decoded by ``workers`` threads."""
 
-    def __init__(self, paths, image_size, channels: int):
+    def __init__(self, paths, image_size, channels: int, workers: int = 1):
         self.paths = [os.fspath(p) for p in paths]
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.channels = int(channels)
+        self.workers = max(1, int(workers))
+        self._pool = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_pool": None}
+
+    def _load(self, index: int) -> np.ndarray:
+        return decode.load(self.paths[index], self.image_size, self.channels)
 
     def __call__(self, positions) -> np.ndarray:
-        images = [decode.load(self.paths[i], self.image_size, self.channels) for i in positions]
+        positions = [int(i) for i in positions]
+        if self.workers > 1 and len(positions) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graft-decode")
+            images = list(self._pool.map(self._load, positions))
+        else:
+            images = [self._load(i) for i in positions]
         if not images:
             return np.zeros((0, *self.image_size, self.channels), "float32")
         return np.stack(images)
@@ -85,14 +107,18 @@ class Batches(keras.utils.PyDataset):
         batch_size: Rows per batch (the last batch may be smaller).
         shuffle: Visit the rows in the epoch's permutation (else in order).
         seed: The run's seed.
-        workers: Threads calling ``rows`` (1: in the training loop's thread).
+        prefetch: Read the next batch of the epoch in a background thread while this one
+            is used (for rows that are slow to read: image files).
     """
 
     #: A resumed run sets the epoch; it replays no reader (checkpoints.fast_forward).
     epoch_ordered = True
 
-    def __init__(self, rows, labels, batch_size: int, shuffle=False, seed=0, workers=1):
-        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=4)
+    def __init__(self, rows, labels, batch_size: int, shuffle=False, seed=0, prefetch=False):
+        super().__init__(workers=1, use_multiprocessing=False)  # no Keras enqueuer: see above
+        self.prefetch = bool(prefetch)
+        self._ahead: dict = {}  # (epoch, batch index) -> Future of that batch
+        self._pool = None
         self.rows = rows
         self.labels = _labels(labels)
         self.batch_size = int(batch_size)
@@ -133,11 +159,26 @@ class Batches(keras.utils.PyDataset):
         order = self._order
         return order[index * self.batch_size : (index + 1) * self.batch_size]
 
+    def __getstate__(self):
+        return {**self.__dict__, "_ahead": {}, "_pool": None}
+
+    def _read(self, positions: np.ndarray):
+        return self.rows(positions), self.labels[positions]
+
     def __getitem__(self, index: int):
         if index >= len(self):
             raise IndexError(index)
-        positions = self.positions(index)
-        return self.rows(positions), self.labels[positions]
+        if not self.prefetch:
+            return self._read(self.positions(index))
+        ahead = self._ahead.pop((self.epoch, index), None)
+        self._ahead.clear()  # anything else in flight belongs to another order or batch
+        batch = ahead.result() if ahead is not None else self._read(self.positions(index))
+        if index + 1 < len(self):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="graft-prefetch")
+            positions = self.positions(index + 1)  # fixed now: a later set_epoch cannot move it
+            self._ahead[(self.epoch, index + 1)] = self._pool.submit(self._read, positions)
+        return batch
 
     def images(self) -> Images:
         """The same batches without their labels (for ``predict``)."""
@@ -152,7 +193,7 @@ class Images(keras.utils.PyDataset):
     """The image batches of a :class:`Batches` alone."""
 
     def __init__(self, batches: Batches):
-        super().__init__(workers=batches.workers, use_multiprocessing=False, max_queue_size=4)
+        super().__init__(workers=1, use_multiprocessing=False)
         self.batches = batches
 
     def __len__(self) -> int:
@@ -195,8 +236,8 @@ class EpochOrder(keras.callbacks.Callback):
 
 def file_batches(files, image_size, channels: int, batch_size: int, shuffle=False, seed=0):
     """Batches of labelled image files (:class:`graft.data.sources.LabelledFiles`)."""
-    rows = FileRows(files.paths, image_size, channels)
-    return Batches(rows, files.labels, batch_size, shuffle, seed, workers=WORKERS)
+    rows = FileRows(files.paths, image_size, channels, workers=WORKERS)
+    return Batches(rows, files.labels, batch_size, shuffle, seed, prefetch=WORKERS > 1)
 
 
 def array_batches(x, y, batch_size: int, shuffle=False, seed=0):

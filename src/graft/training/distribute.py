@@ -19,7 +19,13 @@ STRATEGIES = DISTRIBUTE_MODES
 
 
 def enable_determinism() -> None:
-    """Make TensorFlow ops deterministic (same seed, same results, bit for bit)."""
+    """Make TensorFlow ops deterministic (same seed, same results, bit for bit). Other
+    backends: nothing to switch on here (JAX on CPU is deterministic; graft's own reader
+    has a fixed order, :mod:`graft.data.order`)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -27,8 +33,8 @@ def enable_determinism() -> None:
 
 def deterministic(dataset):
     """``dataset`` with deterministic element order (``None`` passes through)."""
-    if dataset is None:
-        return None
+    if dataset is None or getattr(dataset, "epoch_ordered", False):
+        return dataset  # graft's neutral reader is deterministic by construction
     import tensorflow as tf
 
     options = tf.data.Options()
