@@ -137,8 +137,16 @@ def test_cli_train_runs_on_this_backend(strategy, digits_folder, tmp_path):
     config = (out / "config.yaml").read_text()
     library = "tf.io" if BACKEND == "tensorflow" else "pillow"
     assert f"library: {library}" in config and "filter: bilinear" in config
-    versions = json.loads(json.dumps(graft.__version__))
-    assert versions and f"backend: {BACKEND}" in config
+    assert f"backend: {BACKEND}" in config
+    if strategy != "feature":
+        return
+    # The trained run is evaluated and predicts on the same backend (the same reader).
+    done = _cli("evaluate", out, digits_folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "five" in done.stdout
+    done = _cli("predict", out, digits_folder / "five")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len([line for line in done.stdout.splitlines() if ".png," in line]) == 12
 
 
 def _backbone_weights(model, names) -> dict:
