@@ -32,8 +32,9 @@ CACHED_STEPS_PER_EXECUTION = 64
 def steps_per_execution(steps: int | None) -> int:
     """Head steps per call on cached features: the largest divisor of the epoch's steps up
     to :data:`CACHED_STEPS_PER_EXECUTION` (Keras counts a call as that many steps, so a
-    call past the epoch's end shows ``64/34`` in the progress bar)."""
-    if not steps or steps < 1:
+    call past the epoch's end shows ``64/34`` in the progress bar). PyTorch's trainer
+    takes one step per call only."""
+    if not steps or steps < 1 or keras.backend.backend() == "torch":
         return 1
     return max(d for d in range(1, min(steps, CACHED_STEPS_PER_EXECUTION) + 1) if steps % d == 0)
 
