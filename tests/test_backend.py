@@ -203,3 +203,45 @@ def test_backend_name_as_keras_finds_it(tmp_path, env_backend, json_backend, exp
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
     )
     assert done.stdout.split() == [expected, "False"], done.stderr
+
+
+def _hub_file(path):
+    """A ``.keras`` archive whose config names a KerasHub class (all graft reads first)."""
+    import zipfile
+
+    config = {"module": "keras_hub.src.models.vit.vit_backbone", "class_name": "ViTBackbone"}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("metadata.json", json.dumps({"keras_version": keras.__version__}))
+    return path
+
+
+def test_kerashub_needs_tensorflow_says_why_and_what_to_do(monkeypatch):
+    """On any venv: with TensorFlow and keras-hub "not installed", ``hub.require`` says
+    that keras-hub needs tensorflow-text (so TensorFlow) and what to do instead."""
+    from graft import _backend
+    from graft.core import hub
+    from graft.errors import GraftError
+
+    monkeypatch.setattr(_backend, "installed", lambda name: name not in ("tensorflow", "keras_hub"))
+    with pytest.raises(GraftError) as caught:
+        hub.require()
+    assert "tensorflow-text" in str(caught.value) and "keras-graft[tensorflow,hub]" in str(
+        caught.value
+    )
+    monkeypatch.setattr(_backend, "installed", lambda name: name != "keras_hub")
+    with pytest.raises(GraftError, match="built from KerasHub layers"):
+        hub.require()  # with TensorFlow there, installing keras-hub is the answer
+
+
+@pytest.mark.skipif(
+    BACKEND == "tensorflow", reason="Keras needs a backend other than TensorFlow to load here"
+)
+def test_a_kerashub_backbone_without_tensorflow_is_refused_in_one_line(tmp_path):
+    hub_file = _hub_file(tmp_path / "vit.keras")
+    done, result = _graft("inspect", hub_file, block=("tensorflow", "keras_hub"), cwd=tmp_path)
+    assert result["code"] != 0
+    line = _one_line(done)
+    assert "KerasHub backbones need TensorFlow" in line and "tensorflow-text" in line, line
+    assert "keras-graft[tensorflow,hub]" in line, line
+    _no_tensorflow_loaded(result)

@@ -479,7 +479,7 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     elif ctx.backbone.is_file:
         bb = match_scaling(cfg, bb, data.train, log)
     if cfg.cut == AUTO_CUT:
-        bb, pool, transfer = cut_by_measurement(ctx, data, bb)
+        bb, pool, transfer = cut_by_measurement(ctx, data, bb, open_scalings(choice, bb))
     source_task = _source_task(ctx, bb)
     counts = data.counts
     log(
@@ -717,12 +717,36 @@ def measurement_folds(ctx: Context, data: PreparedData):
 AUTO_CUT = "auto"
 
 
-def cut_by_measurement(ctx: Context, data: PreparedData, bb: backbones.Backbone):
+#: ``cut="auto"`` scores its candidates under at most this many input scalings (one
+#: forward pass each) when the scaling was measured at the model's output.
+MAX_CUT_SCALINGS = 3
+
+
+def open_scalings(choice: InputChoice | None, bb: backbones.Backbone) -> tuple[str, ...]:
+    """The input scalings ``cut="auto"`` scores its candidates with: the one decided
+    (given, the registry's, clear evidence), or, when the scaling was measured at the
+    model's own output, the best :data:`MAX_CUT_SCALINGS` measured there (the chosen
+    first). An output that
+    squashes (a softmax) can rank scalings otherwise than the layers below it: fer's
+    emotion model scored unit 0.72 and symmetric (its true scaling) 0.34 at its softmax,
+    and its best block end, measured only with unit, lost 0.2 to the same protocol run
+    with symmetric by hand (2 labels per class)."""
+    if choice is None or choice.how.get("scaling") != "measured":
+        return (bb.preprocess,)
+    ranked = dict.fromkeys([choice.scaling, *(c.scaling for c in choice.candidates)])
+    return tuple(ranked)[:MAX_CUT_SCALINGS]
+
+
+def cut_by_measurement(
+    ctx: Context, data: PreparedData, bb: backbones.Backbone, scalings: tuple[str, ...]
+):
     """``cut="auto"`` (issue 23): every candidate cut (block ends and the model's output)
-    and pooling scored by the cross-validated probe on the training images from one
-    forward pass (:func:`graft.api.transfer.choose_cut`); ``(backbone cut there, pool,
-    result)``. Any backbone (a registry name, a model file or object); needs labelled
-    single-label images and pre-trained weights (one clear error otherwise)."""
+    and pooling, under each of ``scalings``, scored by the cross-validated probe on the
+    training images from one forward pass per scaling
+    (:func:`graft.api.transfer.choose_cut`); ``(backbone cut there, pool, result)``, the
+    backbone's ``preprocess`` the chosen scaling. Any backbone (a registry name, a model
+    file or object); needs labelled single-label images and pre-trained weights (one
+    clear error otherwise)."""
     from graft.api.transfer import choose_cut
 
     cfg = ctx.cfg
@@ -740,16 +764,16 @@ def cut_by_measurement(ctx: Context, data: PreparedData, bb: backbones.Backbone)
         labels,
         folds,
         seed=cfg.seed,
-        scaling=bb.preprocess,
+        scalings=scalings,
         num_classes=len(data.classes),
         batch_size=cfg.batch_size,
     )
     ctx.log(result.line()[0].upper() + result.line()[1:])
     if cut is not None:
-        at = dataclasses.replace(cfg, cut=cut, preprocess=bb.preprocess)
+        at = dataclasses.replace(cfg, cut=cut, preprocess=result.scaling)
         cut_bb = building.resolve_backbone(at, ctx.req.safe_mode, ctx.backbone.model)
-        bb = dataclasses.replace(cut_bb, preprocess=bb.preprocess, scaling=bb.scaling)
-    return bb, head_pool_name(pool), result
+        bb = dataclasses.replace(cut_bb, scaling=bb.scaling)
+    return dataclasses.replace(bb, preprocess=result.scaling), head_pool_name(pool), result
 
 
 def match_scaling(

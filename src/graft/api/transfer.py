@@ -133,10 +133,11 @@ def probe(
 
 
 def choose_cut(
-    backbone, images, labels, folds, *, seed: int = 0, scaling: str | None = None, **options
+    backbone, images, labels, folds, *, seed: int = 0, scalings: tuple[str, ...] = (), **options
 ):
-    """``(cut, pool, result)`` for ``--cut auto``: the cut and pooling with the best
-    cross-validated probe score (within one standard error, the fewest features).
+    """``(cut, pool, result)`` for ``--cut auto``: the cut and pooling (and scaling, of
+    several) with the best cross-validated probe score (within one standard error, the
+    fewest features).
 
     Args:
         backbone: The resolved :class:`graft.core.loaders.Backbone` (its ``model`` without
@@ -146,7 +147,8 @@ def choose_cut(
         labels: Integer class per image.
         folds: :func:`graft.data.folds.plan_folds` over ``labels``.
         seed: Seed of the probe.
-        scaling: The input scaling (default: ``backbone.preprocess``).
+        scalings: The input scalings to measure, one forward pass each (default:
+            ``backbone.preprocess``); ``result.scaling`` is the chosen one.
         **options: Passed to :func:`~graft.training.transfer.measure_transfer`
             (``num_classes``, ``max_cuts``, ``batch_size``, ``grid``, ``forward``).
 
@@ -164,7 +166,7 @@ def choose_cut(
         images,
         labels,
         folds,
-        scalings=(scaling or backbone.preprocess,),
+        scalings=tuple(scalings) or (backbone.preprocess,),
         seed=seed,
         **options,
     )

@@ -199,11 +199,15 @@ class TrainConfig:
     distribute: str = setting(
         "none",
         _P,
-        "tf.distribute strategy (multi-worker reads TF_CONFIG).",
+        "mirrored: all local GPUs (tf.distribute on TensorFlow, keras.distribution "
+        "DataParallel on JAX); multi-worker (TensorFlow) reads TF_CONFIG.",
         choices=DISTRIBUTE_MODES,
     )
     devices: int = setting(
-        0, _P, "Split the CPU into N logical devices (for distribute mirrored without GPUs)."
+        0,
+        _P,
+        "Use N devices; without GPUs, split the CPU into N logical devices (for distribute "
+        "mirrored).",
     )
     seed: int = setting(0, _R, "Random seed.")
     deterministic: bool = setting(False, _R, "TensorFlow op determinism: same seed, same weights.")

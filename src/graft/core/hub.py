@@ -30,12 +30,37 @@ def available() -> bool:
     return importlib.util.find_spec(MODULE) is not None
 
 
-def require():
-    """Import ``keras_hub`` (registering its layers for loading), or a clear error."""
-    if not available():
-        raise GraftError("This model is built from KerasHub layers.", hint=INSTALL_HINT)
-    import keras_hub
+#: Why KerasHub cannot come to an install without TensorFlow, and what to do instead.
+NEEDS_TENSORFLOW = (
+    "KerasHub backbones need TensorFlow: keras-hub requires tensorflow-text (so TensorFlow) "
+    "on Linux, and this install has no TensorFlow."
+)
+TENSORFLOW_HINT = (
+    "pip install 'keras-graft[tensorflow,hub]' (the model then runs on any KERAS_BACKEND), "
+    "or use a keras.applications backbone or a .keras file of plain Keras layers."
+)
 
+
+def require():
+    """Import ``keras_hub`` (registering its layers for loading), or a clear error.
+
+    On an install without TensorFlow (``keras-graft[jax]`` or ``[torch]``) the error says
+    that KerasHub needs it (through tensorflow-text) rather than suggesting an install
+    that would bring TensorFlow in unannounced.
+    """
+    from graft import _backend
+
+    tensorflow = _backend.installed("tensorflow")
+    if not _backend.installed(MODULE):
+        if not tensorflow:
+            raise GraftError(NEEDS_TENSORFLOW, hint=TENSORFLOW_HINT)
+        raise GraftError("This model is built from KerasHub layers.", hint=INSTALL_HINT)
+    try:
+        import keras_hub
+    except ImportError as exc:
+        if not tensorflow or "tensorflow" in str(exc):
+            raise GraftError(NEEDS_TENSORFLOW, hint=TENSORFLOW_HINT) from None
+        raise GraftError(f"keras-hub does not import: {first_line(exc)}") from None
     return keras_hub
 
 

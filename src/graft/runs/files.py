@@ -169,12 +169,69 @@ def write_csv(path, rows: list[dict]) -> Path:
 
 
 def save_model(model, path) -> Path:
-    """Save a Keras model atomically (Keras writes a zip; we rename it into place)."""
+    """Save a Keras model atomically (Keras writes a zip; we rename it into place).
+
+    A model compiled on PyTorch is written with its optimizer named by Keras's public
+    class (see :func:`portable_optimizer`), so the file loads on every backend.
+    """
     path = Path(path)
     with _replacing(path, ".keras") as (fd, tmp):
         os.close(fd)
         model.save(tmp)
+        if str(tmp).endswith(".keras"):
+            portable_optimizer(tmp)
     return path
+
+
+#: Where Keras's backend-specific optimizer classes live (torch: torch_adam.Adam, ...).
+_BACKEND_OPTIMIZERS = "keras.src.backend."
+
+
+def _public_optimizers(node) -> bool:
+    """Rename backend-specific optimizer classes in a Keras config to the public ones."""
+    changed = False
+    if isinstance(node, dict):
+        module = node.get("module")
+        if (
+            isinstance(module, str)
+            and module.startswith(_BACKEND_OPTIMIZERS)
+            and ".optimizers." in module
+        ):
+            node["module"], node["registered_name"] = "keras.optimizers", None
+            changed = True
+        for value in node.values():
+            changed = _public_optimizers(value) or changed
+    elif isinstance(node, list):
+        for value in node:
+            changed = _public_optimizers(value) or changed
+    return changed
+
+
+def portable_optimizer(path) -> bool:
+    """Make a ``.keras`` file's optimizer loadable on every backend; whether it changed.
+
+    On PyTorch, Keras builds ``keras.optimizers.Adam`` as its torch subclass and saves
+    that class's module (``keras.src.backend.torch.optimizers.torch_adam``), which no
+    other backend can import: ``load_model`` there fails. The class's config is Keras's
+    own, so ``config.json`` is rewritten to name ``keras.optimizers.Adam`` (which on torch
+    builds the torch subclass again). Files without such a name are left as they are.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        try:
+            config = json.loads(archive.read("config.json"))
+        except KeyError:
+            return False
+        if not _public_optimizers(config):
+            return False
+        members = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in members:
+            if info.filename == "config.json":
+                data = json.dumps(config).encode("utf-8")
+            archive.writestr(info, data)
+    return True
 
 
 def copy_file(source, path) -> Path:

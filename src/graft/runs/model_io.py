@@ -36,7 +36,17 @@ def load_file(path: str | os.PathLike, safe_mode: bool = True, compile: bool = T
     if hub.file_needs_hub(path):
         hub.require()  # KerasHub layers register themselves for loading on import
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+        try:
+            return keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
+        except Exception as exc:
+            if not (compile and _other_backends_optimizer(first_line(exc))):
+                raise
+            # Saved on PyTorch: Keras records the optimizer as its torch class
+            # (keras.src.backend.torch.optimizers.torch_adam.Adam), which no other backend
+            # can import. The optimizer's config is Keras's own: rebuild it from that.
+            return keras.saving.load_model(
+                path, compile=compile, safe_mode=safe_mode, custom_objects=_optimizers()
+            )
     except Exception as exc:
         text = first_line(exc)
         if isinstance(exc, zipfile.BadZipFile) or "zip" in text.lower() and os.path.isfile(path):
@@ -47,6 +57,22 @@ def load_file(path: str | os.PathLike, safe_mode: bool = True, compile: bool = T
                 hint="only if you trust the file, pass safe_mode=False.",
             ) from None
         raise GraftError(f"Cannot load the {what} {path}: {text}") from None
+
+
+def _other_backends_optimizer(text: str) -> bool:
+    """Whether a load failed on an optimizer class saved by another backend."""
+    return "keras.src.backend." in text and ".optimizers." in text
+
+
+def _optimizers() -> dict:
+    """Keras's optimizer classes by name (for :func:`load_file`'s cross-backend retry)."""
+    import keras
+
+    return {
+        name: value
+        for name, value in vars(keras.optimizers).items()
+        if isinstance(value, type) and issubclass(value, keras.optimizers.Optimizer)
+    }
 
 
 def first_line(exc: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Determinism and tf.distribute: the TensorFlow-specific parts of running a job.
+"""Determinism and distribution: tf.distribute on TensorFlow, keras.distribution on JAX.
 
 ``--deterministic`` turns on TensorFlow's op determinism and deterministic tf.data.
 ``--distribute mirrored`` trains on all local GPUs (or, with ``--devices N`` on a CPU-only
@@ -6,12 +6,18 @@ machine, on N logical CPU devices, which is how it is tested); ``--distribute
 multi-worker`` uses ``MultiWorkerMirroredStrategy`` configured by the standard
 ``TF_CONFIG`` environment variable. ``--batch-size`` is per replica: the global batch is
 ``batch_size x replicas``.
+
+On JAX, ``--distribute mirrored`` is ``keras.distribution.DataParallel`` over the local
+devices (the GPUs; on a CPU-only machine ``--devices N`` makes N host devices, which is
+how it is tested), with the same per-replica batch. PyTorch has no Keras distribution
+yet, and multi-worker (``TF_CONFIG``) is TensorFlow's: both are refused in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 
+from graft import _backend
 from graft.config.names import DISTRIBUTE_MODES
 from graft.errors import GraftError
 
@@ -19,12 +25,24 @@ STRATEGIES = DISTRIBUTE_MODES
 
 
 def enable_determinism() -> None:
-    """Make TensorFlow ops deterministic (same seed, same results, bit for bit). Other
-    backends: nothing to switch on here (JAX on CPU is deterministic; graft's own reader
-    has a fixed order, :mod:`graft.data.order`)."""
-    import keras
+    """Make the backend's ops deterministic (same seed, same results, bit for bit).
 
-    if keras.backend.backend() != "tensorflow":
+    TensorFlow: op determinism. JAX: XLA's deterministic GPU ops (a flag read when JAX
+    starts its GPU backend; JAX on CPU is deterministic already). torch: its
+    deterministic algorithms.
+    """
+    backend = _backend.name()
+    if backend == "jax":
+        import os
+
+        flag = "--xla_gpu_deterministic_ops=true"
+        if flag not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        return
+    if backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
         return
     import tensorflow as tf
 
@@ -32,9 +50,10 @@ def enable_determinism() -> None:
 
 
 def deterministic(dataset):
-    """``dataset`` with deterministic element order (``None`` passes through)."""
-    if dataset is None or getattr(dataset, "epoch_ordered", False):
-        return dataset  # graft's neutral reader is deterministic by construction
+    """``dataset`` with deterministic element order (``None``, and a reader that is not a
+    ``tf.data.Dataset``, pass through: their order is graft's own)."""
+    if dataset is None or not hasattr(dataset, "with_options"):
+        return dataset
     import tensorflow as tf
 
     options = tf.data.Options()
@@ -65,16 +84,100 @@ def split_cpu(devices: int) -> None:
         ) from None
 
 
+def split_jax_cpu(devices: int) -> None:
+    """Make ``devices`` host (CPU) devices for JAX (before JAX starts its backends).
+
+    Raises:
+        GraftError: when JAX has already started with another number of CPU devices.
+    """
+    import jax
+
+    if jax.config.jax_num_cpu_devices == devices:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", devices)
+    except RuntimeError:
+        if len(jax.devices("cpu")) == devices:
+            return
+        raise GraftError(
+            f"devices={devices}: JAX has already started its devices in this process.",
+            hint="set devices before any JAX work (a fresh process, e.g. the CLI), or set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}.",
+        ) from None
+
+
+def data_parallel(devices: int = 0):
+    """``keras.distribution.DataParallel`` over the local devices (JAX's ``mirrored``).
+
+    Args:
+        devices: How many devices to use (0: all of the default platform's); on a
+            CPU-only machine, that many host devices are made first.
+
+    Returns:
+        A ``DataParallel`` over 2 or more devices, or ``None`` when there is one device
+        (nothing to split: a plain run).
+    """
+    if devices:
+        split_jax_cpu(devices)
+    import keras
+
+    found = keras.distribution.list_devices()
+    if devices and devices > len(found):
+        raise GraftError(
+            f"devices={devices}: JAX sees {len(found)} device(s) ({', '.join(found)}).",
+            hint=f"use devices {len(found)} or fewer (0: all of them).",
+        )
+    chosen = found[: devices or len(found)]
+    if len(chosen) < 2:
+        return None
+    return keras.distribution.DataParallel(devices=chosen)
+
+
+def _other_backend(name: str, devices: int):
+    """``strategy`` on a backend other than TensorFlow (see the module's docstring)."""
+    backend = _backend.name()
+    if name == "none":
+        if devices and backend == "jax":
+            split_jax_cpu(devices)
+        return None
+    if name not in STRATEGIES:
+        raise GraftError(
+            f"Unknown distribute mode: {name!r}. Received: distribute={name}",
+            hint=f"expected {', '.join(STRATEGIES)}.",
+        )
+    if name == "mirrored" and backend == "jax":
+        return data_parallel(devices)
+    if name == "mirrored":
+        raise GraftError(
+            f"distribute=mirrored runs on TensorFlow and JAX, not on {backend}.",
+            hint="run with KERAS_BACKEND=jax (pip install 'keras-graft[jax]'), or drop "
+            "--distribute.",
+        )
+    raise GraftError(
+        f"distribute=multi-worker (TF_CONFIG) needs TensorFlow; the backend here is {backend}.",
+        hint="pip install 'keras-graft[tensorflow]' and run with KERAS_BACKEND=tensorflow, "
+        "or use distribute=mirrored on one machine.",
+    )
+
+
+def is_keras_distribution(strategy) -> bool:
+    """Whether ``strategy`` is Keras's own (``keras.distribution``), not tf.distribute's."""
+    return type(strategy).__module__.startswith("keras")
+
+
 def strategy(name: str, devices: int = 0):
-    """The ``tf.distribute`` strategy for ``--distribute`` (``None`` for ``none``).
+    """The strategy for ``--distribute`` (``None`` for ``none``).
 
     Args:
         name: ``none``, ``mirrored`` or ``multi-worker``.
         devices: Logical CPU devices to create when there is no GPU (0: do not split).
 
     Returns:
-        A ``tf.distribute.Strategy`` or ``None``.
+        A ``tf.distribute.Strategy`` on TensorFlow, a ``keras.distribution.DataParallel``
+        on JAX, or ``None``.
     """
+    if _backend.name() != "tensorflow":
+        return _other_backend(name, devices)
     if name == "none":
         if devices:
             split_cpu(devices)
@@ -126,6 +229,15 @@ def describe(strategy, per_replica: int) -> str:
 
 def summary(strategy, per_replica: int) -> dict:
     """The distribution facts recorded in ``metrics.json``."""
+    if is_keras_distribution(strategy):
+        devices = [str(d) for d in strategy.device_mesh.devices.flatten()]
+        return {
+            "strategy": type(strategy).__name__,
+            "replicas": len(devices),
+            "devices": devices,
+            "per_replica_batch": per_replica,
+            "global_batch": per_replica * len(devices),
+        }
     replicas = strategy.num_replicas_in_sync
     devices = list(getattr(strategy.extended, "worker_devices", ()))
     return {
@@ -224,10 +336,14 @@ def undistributed(model):
 
     compiled = model.compiled
     model.compiled = False  # clone_model compiles the clone from a compiled model's config
+    # Keras's own distribution is global while set: the clone is built with none.
+    keras_distribution = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
     try:
         plain = keras.models.clone_model(model)
     finally:
         model.compiled = compiled
+        keras.distribution.set_distribution(keras_distribution)
     plain.set_weights(model.get_weights())
     return plain
 
@@ -252,12 +368,24 @@ class Distribution:
 
     @property
     def replicas(self) -> int:
-        return self.strategy.num_replicas_in_sync if self.strategy is not None else 1
+        if self.strategy is None:
+            return 1
+        if is_keras_distribution(self.strategy):
+            return int(self.strategy.device_mesh.devices.size)
+        return self.strategy.num_replicas_in_sync
+
+    @property
+    def batch_multiple(self) -> int:
+        """Every training batch's size must be a multiple of this: JAX's ``DataParallel``
+        splits the batch axis evenly over its devices (a last batch of 1 image on 2 devices
+        fails with jax's ``IndivisibleError``), so a feed drops or pads a last partial
+        batch that is not. tf.distribute splits unevenly: 1."""
+        return self.replicas if is_keras_distribution(self.strategy) else 1
 
     @property
     def peeks(self) -> bool:
-        """Keras's fit makes one extra iterator of its data under a strategy."""
-        return self.strategy is not None
+        """Keras's fit makes one extra iterator of its data under a tf.distribute strategy."""
+        return self.strategy is not None and not is_keras_distribution(self.strategy)
 
     def scope(self):
         """The strategy's scope (a no-op context for a plain run)."""

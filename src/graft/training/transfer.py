@@ -152,6 +152,8 @@ class TransferResult:
     def line(self) -> str:
         """One line for the log: the choice, its score and the default's."""
         text = f"cut: {self.cut} + {self.pool} ({self.features} features, {self.how})"
+        if self.forward_passes > 1:  # the scaling was measured with the cut
+            text += f", preprocess {self.scaling}"
         chosen, default = self.chosen, self.default()
         if chosen is not None and chosen.score is not None:
             text += f"; probe accuracy {chosen.score.text()}"
