@@ -284,8 +284,8 @@ def hand_cut(taps, cuts, scale, train, test, seed) -> float:
     each fold, ``C`` from :data:`C_GRID` by the mean accuracy over the protocol's folds
     (:func:`graft.data.folds.plan_folds` on the labels with the run's seed: the same draw
     graft makes, so the two differ only in their code, not in the luck of the draw); the
-    best mean, within one standard error of it the fewest features; its probe refit on all
-    labelled images."""
+    best mean (ties: the deeper cut, then the fewer features; scikit-learn gives no
+    log-loss here); its probe refit on all labelled images."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
@@ -311,11 +311,9 @@ def hand_cut(taps, cuts, scale, train, test, seed) -> float:
                 probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
                 acc = cross_val_score(probe, x, train[1], cv=cv)
                 if best is None or acc.mean() > best[0]:
-                    best = (acc.mean(), acc.std() / math.sqrt(len(acc)), C)
-            scored.append((best[0], best[1], x.shape[1], cuts[i], pool, best[2], i))
-    top = max(scored)
-    near = [c for c in scored if c[0] >= top[0] - top[1]]
-    *_, pool, C, i = min(near, key=lambda c: (c[2], -c[0]))
+                    best = (acc.mean(), C)
+            scored.append((best[0], i, -x.shape[1], pool, best[1]))
+    _, i, _, pool, C = max(scored)
     x, xt = _pooled(f_train[i], pool), _pooled(f_test[i], pool)
     mean, std = x.mean(0), np.where(x.std(0) < 1e-12, 1.0, x.std(0))
     lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / std, train[1])

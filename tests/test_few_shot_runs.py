@@ -242,6 +242,59 @@ def test_auto_on_few_labels_cross_validates_every_candidate_on_the_same_folds(
     assert run.metrics["train_images"] == len(y) and run.metrics["val_images"] == 0
 
 
+def test_auto_chooses_the_cut_inside_each_fold_when_none_is_given(
+    small_arrays, cnn, monkeypatch, tmp_path
+):
+    """``strategy="auto"`` without a cut (issue 23): every transfer candidate measures
+    where to cut on the images of its own fold's training part (never its validation
+    part), scratch trains the whole model with fresh weights, and the final run (a
+    transfer choice) measures on every labelled image and records its choice."""
+    import yaml
+
+    import graft
+
+    x, y = small_arrays
+    runs = []
+    original = pipeline.execute
+
+    def spy(request):
+        run = original(request)
+        transfer = run.metrics.get("transfer")
+        runs.append(
+            (request.out is None, request.settings.get("weights"), request.settings.get("cut"),
+             _count(request.data), None if transfer is None else transfer["images"])
+        )  # fmt: skip
+        return run
+
+    monkeypatch.setattr(pipeline, "execute", spy)
+    out = tmp_path / "auto"
+    run = graft.train(
+        (x, y), cnn, out, strategy="auto", epochs=1, finetune_epochs=1, verbose=0,
+        classes=CLASSES, log=lambda _: None,
+    )  # fmt: skip
+    folds = [r for r in runs if r[0]]
+    transfer_runs = [r for r in folds if r[1] != "none"]
+    scratch_runs = [r for r in folds if r[1] == "none"]  # fresh weights
+    assert len(transfer_runs) == 2 * len(scratch_runs) > 0
+    for *_, cut, trained_on, measured_on in transfer_runs:
+        assert cut == "auto" and measured_on == trained_on < len(y)
+    assert all(cut is None and measured is None for *_, cut, _, measured in scratch_runs)
+    (final,) = [r for r in runs if not r[0]]
+    record = json.loads((out / "auto_search.json").read_text())
+    if record["chosen"]["strategy"] == "scratch":
+        assert final[1:] == ("none", None, len(y), None)
+    else:
+        assert final[2:] == ("auto", len(y), len(y))
+        transfer = run.metrics["transfer"]
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        assert config["cut"] == (None if transfer["cut"] == transfer["output"] else transfer["cut"])
+
+
+def _count(data) -> int:
+    """Images of a run's data: an adapted subset (a fold) or the ``(x, y)`` given."""
+    return len(data.images) if hasattr(data, "images") else len(data[1])
+
+
 def _trial(i, strategy, accuracy, loss=1.0, predictions=10):
     return {"trial": i, "settings": {"strategy": strategy}, "val_accuracy": accuracy,
             "val_loss": loss, "predictions": predictions}  # fmt: skip
@@ -407,3 +460,27 @@ def test_the_report_of_a_cross_validated_run_shows_out_of_fold_predictions(
     assert ev["accuracy"] == pytest.approx(float(np.mean(oof.argmax(1) == y)), abs=1e-4)
     html = (out / "report.html").read_text("utf-8")
     assert "out-of-fold" in html
+
+
+def test_a_measured_cut_with_fewer_blocks_than_unfreeze_asks_trains_the_blocks_it_keeps():
+    """``cut="auto"`` may keep fewer blocks than the strategy's ``blocks:2``: the run then
+    fine-tunes every block the cut keeps and says so; other specs and custom plans are
+    left as given (a spec that does not fit is still the one-line error)."""
+    from graft.config.settings import TrainConfig
+
+    lines: list[str] = []
+    hybrid = TrainConfig(backbone="mobilenet_v2", strategy="hybrid")
+    assert hybrid.unfreeze == "blocks:2"
+    assert pipeline.unfreeze_within(hybrid, 1, lines.append) == "blocks:1"
+    assert lines == [
+        "Unfreeze: blocks:2 asks for more blocks than the measured cut keeps (1); "
+        "fine-tuning blocks:1"
+    ]
+    assert pipeline.unfreeze_within(hybrid, 2, lines.append) is None
+    assert (
+        pipeline.unfreeze_within(
+            TrainConfig(backbone="mobilenet_v2", unfreeze="all"), 1, lines.append
+        )
+        is None
+    )
+    assert len(lines) == 1

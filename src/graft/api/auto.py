@@ -44,6 +44,7 @@ import time
 
 from graft.api.compare import SCRATCH
 from graft.config.defaults import DEFAULT_VAL_SPLIT
+from graft.config.names import AUTO_CUT
 from graft.errors import GraftError
 from graft.runs.layout import AUTO_SEARCH_FILE as AUTO_FILE  # noqa: F401
 
@@ -448,17 +449,19 @@ def _describe(settings: dict) -> str:
 def scratch_choice(backbone: str, settings: dict, images: int | None = None) -> dict:
     """The scratch finalist as recorded in ``auto_search.json``: its lr and epoch budget
     (the most epochs any strategy gets; with ``images`` known and ``epochs="auto"``, at
-    least :func:`graft.config.budget.scratch_epochs`'s optimizer steps)."""
+    least :func:`graft.config.budget.scratch_epochs`'s optimizer steps). A cut chosen by
+    measurement needs pre-trained weights: scratch then trains the whole model."""
     from graft.api.compare import scratch_budget
     from graft.config.strategies import STRATEGIES
 
     lr = settings.get("lr")
     strategies = [s for s in STRATEGY_ORDER_SMALL if s in STRATEGIES]
-    return {
+    choice = {
         "strategy": SCRATCH,
         "lr": 1e-3 if lr in (None, "auto") else float(lr),
         "epochs": scratch_budget(backbone, strategies, settings, images),
     }
+    return choice | ({"cut": None} if settings.get("cut") == AUTO_CUT else {})
 
 
 def runnable(chosen: dict) -> dict:
@@ -467,7 +470,23 @@ def runnable(chosen: dict) -> dict:
         return dict(chosen)
     from graft.api.compare import scratch_phase
 
-    return {"weights": "none", "phases": [scratch_phase(chosen["epochs"], chosen["lr"])]}
+    phase = scratch_phase(chosen["epochs"], chosen["lr"])
+    cut = {"cut": chosen["cut"]} if "cut" in chosen else {}
+    return {"weights": "none", "phases": [phase], **cut}
+
+
+def with_cut_choice(settings: dict, source) -> dict:
+    """``settings`` in which every transfer candidate chooses where to cut the backbone
+    by measurement (``cut="auto"``: the converged probe at every block end, on the
+    images that run trains on) when no cut was given and there is something to measure
+    with: pre-trained weights and single-label labelled images. Scratch keeps the whole
+    model (:func:`scratch_choice`)."""
+    if settings.get("cut") is not None or source.labels is None or source.multi_label:
+        return settings
+    weights = settings.get("weights")  # None: the backbone's pre-trained weights
+    if weights is not None and str(weights).lower() == "none":
+        return settings
+    return {**settings, "cut": AUTO_CUT}
 
 
 def _better(a: dict, b: dict) -> bool:
@@ -541,6 +560,7 @@ def train_auto(request, budget_trials: int | None = None):
     if settings.get("phases") is not None:
         raise GraftError("strategy='auto' chooses the phases itself; drop the custom plan.")
     source = adapt(request.data)
+    settings = with_cut_choice(settings, source)
     folds = few_label_folds(request, settings, source)
     if folds is None:
         _check_validation(request.val, _holdout_settings(settings))  # before any write

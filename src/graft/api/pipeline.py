@@ -48,6 +48,7 @@ from graft.config.budget import (
     finetune_epochs,
     head_budget,
 )
+from graft.config.names import AUTO_CUT
 from graft.config.paths import AS_TYPED, make_portable
 from graft.config.phase import Plan
 from graft.config.settings import TrainConfig
@@ -204,6 +205,8 @@ class Built:
     #: ``cut="auto"``: every candidate cut's score and the choice
     #: (:class:`graft.training.transfer.TransferResult`).
     transfer: object = None
+    #: ``cut="auto"`` left fewer blocks than ``unfreeze`` asked for: the spec trained.
+    unfreeze: str | None = None
 
 
 @dataclass(frozen=True)
@@ -478,8 +481,13 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
         pool = head_pool(choice)
     elif ctx.backbone.is_file:
         bb = match_scaling(cfg, bb, data.train, log)
+    plan, unfreeze = ctx.plan, None
     if cfg.cut == AUTO_CUT:
         bb, pool, transfer = cut_by_measurement(ctx, data, bb, open_scalings(choice, bb))
+        unfreeze = unfreeze_within(cfg, len(bb.blocks), log)
+        if unfreeze is not None:
+            cfg = dataclasses.replace(cfg, unfreeze=unfreeze)
+            plan = Plan.of(cfg.resolved_plan(), cfg.head)
     source_task = _source_task(ctx, bb)
     counts = data.counts
     log(
@@ -499,9 +507,27 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
         head = HeadConfig(ctx.plan.head, cfg.dropout, data.multi_label, pool)
         model = assemble(bb, len(data.classes), head)
     log(f"Head input: {pooling_summary(model.get_layer(BACKBONE_NAME).output.shape, pool)}")
-    freezing.check_plan(model, bb.blocks, ctx.plan.phases)  # every phase's spec, before epoch 1
+    freezing.check_plan(model, bb.blocks, plan.phases)  # every phase's spec, before epoch 1
     loss, metrics = building.task(data.multi_label)
-    return Built(bb, model, loss, metrics, source_task, choice, transfer)
+    return Built(bb, model, loss, metrics, source_task, choice, transfer, unfreeze)
+
+
+def unfreeze_within(cfg: TrainConfig, blocks: int, log) -> str | None:
+    """``blocks:N`` when ``cfg.unfreeze`` asks for more blocks (``blocks:M``, M > N)
+    than the ``blocks`` that a cut chosen by measurement left, else ``None``: the
+    strategy then fine-tunes every block the cut keeps (said in one line). A cut the user
+    gave keeps the one-line error instead."""
+    spec = str(cfg.unfreeze)
+    asked = spec.partition(":")[2]
+    if cfg.phases is not None or not spec.startswith("blocks:") or not asked.isdigit():
+        return None
+    if int(asked) <= blocks or blocks < 1:
+        return None
+    log(
+        f"Unfreeze: {spec} asks for more blocks than the measured cut keeps ({blocks}); "
+        f"fine-tuning blocks:{blocks}"
+    )
+    return f"blocks:{blocks}"
 
 
 #: Images upscaled more than this to the backbone's input size get a warning.
@@ -616,6 +642,9 @@ def with_decisions(ctx: Context, built: Built) -> Context:
     if transfer is not None:  # the measured cut and pooling replace "auto"
         cut = None if transfer.cut == transfer.output else transfer.cut
         cfg = dataclasses.replace(cfg, cut=cut, pool=head_pool_name(transfer.pool))
+        if built.unfreeze is not None:  # the blocks that cut keeps
+            cfg = dataclasses.replace(cfg, unfreeze=built.unfreeze)
+            ctx = dataclasses.replace(ctx, plan=Plan.of(cfg.resolved_plan(), cfg.head))
         if user_model:
             cfg = dataclasses.replace(cfg, preprocess=built.bb.preprocess)
     return dataclasses.replace(ctx, cfg=cfg)
@@ -711,10 +740,6 @@ def measurement_folds(ctx: Context, data: PreparedData):
     elif folds is None or folds.kind == "holdout":  # the training part's own folds
         folds = plan_folds(labels, seed=ctx.cfg.seed, val_split="auto")
     return limit, folds
-
-
-#: ``cut="auto"``: the cut (and pooling) chosen by the cross-validated linear probe.
-AUTO_CUT = "auto"
 
 
 #: ``cut="auto"`` scores its candidates under at most this many input scalings (one

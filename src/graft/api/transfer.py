@@ -136,8 +136,8 @@ def choose_cut(
     backbone, images, labels, folds, *, seed: int = 0, scalings: tuple[str, ...] = (), **options
 ):
     """``(cut, pool, result)`` for ``--cut auto``: the cut and pooling (and scaling, of
-    several) with the best cross-validated probe score (within one standard error, the
-    fewest features).
+    several) with the best cross-validated probe score
+    (:func:`graft.training.transfer.choose`).
 
     Args:
         backbone: The resolved :class:`graft.core.loaders.Backbone` (its ``model`` without

@@ -23,6 +23,8 @@ QUANTIZE_MODES = ("none", "dynamic", "int8")
 PREPROCESS_MODES = ("none", "unit", "symmetric", "caffe", "torch")
 #: The searched strategy (``graft.api.auto``); not a plan of its own.
 AUTO_STRATEGY = "auto"
+#: ``cut`` of a run that chooses where to cut the backbone by measurement (issue 23).
+AUTO_CUT = "auto"
 #: How the backbone's output becomes the head's input (``graft.core.model.pooling_layers``):
 #: per output rank, the accepted choices, the default first.
 POOLS_4D = ("avg", "max", "avgmax", "flatten")
