@@ -91,4 +91,20 @@ def evaluate(
     )
     result = evaluation.evaluate_model(model, ds, classes, paths=paths).as_dict()
     result["skipped"] = skipped
+    result.update(decode_record(model_or_run))
     return result
+
+
+def decode_record(model_or_run) -> dict:
+    """``{"decode": recipe}``: what decoded the image files here
+    (:func:`graft.data.decode.recipe`), plus ``"run_decode"`` when the run that made the
+    model recorded another library (a TensorFlow run read its images with ``tf.io``;
+    Pillow and ``tf.io`` differ by a few levels on some pixels of real JPEGs)."""
+    from graft.data import decode
+
+    used = decode.recipe()
+    record = {"decode": used}
+    trained = model_io.run_setting(model_or_run, "decode")
+    if isinstance(trained, dict) and trained.get("library") != used["library"]:
+        record["run_decode"] = trained
+    return record

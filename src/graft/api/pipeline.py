@@ -61,7 +61,7 @@ from graft.core.model import (
     pooling_summary,
 )
 from graft.core.model import build_model as assemble
-from graft.data import adapter, pipelines
+from graft.data import adapter, decode, pipelines
 from graft.data.folds import HOLDOUT_FRACTION, Folds, plan_folds
 from graft.data.pipelines import load_image
 from graft.errors import DataError, GraftError
@@ -1550,6 +1550,7 @@ def write(
     config["classes"] = run.classes
     config["multi_label"] = is_multi_label(run.model)
     config["versions"] = building.versions()
+    config["decode"] = decode.recipe()  # what turned the image files into arrays
     config.update(data=data.sources, safe_mode=ctx.req.safe_mode)
     if ctx.backbone.saved:
         config["backbone"] = ctx.backbone.saved

@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import keras
 
-from graft import _backend
 from graft.api import pipeline as p
 from graft.api import preflight
 from graft.api.pipeline import execute
@@ -83,7 +82,6 @@ def train(
     Returns:
         A :class:`Run` with the trained model, metrics and history.
     """
-    _backend.require_tensorflow("graft.train")  # before anything is written
     if budget_trials is not None and settings.get("strategy") != "auto":
         raise GraftError(
             "budget_trials is for strategy='auto'. "

@@ -45,6 +45,12 @@ def evaluate(model, data, batch_size, min_size, as_json, unsafe):
         return
     skipped = result.get("skipped")
     log(api.summary_line(result) + (f" ({skipped} skipped by the data check)" if skipped else ""))
+    if result.get("run_decode"):
+        trained, used = result["run_decode"]["library"], result["decode"]["library"]
+        log(
+            f"Note: the run decoded its images with {trained}; here {used} decodes them "
+            "(a few levels apart on some pixels of real JPEGs)."
+        )
     per_class = result.get("per_class") or result.get("per_label") or {}
     table = Table("class", "precision", "recall", "F1", "support")
     for name, v in per_class.items():

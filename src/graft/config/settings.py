@@ -41,6 +41,7 @@ RUN_RECORD_KEYS = (
     "classes",
     "multi_label",
     "versions",
+    "decode",
     "as_typed",
     "run_relative",
 )

@@ -51,6 +51,18 @@ class HeadConfig:
     pool: str = "auto"
 
 
+def _dropout_seed() -> int | None:
+    """The head's dropout seed: ``None`` (Keras draws it) except on PyTorch, where an
+    unseeded ``Dropout`` draws its masks from torch's global generator (consumed by other
+    work and not in graft's checkpoints); a seed from Python's seeded generator gives it
+    a ``SeedGenerator``, a model variable saved with the weights as on TF and JAX."""
+    if keras.backend.backend() != "torch":
+        return None
+    import random
+
+    return random.randint(0, 2**31 - 1)
+
+
 def build_model(
     backbone: Backbone, num_classes: int, head: HeadConfig = HeadConfig(), name: str = "graft"
 ) -> keras.Model:
@@ -99,7 +111,9 @@ def build_model(
     for i, units in enumerate(head.hidden, start=1):
         x = keras.layers.Dense(units, activation="relu", name=f"{HEAD_PREFIX}dense_{i}")(x)
     if head.dropout:
-        x = keras.layers.Dropout(head.dropout, name=f"{HEAD_PREFIX}dropout")(x)
+        x = keras.layers.Dropout(head.dropout, seed=_dropout_seed(), name=f"{HEAD_PREFIX}dropout")(
+            x
+        )
     outputs = keras.layers.Dense(
         num_classes,
         activation="sigmoid" if head.multi_label else "softmax",

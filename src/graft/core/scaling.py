@@ -137,7 +137,8 @@ def infer(model: keras.Model, images: np.ndarray, channels: int | None = None) -
         scaled = x
         for step in preprocessing_layers(mode, channels):
             scaled = step(scaled)
-        scores[mode] = mismatch(np.asarray(probe(scaled, training=False), "float64"), bn)
+        output = keras.ops.convert_to_numpy(probe(scaled, training=False))
+        scores[mode] = mismatch(np.asarray(output, "float64"), bn)
     ordered = sorted(scores.values())
     source = f"the first BatchNormalization {bn.name!r}"
     if len(ordered) > 1 and ordered[1] < CLEAR_RATIO * max(ordered[0], 1e-3):

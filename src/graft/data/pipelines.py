@@ -23,6 +23,14 @@ from graft.data.sources import LabelledFiles, read_regular
 from graft.errors import DataError, UnknownNameError, did_you_mean, first_line
 
 
+def on_tensorflow() -> bool:
+    """Whether Keras's backend is TensorFlow (its readers are ``tf.data``; on any other
+    backend they are :mod:`graft.data.neutral`'s, decoding with :mod:`graft.data.decode`)."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
 def decode_image(data, image_size: tuple[int, int], channels: int):
     """Encoded image bytes (a string tensor) -> float32 ``(h, w, channels)``, 0-255.
 
@@ -81,10 +89,14 @@ def load_image(
         ValueError: The file is not a decodable image, or has more pixels than
             :func:`check_pixels` allows.
     """
-    import tensorflow as tf
-
     data = read_regular(path)  # never a FIFO or a device, never unbounded
     check_pixels(data, min_size=min_size)
+    if not on_tensorflow():
+        from graft.data import decode
+
+        return decode.decode(data, tuple(image_size), channels)
+    import tensorflow as tf
+
     try:
         return decode_image(data, tuple(image_size), channels).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
@@ -102,12 +114,24 @@ def match_channels(x, channels: int, what: str = "Images"):
     have = x.shape[-1]
     if have == channels or have is None:
         return x
+    if not on_tensorflow():
+        return _match_channels_numpy(np.asarray(x, "float32"), have, channels, what)
     import tensorflow as tf
 
     if have == 1 and channels == 3:
         return tf.image.grayscale_to_rgb(tf.convert_to_tensor(x))
     if have == 3 and channels == 1:
         return tf.image.rgb_to_grayscale(tf.convert_to_tensor(x))
+    raise channel_error(have, channels, what, x.shape)
+
+
+def _match_channels_numpy(x: np.ndarray, have: int, channels: int, what: str) -> np.ndarray:
+    """:func:`match_channels` in NumPy (TensorFlow's grayscale weights)."""
+    if have == 1 and channels == 3:
+        return np.repeat(x, 3, axis=-1)
+    if have == 3 and channels == 1:
+        weights = np.asarray([0.2989, 0.5870, 0.1140], "float32")
+        return np.sum(x * weights, axis=-1, keepdims=True, dtype="float32")
     raise channel_error(have, channels, what, x.shape)
 
 
@@ -125,7 +149,12 @@ def fit_arrays(x, image_size: tuple[int, int], channels: int) -> np.ndarray:
     x = np.asarray(x)
     if x.shape[-1] != channels:
         x = np.asarray(match_channels(x.astype("float32"), channels))
-    if tuple(x.shape[1:3]) != tuple(image_size):
+    if tuple(x.shape[1:3]) != tuple(image_size) and not on_tensorflow():
+        import keras
+
+        resized = keras.ops.image.resize(x.astype("float32"), tuple(image_size))
+        x = np.asarray(keras.ops.convert_to_numpy(resized))
+    elif tuple(x.shape[1:3]) != tuple(image_size):
         import tensorflow as tf
 
         x = tf.image.resize(x.astype("float32"), tuple(image_size)).numpy()
@@ -154,6 +183,10 @@ def augmentation(level: str = "standard", seed: int | None = None):
         )
     if level == "none":
         return None
+    if not on_tensorflow():
+        from graft.data import neutral
+
+        neutral.refuse_augment(level)
     import keras
 
     layers = keras.layers
@@ -209,8 +242,14 @@ def pipeline(
         augment: A callable on image batches, or ``None``.
 
     Returns:
-        A ``tf.data.Dataset``.
+        A ``tf.data.Dataset`` (on another backend than TensorFlow: a
+        :class:`graft.data.neutral.Batches` in graft's epoch order, Pillow recipe).
     """
+    if not on_tensorflow():
+        from graft.data import neutral
+
+        neutral.refuse_augment(augment)
+        return neutral.file_batches(files, image_size, channels, batch_size, shuffle, seed)
     import tensorflow as tf
 
     # Bytes, not str: file names need not be valid UTF-8.
@@ -227,7 +266,13 @@ def pipeline(
 
 
 def array_pipeline(x, y, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None):
-    """A ``tf.data.Dataset`` over in-memory arrays (images of the model's input size)."""
+    """A ``tf.data.Dataset`` over in-memory arrays (images of the model's input size);
+    on another backend than TensorFlow a :class:`graft.data.neutral.Batches`."""
+    if not on_tensorflow():
+        from graft.data import neutral
+
+        neutral.refuse_augment(augment)
+        return neutral.array_batches(x, y, batch_size, shuffle, seed)
     import tensorflow as tf
 
     y = np.asarray(y)

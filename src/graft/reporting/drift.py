@@ -41,6 +41,7 @@ import keras
 import numpy as np
 
 from graft.core.model_utils import features_model, forward_function
+from graft.data import neutral
 from graft.data.adapter import adapt, labelled_batches
 from graft.errors import DataError, GraftError
 from graft.runs import model_io
@@ -112,7 +113,10 @@ def unchanged(model: keras.Model, reference: list[np.ndarray] | None) -> bool:
 
 
 def _images(dataset, limit: int):
-    """``dataset`` (batches of ``(image, label)`` or images) cut to about ``limit`` images."""
+    """``dataset`` (batches of ``(image, label)`` or images) cut to about ``limit`` images
+    (a list of image batches for graft's backend-neutral reader)."""
+    if neutral.is_neutral(dataset):
+        return _first_images(dataset, limit)
     spec = dataset.element_spec
     if isinstance(spec, tuple):
         dataset = dataset.map(lambda *item: item[0])
@@ -120,10 +124,29 @@ def _images(dataset, limit: int):
     return dataset.unbatch().take(limit).batch(batch or 32)
 
 
+def _first_images(dataset, limit: int) -> list[np.ndarray]:
+    """The first ``limit`` images of a backend-neutral reader, batch by batch."""
+    batches, seen = [], 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        x = np.asarray(item[0] if isinstance(item, tuple) else item)[: limit - seen]
+        batches.append(x)
+        seen += len(x)
+        if seen >= limit:
+            break
+    return batches
+
+
+def _count(images) -> int:
+    if isinstance(images, list):
+        return sum(len(x) for x in images)
+    return int(sum(1 for _ in images.unbatch()))
+
+
 def _predict(extractor: keras.Model, images) -> np.ndarray:
     """Batch by batch through one function traced once for any batch size (the capped
     pipeline has no known length; the same function serves both weight sets)."""
-    forward = forward_function(extractor, images.element_spec)
+    forward = forward_function(extractor, getattr(images, "element_spec", None))
     return np.concatenate([np.asarray(forward(x)) for x in images])
 
 
@@ -159,7 +182,7 @@ def measure(
     trained = extractor.get_weights()
     if _same(trained, reference):  # no pipeline is built when the count is known
         if count is None:
-            count = int(sum(1 for _ in _images(dataset, max_images).unbatch()))
+            count = _count(_images(dataset, max_images))
         count = min(int(count), max_images)
         return {"cka": 1.0, "cosine": 1.0, "images": count, "split": split, "unchanged": True}
     images = _images(dataset, max_images)

@@ -232,7 +232,7 @@ def choose_dtype(top: keras.Model, batch: np.ndarray) -> str:
 def bottom_pass(bottom: keras.Model, images):
     """``bottom`` over a dataset of image batches, one float32 array per batch, through
     one function traced once for any batch size (train and val share it)."""
-    forward = forward_function(bottom, images.element_spec)
+    forward = forward_function(bottom, getattr(images, "element_spec", None))
     for batch in images:
         yield np.asarray(forward(batch), dtype="float32")
 

@@ -42,7 +42,7 @@ from graft.core.model_utils import (
     weights_fingerprint,
 )
 from graft.data.content import file_digest
-from graft.training.feed import FEATURES, Inputs, cycled
+from graft.training.feed import FEATURES, Inputs, cycled, images_only
 from graft.training.store import open_store
 
 #: Version of what a key describes (a new one orphans every entry); the files' own format
@@ -186,7 +186,7 @@ def split_images(split, bb, batch_size: int, augment=None):
     else:
         ds = data.pipeline(split.files, bb.image_size, bb.channels, batch_size)
     if augment is None:
-        return ds.map(lambda x, y: x)
+        return images_only(ds)
     return ds.map(lambda x, y: augment(x, training=True))
 
 

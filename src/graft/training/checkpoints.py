@@ -178,8 +178,12 @@ def fast_forward(dataset, passes: int) -> None:
 
     ``shuffle(seed=s, reshuffle_each_iteration=True)`` draws a new order each time an
     iterator is created; a resumed run makes as many iterators as the killed one had
-    (one batch each is read), so its next epoch sees the same order.
+    (one batch each is read), so its next epoch sees the same order. A backend-neutral
+    reader (:mod:`graft.data.neutral`) is ordered by the run's epoch index: nothing to
+    replay.
     """
+    if getattr(dataset, "epoch_ordered", False):
+        return
     for _ in range(int(passes)):
         iterator = iter(dataset)
         next(iterator, None)

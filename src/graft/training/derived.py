@@ -25,7 +25,7 @@ from graft.core import keras_compat
 from graft.core.model import backbone_of, head_input
 from graft.core.model_utils import layer_key, pooling_layers_of, weights_fingerprint
 from graft.training import cache
-from graft.training.feed import entry_dataset
+from graft.training.feed import entry_dataset, images_only
 
 #: Version of what a key describes (the files' own format: :data:`graft.training.store.FORMAT`).
 KEY_VERSION = 1
@@ -79,7 +79,7 @@ def from_activations(acts, model: keras.Model, batch_size: int):
             return None
         key = derived_key(entry, extractor, model, acts.boundary)
         labels = np.zeros(entry.rows, "int32")  # not used: the rows, in order
-        rows = entry_dataset(entry, labels, batch).map(lambda x, y: x)
+        rows = images_only(entry_dataset(entry, labels, batch))
         label = split if view is None else f"{split}, view {view + 1}"
         acts.summary.setdefault("head_features", {"derived_from_activations": []})
         acts.summary["head_features"]["derived_from_activations"].append(label)

@@ -7,8 +7,8 @@ whole backbone frozen, the activation cache (:mod:`graft.training.activations`) 
 partial fine-tuning phases it serves; every other phase fits the full model on the images.
 
 The caches store plain NumPy rows (:mod:`graft.training.store`); :func:`entry_dataset` is
-the one place they become ``tf.data`` batches, so another backend replaces that reader
-only.
+the one place they become ``tf.data`` batches (on TensorFlow) or
+:class:`graft.data.neutral.Batches` (on any other backend).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from graft.data import neutral
+from graft.data.pipelines import on_tensorflow
+from graft.errors import GraftError
 from graft.training.store import Entry, reader
 
 #: Keys of the shuffled datasets in a checkpoint's ``passes`` (one per kind of input).
@@ -74,6 +77,8 @@ class Feed:
 def cycled(views: list, steps: int) -> tuple:
     """One training dataset over the datasets of K cached views of the training split, in
     which epoch ``e`` trains on view ``e mod K``: ``(dataset, steps per epoch)``."""
+    if neutral.is_neutral(views[0]):  # augmented views are refused off TensorFlow
+        raise GraftError("Cached augmented views need TensorFlow's tf.data, for now.")
     train = views[0]
     for view in views[1:]:
         train = train.concatenate(view)
@@ -83,7 +88,11 @@ def cycled(views: list, steps: int) -> tuple:
 def entry_dataset(entry: Entry, labels, batch_size: int, shuffle: bool = False, seed: int = 0):
     """``(rows, labels)`` batches of a stored entry, read from disk batch by batch (the
     ``tf.data`` reader of the store); shuffled exactly like
-    :func:`graft.data.pipelines.pipeline` with the same seed (same order of images)."""
+    :func:`graft.data.pipelines.pipeline` with the same seed (same order of images).
+    On another backend than TensorFlow: a :class:`graft.data.neutral.Batches` in graft's
+    epoch order (:mod:`graft.data.order`), like the image reader there."""
+    if not on_tensorflow():
+        return neutral.Batches(reader(entry), labels, batch_size, shuffle, seed)
     import tensorflow as tf
 
     labels = np.asarray(labels)
@@ -100,3 +109,18 @@ def entry_dataset(entry: Entry, labels, batch_size: int, shuffle: bool = False, 
         return x, tf.gather(table, indices)
 
     return ds.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)
+
+
+def images_only(dataset):
+    """The image batches of a dataset of ``(images, labels)`` batches."""
+    if neutral.is_neutral(dataset):
+        return dataset.images()
+    return dataset.map(lambda x, y: x)
+
+
+def order_callbacks(dataset) -> list:
+    """The callback that sets a backend-neutral reader's epoch before ``fit`` reads it
+    (:class:`graft.data.neutral.EpochOrder`); none for ``tf.data``."""
+    if isinstance(dataset, neutral.Batches) and dataset.shuffle:
+        return [neutral.EpochOrder(dataset)]
+    return []

@@ -23,7 +23,7 @@ from graft.core.blocks import Block
 from graft.core.optim import make_optimizer
 from graft.core.schedules import Position
 from graft.errors import TrainingFailed
-from graft.training.feed import ACTIVATIONS, Feed, Inputs
+from graft.training.feed import ACTIVATIONS, Feed, Inputs, order_callbacks
 from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, PhaseContext
 
 CACHED_STEPS_PER_EXECUTION = 64
@@ -32,8 +32,9 @@ CACHED_STEPS_PER_EXECUTION = 64
 def steps_per_execution(steps: int | None) -> int:
     """Head steps per call on cached features: the largest divisor of the epoch's steps up
     to :data:`CACHED_STEPS_PER_EXECUTION` (Keras counts a call as that many steps, so a
-    call past the epoch's end shows ``64/34`` in the progress bar)."""
-    if not steps or steps < 1:
+    call past the epoch's end shows ``64/34`` in the progress bar). PyTorch's trainer
+    takes one step per call only."""
+    if not steps or steps < 1 or keras.backend.backend() == "torch":
         return 1
     return max(d for d in range(1, min(steps, CACHED_STEPS_PER_EXECUTION) + 1) if steps % d == 0)
 
@@ -296,6 +297,7 @@ class Trainer:
         callbacks = [keras.callbacks.TerminateOnNaN(), *policies.values()]
         callbacks.append(_Recorder(ctx, policies, self.hooks, rows))
         callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
+        callbacks += order_callbacks(inputs.train)  # graft's epoch order (not tf.data)
         start = time.perf_counter()
         build_state(ctx.target, inputs.train)
         ctx.target.fit(

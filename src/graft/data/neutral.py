@@ -1,0 +1,250 @@
+"""The backend-neutral reader: ``(x, y)`` batches for Keras's ``fit`` on any backend.
+
+On a backend other than TensorFlow, every reader of training data is a
+:class:`Batches`, a ``keras.utils.PyDataset`` over *rows* (a callable from positions to
+a float32 array: image files through the Pillow recipe of :mod:`graft.data.decode`,
+in-memory arrays, or the rows of a cache entry) and their labels. Its order is graft's
+own (:func:`graft.data.order.epoch_order`): the batches of run epoch ``e`` follow the
+permutation of ``(seed, e)``, set before each epoch by :class:`EpochOrder` (a callback
+the trainer adds), so a resumed run needs only the epoch it continues from.
+
+A :class:`Batches` holds paths, arrays or a row reader and labels, never a model.
+Image files are decoded by :data:`WORKERS` threads (``GRAFT_READER_WORKERS`` sets it),
+the images of a batch in parallel, and the next batch of the epoch's order while the
+model runs on this one. Keras's own ``workers`` (its ``OrderedEnqueuer``) is not used:
+when ``fit`` peeks at a batch before training (the JAX trainer's symbolic build) and
+stops the enqueuer, the batches it had in flight are served first in the next epoch,
+out of order; graft's prefetch is keyed by (epoch, batch) instead, so it never changes
+what a batch holds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import keras
+import numpy as np
+
+from graft.data import decode
+from graft.data.order import epoch_order
+from graft.errors import GraftError
+
+
+def _workers() -> int:
+    try:
+        return max(1, int(os.environ.get("GRAFT_READER_WORKERS", "")))
+    except ValueError:
+        return max(1, min(4, os.cpu_count() or 1))
+
+
+#: Threads that decode image files (``GRAFT_READER_WORKERS``; default up to 4).
+WORKERS = _workers()
+
+
+def refuse_augment(augment) -> None:
+    """One line: augmentation runs in ``tf.data`` only, for now (no silent no-op)."""
+    if augment is not None:
+        raise GraftError(
+            f"augment is not available on the {keras.backend.backend()} backend yet "
+            "(it runs in TensorFlow's tf.data pipeline).",
+            hint="train with --augment none, or with KERAS_BACKEND=tensorflow.",
+        )
+
+
+def _labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    return labels.astype("float32") if labels.ndim == 2 else labels.astype("int32")
+
+
+class FileRows:
+    """``rows(positions)``: the image files at those positions through the Pillow recipe,
+    decoded by ``workers`` threads."""
+
+    def __init__(self, paths, image_size, channels: int, workers: int = 1):
+        self.paths = [os.fspath(p) for p in paths]
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.channels = int(channels)
+        self.workers = max(1, int(workers))
+        self._pool = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_pool": None}
+
+    def _load(self, index: int) -> np.ndarray:
+        return decode.load(self.paths[index], self.image_size, self.channels)
+
+    def __call__(self, positions) -> np.ndarray:
+        positions = [int(i) for i in positions]
+        if self.workers > 1 and len(positions) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="graft-decode")
+            images = list(self._pool.map(self._load, positions))
+        else:
+            images = [self._load(i) for i in positions]
+        if not images:
+            return np.zeros((0, *self.image_size, self.channels), "float32")
+        return np.stack(images)
+
+
+class ArrayRows:
+    """``rows(positions)`` of an in-memory array (float32)."""
+
+    def __init__(self, x):
+        self.x = np.asarray(x, "float32")
+
+    def __call__(self, positions) -> np.ndarray:
+        return self.x[np.asarray(positions, "int64")]
+
+
+class Batches(keras.utils.PyDataset):
+    """``(x, y)`` batches of ``rows`` and ``labels`` in graft's epoch order.
+
+    Args:
+        rows: ``rows(positions) -> float32 array``.
+        labels: One label (or label vector) per row.
+        batch_size: Rows per batch (the last batch may be smaller).
+        shuffle: Visit the rows in the epoch's permutation (else in order).
+        seed: The run's seed.
+        prefetch: Read the next batch of the epoch in a background thread while this one
+            is used (for rows that are slow to read: image files).
+    """
+
+    #: A resumed run sets the epoch; it replays no reader (checkpoints.fast_forward).
+    epoch_ordered = True
+
+    def __init__(self, rows, labels, batch_size: int, shuffle=False, seed=0, prefetch=False):
+        super().__init__(workers=1, use_multiprocessing=False)  # no Keras enqueuer: see above
+        self.prefetch = bool(prefetch)
+        self._ahead: dict = {}  # (epoch, batch index) -> Future of that batch
+        self._pool = None
+        self.rows = rows
+        self.labels = _labels(labels)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.epoch = 0
+        self._order = self._draw(0)
+
+    def __repr__(self) -> str:
+        kind = f"shuffled, seed {self.seed}, epoch {self.epoch}" if self.shuffle else "in order"
+        return f"Batches({len(self.labels)} rows, batch {self.batch_size}, {kind})"
+
+    def _draw(self, epoch: int) -> np.ndarray:
+        count = len(self.labels)
+        if not self.shuffle:
+            return np.arange(count, dtype=np.int64)
+        return epoch_order(count, self.seed, epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Batches from now on follow the order of run epoch ``epoch`` (0-based)."""
+        if self.shuffle and int(epoch) != self.epoch:
+            self._order = self._draw(int(epoch))
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+    def cardinality(self) -> int:
+        """Batches per pass (what ``tf.data``'s ``cardinality`` answers)."""
+        return len(self)
+
+    def positions(self, index: int) -> np.ndarray:
+        """The row positions of batch ``index`` in the current epoch."""
+        order = self._order
+        return order[index * self.batch_size : (index + 1) * self.batch_size]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_ahead": {}, "_pool": None}
+
+    def _read(self, positions: np.ndarray):
+        return self.rows(positions), self.labels[positions]
+
+    def __getitem__(self, index: int):
+        if index >= len(self):
+            raise IndexError(index)
+        if not self.prefetch:
+            return self._read(self.positions(index))
+        ahead = self._ahead.pop((self.epoch, index), None)
+        self._ahead.clear()  # anything else in flight belongs to another order or batch
+        batch = ahead.result() if ahead is not None else self._read(self.positions(index))
+        if index + 1 < len(self):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="graft-prefetch")
+            positions = self.positions(index + 1)  # fixed now: a later set_epoch cannot move it
+            self._ahead[(self.epoch, index + 1)] = self._pool.submit(self._read, positions)
+        return batch
+
+    def images(self) -> Images:
+        """The same batches without their labels (for ``predict``)."""
+        return Images(self)
+
+    def repeat(self) -> Repeated:
+        """Endless batches: pass after pass of the current epoch's order (the LR finder)."""
+        return Repeated(self)
+
+
+class Images(keras.utils.PyDataset):
+    """The image batches of a :class:`Batches` alone."""
+
+    def __init__(self, batches: Batches):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def cardinality(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        return self.batches[index][0]
+
+
+class Repeated(keras.utils.PyDataset):
+    """A :class:`Batches` read endlessly (``num_batches`` is ``None``)."""
+
+    def __init__(self, batches: Batches):
+        super().__init__(workers=1, use_multiprocessing=False)
+        self.batches = batches
+
+    @property
+    def num_batches(self):
+        return None
+
+    def __getitem__(self, index: int):
+        return self.batches[index % len(self.batches)]
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Sets the epoch of a :class:`Batches` before ``fit`` reads it (run epochs: ``fit``
+    is called with ``initial_epoch`` = the run's epochs done, so the number Keras passes
+    is the run's epoch index)."""
+
+    def __init__(self, batches: Batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+
+
+def file_batches(files, image_size, channels: int, batch_size: int, shuffle=False, seed=0):
+    """Batches of labelled image files (:class:`graft.data.sources.LabelledFiles`)."""
+    rows = FileRows(files.paths, image_size, channels, workers=WORKERS)
+    return Batches(rows, files.labels, batch_size, shuffle, seed, prefetch=WORKERS > 1)
+
+
+def array_batches(x, y, batch_size: int, shuffle=False, seed=0):
+    """Batches of in-memory images (already at the model's input size) or features."""
+    return Batches(ArrayRows(x), y, batch_size, shuffle, seed)
+
+
+def is_neutral(dataset) -> bool:
+    """Whether ``dataset`` is one of this module's readers."""
+    return isinstance(dataset, (Batches, Images, Repeated))
