@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from graft.core import keras_compat
 from graft.core.blocks import walk
 from graft.core.cutting import outputs_at
 from graft.training.candidates import (
@@ -238,8 +239,7 @@ def _pooled_map(layer):
     """The layer whose 4-D map ``layer`` (a global pooling) pools, else ``None``."""
     if type(layer).__name__ not in GLOBAL_POOLS:
         return None
-    history = getattr(layer.input, "_keras_history", None)
-    producer = history[0] if history else None
+    producer = keras_compat.producer(layer.input)
     shape = None if producer is None else _layer_shape(producer)
     return producer if shape is not None and len(shape) == 3 else None
 
