@@ -131,14 +131,13 @@ OTHER = BACKEND if BACKEND != "tensorflow" else "numpy"
     "args, what",
     [
         (["lr-find", "{data}", "--backbone", "mobilenet_v2", "-o", "{tmp}/lr"], "graft lr-find"),
-        (["probe", "{data}", "--backbone", "mobilenet_v2", "--out", "{tmp}/p"], "graft probe"),
         (["demo", "--quick", "--out", "{tmp}/demo"], "graft demo"),
         (
             ["export", "{model}", "--format", "savedmodel", "-o", "{tmp}/sm"],
             "graft export --format savedmodel",
         ),
     ],
-    ids=["lr-find", "probe", "demo", "export-savedmodel"],
+    ids=["lr-find", "demo", "export-savedmodel"],
 )
 def test_a_command_that_needs_tensorflow_says_so_in_one_line(
     args, what, digits_folder, cnn_file, tmp_path

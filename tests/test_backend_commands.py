@@ -1,0 +1,69 @@
+"""graft probe, lr-find, compare and demo on any backend (slice 2c of the any-backend plan).
+
+Marked ``backend``: the default (TensorFlow) suite runs them, and CI runs them again with
+``KERAS_BACKEND=jax`` in a TensorFlow-free venv, where they read images with the Pillow
+recipe (:mod:`graft.data.decode`) and :mod:`graft.data.neutral`'s batches. Every command
+runs through the CLI in a subprocess on the venv's backend, on the 36 digits images and
+the tiny CNN of ``conftest`` at 32 px, and the test checks what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.backend
+
+BACKEND = keras.backend.backend()
+LIBRARY = "tf.io" if BACKEND == "tensorflow" else "pillow"
+
+
+def _cli(*args, env=None, code=None):
+    """Run ``graft ARGS`` (or ``python -c CODE ARGS``) in a subprocess on this backend."""
+    environ = {**os.environ, "PYTHONWARNINGS": "ignore", "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    head = ["-c", code] if code else ["-m", "graft.cli"]
+    cmd = [sys.executable, *head, *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=environ)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_probe_images_are_the_recipe_s_arrays(digits_folder):
+    """What the probe scores: every image decoded by this backend's recipe (the 32 px PNGs
+    need no resize, so tf.io and Pillow give the same arrays)."""
+    from graft.api.transfer import labelled_images
+    from graft.data import decode
+    from graft.data.sources import load_source
+
+    images, labels, classes = labelled_images(digits_folder, (32, 32), 3)
+    found = load_source(digits_folder)
+    assert images.shape == (36, 32, 32, 3) and images.dtype == np.float32
+    assert classes == ["five", "seven", "six"] and np.bincount(labels).tolist() == [12] * 3
+    for got, path in zip(images, found.paths, strict=True):
+        np.testing.assert_array_equal(got, decode.load(path, (32, 32), 3), err_msg=str(path))
+
+
+def test_cli_probe_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
+    out = tmp_path / "probe"
+    done = _cli("probe", digits_folder, "--backbone", cnn_file, "--preprocess", "unit",
+                "--out", out)  # fmt: skip
+    record = json.loads((out / "metrics" / "probe.json").read_text())
+    assert record["images"] == 36 and record["classes"] == ["five", "seven", "six"]
+    assert record["scaling"] == "unit" and record["scaling_how"] == "given"
+    cuts = {c["cut"] for c in record["candidates"]}
+    assert {"block1_pool", "block2_pool"} <= cuts, cuts
+    assert record["cut"] in cuts and record["pool"]
+    scores = [c["mean"] for c in record["candidates"] if c.get("mean") is not None]
+    assert len(scores) >= 8 and all(0.0 <= s <= 1.0 for s in scores), record["candidates"]
+    # Digits are easy for the shallow cuts of even an untrained CNN: well above chance (1/3).
+    assert max(scores) > 0.6, scores
+    with Image.open(out / "plots" / "transferability.png") as png:
+        assert png.format == "PNG"
+    assert "← chosen" in done.stdout and f"Wrote {out / 'metrics' / 'probe.json'}" in done.stdout
