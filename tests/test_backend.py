@@ -130,14 +130,13 @@ OTHER = BACKEND if BACKEND != "tensorflow" else "numpy"
 @pytest.mark.parametrize(
     "args, what",
     [
-        (["lr-find", "{data}", "--backbone", "mobilenet_v2", "-o", "{tmp}/lr"], "graft lr-find"),
         (["demo", "--quick", "--out", "{tmp}/demo"], "graft demo"),
         (
             ["export", "{model}", "--format", "savedmodel", "-o", "{tmp}/sm"],
             "graft export --format savedmodel",
         ),
     ],
-    ids=["lr-find", "demo", "export-savedmodel"],
+    ids=["demo", "export-savedmodel"],
 )
 def test_a_command_that_needs_tensorflow_says_so_in_one_line(
     args, what, digits_folder, cnn_file, tmp_path

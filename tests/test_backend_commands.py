@@ -9,7 +9,9 @@ the tiny CNN of ``conftest`` at 32 px, and the test checks what it wrote.
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -67,3 +69,39 @@ def test_cli_probe_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
     with Image.open(out / "plots" / "transferability.png") as png:
         assert png.format == "PNG"
     assert "← chosen" in done.stdout and f"Wrote {out / 'metrics' / 'probe.json'}" in done.stdout
+
+
+def test_repeated_reader_cycles_the_epoch_s_batches():
+    """The LR finder's endless reader: pass after pass of the current epoch's order."""
+    from graft.data import neutral
+
+    x = np.arange(10, dtype="float32").reshape(10, 1)
+    batches = neutral.array_batches(x, np.arange(10), batch_size=4, shuffle=True, seed=7)
+    batches.set_epoch(3)
+    endless = batches.repeat()
+    assert endless.num_batches is None
+    seen = np.concatenate([endless[i][1] for i in range(9)])
+    one_pass = np.concatenate([batches[i][1] for i in range(3)])
+    np.testing.assert_array_equal(seen, np.tile(one_pass, 3))
+
+
+def test_cli_lr_find_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
+    """The finder reads the training batches endlessly (``neutral.Repeated`` off TF)."""
+    out = tmp_path / "lr"
+    done = _cli("lr-find", digits_folder, "--backbone", cnn_file, "--cut", "block3_pool",
+                "--batch-size", "8", "-o", out)  # fmt: skip
+    with open(out / "lr_find.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert 10 <= len(rows) <= 100, len(rows)  # 100 steps, or fewer once the loss blew up
+    steps = [int(r["step"]) for r in rows]
+    lrs = [float(r["lr"]) for r in rows]
+    assert steps == list(range(1, len(rows) + 1))
+    assert lrs[0] == pytest.approx(1e-7) and all(b > a for a, b in zip(lrs, lrs[1:]))
+    assert all(math.isfinite(float(r["loss"])) for r in rows[:10])
+    # The first loss is about ln(3): a fresh head on three classes.
+    assert 0.5 < float(rows[0]["loss"]) < 2.0, rows[0]
+    with Image.open(out / "lr_find.png") as png:
+        assert png.format == "PNG"
+    line = next(x for x in done.stdout.splitlines() if x.startswith("Suggested lr"))
+    suggested = float(line.rsplit(" ", 1)[1])
+    assert lrs[0] <= suggested <= lrs[-1], (suggested, lrs[-1])
