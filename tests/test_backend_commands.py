@@ -19,6 +19,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 pytestmark = pytest.mark.backend
@@ -105,3 +106,32 @@ def test_cli_lr_find_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
     line = next(x for x in done.stdout.splitlines() if x.startswith("Suggested lr"))
     suggested = float(line.rsplit(" ", 1)[1])
     assert lrs[0] <= suggested <= lrs[-1], (suggested, lrs[-1])
+
+
+def test_cli_compare_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
+    out = tmp_path / "cmp"
+    done = _cli("compare", digits_folder, "-b", cnn_file, "--cut", "block3_pool",
+                "--strategies", "feature,finetune", "--unfreeze", "all",
+                "--finetune-lr", "0.01", "--epochs", "1", "--head", "", "--batch-size", "16",
+                "--val-split", "0.2", "-o", out)  # fmt: skip
+    with open(out / "compare.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["strategy"] for r in rows] == ["feature", "finetune"]
+    splits = set()
+    for row in rows:
+        run = out / row["strategy"]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert float(row["val_accuracy"]) == metrics["val_accuracy"]
+        assert float(row["feature_drift_cka"]) == metrics["feature_drift"]["cka"]
+        splits.add((metrics["train_images"], metrics["val_images"]))
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["decode"]["library"] == LIBRARY
+        assert f"backend: {BACKEND}" in (run / "config.yaml").read_text()
+        assert row["strategy"] in done.stdout
+    assert splits == {(30, 6)}  # the same split for every row
+    by_name = {r["strategy"]: r for r in rows}
+    assert float(by_name["feature"]["feature_drift_cka"]) == 1.0
+    assert float(by_name["finetune"]["feature_drift_cka"]) < 1.0
+    assert (out / "compare.md").read_text().startswith("| strategy | val_accuracy |")
+    with Image.open(out / "compare.png") as png:
+        assert png.format == "PNG"

@@ -69,7 +69,7 @@ def fit_verbosity() -> int:
 
 #: Commands that need TensorFlow whatever Keras's backend, for now: their input pipelines
 #: are tf.data (docs/plans/any-backend.md moves them to a backend-neutral reader).
-TENSORFLOW_FOR_NOW = ("compare", "demo")
+TENSORFLOW_FOR_NOW = ("demo",)
 #: Export formats written by TensorFlow's converters (ONNX goes through tf2onnx).
 TENSORFLOW_EXPORTS = ("savedmodel", "tflite", "onnx")
 
