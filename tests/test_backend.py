@@ -130,13 +130,16 @@ OTHER = BACKEND if BACKEND != "tensorflow" else "numpy"
 @pytest.mark.parametrize(
     "args, what",
     [
-        (["demo", "--quick", "--out", "{tmp}/demo"], "graft demo"),
         (
             ["export", "{model}", "--format", "savedmodel", "-o", "{tmp}/sm"],
             "graft export --format savedmodel",
         ),
+        (
+            ["export", "{model}", "--format", "tflite", "-o", "{tmp}/m.tflite"],
+            "graft export --format tflite",
+        ),
     ],
-    ids=["demo", "export-savedmodel"],
+    ids=["export-savedmodel", "export-tflite"],
 )
 def test_a_command_that_needs_tensorflow_says_so_in_one_line(
     args, what, digits_folder, cnn_file, tmp_path

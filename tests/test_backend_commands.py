@@ -135,3 +135,33 @@ def test_cli_compare_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
     assert (out / "compare.md").read_text().startswith("| strategy | val_accuracy |")
     with Image.open(out / "compare.png") as png:
         assert png.format == "PNG"
+
+
+#: ``graft demo --quick`` with one strategy, on a stand-in for the demo's backbone put in
+#: its cache (pre-training it is a minute of plain ``model.fit`` on arrays).
+_DEMO = (
+    "import sys\n"
+    "from graft.api import demo\n"
+    "demo.MODES['quick'] = dict(demo.MODES['quick'], strategies=('feature',))\n"
+    "path = demo.cache_dir() / f'demo-digits-0to4-v{demo.BACKBONE_VERSION}.keras'\n"
+    "path.parent.mkdir(parents=True, exist_ok=True)\n"
+    "demo.build_source_model(5).save(path)\n"
+    "from graft.cli.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_cli_demo_runs_on_this_backend(tmp_path):
+    out = tmp_path / "demo"
+    env = {"GRAFT_CACHE": str(tmp_path / "cache")}
+    done = _cli("demo", "--quick", "--out", out, env=env, code=_DEMO)
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["labels_per_class"], r["strategy"]) for r in rows] == [("2", "feature")]
+    assert 0.0 <= float(rows[0]["test_accuracy"]) <= 1.0
+    assert len(list((out / "data" / "test").rglob("*.png"))) == 886
+    config = yaml.safe_load((out / "feature_2" / "config.yaml").read_text())
+    assert config["decode"]["library"] == LIBRARY
+    assert (out / "feature_2" / "report.html").is_file()
+    assert "| 2 | feature |" in (out / "results.md").read_text()
+    assert "feature" in done.stdout and "results.md" in done.stdout

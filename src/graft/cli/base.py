@@ -67,17 +67,14 @@ def fit_verbosity() -> int:
     return progress.keras_verbosity("auto")
 
 
-#: Commands that need TensorFlow whatever Keras's backend, for now: their input pipelines
-#: are tf.data (docs/plans/any-backend.md moves them to a backend-neutral reader).
-TENSORFLOW_FOR_NOW = ("demo",)
-#: Export formats written by TensorFlow's converters (ONNX goes through tf2onnx).
+#: Export formats written by TensorFlow's converters (ONNX goes through tf2onnx). Every
+#: command runs on any backend (docs/plans/any-backend.md); these exports need TensorFlow.
 TENSORFLOW_EXPORTS = ("savedmodel", "tflite", "onnx")
 
 
 def tensorflow_use(command: str | None, params: dict) -> str | None:
-    """What in this invocation needs TensorFlow (``"graft train"``), or None."""
-    if command in TENSORFLOW_FOR_NOW:
-        return f"graft {command}"
+    """What in this invocation needs TensorFlow (``"graft export --format tflite"``), or
+    None."""
     if command == "export" and params.get("fmt") in TENSORFLOW_EXPORTS:
         return f"graft export --format {params['fmt']}"
     return None
