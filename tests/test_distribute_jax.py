@@ -170,3 +170,98 @@ def test_determinism_off_tensorflow_needs_no_tensorflow(monkeypatch):
     data = [1, 2, 3]
     assert distribute.deterministic(data) is data
     assert distribute.deterministic(None) is None
+
+
+def test_neutral_reader_leaves_out_what_does_not_split_evenly():
+    """``Batches.split_evenly``: each epoch reads its order less the last ``rows % n`` rows,
+    so every batch splits over ``n`` devices; a batch size that cannot is refused."""
+    import numpy as np
+
+    from graft.data import neutral
+    from graft.data.order import epoch_order
+    from graft.errors import GraftError
+    from graft.training.feed import Inputs, split_evenly
+
+    x = np.arange(35, dtype="float32").reshape(35, 1)
+    train = neutral.array_batches(x, np.arange(35), batch_size=16, shuffle=True, seed=3)
+    val = neutral.array_batches(x[:7], np.arange(7), batch_size=16)
+    split_evenly(Inputs(None, train, val), 2)
+    assert (len(train), len(val)) == (3, 1)
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        sizes = [len(train[i][1]) for i in range(len(train))]
+        assert sizes == [16, 16, 2]
+        seen = np.concatenate([train[i][1] for i in range(len(train))])
+        np.testing.assert_array_equal(seen, epoch_order(35, 3, epoch)[:34])
+    np.testing.assert_array_equal(val[0][1], np.arange(6))
+    split_evenly(Inputs(None, train), 1)  # one device: every row again
+    assert [len(train[i][1]) for i in range(len(train))] == [16, 16, 3]
+    with pytest.raises(GraftError, match="cannot be split evenly over 3 devices"):
+        train.split_evenly(3)
+
+
+#: Fits a graft model on a neutral reader of 35 rows (batch 16: a last batch of 3) under
+#: DataParallel on 2 host devices, the reader split as the trainer splits it; prints JSON.
+_READER_SCRIPT = r"""
+import json
+import numpy as np
+import keras
+from graft.data import neutral
+from graft.training import distribute
+from graft.training.feed import Inputs, split_evenly
+
+dist = distribute.Distribution.from_settings("mirrored", 0)
+rng = np.random.default_rng(0)
+x = rng.uniform(0, 1, (35, 6)).astype("float32")
+y = np.arange(35) % 3
+
+
+def fit(scope, split):  # split: "auto" (the distribution's multiple), a number, or 0
+    keras.utils.set_random_seed(5)
+    with scope:
+        inputs = keras.Input((6,))
+        model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(inputs))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+        train = neutral.array_batches(x, y, batch_size=16, shuffle=True, seed=1)
+        multiple = distribute.Distribution(keras.distribution.distribution()).batch_multiple
+        if split:
+            split_evenly(Inputs(model, train), multiple if split == "auto" else split)
+        try:
+            model.fit(train, epochs=2, verbose=0, callbacks=[neutral.EpochOrder(train)])
+        except Exception as exc:
+            return None, multiple, type(exc).__name__
+    return model, multiple, None
+
+
+model, multiple, _ = fit(dist.scope(), "auto")
+reference, one, _ = fit(distribute.Distribution(None).scope(), 2)  # the same 34 rows
+_, _, unsplit = fit(dist.scope(), 0)
+print(json.dumps({
+    "multiple": multiple,
+    "one": one,
+    "unsplit": unsplit,
+    "diff": max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(dist.finished(model).get_weights(), reference.get_weights())
+    ),
+}))
+"""
+
+
+def test_neutral_reader_splits_evenly_under_data_parallel():
+    """Without the split the last batch of 3 fails on 2 devices (jax's IndivisibleError);
+    with it the run trains on 34 rows an epoch, as one device does on the same rows."""
+    environ = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONWARNINGS": "ignore"}
+    environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    done = subprocess.run(
+        [_jax_python(), "-c", _READER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=environ,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["multiple"] == 2 and result["one"] == 1, result
+    assert result["unsplit"] == "IndivisibleError", result  # what the split avoids
+    assert result["diff"] < 1e-5, result

@@ -125,6 +125,7 @@ class Batches(keras.utils.PyDataset):
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.epoch = 0
+        self.multiple = 1  # every batch a multiple of this many rows (split_evenly)
         self._order = self._draw(0)
 
     def __repr__(self) -> str:
@@ -143,8 +144,28 @@ class Batches(keras.utils.PyDataset):
             self._order = self._draw(int(epoch))
         self.epoch = int(epoch)
 
+    def split_evenly(self, multiple: int) -> None:
+        """Make every batch's size a multiple of ``multiple`` (a distribution that splits
+        the batch axis evenly over its devices, JAX's ``DataParallel``): the last
+        ``rows % multiple`` rows of each epoch's order are left out of that epoch (at most
+        ``multiple - 1``; shuffled, different rows each epoch). The batch size must be a
+        multiple already (the global batch is per replica x replicas)."""
+        multiple = max(1, int(multiple))
+        if multiple > 1 and self.batch_size % multiple:
+            raise GraftError(
+                f"a batch of {self.batch_size} cannot be split evenly over {multiple} devices.",
+                hint=f"use a batch size that is a multiple of {multiple}.",
+            )
+        self.multiple = multiple
+        self._ahead.clear()
+
+    def _used(self) -> int:
+        """Rows read per epoch: all of them, less what does not split evenly."""
+        count = len(self.labels)
+        return count - count % self.multiple
+
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(self._used() / self.batch_size)
 
     @property
     def num_batches(self) -> int:
@@ -156,7 +177,7 @@ class Batches(keras.utils.PyDataset):
 
     def positions(self, index: int) -> np.ndarray:
         """The row positions of batch ``index`` in the current epoch."""
-        order = self._order
+        order = self._order[: self._used()]
         return order[index * self.batch_size : (index + 1) * self.batch_size]
 
     def __getstate__(self):

@@ -118,6 +118,16 @@ def images_only(dataset):
     return dataset.map(lambda x, y: x)
 
 
+def split_evenly(inputs: Inputs, multiple: int) -> None:
+    """Leave out of each epoch the rows that would make a batch of ``inputs``' readers
+    (train and validation) split unevenly over ``multiple`` devices
+    (:meth:`graft.data.neutral.Batches.split_evenly`); ``tf.data`` is left alone
+    (tf.distribute splits unevenly)."""
+    for dataset in (inputs.train, inputs.val):
+        if isinstance(dataset, neutral.Batches):
+            dataset.split_evenly(multiple)
+
+
 def order_callbacks(dataset) -> list:
     """The callback that sets a backend-neutral reader's epoch before ``fit`` reads it
     (:class:`graft.data.neutral.EpochOrder`); none for ``tf.data``."""

@@ -23,7 +23,8 @@ from graft.core.blocks import Block
 from graft.core.optim import make_optimizer
 from graft.core.schedules import Position
 from graft.errors import TrainingFailed
-from graft.training.feed import ACTIVATIONS, Feed, Inputs, order_callbacks
+from graft.training import distribute
+from graft.training.feed import ACTIVATIONS, Feed, Inputs, order_callbacks, split_evenly
 from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, PhaseContext
 
 CACHED_STEPS_PER_EXECUTION = 64
@@ -298,6 +299,11 @@ class Trainer:
         callbacks.append(_Recorder(ctx, policies, self.hooks, rows))
         callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
         callbacks += order_callbacks(inputs.train)  # graft's epoch order (not tf.data)
+        # JAX's DataParallel (Keras's distribution, global inside the run's scope) splits
+        # every batch evenly over its devices: leave out the rows that would not split.
+        split_evenly(
+            inputs, distribute.Distribution(keras.distribution.distribution()).batch_multiple
+        )
         start = time.perf_counter()
         build_state(ctx.target, inputs.train)
         ctx.target.fit(
