@@ -53,12 +53,6 @@ def test_probe_images_are_the_recipe_s_arrays(digits_folder):
         np.testing.assert_array_equal(got, decode.load(path, (32, 32), 3), err_msg=str(path))
 
 
-@pytest.mark.xfail(
-    BACKEND == "torch",
-    strict=True,
-    reason="training/transfer.py's _call reads the taps with np.asarray, which torch refuses "
-    "on a tensor that requires grad (keras.ops.convert_to_numpy would do)",
-)
 def test_cli_probe_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
     out = tmp_path / "probe"
     done = _cli("probe", digits_folder, "--backbone", cnn_file, "--preprocess", "unit",

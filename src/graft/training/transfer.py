@@ -380,7 +380,10 @@ def _pooled_features(taps, x, scaling, plan, forward, batch_size) -> dict:
 
 
 def _call(taps, batch):
-    return [np.asarray(t) for t in _as_list(taps(batch, training=False))]
+    import keras
+
+    # convert_to_numpy: torch refuses np.asarray on a tensor that requires grad
+    return [keras.ops.convert_to_numpy(t) for t in _as_list(taps(batch, training=False))]
 
 
 def _as_list(value) -> list:
