@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -154,6 +156,10 @@ def test_a_cut_that_would_not_load_again_is_refused(tmp_path):
 def test_cut_auto_on_a_preset_directory_measures_its_block_ends(tmp_path, digits_folder):
     """``--cut auto`` works for KerasHub presets too: the block ends of a tiny ResNet and
     its own output are scored, and the run's backbone ends at the choice."""
+    import yaml
+
+    from graft import cli
+
     preset = tmp_path / "resnet_preset"
     tiny_resnet().save_to_preset(str(preset))
     converter = keras_hub.layers.ResNetImageConverter(image_size=(IMAGE, IMAGE), scale=1 / 255)
@@ -168,6 +174,16 @@ def test_cut_auto_on_a_preset_directory_measures_its_block_ends(tmp_path, digits
     assert transfer["output"] in measured and len(measured) == 3  # stem, stack0_block0, output
     ends_at = run.model.get_layer("backbone").layers[-1].name
     assert ends_at == transfer["cut"].split("/")[-1]
+    # a preset takes any size and knows its own only through its converter: a cut of it
+    # is made (and replayed) at the size it was measured at
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["image_size"] == IMAGE and config["cut"] == transfer["cut"]
+    again = tmp_path / "again"
+    assert cli.main(["train", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    assert (
+        json.loads((again / "metrics.json").read_text())["val_accuracy"]
+        == run.metrics["val_accuracy"]
+    )
 
 
 def test_run_model_loads_in_plain_keras_with_its_optimizer_state(tmp_path, small_arrays):

@@ -512,6 +512,14 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     return Built(bb, model, loss, metrics, source_task, choice, transfer, unfreeze)
 
 
+def measured_size(cfg: TrainConfig, bb: backbones.Backbone) -> int | None:
+    """``image_size`` of a backbone cut where it was measured: the one given, else the
+    whole model's (a KerasHub preset takes any size and knows its own only through its
+    image converter, which a cut of it no longer has)."""
+    height, width = bb.image_size
+    return cfg.image_size if cfg.image_size is not None or height != width else int(height)
+
+
 def unfreeze_within(cfg: TrainConfig, blocks: int, log) -> str | None:
     """``blocks:N`` when ``cfg.unfreeze`` asks for more blocks (``blocks:M``, M > N)
     than the ``blocks`` that a cut chosen by measurement left, else ``None``: the
@@ -642,6 +650,8 @@ def with_decisions(ctx: Context, built: Built) -> Context:
     if transfer is not None:  # the measured cut and pooling replace "auto"
         cut = None if transfer.cut == transfer.output else transfer.cut
         cfg = dataclasses.replace(cfg, cut=cut, pool=head_pool_name(transfer.pool))
+        if cut is not None:  # a replay cuts there at the size it was measured at
+            cfg = dataclasses.replace(cfg, image_size=measured_size(cfg, built.bb))
         if built.unfreeze is not None:  # the blocks that cut keeps
             cfg = dataclasses.replace(cfg, unfreeze=built.unfreeze)
             ctx = dataclasses.replace(ctx, plan=Plan.of(cfg.resolved_plan(), cfg.head))
@@ -794,7 +804,9 @@ def cut_by_measurement(
     )
     ctx.log(result.line()[0].upper() + result.line()[1:])
     if cut is not None:
-        at = dataclasses.replace(cfg, cut=cut, preprocess=result.scaling)
+        at = dataclasses.replace(
+            cfg, cut=cut, preprocess=result.scaling, image_size=measured_size(cfg, bb)
+        )
         cut_bb = building.resolve_backbone(at, ctx.req.safe_mode, ctx.backbone.model)
         bb = dataclasses.replace(cut_bb, scaling=bb.scaling)
     return dataclasses.replace(bb, preprocess=result.scaling), head_pool_name(pool), result
