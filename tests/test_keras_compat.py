@@ -149,36 +149,3 @@ def test_symbolic_build():
         assert keras_compat.symbolic_build(model, data.batch(4).element_spec) is True
         assert model.optimizer.built and model.optimizer.variables
     assert keras_compat.symbolic_build(object(), None) is False
-
-
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data reshuffling")
-def test_iterators_per_epoch_is_what_fit_makes():
-    """Exact resume skips ``ITERATORS_PER_EPOCH`` shuffles per epoch done: epoch k of a fit
-    must see the order of the (k * ITERATORS_PER_EPOCH)-th iterator of the same pipeline."""
-    import tensorflow as tf
-
-    def shuffled():
-        ds = tf.data.Dataset.range(16).shuffle(16, seed=3, reshuffle_each_iteration=True)
-        return ds.map(lambda i: (tf.cast(tf.reshape(i, (1,)), "float32"), i)).batch(16)
-
-    seen = []
-
-    class Recording(keras.Model):
-        def train_step(self, data):
-            seen.append(tuple(np.asarray(data[1]).tolist()))
-            return {"loss": tf.constant(0.0)}
-
-    x = keras.Input((1,))
-    model = Recording(x, keras.layers.Dense(1)(x))
-    model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
-    epochs = 3
-    model.fit(shuffled(), epochs=epochs, verbose=0)
-    reference = shuffled()
-    orders = [
-        tuple(int(v) for v in next(iter(reference))[1].numpy())
-        for _ in range(epochs * keras_compat.ITERATORS_PER_EPOCH)
-    ]
-    with compat("ITERATORS_PER_EPOCH"):
-        assert len(set(orders)) > 1, "the pipeline does not reshuffle: the test proves nothing"
-        expected = orders[:: keras_compat.ITERATORS_PER_EPOCH]
-        assert seen == expected, (seen, orders)

@@ -1059,17 +1059,7 @@ def fit(
     # bottom pass per image, graft.training.derived).
     acts = _activation_cache(ctx, data, built, pipes)
     cached = _feature_cache(ctx, data, built, pipes, acts)
-    state = setup.state
-    if state is not None:
-        # The pipelines replay the passes the interrupted run made, so the next batch is
-        # the one it would have drawn; a strategy that peeks one batch ahead had started
-        # the interrupted epoch's pass already.
-        mid_phase = ctx.devices.peeks and state.next_position()[1] > 0
-        checkpoints.fast_forward(pipes.train, state.passes.get("full", 0) - mid_phase)
-        if cached is not None:
-            checkpoints.fast_forward(cached.train, state.passes.get("cached", 0) - mid_phase)
-        if acts is not None:
-            checkpoints.fast_forward(acts.train, state.passes.get("activations", 0) - mid_phase)
+    state = setup.state  # the readers need only its epoch (graft's order): no replay
     with (
         checkpoints.stop_on_signals(setup.checkpointer),
         ctx.devices.workarounds(),

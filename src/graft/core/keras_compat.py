@@ -10,23 +10,12 @@ function) fails loudly, naming the function, when a Keras upgrade removes or cha
 one of them; nothing else in ``src/graft`` touches a ``keras`` object's ``_private``
 attribute or imports ``keras.src``.
 
-The behaviour exact resume relies on but Keras does not document,
-:data:`ITERATORS_PER_EPOCH`, is recorded here too, and tested the same way.
-
 Backend-specific workarounds are not here: the TensorFlow-only patches for
 multi-worker training stay behind the TensorFlow seam in
 :mod:`graft.training.distribute`, with their own tests.
 """
 
 from __future__ import annotations
-
-# Keras 3's epoch iterator (keras/src/trainers/epoch_iterator.py) makes two iterators of
-# a finite dataset per completed epoch: one to run the epoch, and one made eagerly when
-# it is exhausted (discarded at the next epoch). Each draws a new shuffle order, so a
-# resumed run skips this many shuffles per epoch done. Under a tf.distribute strategy
-# each fit also peeks at one batch first (one more iterator, counted by the
-# checkpointer's ``add_pass``).
-ITERATORS_PER_EPOCH = 2
 
 
 def sublayers(layer, *, include_self: bool = False, recursive: bool = True) -> list:

@@ -111,9 +111,6 @@ class Batches(keras.utils.PyDataset):
             is used (for rows that are slow to read: image files).
     """
 
-    #: A resumed run sets the epoch; it replays no reader (checkpoints.fast_forward).
-    epoch_ordered = True
-
     def __init__(self, rows, labels, batch_size: int, shuffle=False, seed=0, prefetch=False):
         super().__init__(workers=1, use_multiprocessing=False)  # no Keras enqueuer: see above
         self.prefetch = bool(prefetch)

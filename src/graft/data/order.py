@@ -3,8 +3,9 @@
 The order of epoch ``e`` of a run is a permutation drawn from NumPy's ``PCG64`` seeded
 with ``(seed, e)`` alone, so any epoch's order can be recomputed from its index: an
 exact resume needs only the epoch it continues from (no replay of a reader's shuffles),
-and every backend-neutral reader (images, cached features, cached activations) visits
-the same images in the same order on every backend.
+and every reader (images, cached features, cached activations; ``tf.data`` on TensorFlow,
+:mod:`graft.data.neutral` on the other backends) visits the same images in the same
+order on every backend.
 
 Example:
     >>> epoch_order(5, seed=0, epoch=0).tolist() == epoch_order(5, 0, 0).tolist()

@@ -20,7 +20,7 @@ import numpy as np
 
 from graft.config.names import AUGMENT_LEVELS
 from graft.data.sources import LabelledFiles, read_regular
-from graft.errors import DataError, UnknownNameError, did_you_mean, first_line
+from graft.errors import DataError, GraftError, UnknownNameError, did_you_mean, first_line
 
 
 def on_tensorflow() -> bool:
@@ -216,6 +216,126 @@ def _decoder(image_size: tuple[int, int], channels: int):
     return load
 
 
+#: Epochs of an endless :meth:`Ordered.epochs` stream (never reached).
+_ENDLESS = 2**62
+
+
+class Ordered:
+    """A shuffled ``tf.data`` reader in graft's epoch order (:mod:`graft.data.order`).
+
+    Run epoch ``e`` visits the rows in ``epoch_order(rows, seed, e)`` (with ``views`` > 1:
+    view ``e mod views``, rows ``v * rows ..``), the order the backend-neutral reader
+    (:class:`graft.data.neutral.Batches`) visits on every other backend. Nothing depends
+    on how many iterators Keras makes: the trainer fits on :meth:`epochs` (epoch
+    ``first``, ``first + 1``, ... in one endless dataset, with ``steps_per_epoch`` =
+    :attr:`batches`), so a resumed run needs only the epoch it continues from.
+
+    The ``tf.data.Dataset`` a shuffled reader returns (:meth:`dataset`) carries its
+    ``Ordered`` (:func:`ordered`); iterated on its own (``fit`` without graft's trainer,
+    a loop), its ``k``-th pass follows epoch ``k``'s order.
+
+    Args:
+        rows: Rows of one view.
+        seed: The run's seed.
+        batch_size: Rows per batch (the last batch of an epoch may be smaller).
+        epoch: ``epoch(positions dataset) -> dataset of (x, y) batches`` of one epoch,
+            decoding or gathering in parallel.
+        finish: ``finish(batches) -> batches``: what follows (augmentation, prefetch).
+        views: Views of the rows that epochs cycle through (cached augmented views).
+    """
+
+    def __init__(self, rows: int, seed: int, batch_size: int, epoch, finish, views: int = 1):
+        self.rows, self.seed, self.views = int(rows), int(seed), max(1, int(views))
+        self.batch_size = int(batch_size)
+        self._epoch, self._finish = epoch, finish
+        self.options = None
+        self._passes = 0  # passes made over dataset() iterated on its own
+
+    def __repr__(self) -> str:
+        views = f", {self.views} views" if self.views > 1 else ""
+        return f"Ordered({self.rows} rows, batch {self.batch_size}, seed {self.seed}{views})"
+
+    @property
+    def batches(self) -> int:
+        """Batches per epoch."""
+        return -(-self.rows // self.batch_size)
+
+    def positions(self, epoch) -> np.ndarray:
+        """The row positions of run epoch ``epoch`` in the order it visits them."""
+        from graft.data.order import epoch_order
+
+        epoch = int(epoch)
+        view = epoch % self.views
+        return epoch_order(self.rows, self.seed, epoch) + view * self.rows
+
+    def _one_epoch(self, epoch):
+        import tensorflow as tf
+
+        positions = tf.numpy_function(self.positions, [epoch], tf.int64, stateful=False)
+        positions.set_shape((self.rows,))
+        return self._epoch(tf.data.Dataset.from_tensor_slices(positions))
+
+    def _done(self, ds):
+        ds = self._finish(ds)
+        return ds if self.options is None else ds.with_options(self.options)
+
+    def epochs(self, first: int):
+        """Run epochs ``first``, ``first + 1``, ... as one endless ``tf.data.Dataset`` of
+        batches (:attr:`batches` per epoch): ``fit`` it with ``steps_per_epoch``."""
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.range(int(first), _ENDLESS).flat_map(self._one_epoch)
+        return self._done(ds)
+
+    def _next_pass(self) -> np.int64:
+        self._passes += 1
+        return np.int64(self._passes - 1)
+
+    def dataset(self):
+        """One epoch per pass (pass ``k``: epoch ``k``'s order), carrying this object."""
+        import tensorflow as tf
+
+        def one(_):
+            return self._one_epoch(tf.numpy_function(self._next_pass, [], tf.int64))
+
+        ds = tf.data.Dataset.range(1).flat_map(one)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(self.batches))
+        ds = self._done(ds)
+        ds.graft_order = self
+        return ds
+
+
+def ordered(dataset) -> Ordered | None:
+    """The :class:`Ordered` of a shuffled reader's dataset (``None``: not graft's order)."""
+    found = getattr(dataset, "graft_order", None)
+    return found if isinstance(found, Ordered) else None
+
+
+def with_options(dataset, options):
+    """``dataset.with_options(options)``, keeping graft's order (:func:`ordered`)."""
+    order = ordered(dataset)
+    if order is None:
+        return dataset.with_options(options)
+    order.options = options
+    return order.dataset()
+
+
+def _finisher(augment):
+    import tensorflow as tf
+
+    def finish(ds):
+        if augment is not None:
+            ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    return finish
+
+
+def _labels(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    return labels.astype("float32") if labels.ndim == 2 else labels.astype("int32")
+
+
 def pipeline(
     files: LabelledFiles,
     image_size: tuple[int, int],
@@ -229,15 +349,16 @@ def pipeline(
 
     Files are decoded in parallel, resized to ``image_size`` (bilinear), batched and
     prefetched; only a few batches are in memory at once. With ``shuffle`` the order
-    changes every epoch, reproducibly from ``seed``. ``augment`` (e.g.
-    :func:`augmentation`) runs on each batch in training mode.
+    changes every epoch, reproducibly from ``seed``: epoch ``e`` follows graft's
+    ``epoch_order(len(files), seed, e)`` (:class:`Ordered`), the order of every backend.
+    ``augment`` (e.g. :func:`augmentation`) runs on each batch in training mode.
 
     Args:
         files: Checked files (:func:`graft.data.check.check` drops the bad ones).
         image_size: ``(height, width)``.
         channels: Colour channels of the decoded images.
         batch_size: Images per batch.
-        shuffle: Reshuffle the files every epoch.
+        shuffle: Visit the files in a new order every epoch.
         seed: Shuffle seed.
         augment: A callable on image batches, or ``None``.
 
@@ -254,36 +375,55 @@ def pipeline(
 
     # Bytes, not str: file names need not be valid UTF-8.
     paths = np.asarray([os.fsencode(p) for p in files.paths], dtype=object)
-    labels = np.asarray(files.labels, "float32" if files.multi_label else "int32")
-    ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), labels))
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(_decoder(tuple(image_size), channels), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=1)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    labels = _labels(files.labels)
+    load = _decoder(tuple(image_size), channels)
+    finish = _finisher(augment)
+    if not shuffle:
+        ds = tf.data.Dataset.from_tensor_slices((tf.constant(paths, tf.string), labels))
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+        return finish(ds.batch(batch_size))
+    path_table, label_table = tf.constant(paths, tf.string), tf.constant(labels)
+
+    def element(i):
+        return load(tf.gather(path_table, i), tf.gather(label_table, i))
+
+    def epoch(positions):
+        return positions.map(element, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+
+    return Ordered(len(files), seed, batch_size, epoch, finish).dataset()
 
 
-def array_pipeline(x, y, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None):
+def array_pipeline(
+    x, y, batch_size: int = 32, shuffle: bool = False, seed: int = 0, augment=None, views: int = 1
+):
     """A ``tf.data.Dataset`` over in-memory arrays (images of the model's input size);
-    on another backend than TensorFlow a :class:`graft.data.neutral.Batches`."""
+    on another backend than TensorFlow a :class:`graft.data.neutral.Batches`. Shuffled, in
+    graft's epoch order (:class:`Ordered`); with ``views`` > 1, ``x`` and ``y`` hold that
+    many views of the same rows one after another, and epoch ``e`` reads view
+    ``e mod views`` (cached augmented views)."""
     if not on_tensorflow():
         from graft.data import neutral
 
         neutral.refuse_augment(augment)
+        if views > 1:  # augmented views are refused off TensorFlow
+            raise GraftError("Cached augmented views need TensorFlow's tf.data, for now.")
         return neutral.array_batches(x, y, batch_size, shuffle, seed)
     import tensorflow as tf
 
-    y = np.asarray(y)
-    y = y.astype("float32") if y.ndim == 2 else y.astype("int32")
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(x, "float32"), y))
-    if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(lambda a, b: (augment(a, training=True), b), num_parallel_calls=1)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    x, y = np.asarray(x, "float32"), _labels(y)
+    finish = _finisher(augment)
+    if not shuffle:
+        return finish(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
+    x_table, y_table = tf.constant(x), tf.constant(y)
+
+    def gather(indices):
+        return tf.gather(x_table, indices), tf.gather(y_table, indices)
+
+    def epoch(positions):
+        return positions.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+
+    rows = len(x) // max(1, int(views))
+    return Ordered(rows, seed, batch_size, epoch, finish, views).dataset()
 
 
 def dataset_pipeline(

@@ -36,7 +36,7 @@ from graft.core.freezing import select
 from graft.core.model import backbone_of, preprocess_layers
 from graft.core.model_utils import forward_function, layer_key, weights_fingerprint
 from graft.training import cache
-from graft.training.feed import ACTIVATIONS, Inputs, cycled, entry_dataset
+from graft.training.feed import ACTIVATIONS, Inputs, entry_dataset
 from graft.training.store import Entry, Float16Overflow, Store, open_store
 
 #: Version of what a key describes (the files' own format: :data:`graft.training.store.FORMAT`).
@@ -345,10 +345,9 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
         labels = cache.split_labels(train)
         if views:
             entries = [entry(train, v) for v in range(views)]
-            parts = [
-                entry_dataset(e, labels, bs, True, cfg.seed + v) for v, e in enumerate(entries)
-            ]
-            train_ds, steps = cycled(parts, math.ceil(len(labels) / bs))
+            # Epoch e trains on view e mod views (graft's epoch order).
+            train_ds = entry_dataset(entries, labels, bs, True, cfg.seed)
+            steps = math.ceil(len(labels) / bs)
         else:
             entries = [entry(train)]
             train_ds, steps = entry_dataset(entries[0], labels, bs, True, cfg.seed), None

@@ -42,7 +42,7 @@ from graft.core.model_utils import (
     weights_fingerprint,
 )
 from graft.data.content import file_digest
-from graft.training.feed import FEATURES, Inputs, cycled, images_only
+from graft.training.feed import FEATURES, Inputs, images_only
 from graft.training.store import open_store
 
 #: Version of what a key describes (a new one orphans every entry); the files' own format
@@ -285,12 +285,11 @@ def cached_datasets(
     train, val = splits["train"], splits["val"]
     labels = split_labels(train)
     bs = cfg.batch_size
-    if views:
-        per_view = [
-            data.array_pipeline(features(train, "train", v), labels, bs, True, cfg.seed + v)
-            for v in range(views)
-        ]
-        train_ds, steps = cycled(per_view, math.ceil(len(labels) / bs))
+    if views:  # epoch e trains on view e mod views (graft's epoch order)
+        stacked = np.concatenate([features(train, "train", v) for v in range(views)])
+        tiled = np.concatenate([np.asarray(labels)] * views)
+        train_ds = data.array_pipeline(stacked, tiled, bs, True, cfg.seed, views=views)
+        steps = math.ceil(len(labels) / bs)
     else:
         train_ds = data.array_pipeline(features(train, "train"), labels, bs, True, cfg.seed)
         steps = None

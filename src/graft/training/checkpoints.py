@@ -15,8 +15,9 @@ At the end of every completed epoch the trainer writes ``RUN_DIR/checkpoint/``:
   weights, L2-SP anchors).
 * ``state.json`` (written last: the commit point): phase index and epoch inside it, the
   history rows so far, every policy's and hook's state (schedule, plateau, early
-  stopping), how many passes each shuffled dataset has made (so a resumed run sees the
-  same data order), and the Python/NumPy random states.
+  stopping) and the Python/NumPy random states. The data order needs no state: epoch
+  ``e`` of every shuffled reader follows graft's ``epoch_order(rows, seed, e)``
+  (:mod:`graft.data.order`), so a resumed run needs only the epoch it continues from.
 
 Every file is written to a temporary name and renamed into place, and ``state.json``
 only ever names complete files, so a kill at any instant leaves the previous good
@@ -37,7 +38,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from graft.core import keras_compat
 from graft.errors import GraftError
 from graft.runs import files as runs
 from graft.runs import status as run_status
@@ -45,11 +45,8 @@ from graft.runs.layout import CHECKPOINT_DIR, STATE_FILE
 from graft.training import snapshots
 from graft.training.hooks import Hook, PhaseContext
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: no reader passes (the data order is graft's, by epoch)
 _SIGNAL_CODES = {"SIGINT": 130, "SIGTERM": 143}
-# Shuffles a resumed run skips per epoch done: Keras's undocumented iterator count
-# (recorded and tested in keras_compat).
-ITERATORS_PER_EPOCH = keras_compat.ITERATORS_PER_EPOCH
 
 
 class Interrupted(GraftError):
@@ -70,7 +67,6 @@ class State:
     phase_done: bool = False
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
-    passes: dict = field(default_factory=lambda: {"full": 0, "cached": 0})
     weights: str | None = None
     base: str | None = None  # the phase's full snapshot that ``weights`` completes
     optimizer: str | None = None
@@ -173,23 +169,6 @@ def restore_rng(state: dict) -> None:
         np.random.set_state(np_state)
 
 
-def fast_forward(dataset, passes: int) -> None:
-    """Advance a reshuffling ``tf.data`` pipeline by ``passes`` iterator creations.
-
-    ``shuffle(seed=s, reshuffle_each_iteration=True)`` draws a new order each time an
-    iterator is created; a resumed run makes as many iterators as the killed one had
-    (one batch each is read), so its next epoch sees the same order. A backend-neutral
-    reader (:mod:`graft.data.neutral`) is ordered by the run's epoch index: nothing to
-    replay.
-    """
-    if getattr(dataset, "epoch_ordered", False):
-        return
-    for _ in range(int(passes)):
-        iterator = iter(dataset)
-        next(iterator, None)
-        del iterator
-
-
 class Checkpointer(Hook):
     """Writes end-of-epoch checkpoints of one run and stops cleanly on SIGINT/SIGTERM.
 
@@ -208,7 +187,6 @@ class Checkpointer(Hook):
         self.fingerprints = fingerprints or {}
         self.state = State()
         self.stop_signal: str | None = None
-        self._skip_peek = False
         self._base: tuple | None = None  # (phase index, its full snapshot, changing indices)
         self._written: dict[str, tuple] = {}  # hook name -> (file, the arrays written)
 
@@ -218,8 +196,6 @@ class Checkpointer(Hook):
     def resume_from(self, state: State) -> None:
         """Continue from ``state``: new epochs are appended to its history."""
         self.state = State.from_dict({**state.__dict__, "fingerprints": self.fingerprints})
-        # The killed run's fit already peeked at its dataset for this phase (counted).
-        self._skip_peek = state.phase_epoch > 0 and not state.phase_done
 
     def phase_compiled(self, ctx: PhaseContext) -> None:
         """A resumed phase continues with the optimizer state it was stopped with."""
@@ -262,16 +238,12 @@ class Checkpointer(Hook):
                 value["arrays"] = self._hook_arrays(folder, name, epoch, value["arrays"])
                 keep.add(value["arrays"])
             saved[name] = value
-        passes = dict(old.passes)
-        key = ctx.pass_key
-        passes[key] = passes.get(key, 0) + ITERATORS_PER_EPOCH
         self.state = State(
             phase_index=ctx.position.index,
             phase_epoch=row["phase_epoch"],
             phase_done=False,
             epoch=epoch,
             history=[*old.history, row],
-            passes=passes,
             weights=weights,
             base=base[1] if base else None,
             optimizer=optimizer,
@@ -294,13 +266,6 @@ class Checkpointer(Hook):
         snapshots.save_arrays(folder / file, arrays)
         self._written[name] = (file, list(arrays))
         return file
-
-    def add_pass(self, key: str) -> None:
-        """Count an extra iterator a fit made (the symbolic-build peek under a strategy)."""
-        if self._skip_peek:
-            self._skip_peek = False
-            return
-        self.state.passes[key] = self.state.passes.get(key, 0) + 1
 
     def after_phase(self, ctx: PhaseContext) -> None:
         """Mark the phase complete (also when stopped early) with the weights it ended with
@@ -331,10 +296,6 @@ class _EpochCheckpoint(keras.callbacks.Callback):
     def __init__(self, owner: Checkpointer, ctx: PhaseContext):
         super().__init__()
         self.owner, self.ctx = owner, ctx
-
-    def on_train_begin(self, logs=None):
-        if keras_compat.strategy_of(self.ctx.target) is not None:
-            self.owner.add_pass(self.ctx.pass_key)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.owner.stop_signal:

@@ -56,9 +56,11 @@ def deterministic(dataset):
         return dataset
     import tensorflow as tf
 
+    from graft.data.pipelines import with_options
+
     options = tf.data.Options()
     options.deterministic = True
-    return dataset.with_options(options)
+    return with_options(dataset, options)  # a shuffled reader keeps graft's order
 
 
 def split_cpu(devices: int) -> None:

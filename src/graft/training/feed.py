@@ -18,19 +18,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from graft.data import neutral
-from graft.data.pipelines import on_tensorflow
+from graft.data.pipelines import Ordered, on_tensorflow, ordered
 from graft.errors import GraftError
-from graft.training.store import Entry, reader
+from graft.training.store import reader
 
-#: Keys of the shuffled datasets in a checkpoint's ``passes`` (one per kind of input).
+#: The kinds of input (what a phase trains on).
 FULL, FEATURES, ACTIVATIONS = "full", "cached", "activations"
 
 
 @dataclass(frozen=True)
 class Inputs:
     """One kind of input: ``target`` is fitted on ``train`` (``steps`` batches per epoch;
-    ``None``: one pass) and validated on ``val``. ``kind`` names the shuffled dataset for
-    an exact resume (:data:`FULL`, :data:`FEATURES`, :data:`ACTIVATIONS`)."""
+    ``None``: one pass) and validated on ``val``. ``kind`` names it (:data:`FULL`,
+    :data:`FEATURES`, :data:`ACTIVATIONS`)."""
 
     target: object
     train: object
@@ -74,41 +74,47 @@ class Feed:
         return self.full
 
 
-def cycled(views: list, steps: int) -> tuple:
-    """One training dataset over the datasets of K cached views of the training split, in
-    which epoch ``e`` trains on view ``e mod K``: ``(dataset, steps per epoch)``."""
-    if neutral.is_neutral(views[0]):  # augmented views are refused off TensorFlow
-        raise GraftError("Cached augmented views need TensorFlow's tf.data, for now.")
-    train = views[0]
-    for view in views[1:]:
-        train = train.concatenate(view)
-    return train.repeat(), steps
-
-
-def entry_dataset(entry: Entry, labels, batch_size: int, shuffle: bool = False, seed: int = 0):
+def entry_dataset(entry, labels, batch_size: int, shuffle: bool = False, seed: int = 0):
     """``(rows, labels)`` batches of a stored entry, read from disk batch by batch (the
-    ``tf.data`` reader of the store); shuffled exactly like
-    :func:`graft.data.pipelines.pipeline` with the same seed (same order of images).
-    On another backend than TensorFlow: a :class:`graft.data.neutral.Batches` in graft's
-    epoch order (:mod:`graft.data.order`), like the image reader there."""
+    ``tf.data`` reader of the store); shuffled in graft's epoch order
+    (:class:`graft.data.pipelines.Ordered`: the same order of images as
+    :func:`graft.data.pipelines.pipeline` with the same seed). ``entry`` may be a list of
+    entries, views of the same rows: epoch ``e`` then reads view ``e mod len(entry)``
+    (cached augmented views; shuffled only). On another backend than TensorFlow: a
+    :class:`graft.data.neutral.Batches` in graft's epoch order
+    (:mod:`graft.data.order`), like the image reader there."""
+    entries = list(entry) if isinstance(entry, (list, tuple)) else [entry]
     if not on_tensorflow():
-        return neutral.Batches(reader(entry), labels, batch_size, shuffle, seed)
+        if len(entries) > 1:  # augmented views are refused off TensorFlow
+            raise GraftError("Cached augmented views need TensorFlow's tf.data, for now.")
+        return neutral.Batches(reader(entries[0]), labels, batch_size, shuffle, seed)
     import tensorflow as tf
 
     labels = np.asarray(labels)
     labels = labels.astype("float32") if labels.ndim == 2 else labels.astype("int32")
-    read = reader(entry)
-    ds = tf.data.Dataset.from_tensor_slices(np.arange(entry.rows, dtype="int64"))
-    if shuffle:
-        ds = ds.shuffle(entry.rows, seed=seed, reshuffle_each_iteration=True)
-    table = tf.constant(labels)
+    first, rows = entries[0], entries[0].rows
+    readers = [reader(e) for e in entries]
+
+    def read(indices):  # a batch never spans two views (an epoch reads one view)
+        view = int(indices[0]) // rows if len(indices) else 0
+        return readers[view](indices - view * rows)
+
+    table = tf.constant(np.concatenate([labels] * len(entries)))
 
     def load(indices):
         x = tf.numpy_function(read, [indices], tf.float32)
-        x.set_shape((None, *entry.shape))
+        x.set_shape((None, *first.shape))
         return x, tf.gather(table, indices)
 
-    return ds.batch(batch_size).map(load).prefetch(tf.data.AUTOTUNE)
+    def epoch(positions):
+        return positions.batch(batch_size).map(load)
+
+    def finish(ds):
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    if not shuffle:
+        return finish(epoch(tf.data.Dataset.from_tensor_slices(np.arange(rows, dtype="int64"))))
+    return Ordered(rows, seed, batch_size, epoch, finish, len(entries)).dataset()
 
 
 def images_only(dataset):
@@ -134,3 +140,18 @@ def order_callbacks(dataset) -> list:
     if isinstance(dataset, neutral.Batches) and dataset.shuffle:
         return [neutral.EpochOrder(dataset)]
     return []
+
+
+def epoch_stream(dataset, steps: int | None, first: int) -> tuple:
+    """What ``fit`` reads from run epoch ``first`` on: ``(dataset, steps_per_epoch)``.
+
+    A shuffled ``tf.data`` reader in graft's order (:func:`graft.data.pipelines.ordered`)
+    becomes the endless stream of its epochs ``first, first + 1, ...`` with its batches
+    per epoch as ``steps_per_epoch``: one iterator serves every epoch of the fit, and
+    epoch ``e`` follows ``epoch_order(rows, seed, e)`` whatever iterators Keras makes
+    (a resumed run needs only the epoch it continues from). Anything else is fitted as
+    it is (a backend-neutral reader is ordered by :func:`order_callbacks`)."""
+    order = ordered(dataset)
+    if order is None:
+        return dataset, steps
+    return order.epochs(first), order.batches

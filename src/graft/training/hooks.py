@@ -17,7 +17,6 @@ import numpy as np
 from graft.config.strategies import Phase
 from graft.core import optim, regularizers
 from graft.core.schedules import Position
-from graft.training.feed import ACTIVATIONS, FEATURES, FULL
 
 
 @dataclass
@@ -45,11 +44,6 @@ class PhaseContext:
     def on_cache(self) -> bool:
         """Whether ``target`` is the head alone, on cached features."""
         return self.target is not self.model and not self.activations
-
-    @property
-    def pass_key(self) -> str:
-        """Which shuffled dataset the phase iterates (counted for resuming)."""
-        return FEATURES if self.on_cache else ACTIVATIONS if self.activations else FULL
 
 
 class Hook:

@@ -24,7 +24,14 @@ from graft.core.optim import make_optimizer
 from graft.core.schedules import Position
 from graft.errors import TrainingFailed
 from graft.training import distribute
-from graft.training.feed import ACTIVATIONS, Feed, Inputs, order_callbacks, split_evenly
+from graft.training.feed import (
+    ACTIVATIONS,
+    Feed,
+    Inputs,
+    epoch_stream,
+    order_callbacks,
+    split_evenly,
+)
 from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, PhaseContext
 
 CACHED_STEPS_PER_EXECUTION = 64
@@ -304,12 +311,14 @@ class Trainer:
         split_evenly(
             inputs, distribute.Distribution(keras.distribution.distribution()).batch_multiple
         )
+        # On TensorFlow: the stream of run epochs first, first + 1, ... in graft's order.
+        train, steps_per_epoch = epoch_stream(inputs.train, inputs.steps, position.first_run_epoch)
         start = time.perf_counter()
         build_state(ctx.target, inputs.train)
         ctx.target.fit(
-            inputs.train,
+            train,
             validation_data=inputs.val,
-            steps_per_epoch=inputs.steps,
+            steps_per_epoch=steps_per_epoch,
             initial_epoch=position.first_run_epoch,
             epochs=position.start + phase.epochs,
             verbose=progress.keras_verbosity(self.verbose),
