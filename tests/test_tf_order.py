@@ -166,3 +166,68 @@ def test_keras_fit_sees_epoch_order_and_a_resumed_fit_the_same(strategy):
     whole = _fit(ds, 0, 3, make())
     assert whole == [epoch_order(ROWS, SEED, e).tolist() for e in range(3)]
     assert _fit(ds, 1, 3, make()) == whole[1:]
+
+
+# ---------------------------------------------------------------------------------------
+# Resumed runs: only the epoch they continue from
+# ---------------------------------------------------------------------------------------
+
+QUIET = dict(verbose=0, log=lambda _: None)
+TINY = dict(cut="block3_pool", batch_size=8, seed=4, dropout=0.3, lr=0.01)
+
+
+def _saved(run_dir) -> list[np.ndarray]:
+    model = keras.saving.load_model(run_dir / "model.keras")
+    return [np.asarray(w) for w in model.weights]
+
+
+def _rows(run_dir) -> list[dict]:
+    import csv
+
+    with open(run_dir / "history.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize(
+    "settings,stop",
+    [
+        # The head on 2 cached augmented views (epoch e: view e mod 2), stopped mid-cycle.
+        (dict(strategy="feature", epochs=4, augment="light", cache_views=2), 1),
+        # The head on cached features, then fine-tuning on cached activations.
+        (
+            dict(
+                strategy="hybrid",
+                epochs=2,
+                finetune_epochs=3,
+                unfreeze="blocks:1",
+                finetune_lr=0.005,
+            ),
+            3,
+        ),
+    ],
+    ids=["cached-views", "activation-cache"],
+)
+def test_a_cache_backed_run_resumed_at_epoch_k_is_the_uninterrupted_run(
+    settings, stop, digits_folder, cnn_file, tmp_path, monkeypatch
+):
+    import json
+
+    import graft
+    from conftest import stop_after
+    from graft.training.checkpoints import Interrupted
+
+    settings = dict(TINY, **settings, cache_dir=str(tmp_path / "cache"), val_split=0.2)
+    ref = tmp_path / "reference"
+    graft.train(digits_folder, str(cnn_file), ref, **settings, **QUIET)
+    run = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        stop_after(patch, stop)
+        with pytest.raises(Interrupted):
+            graft.train(digits_folder, str(cnn_file), run, **settings, **QUIET)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["epoch"] == stop and "passes" not in state  # no reader state is kept
+    graft.train(digits_folder, resume=run, **QUIET)
+    got, want = _rows(run), _rows(ref)
+    assert len(got) == len(want) > stop and got == want  # the same losses, bit for bit
+    for a, b in zip(_saved(run), _saved(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
