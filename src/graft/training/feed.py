@@ -155,3 +155,15 @@ def epoch_stream(dataset, steps: int | None, first: int) -> tuple:
     if order is None:
         return dataset, steps
     return order.epochs(first), order.batches
+
+
+def one_epoch(dataset, epoch: int):
+    """Run epoch ``epoch``'s batches of a shuffled reader, in that epoch's order (a pass
+    made outside ``fit``, AdaBN's, is then the same in a resumed run); anything else as
+    it is."""
+    order = ordered(dataset)
+    if order is not None:
+        return order.epochs(epoch).take(order.batches)
+    if isinstance(dataset, neutral.Batches) and dataset.shuffle:
+        dataset.set_epoch(epoch)
+    return dataset

@@ -17,6 +17,7 @@ import numpy as np
 from graft.config.strategies import Phase
 from graft.core import optim, regularizers
 from graft.core.schedules import Position
+from graft.training.feed import one_epoch
 
 
 @dataclass
@@ -101,13 +102,16 @@ class BatchNormRecalibration(Hook):
 
     def before_phase(self, ctx: PhaseContext) -> None:
         if ctx.phase.recalibrate_bn and ctx.position.done == 0:
-            n = regularizers.recalibrate_bn(ctx.model, ctx.train)
+            data = one_epoch(ctx.train, ctx.position.start)  # the phase's first epoch
+            n = regularizers.recalibrate_bn(ctx.model, data)
             self.log(f"Recalibrated the statistics of {n} BatchNorm layers (AdaBN)")
 
     def after_phase(self, ctx: PhaseContext) -> None:
         if not ctx.phase.uses_precise_bn or ctx.on_cache:
             return
-        data = ctx.train if ctx.train_eval is None else ctx.train_eval
+        data = ctx.train_eval
+        if data is None:
+            data = one_epoch(ctx.train, ctx.position.start)
         n = regularizers.recalibrate_bn(ctx.model, data, only_trainable=True)
         if not n:
             return
