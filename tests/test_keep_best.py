@@ -12,9 +12,10 @@ import pytest
 
 from conftest import stop_after
 
-# Phase 1 learns the head; phase 2 fine-tunes at a rate far too high, so it gets worse.
+# Phase 1 learns the head; phase 2 fine-tunes at a rate far too high, so it gets worse
+# (seed 1: tuned on graft's epoch order, graft.data.order; seed 3 was, on tf.data's).
 RUN = dict(
-    cut="block3_pool", batch_size=8, seed=3, deterministic=True, optimizer="sgd",
+    cut="block3_pool", batch_size=8, seed=1, deterministic=True, optimizer="sgd",
     strategy="hybrid", epochs=3, finetune_epochs=2, lr=0.1, finetune_lr=3.0,
     unfreeze="blocks:2", precise_bn=False,
     pool="avg", preprocess="none",  # the inputs the scenarios were tuned on, not measured
