@@ -156,6 +156,13 @@ class Batches(keras.utils.PyDataset):
                 f"a batch of {self.batch_size} cannot be split evenly over {multiple} devices.",
                 hint=f"use a batch size that is a multiple of {multiple}.",
             )
+        if 0 < len(self.labels) < multiple:  # nothing would be left to read
+            raise GraftError(
+                f"{len(self.labels)} image(s) cannot be split evenly over {multiple} devices "
+                "(each batch is split over all of them).",
+                hint=f"give at least {multiple} training and validation images, or use "
+                "fewer devices (--devices).",
+            )
         self.multiple = multiple
         self._ahead.clear()
 

@@ -35,7 +35,7 @@ from graft.core.blocks import Block, units
 from graft.core.freezing import select
 from graft.core.model import backbone_of, preprocess_layers
 from graft.core.model_utils import forward_function, layer_key, weights_fingerprint
-from graft.training import cache
+from graft.training import cache, distribute
 from graft.training.feed import ACTIVATIONS, Inputs, cycled, entry_dataset
 from graft.training.store import Entry, Float16Overflow, Store, open_store
 
@@ -234,7 +234,9 @@ def bottom_pass(bottom: keras.Model, images):
     one function traced once for any batch size (train and val share it)."""
     forward = forward_function(bottom, getattr(images, "element_spec", None))
     for batch in images:
-        yield np.asarray(forward(batch), dtype="float32")
+        with distribute.local():  # no data split: any batch size
+            computed = np.asarray(forward(batch), dtype="float32")
+        yield computed
 
 
 def stream(store: Store, key: str, rows: int, batches, dtype):

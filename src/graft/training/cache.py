@@ -42,6 +42,7 @@ from graft.core.model_utils import (
     weights_fingerprint,
 )
 from graft.data.content import file_digest
+from graft.training import distribute
 from graft.training.feed import FEATURES, Inputs, cycled, images_only
 from graft.training.store import open_store
 
@@ -134,7 +135,8 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     # logs one line of its own when done.
     live = progress.keras_verbosity(verbose) == 1
     if isinstance(inputs, np.ndarray) or keras.backend.backend() != "tensorflow":
-        return np.asarray(extractor.predict(inputs, verbose=0), dtype="float32")
+        with distribute.local():  # no data split: any batch, any number of images
+            return np.asarray(extractor.predict(inputs, verbose=0), dtype="float32")
     forward = forward_function(extractor, inputs.element_spec)
     total = int(inputs.cardinality().numpy())
     parts = []

@@ -13,6 +13,7 @@ the one place they become ``tf.data`` batches (on TensorFlow) or
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from graft.data import neutral
 from graft.data.pipelines import on_tensorflow
 from graft.errors import GraftError
+from graft.training import distribute
 from graft.training.store import Entry, reader
 
 #: Keys of the shuffled datasets in a checkpoint's ``passes`` (one per kind of input).
@@ -126,6 +128,18 @@ def split_evenly(inputs: Inputs, multiple: int) -> None:
     for dataset in (inputs.train, inputs.val):
         if isinstance(dataset, neutral.Batches):
             dataset.split_evenly(multiple)
+
+
+@contextlib.contextmanager
+def evenly(inputs: Inputs):
+    """``inputs``' readers split evenly over the devices of Keras's current distribution
+    while the block fits on them (:func:`split_evenly`), and whole again after it: what
+    graft reads afterwards (the final evaluation, drift, the report) sees every row."""
+    split_evenly(inputs, distribute.Distribution(distribute.keras_distribution()).batch_multiple)
+    try:
+        yield
+    finally:
+        split_evenly(inputs, 1)
 
 
 def order_callbacks(dataset) -> list:
