@@ -433,6 +433,10 @@ def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Co
         if req.tensorboard:
             raise GraftError("tensorboard=True needs a run folder (out=DIR) to write logs to.")
         return ctx
+    if req.tensorboard:  # refused before the folder is made or an earlier run cleared
+        from graft.training import tensorboard as tb
+
+        tb.require()
     path = Path(req.out).expanduser()
     if path.exists() and not path.is_dir():
         raise GraftError(f"out={req.out} exists and is not a folder.")
