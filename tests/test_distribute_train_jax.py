@@ -19,7 +19,7 @@ Keras's validation inside ``fit`` reads 6 of the 7 validation images under two d
 (what does not split is left out), so its history differs by design; the final
 evaluation (``metrics.json``'s ``evaluation``, after the run leaves the distribution) reads
 all 7 and is compared. The layers a strategy leaves frozen are compared bit for bit with
-the pre-trained file.
+the pre-trained file. A distributed run stopped mid-way resumes exactly (bit for bit).
 
 The training cases are not marked ``backend``: each runs one or two CLI processes (20-45 s
 each on 2 shared cores); the one-line refusals are.
@@ -233,3 +233,75 @@ def test_multi_worker_off_tensorflow_is_refused_before_anything_is_written(
     )  # fmt: skip
     assert "multi-worker (TF_CONFIG) needs TensorFlow; the backend here is jax" in _one_line(done)
     assert not out.exists()
+
+
+#: argv: data folder, model file, work folder. An uninterrupted run and one stopped after
+#: epoch 3 (inside fine-tuning) then resumed, both under two devices; prints JSON.
+_RESUME = r"""
+import json, sys
+import numpy as np
+import keras
+import graft
+from graft.training.checkpoints import Checkpointer, Interrupted
+
+data, model, work = sys.argv[1:4]
+settings = dict(
+    cut="block3_pool", image_size=32, batch_size=5, seed=4, dropout=0.3, lr=0.01,
+    val_split=0.2, strategy="hybrid", head=(8,), epochs=2, finetune_epochs=2,
+    finetune_lr=0.005, distribute="mirrored", cache_dir=work + "/cache", verbose=0,
+    log=lambda _: None,
+)
+graft.train(data, model, work + "/reference", **settings)
+original = Checkpointer.save
+
+
+def save(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    if self.state.epoch == 3:
+        self.stop_signal = "SIGINT"
+
+
+Checkpointer.save = save
+try:
+    graft.train(data, model, work + "/resumed", **settings)
+    stopped = False
+except Interrupted:
+    stopped = True
+Checkpointer.save = original
+graft.train(data, resume=work + "/resumed", verbose=0, log=lambda _: None)
+
+
+def rows(name):
+    lines = open(f"{work}/{name}/history.csv").read().splitlines()
+    header = lines[0].split(",")
+    keep = [i for i, key in enumerate(header) if key != "seconds"]
+    return [[line.split(",")[i] for i in keep] for line in lines]
+
+
+a = keras.saving.load_model(work + "/reference/model.keras").get_weights()
+b = keras.saving.load_model(work + "/resumed/model.keras").get_weights()
+print(json.dumps({
+    "stopped": stopped,
+    "epochs": len(rows("resumed")) - 1,
+    "same_history": rows("reference") == rows("resumed"),
+    "diff": max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True)),
+}))
+"""
+
+
+def test_a_distributed_run_resumes_exactly(odd_splits, cnn_file, tmp_path):
+    """Stopped after epoch 3 of 4 (inside fine-tuning, on 29 training images: each epoch
+    leaves out one row), resumed under two devices: the history (less its timings) and
+    the weights of the uninterrupted run, bit for bit."""
+    environ = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONWARNINGS": "ignore", **TWO}
+    done = subprocess.run(
+        [_jax_python(), "-c", _RESUME, str(odd_splits["odd"]), str(cnn_file), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=environ,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["stopped"] and result["epochs"] == 4, result
+    assert result["same_history"] and result["diff"] == 0.0, result
