@@ -11,6 +11,8 @@ On JAX, ``--distribute mirrored`` is ``keras.distribution.DataParallel`` over th
 devices (the GPUs; on a CPU-only machine ``--devices N`` makes N host devices, which is
 how it is tested), with the same per-replica batch. PyTorch has no Keras distribution
 yet, and multi-worker (``TF_CONFIG``) is TensorFlow's: both are refused in one line.
+Under ``DataParallel`` only ``fit`` splits its batches (its readers leave out what does
+not split evenly); graft's own predictions run outside it (:func:`local`).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ On TensorFlow, Keras's own ``TensorBoard`` callback and ``tf.summary`` write the
 callback needs TensorFlow, so on JAX and PyTorch :class:`EpochScalars` writes the same
 scalars (the same tags, steps and directories, the same tensor-form scalar summaries as
 ``tf.summary.scalar``) with the ``tensorboard`` package's own pure-Python event writer
-(``EventFileWriter`` and ``scalar_pb``, what ``torch.utils.tensorboard`` uses), which
-needs no TensorFlow. Without the ``tensorboard`` package ``--tensorboard`` is refused in
-one line before the run folder is touched (:func:`require`).
+(``EventFileWriter``, the writer ``torch.utils.tensorboard`` uses, and the scalars
+plugin's ``scalar_pb``), which needs no TensorFlow. Without the ``tensorboard`` package
+``--tensorboard`` is refused in one line before the run folder is touched
+(:func:`require`).
 """
 
 from __future__ import annotations
