@@ -21,8 +21,9 @@ evaluation (``metrics.json``'s ``evaluation``, after the run leaves the distribu
 all 7 and is compared. The layers a strategy leaves frozen are compared bit for bit with
 the pre-trained file. A distributed run stopped mid-way resumes exactly (bit for bit).
 
-The training cases are not marked ``backend``: each runs one or two CLI processes (20-45 s
-each on 2 shared cores); the one-line refusals are.
+All are marked ``backend``, so CI's JAX job runs them (its TensorFlow job has no JAX
+interpreter yet and skips them; the torch job skips them): the training cases run one or
+two CLI processes each (20-45 s on 2 shared cores).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import keras
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.backend
 BACKEND = keras.backend.backend()
 #: Two devices, 5 images per replica: the global batch is 10.
 TWO = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -202,7 +204,6 @@ def _one_line(done) -> str:
     return lines[0]
 
 
-@pytest.mark.backend
 def test_a_split_smaller_than_the_devices_is_refused_in_one_line(odd_splits, cnn_file, tmp_path):
     """A validation split of one image cannot be split over two devices: Keras's
     validation would read nothing, silently (the run would say it had no hold-out)."""
@@ -222,7 +223,6 @@ def test_a_split_smaller_than_the_devices_is_refused_in_one_line(odd_splits, cnn
     assert json.loads((out / "status.json").read_text())["status"] == "failed"
 
 
-@pytest.mark.backend
 def test_multi_worker_off_tensorflow_is_refused_before_anything_is_written(
     odd_splits, cnn_file, tmp_path
 ):
