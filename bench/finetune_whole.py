@@ -50,15 +50,18 @@ import json, sys
 import numpy as np
 import keras
 import tensorflow as tf
-data, size, name, names, epochs = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5])
+data, size, name, names = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+epochs = int(sys.argv[5])
 train, val = keras.utils.image_dataset_from_directory(
     data, validation_split=0.2, subset="both", seed=0, image_size=(size, size), batch_size=BATCH)
-app = {"mobilenet_v2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50}[name]
+apps = keras.applications
+app = {"mobilenet_v2": apps.MobileNetV2, "resnet50": apps.ResNet50}[name]
 kw = {"alpha": 1.0} if name == "mobilenet_v2" else {}
 base = app(input_shape=(size, size, 3), include_top=False, weights=sys.argv[6], **kw)
 unfreeze = set(json.load(open(names)))
 for layer in base.layers:
-    layer.trainable = layer.name in unfreeze and not isinstance(layer, keras.layers.BatchNormalization)
+    bn = isinstance(layer, keras.layers.BatchNormalization)
+    layer.trainable = layer.name in unfreeze and not bn
 inputs = keras.Input((size, size, 3))
 if name == "mobilenet_v2":
     pre = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
@@ -121,7 +124,8 @@ import keras
 data, size, name, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 keras.utils.set_random_seed(0)
 train = keras.utils.image_dataset_from_directory(data, image_size=(size, size), batch_size=32)
-app = {"mobilenet_v2": keras.applications.MobileNetV2, "resnet50": keras.applications.ResNet50}[name]
+apps = keras.applications
+app = {"mobilenet_v2": apps.MobileNetV2, "resnet50": apps.ResNet50}[name]
 kw = {"alpha": 1.0} if name == "mobilenet_v2" else {}
 base = app(input_shape=(size, size, 3), include_top=False, weights=None, **kw)
 for layer in base.layers:  # moving statistics that settle in ~80 steps (0.999: never)
@@ -262,12 +266,14 @@ def _bench(a, n: int, tmp: Path) -> None:
                     summary = metrics.get("activation_cache")
         med = {k: statistics.median(v) for k, v in walls.items()}
         acc = {k: statistics.median(v) for k, v in accs.items()}
-        print(f"| {name} {size} px | {med['classic']:.1f} | {med['plain']:.1f} | {med['cache']:.1f} "
-              f"| {med['floor']:.1f} "
-              f"| {med['classic'] / med['cache']:.2f}x (no cache {med['classic'] / med['plain']:.2f}x) "
-              f"| {med['classic'] / med['floor']:.2f}x | {med['cache'] / med['floor']:.2f}x "
-              f"| {acc['classic']:.3f} / {acc['plain']:.3f} / {acc['cache']:.3f} "
-              f"(diff {acc['cache'] - acc['plain']:+.3f}) |")  # fmt: skip
+        classic, plain, cache, floor = (med[k] for k in ("classic", "plain", "cache", "floor"))
+        print(
+            f"| {name} {size} px | {classic:.1f} | {plain:.1f} | {cache:.1f} | {floor:.1f} "
+            f"| {classic / cache:.2f}x (no cache {classic / plain:.2f}x) "
+            f"| {classic / floor:.2f}x | {cache / floor:.2f}x "
+            f"| {acc['classic']:.3f} / {acc['plain']:.3f} / {acc['cache']:.3f} "
+            f"(diff {acc['cache'] - acc['plain']:+.3f}) |"
+        )
         print(
             f"<!-- {name} activation_cache: {json.dumps(summary)}; backbone pre-trained 3 "
             f"epochs on the other 896 digits (train accuracy {pretrain_acc:.3f}) -->"

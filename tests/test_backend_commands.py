@@ -165,3 +165,20 @@ def test_cli_demo_runs_on_this_backend(tmp_path):
     assert (out / "feature_2" / "report.html").is_file()
     assert "| 2 | feature |" in (out / "results.md").read_text()
     assert "feature" in done.stdout and "results.md" in done.stdout
+
+
+def test_cli_train_lr_auto_runs_on_this_backend(digits_folder, cnn_file, tmp_path):
+    """``--lr auto``: the finder runs on the first phase (the head of lp-ft) on this
+    backend's reader, and that phase trains at its suggestion."""
+    out = tmp_path / "auto"
+    _cli("train", digits_folder, "--backbone", cnn_file, "--cut", "block3_pool",
+         "--strategy", "lp-ft", "--lr", "auto", "--epochs", "1", "--batch-size", "8",
+         "-o", out)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    suggested = metrics["lr_find"]["suggestion"]
+    assert 1e-7 <= suggested <= 10 and config["lr"] == suggested
+    with open(out / "lr_find.csv", newline="") as handle:
+        lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
+    assert lrs[0] <= suggested <= lrs[-1]
+    assert (out / "lr_find.png").is_file()
