@@ -8,7 +8,8 @@ own (:func:`graft.data.order.epoch_order`): the batches of run epoch ``e`` follo
 permutation of ``(seed, e)``, set before each epoch by :class:`EpochOrder` (a callback
 the trainer adds), so a resumed run needs only the epoch it continues from.
 
-A :class:`Batches` holds paths, arrays or a row reader and labels, never a model.
+A :class:`Batches` holds paths, arrays or a row reader and labels (and, augmenting, the
+augmentation's layers), never a model.
 Image files are decoded by :data:`WORKERS` threads (one per core; ``GRAFT_READER_WORKERS``),
 the images of a batch in parallel, and the next batch of the epoch's order while the
 model runs on this one. Keras's own ``workers`` (its ``OrderedEnqueuer``) is not used:
