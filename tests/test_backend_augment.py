@@ -253,11 +253,15 @@ def test_killed_augmented_run_resumes_exactly(
     augmented views stopped inside the cached phase's view cycle."""
     settings = dict(
         TINY, strategy="hybrid", epochs=2, finetune_epochs=2, finetune_lr=0.005,
-        augment="light", cache_views=views, cache_dir=str(tmp_path / "cache"),
+        augment="light", cache_views=views,
     )  # fmt: skip
     ref = tmp_path / "reference"
     lines: list[str] = []
-    graft.train(digits_folder, str(cnn_file), ref, **settings, verbose=0, log=lines.append)
+    cache = str(tmp_path / "cache-reference")  # each run computes its own views
+    graft.train(
+        digits_folder, str(cnn_file), ref, **settings, cache_dir=cache, verbose=0,
+        log=lines.append,
+    )  # fmt: skip
     if views:
         assert any("augmented view 2/2" in line for line in lines), lines
         assert any("on cached features" in line for line in lines), lines
@@ -265,7 +269,8 @@ def test_killed_augmented_run_resumes_exactly(
     with monkeypatch.context() as patch:
         stop_after(patch, stop)
         with pytest.raises(Interrupted):
-            graft.train(digits_folder, str(cnn_file), run, **settings, **QUIET)
+            cache = str(tmp_path / "cache-resumed")
+            graft.train(digits_folder, str(cnn_file), run, **settings, cache_dir=cache, **QUIET)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == stop
     graft.train(digits_folder, resume=run, **QUIET)
     got, want = _rows(run), _rows(ref)
