@@ -42,7 +42,7 @@ RANDOM_LAYERS = (
 )
 off_tensorflow = pytest.mark.skipif(
     BACKEND == "tensorflow",
-    reason="on TensorFlow training reads with tf.data (augmentation not resumed exactly)",
+    reason="on TensorFlow training reads with tf.data, not the neutral reader",
 )
 
 
