@@ -96,10 +96,6 @@ class Augment:
     def __setstate__(self, state):
         self.__dict__.update(state, _lock=threading.Lock())
 
-    def with_stream(self, stream: int) -> Augment:
-        """The same layers and seed, drawing from another stream (a cached view)."""
-        return Augment(self.layers, self.seed, stream)
-
     def states(self, epoch: int, index: int) -> list[np.ndarray]:
         """The seed-generator states of batch ``index`` of ``epoch``, one per state
         variable of the layers (in their order)."""
