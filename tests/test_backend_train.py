@@ -147,6 +147,13 @@ def test_cli_train_runs_on_this_backend(strategy, digits_folder, tmp_path):
     done = _cli("predict", out, digits_folder / "five")
     assert done.returncode == 0, done.stderr[-3000:]
     assert len([line for line in done.stdout.splitlines() if ".png," in line]) == 12
+    # ... and its report is made again, re-evaluated on the folder (the plot worker, the
+    # model card) on this backend.
+    for name in ("report.html", "MODEL_CARD.md"):
+        (out / name).unlink()
+    done = _cli("report", out, "--data", digits_folder)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "five" in (out / "report.html").read_text() and (out / "MODEL_CARD.md").is_file()
 
 
 def _backbone_weights(model, names) -> dict:
