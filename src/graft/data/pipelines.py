@@ -166,7 +166,10 @@ def augmentation(level: str = "standard", seed: int | None = None):
 
     ``light``: horizontal flip, small rotation and zoom. ``standard``: flip, rotation,
     zoom, translation and contrast. The layers work on raw 0-255 images and are applied
-    in the ``tf.data`` pipeline, never inside the model, so inference is unaffected.
+    in the reader, never inside the model, so inference is unaffected: mapped in the
+    ``tf.data`` pipeline on TensorFlow; on another backend called by
+    :class:`graft.data.neutral.Augment` on each training batch, its draws a pure function
+    of (seed, epoch, batch).
 
     Args:
         level: ``none``, ``light`` or ``standard``.
@@ -183,10 +186,6 @@ def augmentation(level: str = "standard", seed: int | None = None):
         )
     if level == "none":
         return None
-    if not on_tensorflow():
-        from graft.data import neutral
-
-        neutral.refuse_augment(level)
     import keras
 
     layers = keras.layers
@@ -239,17 +238,19 @@ def pipeline(
         batch_size: Images per batch.
         shuffle: Reshuffle the files every epoch.
         seed: Shuffle seed.
-        augment: A callable on image batches, or ``None``.
+        augment: A callable on image batches, or ``None`` (off TensorFlow: the layers of
+            :func:`augmentation` or a :class:`graft.data.neutral.Augment`).
 
     Returns:
         A ``tf.data.Dataset`` (on another backend than TensorFlow: a
-        :class:`graft.data.neutral.Batches` in graft's epoch order, Pillow recipe).
+        :class:`graft.data.neutral.Batches` in graft's epoch order, Pillow recipe,
+        augmented with draws keyed by ``(seed, epoch, batch)``).
     """
     if not on_tensorflow():
         from graft.data import neutral
 
-        neutral.refuse_augment(augment)
-        return neutral.file_batches(files, image_size, channels, batch_size, shuffle, seed)
+        size = tuple(image_size)
+        return neutral.file_batches(files, size, channels, batch_size, shuffle, seed, augment)
     import tensorflow as tf
 
     # Bytes, not str: file names need not be valid UTF-8.
@@ -271,8 +272,7 @@ def array_pipeline(x, y, batch_size: int = 32, shuffle: bool = False, seed: int 
     if not on_tensorflow():
         from graft.data import neutral
 
-        neutral.refuse_augment(augment)
-        return neutral.array_batches(x, y, batch_size, shuffle, seed)
+        return neutral.array_batches(x, y, batch_size, shuffle, seed, augment)
     import tensorflow as tf
 
     y = np.asarray(y)

@@ -325,7 +325,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
 
     def entry(split, view=None) -> Entry:
         content = cache.split_fingerprint(split)
-        tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
+        tag = cache.view_tag(cfg, view)
         key = cache_key(bottom, boundary, bb.source, content, tag)
         rows = len(cache.split_labels(split))
         found, problem = store.find(key, rows, boundary.shape)
@@ -334,7 +334,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
             # One bottom pass in large batches (inference only; the batch size is no
             # setting); the float16/float32 choice is made once, on the first entry.
             aug = None if view is None else augment
-            images = cache.split_images(split, bb, max(bs, 64), aug)
+            images = cache.split_images(split, bb, max(bs, 64), aug, (cfg.seed, view or 0))
             dtype = chosen.get("dtype") or (lambda batch: choose_dtype(top, batch))
             found = stream(store, key, rows, lambda: bottom_pass(bottom, images), dtype)
         chosen.setdefault("dtype", found.dtype)

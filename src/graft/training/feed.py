@@ -20,7 +20,6 @@ import numpy as np
 
 from graft.data import neutral
 from graft.data.pipelines import on_tensorflow
-from graft.errors import GraftError
 from graft.training import distribute
 from graft.training.store import Entry, reader
 
@@ -78,9 +77,11 @@ class Feed:
 
 def cycled(views: list, steps: int) -> tuple:
     """One training dataset over the datasets of K cached views of the training split, in
-    which epoch ``e`` trains on view ``e mod K``: ``(dataset, steps per epoch)``."""
-    if neutral.is_neutral(views[0]):  # augmented views are refused off TensorFlow
-        raise GraftError("Cached augmented views need TensorFlow's tf.data, for now.")
+    which epoch ``e`` trains on view ``e mod K``: ``(dataset, steps per epoch)``. Off
+    TensorFlow a :class:`graft.data.neutral.Cycled` keyed by the run's epoch (``steps``
+    ``None``: it knows its length)."""
+    if neutral.is_neutral(views[0]):
+        return neutral.Cycled(views), None
     train = views[0]
     for view in views[1:]:
         train = train.concatenate(view)
@@ -126,7 +127,7 @@ def split_evenly(inputs: Inputs, multiple: int) -> None:
     (:meth:`graft.data.neutral.Batches.split_evenly`); ``tf.data`` is left alone
     (tf.distribute splits unevenly)."""
     for dataset in (inputs.train, inputs.val):
-        if isinstance(dataset, neutral.Batches):
+        if isinstance(dataset, (neutral.Batches, neutral.Cycled)):
             dataset.split_evenly(multiple)
 
 
@@ -145,6 +146,6 @@ def evenly(inputs: Inputs):
 def order_callbacks(dataset) -> list:
     """The callback that sets a backend-neutral reader's epoch before ``fit`` reads it
     (:class:`graft.data.neutral.EpochOrder`); none for ``tf.data``."""
-    if isinstance(dataset, neutral.Batches) and dataset.shuffle:
+    if isinstance(dataset, (neutral.Batches, neutral.Cycled)) and dataset.shuffle:
         return [neutral.EpochOrder(dataset)]
     return []
