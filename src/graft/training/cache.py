@@ -41,6 +41,7 @@ from graft.core.model_utils import (
     pooling_layers_of,
     weights_fingerprint,
 )
+from graft.data import decode
 from graft.data.content import file_digest
 from graft.training import distribute
 from graft.training.feed import FEATURES, Inputs, cycled, images_only
@@ -92,6 +93,10 @@ def cache_key(
         "content": content,
         "view": view,
         "keras": keras.__version__,
+        # What turned files into pixels: tf.io on TensorFlow, Pillow elsewhere; the two
+        # differ by a few levels on most pixels of a JPEG, so a cache filled by one is not
+        # the other's (arrays key the same way: only a missed reuse across backends).
+        "decode": decode.recipe(),
     }
     return digest(description)
 
