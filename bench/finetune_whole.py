@@ -18,6 +18,8 @@ digits, upscaled to 32 px PNG files in class folders (10 classes). Cases:
     and with the cache (a cold cache folder per run).
   Printed: wall medians, classic/graft ratios, final val accuracy (cache vs no cache).
   Targets: classic/graft >= 2.5x; |val acc (cache) - val acc (no cache)| <= 0.01.
+  With ``--baseline-src OLD/src`` the two graft commands are also run by the graft in
+  OLD/src, interleaved with the new ones (same load): the before/after ratios.
 * Peak RSS of ``graft train`` with the activation cache on 5000 vs 500 images (target
   <= 1.3x), from ``getrusage(RUSAGE_CHILDREN)`` of a wrapper process per run.
 """
@@ -180,9 +182,9 @@ def write_digits(root: Path, count: int, start: int = 0) -> Path:
     return root
 
 
-def run(args: list[str]) -> tuple[float, str]:
+def run(args: list[str], env: dict | None = None) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(args, env=ENV, capture_output=True, text=True)
+    done = subprocess.run(args, env=env or ENV, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"failed: {' '.join(args)}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -209,6 +211,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--cases", default="mobilenet_v2,resnet50")
     parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument(
+        "--baseline-src",
+        help="also time graft from this OLD/src (interleaved, same load): before/after",
+    )
     a = parser.parse_args()
     n = 1 if a.quick else a.n
     tmp = Path(tempfile.mkdtemp(prefix="graft-finetune-bench-"))
@@ -244,8 +250,14 @@ def _bench(a, n: int, tmp: Path) -> None:
         weights = tmp / f"{name}-pretrained.weights.h5"
         _, out = run([PY, str(tmp / "pretrain.py"), str(other), str(size), name, str(weights)])
         pretrain_acc = float(out.split("PRETRAIN_ACC")[-1].split()[0])
-        walls: dict[str, list[float]] = {"classic": [], "plain": [], "cache": [], "floor": []}
-        accs: dict[str, list[float]] = {"classic": [], "plain": [], "cache": [], "floor": []}
+        keys = ["classic", "plain", "cache", "floor"]
+        graft_runs = [("plain", False, ENV), ("cache", True, ENV)]
+        if a.baseline_src:  # the same commands by the old graft, under the same load
+            old = {**ENV, "PYTHONPATH": str(Path(a.baseline_src).resolve())}
+            graft_runs += [("plain_before", False, old), ("cache_before", True, old)]
+            keys += ["plain_before", "cache_before"]
+        walls: dict[str, list[float]] = {k: [] for k in keys}
+        accs: dict[str, list[float]] = {k: [] for k in keys}
         summary = None
         for i in range(n):
             for script in ("classic", "floor"):
@@ -253,15 +265,15 @@ def _bench(a, n: int, tmp: Path) -> None:
                                     str(names), str(a.epochs), str(weights)])  # fmt: skip
                 walls[script].append(seconds)
                 accs[script].append(float(out.split("VAL_ACC")[-1].split()[0]))
-            for key, cache in (("plain", False), ("cache", True)):
-                out_dir, cache_dir = tmp / f"{name}-{key}-{i}", tmp / f"cache-{name}-{i}"
+            for key, cache, env in graft_runs:
+                out_dir, cache_dir = tmp / f"{name}-{key}-{i}", tmp / f"cache-{name}-{key}-{i}"
                 cmd = graft_cmd(
                     data, out_dir, name, size, extra, a.epochs, cache, cache_dir, weights
                 )
-                seconds, _ = run(cmd)
+                seconds, _ = run(cmd, env)
                 walls[key].append(seconds)
                 accs[key].append(val_acc(out_dir))
-                if cache:
+                if key == "cache":
                     metrics = json.loads((out_dir / "metrics.json").read_text())
                     summary = metrics.get("activation_cache")
         med = {k: statistics.median(v) for k, v in walls.items()}
@@ -274,6 +286,14 @@ def _bench(a, n: int, tmp: Path) -> None:
             f"| {acc['classic']:.3f} / {acc['plain']:.3f} / {acc['cache']:.3f} "
             f"(diff {acc['cache'] - acc['plain']:+.3f}) |"
         )
+        if a.baseline_src:
+            before, after = (med["plain_before"], med["cache_before"]), (plain, cache)
+            print(
+                f"<!-- {name} graft before ({a.baseline_src}) / after, medians of {n} "
+                f"interleaved: --no-cache {before[0]:.1f} / {after[0]:.1f} s "
+                f"({after[0] / before[0]:.2f}x), cache {before[1]:.1f} / {after[1]:.1f} s "
+                f"({after[1] / before[1]:.2f}x) -->"
+            )
         print(
             f"<!-- {name} activation_cache: {json.dumps(summary)}; backbone pre-trained 3 "
             f"epochs on the other 896 digits (train accuracy {pretrain_acc:.3f}) -->"

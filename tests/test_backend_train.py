@@ -236,3 +236,23 @@ def test_killed_run_resumes_exactly(cache, digits_folder, cnn_file, tmp_path, mo
     assert got == want
     for a, b in zip(_saved_weights(run), _saved_weights(ref), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_cache_key_names_the_decode_recipe(monkeypatch):
+    """A cache filled from tf.io's pixels is not served to a Pillow run (nor the reverse):
+    the two recipes differ by a few levels on most pixels of a JPEG."""
+    from graft.core.loaders import Backbone
+    from graft.core.model import HeadConfig, build_model
+    from graft.data import decode
+    from graft.training.cache import cache_key
+
+    inputs = keras.Input((8, 8, 3))
+    base = keras.Model(inputs, keras.layers.Conv2D(4, 3)(inputs))
+    bb = Backbone(base, [], "none", (8, 8), 3, "test", "test")
+    model = build_model(bb, 3, HeadConfig(pool="avg"))
+    here = cache_key(model, "src", "data", weights="w")
+    assert cache_key(model, "src", "data", weights="w") == here
+    mine = decode.recipe()
+    other = {**mine, "library": "pillow" if mine["library"] == "tf.io" else "tf.io"}
+    monkeypatch.setattr(decode, "recipe", lambda backend=None: other)
+    assert cache_key(model, "src", "data", weights="w") != here

@@ -118,8 +118,9 @@ def test_cache_entries_and_their_views_follow_epoch_order(tmp_path):
         for e in range(3):
             got = [next(batches) for _ in range(steps)]
             rows = np.concatenate([np.asarray(x)[:, 0] for x, _ in got])
-            order = epoch_order(ROWS, SEED, e)
-            np.testing.assert_array_equal(rows, order + 100 * (e % count))
+            view = e % count  # view v's order is drawn from (seed + v, e), as off TensorFlow
+            order = epoch_order(ROWS, SEED + view, e)
+            np.testing.assert_array_equal(rows, order + 100 * view)
             np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in got]), order)
     plain = feed.entry_dataset(views[0], labels, BATCH)
     np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in plain]), labels)

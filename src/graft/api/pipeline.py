@@ -433,6 +433,10 @@ def open_run(ctx: Context, data: PreparedData, held: contextlib.ExitStack) -> Co
         if req.tensorboard:
             raise GraftError("tensorboard=True needs a run folder (out=DIR) to write logs to.")
         return ctx
+    if req.tensorboard:  # refused before the folder is made or an earlier run cleared
+        from graft.training import tensorboard as tb
+
+        tb.require()
     path = Path(req.out).expanduser()
     if path.exists() and not path.is_dir():
         raise GraftError(f"out={req.out} exists and is not a folder.")
@@ -474,13 +478,15 @@ def build_model(ctx: Context, data: PreparedData) -> Built:
     cfg, log = ctx.cfg, ctx.log
     whole = dataclasses.replace(cfg, cut=None) if cfg.cut == AUTO_CUT else cfg
     bb = building.resolve_backbone(whole, ctx.req.safe_mode, ctx.backbone.model)
-    measured = measure_inputs(ctx, data, bb)
+    with ctx.devices.local():  # measurements predict: no data split (any batch)
+        measured = measure_inputs(ctx, data, bb)
     pool, choice, transfer = cfg.pool, None, None
     if measured is not None:
         bb, choice = measured
         pool = head_pool(choice)
     elif ctx.backbone.is_file:
-        bb = match_scaling(cfg, bb, data.train, log)
+        with ctx.devices.local():
+            bb = match_scaling(cfg, bb, data.train, log)
     plan, unfreeze = ctx.plan, None
     if cfg.cut == AUTO_CUT:
         bb, pool, transfer = cut_by_measurement(ctx, data, bb, open_scalings(choice, bb))
@@ -792,16 +798,17 @@ def cut_by_measurement(
             hint="give --cut LAYER instead.",
         )
     images, labels, folds = measurement_set(ctx, data, bb)
-    cut, pool, result = choose_cut(
-        bb,
-        images,
-        labels,
-        folds,
-        seed=cfg.seed,
-        scalings=scalings,
-        num_classes=len(data.classes),
-        batch_size=cfg.batch_size,
-    )
+    with ctx.devices.local():  # one forward pass per scaling: no data split (any batch)
+        cut, pool, result = choose_cut(
+            bb,
+            images,
+            labels,
+            folds,
+            seed=cfg.seed,
+            scalings=scalings,
+            num_classes=len(data.classes),
+            batch_size=cfg.batch_size,
+        )
     ctx.log(result.line()[0].upper() + result.line()[1:])
     if cut is not None:
         at = dataclasses.replace(
@@ -883,7 +890,8 @@ def solve_head(ctx: Context, data: PreparedData, built: Built) -> Solved | None:
         folds = plan_folds(labels, seed=cfg.seed, val_split="auto")
     bb = built.bb
     batches = data.train.batches(bb.image_size, bb.channels, cfg.batch_size)
-    features = model_utils.features_model(built.model).predict(batches, verbose=0)
+    with ctx.devices.local():  # a forward pass: no data split (any batch)
+        features = model_utils.features_model(built.model).predict(batches, verbose=0)
     probe = fit_probe(features, labels, folds, num_classes=len(data.classes), seed=cfg.seed)
     if not writes:
         ctx.log(f"Cross-validated estimate, {probe.line()} (not this model's head)")

@@ -8,7 +8,8 @@ own (:func:`graft.data.order.epoch_order`): the batches of run epoch ``e`` follo
 permutation of ``(seed, e)``, set before each epoch by :class:`EpochOrder` (a callback
 the trainer adds), so a resumed run needs only the epoch it continues from.
 
-A :class:`Batches` holds paths, arrays or a row reader and labels, never a model.
+A :class:`Batches` holds paths, arrays or a row reader and labels (and, augmenting, the
+augmentation's layers), never a model.
 Image files are decoded by :data:`WORKERS` threads (one per core; ``GRAFT_READER_WORKERS``),
 the images of a batch in parallel, and the next batch of the epoch's order while the
 model runs on this one. Keras's own ``workers`` (its ``OrderedEnqueuer``) is not used:
@@ -16,12 +17,18 @@ when ``fit`` peeks at a batch before training (the JAX trainer's symbolic build)
 stops the enqueuer, the batches it had in flight are served first in the next epoch,
 out of order; graft's prefetch is keyed by (epoch, batch) instead, so it never changes
 what a batch holds.
+
+Augmentation (``--augment``) runs here too, on training batches of raw 0-255 images:
+the Keras layers of :func:`graft.data.pipelines.augmentation` (the same levels as on
+TensorFlow), called by :class:`Augment` with random draws that are a pure function of
+(run seed, epoch, batch index), never of the thread or the order that read the batch.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import keras
@@ -48,14 +55,83 @@ def _workers() -> int:
 WORKERS = _workers()
 
 
-def refuse_augment(augment) -> None:
-    """One line: augmentation runs in ``tf.data`` only, for now (no silent no-op)."""
-    if augment is not None:
-        raise GraftError(
-            f"augment is not available on the {keras.backend.backend()} backend yet "
-            "(it runs in TensorFlow's tf.data pipeline).",
-            hint="train with --augment none, or with KERAS_BACKEND=tensorflow.",
-        )
+#: The stream of the training batches' draws; cached view ``v`` draws from ``1 + v``.
+TRAINING = 0
+
+
+class Augment:
+    """A training augmentation whose random draws are a pure function of
+    ``(seed, stream, epoch, batch index)``.
+
+    ``layers`` is the ``keras.Sequential`` of :func:`graft.data.pipelines.augmentation`
+    (Keras's random image layers). Each layer draws through a ``keras.random.SeedGenerator``
+    whose state variable, ``[seed, counter]``, every call advances. Rather than keeping
+    that state between batches (it would then depend on how many batches were augmented
+    before, in which thread, and would be lost by a killed run), every batch passes its own
+    states to ``stateless_call``: state ``i`` is ``[s_i, 0]`` with ``s_i`` drawn from
+    ``SeedSequence([seed, stream, epoch, index])``; within the batch the counter advances as
+    usual (RandomZoom/RandomTranslation draw twice). So the same batch of the same epoch gets
+    the same transformations in any thread, in a second reader, or after a resume, and
+    nothing needs saving in a checkpoint. The layers' own state variables are never
+    changed.
+
+    Args:
+        layers: The augmentation layers (a built or unbuilt ``keras.Sequential``).
+        seed: The run's seed.
+        stream: :data:`TRAINING`, or ``1 + v`` for cached augmented view ``v``.
+    """
+
+    def __init__(self, layers, seed: int = 0, stream: int = TRAINING):
+        self.layers = layers
+        self.seed = int(seed)
+        self.stream = int(stream)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Augment({self.layers.name}, seed {self.seed}, stream {self.stream})"
+
+    def __getstate__(self):
+        return {**self.__dict__, "_lock": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def states(self, epoch: int, index: int) -> list[np.ndarray]:
+        """The seed-generator states of batch ``index`` of ``epoch``, one per state
+        variable of the layers (in their order)."""
+        variables = self.layers.non_trainable_variables
+        entropy = [self.seed, self.stream, int(epoch), int(index)]
+        seeds = np.random.SeedSequence(entropy).generate_state(len(variables))
+        # 31 bits: a valid seed for every backend's seed dtype (int32 on torch), and torch
+        # adds the counter to the seed: distinct seeds keep the draws apart.
+        seeds = seeds & 0x7FFFFFFF
+        return [
+            np.asarray([s, 0], dtype=keras.backend.standardize_dtype(v.dtype))
+            for s, v in zip(seeds, variables, strict=True)
+        ]
+
+    def __call__(self, images: np.ndarray, epoch: int, index: int) -> np.ndarray:
+        """``images`` (float32, 0-255, NHWC) augmented in training mode."""
+        if not len(images):
+            return images
+        with self._lock:  # building, and Keras's call machinery, once at a time
+            if not self.layers.built:
+                self.layers.build((None, *images.shape[1:]))
+            out, _ = self.layers.stateless_call(
+                self.layers.trainable_variables,
+                self.states(epoch, index),
+                images,
+                training=True,
+            )
+            return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
+
+
+def augmenter(augment, seed: int) -> Augment | None:
+    """``augment`` (the layers of :func:`graft.data.pipelines.augmentation`, an
+    :class:`Augment` or ``None``) as an :class:`Augment` drawing from ``seed``."""
+    if augment is None or isinstance(augment, Augment):
+        return augment
+    return Augment(augment, seed)
 
 
 def _labels(labels) -> np.ndarray:
@@ -114,11 +190,16 @@ class Batches(keras.utils.PyDataset):
         seed: The run's seed.
         prefetch: Read the next batch of the epoch in a background thread while this one
             is used (for rows that are slow to read: image files).
+        augment: An :class:`Augment` applied to every batch read (training batches), its
+            draws keyed by (epoch, batch index); or ``None``.
     """
 
-    def __init__(self, rows, labels, batch_size: int, shuffle=False, seed=0, prefetch=False):
+    def __init__(
+        self, rows, labels, batch_size: int, shuffle=False, seed=0, prefetch=False, augment=None
+    ):
         super().__init__(workers=1, use_multiprocessing=False)  # no Keras enqueuer: see above
         self.prefetch = bool(prefetch)
+        self.augment = augment
         self._ahead: dict = {}  # (epoch, batch index) -> Future of that batch
         self._pool = None
         self.rows = rows
@@ -132,7 +213,8 @@ class Batches(keras.utils.PyDataset):
 
     def __repr__(self) -> str:
         kind = f"shuffled, seed {self.seed}, epoch {self.epoch}" if self.shuffle else "in order"
-        return f"Batches({len(self.labels)} rows, batch {self.batch_size}, {kind})"
+        augmented = "" if self.augment is None else ", augmented"
+        return f"Batches({len(self.labels)} rows, batch {self.batch_size}, {kind}{augmented})"
 
     def _draw(self, epoch: int) -> np.ndarray:
         count = len(self.labels)
@@ -157,6 +239,13 @@ class Batches(keras.utils.PyDataset):
             raise GraftError(
                 f"a batch of {self.batch_size} cannot be split evenly over {multiple} devices.",
                 hint=f"use a batch size that is a multiple of {multiple}.",
+            )
+        if 0 < len(self.labels) < multiple:  # nothing would be left to read
+            raise GraftError(
+                f"{len(self.labels)} image(s) cannot be split evenly over {multiple} devices "
+                "(each batch is split over all of them).",
+                hint=f"give at least {multiple} training and validation images, or use "
+                "fewer devices (--devices).",
             )
         self.multiple = multiple
         self._ahead.clear()
@@ -185,22 +274,30 @@ class Batches(keras.utils.PyDataset):
     def __getstate__(self):
         return {**self.__dict__, "_ahead": {}, "_pool": None}
 
-    def _read(self, positions: np.ndarray):
-        return self.rows(positions), self.labels[positions]
+    def _read(self, positions: np.ndarray, epoch: int, index: int):
+        x = self.rows(positions)
+        if self.augment is not None:
+            x = self.augment(x, epoch, index)
+        return x, self.labels[positions]
 
     def __getitem__(self, index: int):
         if index >= len(self):
             raise IndexError(index)
         if not self.prefetch:
-            return self._read(self.positions(index))
-        ahead = self._ahead.pop((self.epoch, index), None)
+            return self._read(self.positions(index), self.epoch, index)
+        epoch = self.epoch
+        ahead = self._ahead.pop((epoch, index), None)
         self._ahead.clear()  # anything else in flight belongs to another order or batch
-        batch = ahead.result() if ahead is not None else self._read(self.positions(index))
+        if ahead is not None:
+            batch = ahead.result()
+        else:
+            batch = self._read(self.positions(index), epoch, index)
         if index + 1 < len(self):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="graft-prefetch")
             positions = self.positions(index + 1)  # fixed now: a later set_epoch cannot move it
-            self._ahead[(self.epoch, index + 1)] = self._pool.submit(self._read, positions)
+            future = self._pool.submit(self._read, positions, epoch, index + 1)
+            self._ahead[(epoch, index + 1)] = future
         return batch
 
     def images(self) -> Images:
@@ -244,12 +341,56 @@ class Repeated(keras.utils.PyDataset):
         return self.batches[index % len(self.batches)]
 
 
+class Cycled(keras.utils.PyDataset):
+    """The training batches of K cached augmented views, one view per epoch: run epoch
+    ``e`` reads view ``e mod K`` in the order of ``(its seed, e)`` (each view a shuffled
+    :class:`Batches` of the same rows). A pure function of the run's epoch, like
+    :class:`Batches`: a resumed run continues the cycle where the killed one was."""
+
+    shuffle = True
+
+    def __init__(self, views: list):
+        super().__init__(workers=1, use_multiprocessing=False)
+        if not views or len({len(v.labels) for v in views}) != 1:
+            raise ValueError("Cycled needs views of the same rows")
+        self.views = list(views)
+        self.epoch = 0
+
+    def __repr__(self) -> str:
+        return f"Cycled({len(self.views)} views, epoch {self.epoch})"
+
+    @property
+    def current(self) -> Batches:
+        return self.views[self.epoch % len(self.views)]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.current.set_epoch(self.epoch)
+
+    def split_evenly(self, multiple: int) -> None:
+        for view in self.views:
+            view.split_evenly(multiple)
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self)
+
+    def cardinality(self) -> int:
+        return len(self)
+
+    def __getitem__(self, index: int):
+        return self.current[index]
+
+
 class EpochOrder(keras.callbacks.Callback):
     """Sets the epoch of a :class:`Batches` before ``fit`` reads it (run epochs: ``fit``
     is called with ``initial_epoch`` = the run's epochs done, so the number Keras passes
     is the run's epoch index)."""
 
-    def __init__(self, batches: Batches):
+    def __init__(self, batches: Batches | Cycled):
         super().__init__()
         self.batches = batches
 
@@ -257,17 +398,22 @@ class EpochOrder(keras.callbacks.Callback):
         self.batches.set_epoch(epoch)
 
 
-def file_batches(files, image_size, channels: int, batch_size: int, shuffle=False, seed=0):
-    """Batches of labelled image files (:class:`graft.data.sources.LabelledFiles`)."""
+def file_batches(
+    files, image_size, channels: int, batch_size: int, shuffle=False, seed=0, augment=None
+):
+    """Batches of labelled image files (:class:`graft.data.sources.LabelledFiles`);
+    ``augment`` (:func:`augmenter`) draws from ``seed``."""
     rows = FileRows(files.paths, image_size, channels, workers=WORKERS)
-    return Batches(rows, files.labels, batch_size, shuffle, seed, prefetch=WORKERS > 1)
+    return Batches(
+        rows, files.labels, batch_size, shuffle, seed, WORKERS > 1, augmenter(augment, seed)
+    )
 
 
-def array_batches(x, y, batch_size: int, shuffle=False, seed=0):
+def array_batches(x, y, batch_size: int, shuffle=False, seed=0, augment=None):
     """Batches of in-memory images (already at the model's input size) or features."""
-    return Batches(ArrayRows(x), y, batch_size, shuffle, seed)
+    return Batches(ArrayRows(x), y, batch_size, shuffle, seed, augment=augmenter(augment, seed))
 
 
 def is_neutral(dataset) -> bool:
     """Whether ``dataset`` is one of this module's readers."""
-    return isinstance(dataset, (Batches, Images, Repeated))
+    return isinstance(dataset, (Batches, Images, Repeated, Cycled))

@@ -20,7 +20,7 @@ import numpy as np
 
 from graft.config.names import AUGMENT_LEVELS
 from graft.data.sources import LabelledFiles, read_regular
-from graft.errors import DataError, GraftError, UnknownNameError, did_you_mean, first_line
+from graft.errors import DataError, UnknownNameError, did_you_mean, first_line
 
 
 def on_tensorflow() -> bool:
@@ -166,7 +166,10 @@ def augmentation(level: str = "standard", seed: int | None = None):
 
     ``light``: horizontal flip, small rotation and zoom. ``standard``: flip, rotation,
     zoom, translation and contrast. The layers work on raw 0-255 images and are applied
-    in the ``tf.data`` pipeline, never inside the model, so inference is unaffected.
+    in the reader, never inside the model, so inference is unaffected: mapped in the
+    ``tf.data`` pipeline on TensorFlow; on another backend called by
+    :class:`graft.data.neutral.Augment` on each training batch, its draws a pure function
+    of (seed, epoch, batch).
 
     Args:
         level: ``none``, ``light`` or ``standard``.
@@ -183,10 +186,6 @@ def augmentation(level: str = "standard", seed: int | None = None):
         )
     if level == "none":
         return None
-    if not on_tensorflow():
-        from graft.data import neutral
-
-        neutral.refuse_augment(level)
     import keras
 
     layers = keras.layers
@@ -224,7 +223,8 @@ class Ordered:
     """A shuffled ``tf.data`` reader in graft's epoch order (:mod:`graft.data.order`).
 
     Run epoch ``e`` visits the rows in ``epoch_order(rows, seed, e)`` (with ``views`` > 1:
-    view ``e mod views``, rows ``v * rows ..``), the order the backend-neutral reader
+    view ``v = e mod views``, rows ``v * rows ..``, in ``epoch_order(rows, seed + v, e)``),
+    the order the backend-neutral reader
     (:class:`graft.data.neutral.Batches`) visits on every other backend. Nothing depends
     on how many iterators Keras makes: the trainer fits on :meth:`epochs` (epoch
     ``first``, ``first + 1``, ... in one endless dataset, with ``steps_per_epoch`` =
@@ -266,7 +266,7 @@ class Ordered:
 
         epoch = int(epoch)
         view = epoch % self.views
-        return epoch_order(self.rows, self.seed, epoch) + view * self.rows
+        return epoch_order(self.rows, self.seed + view, epoch) + view * self.rows
 
     def _one_epoch(self, epoch):
         import tensorflow as tf
@@ -360,17 +360,19 @@ def pipeline(
         batch_size: Images per batch.
         shuffle: Visit the files in a new order every epoch.
         seed: Shuffle seed.
-        augment: A callable on image batches, or ``None``.
+        augment: A callable on image batches, or ``None`` (off TensorFlow: the layers of
+            :func:`augmentation` or a :class:`graft.data.neutral.Augment`).
 
     Returns:
         A ``tf.data.Dataset`` (on another backend than TensorFlow: a
-        :class:`graft.data.neutral.Batches` in graft's epoch order, Pillow recipe).
+        :class:`graft.data.neutral.Batches` in graft's epoch order, Pillow recipe,
+        augmented with draws keyed by ``(seed, epoch, batch)``).
     """
     if not on_tensorflow():
         from graft.data import neutral
 
-        neutral.refuse_augment(augment)
-        return neutral.file_batches(files, image_size, channels, batch_size, shuffle, seed)
+        size = tuple(image_size)
+        return neutral.file_batches(files, size, channels, batch_size, shuffle, seed, augment)
     import tensorflow as tf
 
     # Bytes, not str: file names need not be valid UTF-8.
@@ -404,10 +406,22 @@ def array_pipeline(
     if not on_tensorflow():
         from graft.data import neutral
 
-        neutral.refuse_augment(augment)
-        if views > 1:  # augmented views are refused off TensorFlow
-            raise GraftError("Cached augmented views need TensorFlow's tf.data, for now.")
-        return neutral.array_batches(x, y, batch_size, shuffle, seed)
+        if views > 1:  # one shuffled reader per view, epoch e reads view e mod views
+            n = len(x) // int(views)
+            return neutral.Cycled(
+                [
+                    neutral.array_batches(
+                        x[v * n : (v + 1) * n],
+                        y[v * n : (v + 1) * n],
+                        batch_size,
+                        shuffle,
+                        seed + v,
+                        augment,
+                    )
+                    for v in range(views)
+                ]
+            )
+        return neutral.array_batches(x, y, batch_size, shuffle, seed, augment)
     import tensorflow as tf
 
     x, y = np.asarray(x, "float32"), _labels(y)

@@ -23,7 +23,6 @@ dataset grows.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from graft.core.blocks import Block, units
 from graft.core.freezing import select
 from graft.core.model import backbone_of, preprocess_layers
 from graft.core.model_utils import forward_function, layer_key, weights_fingerprint
-from graft.training import cache
+from graft.training import cache, distribute
 from graft.training.feed import ACTIVATIONS, Inputs, entry_dataset
 from graft.training.store import Entry, Float16Overflow, Store, open_store
 
@@ -234,7 +233,9 @@ def bottom_pass(bottom: keras.Model, images):
     one function traced once for any batch size (train and val share it)."""
     forward = forward_function(bottom, getattr(images, "element_spec", None))
     for batch in images:
-        yield np.asarray(forward(batch), dtype="float32")
+        with distribute.local():  # no data split: any batch size
+            computed = np.asarray(forward(batch), dtype="float32")
+        yield computed
 
 
 def stream(store: Store, key: str, rows: int, batches, dtype):
@@ -323,7 +324,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
 
     def entry(split, view=None) -> Entry:
         content = cache.split_fingerprint(split)
-        tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
+        tag = cache.view_tag(cfg, view)
         key = cache_key(bottom, boundary, bb.source, content, tag)
         rows = len(cache.split_labels(split))
         found, problem = store.find(key, rows, boundary.shape)
@@ -332,7 +333,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
             # One bottom pass in large batches (inference only; the batch size is no
             # setting); the float16/float32 choice is made once, on the first entry.
             aug = None if view is None else augment
-            images = cache.split_images(split, bb, max(bs, 64), aug)
+            images = cache.split_images(split, bb, max(bs, 64), aug, (cfg.seed, view or 0))
             dtype = chosen.get("dtype") or (lambda batch: choose_dtype(top, batch))
             found = stream(store, key, rows, lambda: bottom_pass(bottom, images), dtype)
         chosen.setdefault("dtype", found.dtype)
@@ -347,7 +348,7 @@ def cached_activations(model, bb, blocks, phases, splits, cfg, augment=None, log
             entries = [entry(train, v) for v in range(views)]
             # Epoch e trains on view e mod views (graft's epoch order).
             train_ds = entry_dataset(entries, labels, bs, True, cfg.seed)
-            steps = math.ceil(len(labels) / bs)
+            steps = None  # the reader knows its batches per epoch
         else:
             entries = [entry(train)]
             train_ds, steps = entry_dataset(entries[0], labels, bs, True, cfg.seed), None

@@ -41,7 +41,9 @@ from graft.core.model_utils import (
     pooling_layers_of,
     weights_fingerprint,
 )
+from graft.data import decode
 from graft.data.content import file_digest
+from graft.training import distribute
 from graft.training.feed import FEATURES, Inputs, images_only
 from graft.training.store import open_store
 
@@ -91,6 +93,10 @@ def cache_key(
         "content": content,
         "view": view,
         "keras": keras.__version__,
+        # What turned files into pixels: tf.io on TensorFlow, Pillow elsewhere; the two
+        # differ by a few levels on most pixels of a JPEG, so a cache filled by one is not
+        # the other's (arrays key the same way: only a missed reuse across backends).
+        "decode": decode.recipe(),
     }
     return digest(description)
 
@@ -134,7 +140,8 @@ def compute(extractor: keras.Model, inputs, verbose: int = 1) -> np.ndarray:
     # logs one line of its own when done.
     live = progress.keras_verbosity(verbose) == 1
     if isinstance(inputs, np.ndarray) or keras.backend.backend() != "tensorflow":
-        return np.asarray(extractor.predict(inputs, verbose=0), dtype="float32")
+        with distribute.local():  # no data split: any batch, any number of images
+            return np.asarray(extractor.predict(inputs, verbose=0), dtype="float32")
     forward = forward_function(extractor, inputs.element_spec)
     total = int(inputs.cardinality().numpy())
     parts = []
@@ -177,8 +184,13 @@ def load_or_compute(
     return features, CacheStats(key, False, total, time.perf_counter() - start, note)
 
 
-def split_images(split, bb, batch_size: int, augment=None):
-    """A dataset of the raw image batches of a split (files or arrays), in order."""
+def split_images(split, bb, batch_size: int, augment=None, view: tuple[int, int] = (0, 0)):
+    """A dataset of the raw image batches of a split (files or arrays), in order;
+    ``augment``ed in training mode if given. ``view`` is ``(seed, v)`` of an augmented
+    view: off TensorFlow the view's draws are keyed by it
+    (:class:`graft.data.neutral.Augment`, stream ``1 + v``); tf.data's augmentation draws
+    from the layers' own state."""
+    from graft.data import neutral
     from graft.data import pipelines as data
 
     if split.kind == "arrays":
@@ -187,7 +199,22 @@ def split_images(split, bb, batch_size: int, augment=None):
         ds = data.pipeline(split.files, bb.image_size, bb.channels, batch_size)
     if augment is None:
         return images_only(ds)
+    if neutral.is_neutral(ds):
+        seed, v = view
+        ds.augment = neutral.Augment(augment, seed, neutral.TRAINING + 1 + v)
+        return images_only(ds)
     return ds.map(lambda x, y: augment(x, training=True))
+
+
+def view_tag(cfg, view: int | None) -> str:
+    """The cache key's ``view``: ``plain``, or the augmented view ``view`` of the run's
+    level and seed (off TensorFlow also the backend: its random draws differ from
+    tf.data's and from the other backends')."""
+    if view is None:
+        return "plain"
+    tag = f"{cfg.augment}:seed{cfg.seed}:view{view}"
+    backend = keras.backend.backend()
+    return tag if backend == "tensorflow" else f"{tag}:{backend}"
 
 
 def split_labels(split):
@@ -251,7 +278,6 @@ def cached_datasets(
         :class:`graft.training.feed.Inputs` for :meth:`graft.training.Trainer.fit`'s
         ``cached`` argument.
     """
-    import math
 
     from graft.data import pipelines as data
 
@@ -261,7 +287,7 @@ def cached_datasets(
     weights = weights_fingerprint(extractor)
 
     def features(split, name, view=None):
-        tag = "plain" if view is None else f"{cfg.augment}:seed{cfg.seed}:view{view}"
+        tag = view_tag(cfg, view)
         n = len(split_labels(split))
         found = derive(name, view) if derive is not None else None
         if found is None:
@@ -270,7 +296,7 @@ def cached_datasets(
             # batch (an augmentation draws its randomness per batch).
             batch = cfg.batch_size if aug is not None else max(cfg.batch_size, INFERENCE_BATCH)
             key = cache_key(model, bb.source, split_fingerprint(split), view=tag, weights=weights)
-            found = extractor, split_images(split, bb, batch, aug), key
+            found = extractor, split_images(split, bb, batch, aug, (cfg.seed, view or 0)), key
         values, stats = load_or_compute(*found, n, directory, verbose)
         label = name if view is None else f"{name}, augmented view {view + 1}/{views}"
         if stats.note:
@@ -289,7 +315,7 @@ def cached_datasets(
         stacked = np.concatenate([features(train, "train", v) for v in range(views)])
         tiled = np.concatenate([np.asarray(labels)] * views)
         train_ds = data.array_pipeline(stacked, tiled, bs, True, cfg.seed, views=views)
-        steps = math.ceil(len(labels) / bs)
+        steps = None  # the reader knows its batches per epoch
     else:
         train_ds = data.array_pipeline(features(train, "train"), labels, bs, True, cfg.seed)
         steps = None

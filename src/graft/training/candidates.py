@@ -37,6 +37,7 @@ import numpy as np
 
 from graft.core import scaling as scaling_evidence
 from graft.core.preprocessing import MODES, preprocessing_layers
+from graft.training import distribute
 from graft.training.probe import C_GRID, CVScore, cross_validate, fold_designs, small_blas
 
 #: ``flatten`` is a candidate only up to this many features.
@@ -331,6 +332,7 @@ def scale_images(x: np.ndarray, mode: str, channels: int) -> np.ndarray:
 
 def _predict(batch_size: int) -> Callable:
     def forward(model, x):
-        return model.predict(x, batch_size=batch_size, verbose=0)
+        with distribute.local():  # no data split: any number of images
+            return model.predict(x, batch_size=batch_size, verbose=0)
 
     return forward

@@ -11,6 +11,8 @@ On JAX, ``--distribute mirrored`` is ``keras.distribution.DataParallel`` over th
 devices (the GPUs; on a CPU-only machine ``--devices N`` makes N host devices, which is
 how it is tested), with the same per-replica batch. PyTorch has no Keras distribution
 yet, and multi-worker (``TF_CONFIG``) is TensorFlow's: both are refused in one line.
+Under ``DataParallel`` only ``fit`` splits its batches (its readers leave out what does
+not split evenly); graft's own predictions run outside it (:func:`local`).
 """
 
 from __future__ import annotations
@@ -324,6 +326,42 @@ def keras_workarounds(strategy):
         tf_trainer.reduce_per_replica = reduce
 
 
+def keras_distribution():
+    """Keras's current global distribution (``None`` when there is none)."""
+    import keras
+
+    return keras.distribution.distribution()
+
+
+@contextlib.contextmanager
+def local():
+    """Keras's own global distribution (JAX's ``DataParallel``) unset for the block.
+
+    graft's own predictions inside a run (input-scaling and cut measurements, the
+    feature and activation caches, AdaBN and precise BN, evaluations between phases)
+    run here: the weights are replicated on every device, so a forward pass needs no
+    data split to be right, and ``DataParallel`` would refuse a batch that does not
+    divide by its devices (jax's ``IndivisibleError`` on a last, smaller batch).
+    Outside the distribution the input is not sharded, so any batch size works.
+    Padding the batch instead would need every caller to pad and crop, and would be
+    wrong where a forward pass reads batch statistics (AdaBN, precise BN). Only
+    ``fit`` trains under the distribution (its readers split evenly, see
+    :meth:`Distribution.batch_multiple`). A no-op without a Keras distribution
+    (tf.distribute splits uneven batches itself).
+    """
+    import keras
+
+    current = keras.distribution.distribution()
+    if current is None:
+        yield
+        return
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
+
+
 def undistributed(model):
     """A copy of ``model`` with plain variables, made outside any strategy.
 
@@ -399,10 +437,14 @@ class Distribution:
     def summary(self, per_replica: int) -> dict | None:
         return summary(self.strategy, per_replica) if self.strategy is not None else None
 
+    def local(self):
+        """Graft's own predictions: outside Keras's distribution (see :func:`local`)."""
+        return local()
+
     def workarounds(self):
         """Keras patches the strategy needs while fitting (see :func:`keras_workarounds`)."""
-        if self.strategy is None:
-            return contextlib.nullcontext()
+        if self.strategy is None or is_keras_distribution(self.strategy):
+            return contextlib.nullcontext()  # Keras's own distribution needs none
         return keras_workarounds(self.strategy)
 
     def finished(self, model):

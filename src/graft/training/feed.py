@@ -13,13 +13,14 @@ the one place they become ``tf.data`` batches (on TensorFlow) or
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from graft.data import neutral
 from graft.data.pipelines import Ordered, on_tensorflow, ordered
-from graft.errors import GraftError
+from graft.training import distribute
 from graft.training.store import reader
 
 #: The kinds of input (what a phase trains on).
@@ -85,8 +86,13 @@ def entry_dataset(entry, labels, batch_size: int, shuffle: bool = False, seed: i
     (:mod:`graft.data.order`), like the image reader there."""
     entries = list(entry) if isinstance(entry, (list, tuple)) else [entry]
     if not on_tensorflow():
-        if len(entries) > 1:  # augmented views are refused off TensorFlow
-            raise GraftError("Cached augmented views need TensorFlow's tf.data, for now.")
+        if len(entries) > 1:  # one shuffled reader per view, epoch e reads view e mod K
+            return neutral.Cycled(
+                [
+                    neutral.Batches(reader(e), labels, batch_size, shuffle, seed + v)
+                    for v, e in enumerate(entries)
+                ]
+            )
         return neutral.Batches(reader(entries[0]), labels, batch_size, shuffle, seed)
     import tensorflow as tf
 
@@ -130,14 +136,26 @@ def split_evenly(inputs: Inputs, multiple: int) -> None:
     (:meth:`graft.data.neutral.Batches.split_evenly`); ``tf.data`` is left alone
     (tf.distribute splits unevenly)."""
     for dataset in (inputs.train, inputs.val):
-        if isinstance(dataset, neutral.Batches):
+        if isinstance(dataset, (neutral.Batches, neutral.Cycled)):
             dataset.split_evenly(multiple)
+
+
+@contextlib.contextmanager
+def evenly(inputs: Inputs):
+    """``inputs``' readers split evenly over the devices of Keras's current distribution
+    while the block fits on them (:func:`split_evenly`), and whole again after it: what
+    graft reads afterwards (the final evaluation, drift, the report) sees every row."""
+    split_evenly(inputs, distribute.Distribution(distribute.keras_distribution()).batch_multiple)
+    try:
+        yield
+    finally:
+        split_evenly(inputs, 1)
 
 
 def order_callbacks(dataset) -> list:
     """The callback that sets a backend-neutral reader's epoch before ``fit`` reads it
     (:class:`graft.data.neutral.EpochOrder`); none for ``tf.data``."""
-    if isinstance(dataset, neutral.Batches) and dataset.shuffle:
+    if isinstance(dataset, (neutral.Batches, neutral.Cycled)) and dataset.shuffle:
         return [neutral.EpochOrder(dataset)]
     return []
 
@@ -164,6 +182,6 @@ def one_epoch(dataset, epoch: int):
     order = ordered(dataset)
     if order is not None:
         return order.epochs(epoch).take(order.batches)
-    if isinstance(dataset, neutral.Batches) and dataset.shuffle:
+    if isinstance(dataset, (neutral.Batches, neutral.Cycled)) and dataset.shuffle:
         dataset.set_epoch(epoch)
     return dataset

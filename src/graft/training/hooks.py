@@ -17,6 +17,7 @@ import numpy as np
 from graft.config.strategies import Phase
 from graft.core import optim, regularizers
 from graft.core.schedules import Position
+from graft.training import distribute
 from graft.training.feed import one_epoch
 
 
@@ -103,7 +104,8 @@ class BatchNormRecalibration(Hook):
     def before_phase(self, ctx: PhaseContext) -> None:
         if ctx.phase.recalibrate_bn and ctx.position.done == 0:
             data = one_epoch(ctx.train, ctx.position.start)  # the phase's first epoch
-            n = regularizers.recalibrate_bn(ctx.model, data)
+            with distribute.local():  # a forward pass: no data split (and any batch)
+                n = regularizers.recalibrate_bn(ctx.model, data)
             self.log(f"Recalibrated the statistics of {n} BatchNorm layers (AdaBN)")
 
     def after_phase(self, ctx: PhaseContext) -> None:
@@ -112,7 +114,8 @@ class BatchNormRecalibration(Hook):
         data = ctx.train_eval
         if data is None:
             data = one_epoch(ctx.train, ctx.position.start)
-        n = regularizers.recalibrate_bn(ctx.model, data, only_trainable=True)
+        with distribute.local():  # a forward pass: no data split (and any batch)
+            n = regularizers.recalibrate_bn(ctx.model, data, only_trainable=True)
         if not n:
             return
         text = f"Precise BN: re-estimated the statistics of {n} BatchNorm layers on the "
@@ -122,7 +125,8 @@ class BatchNormRecalibration(Hook):
             # The phase's last row was validated with the old statistics: measure again,
             # so metrics, history and checkpoint describe the model that is kept.
             # (the top of the model on cached activations: the same scores, compiled)
-            scores = ctx.target.evaluate(ctx.val, verbose=0, return_dict=True)
+            with distribute.local():  # every validation row, whatever the devices
+                scores = ctx.target.evaluate(ctx.val, verbose=0, return_dict=True)
             rows[-1].update({f"val_{k}": float(v) for k, v in scores.items()})
             if "accuracy" in scores:
                 text += f"; val_accuracy now {scores['accuracy']:.4f}"

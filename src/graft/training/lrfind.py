@@ -25,6 +25,7 @@ from graft import progress
 from graft.config.strategies import Phase
 from graft.core.optim import sub_optimizers
 from graft.runs.layout import LR_FIND_CSV, LR_FIND_PLOT
+from graft.training.feed import Inputs, evenly
 
 CSV_FILE, PLOT_FILE = LR_FIND_CSV, LR_FIND_PLOT
 
@@ -190,7 +191,10 @@ def sweep(
     try:
         trainer.prepare(dataclasses.replace(phase, schedule="constant", early_stop=0))
         sweep_cb = _Sweep(rates, phase.lr, beta, stop_factor)
-        with progress.track("LR finder", steps, "steps") as bar:
+        with (
+            progress.track("LR finder", steps, "steps") as bar,
+            evenly(Inputs(model, train)),  # batches that split over Keras's devices
+        ):
             advance = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: bar.advance())
             model.fit(
                 train.repeat(),

@@ -23,15 +23,7 @@ from graft.core.blocks import Block
 from graft.core.optim import make_optimizer
 from graft.core.schedules import Position
 from graft.errors import TrainingFailed
-from graft.training import distribute
-from graft.training.feed import (
-    ACTIVATIONS,
-    Feed,
-    Inputs,
-    epoch_stream,
-    order_callbacks,
-    split_evenly,
-)
+from graft.training.feed import ACTIVATIONS, Feed, Inputs, epoch_stream, evenly, order_callbacks
 from graft.training.hooks import BatchNormRecalibration, Hook, L2SPAnchors, PhaseContext
 
 CACHED_STEPS_PER_EXECUTION = 64
@@ -306,26 +298,25 @@ class Trainer:
         callbacks.append(_Recorder(ctx, policies, self.hooks, rows))
         callbacks += [c for hook in self.hooks for c in hook.callbacks(ctx)]
         callbacks += order_callbacks(inputs.train)  # graft's epoch order (not tf.data)
-        # JAX's DataParallel (Keras's distribution, global inside the run's scope) splits
-        # every batch evenly over its devices: leave out the rows that would not split.
-        split_evenly(
-            inputs, distribute.Distribution(keras.distribution.distribution()).batch_multiple
-        )
         # On TensorFlow: the stream of run epochs first, first + 1, ... in graft's order.
         train, steps_per_epoch = epoch_stream(inputs.train, inputs.steps, position.first_run_epoch)
         start = time.perf_counter()
         build_state(ctx.target, inputs.train)
-        ctx.target.fit(
-            train,
-            validation_data=inputs.val,
-            steps_per_epoch=steps_per_epoch,
-            initial_epoch=position.first_run_epoch,
-            epochs=position.start + phase.epochs,
-            verbose=progress.keras_verbosity(self.verbose),
-            callbacks=[*self.callbacks, *callbacks],
-            class_weight=self.class_weight,
-            shuffle=False,  # the pipeline shuffles
-        )
+        # JAX's DataParallel (Keras's distribution, global inside the run's scope) splits
+        # every batch evenly over its devices: the readers leave out the rows that would
+        # not split while fit reads them (graft's own predictions run outside it).
+        with evenly(inputs):
+            ctx.target.fit(
+                train,
+                validation_data=inputs.val,
+                steps_per_epoch=steps_per_epoch,
+                initial_epoch=position.first_run_epoch,
+                epochs=position.start + phase.epochs,
+                verbose=progress.keras_verbosity(self.verbose),
+                callbacks=[*self.callbacks, *callbacks],
+                class_weight=self.class_weight,
+                shuffle=False,  # the pipeline shuffles
+            )
         seconds = time.perf_counter() - start
         result.history.extend(rows)
         for row in rows:
