@@ -347,6 +347,8 @@ class Cycled(keras.utils.PyDataset):
     :class:`Batches` of the same rows). A pure function of the run's epoch, like
     :class:`Batches`: a resumed run continues the cycle where the killed one was."""
 
+    #: Its order is a function of the run's epoch alone (nothing to replay on resume).
+    epoch_ordered = True
     shuffle = True
 
     def __init__(self, views: list):
