@@ -422,11 +422,6 @@ class Distribution:
         batch that is not. tf.distribute splits unevenly: 1."""
         return self.replicas if is_keras_distribution(self.strategy) else 1
 
-    @property
-    def peeks(self) -> bool:
-        """Keras's fit makes one extra iterator of its data under a tf.distribute strategy."""
-        return self.strategy is not None and not is_keras_distribution(self.strategy)
-
     def scope(self):
         """The strategy's scope (a no-op context for a plain run)."""
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
