@@ -236,33 +236,9 @@ def _write_phases_without_tensorflow(folder: Path, history: list[dict]) -> Path:
 def read_scalars(folder: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the event files under ``folder``: ``{tag: [(step, value), ...]}``.
 
-    Reads the files with TensorFlow where it is installed (the ``tensorboard`` package is
-    not needed then), else with the ``tensorboard`` package's own event-file loader.
+    Reads them with the ``tensorboard`` package's own event-file loader (pure Python, on
+    every backend; every backend's extra installs it), whoever wrote them.
     """
-    import importlib.util
-
-    if importlib.util.find_spec("tensorflow") is None:
-        return _read_without_tensorflow(folder)
-    import tensorflow as tf
-    from tensorflow.core.util import event_pb2
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(Path(folder).rglob("events.out.tfevents.*")):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = event_pb2.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    number = value.simple_value
-                elif value.HasField("tensor"):
-                    number = float(tf.make_ndarray(value.tensor))
-                else:
-                    continue
-                scalars.setdefault(value.tag, []).append((int(event.step), float(number)))
-    return scalars
-
-
-def _read_without_tensorflow(folder) -> dict[str, list[tuple[int, float]]]:
-    """:func:`read_scalars` with ``tensorboard``'s ``EventFileLoader`` (pure Python)."""
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.util import tensor_util
 
