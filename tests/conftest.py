@@ -126,6 +126,20 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
+def history_rows(run_dir) -> list[dict]:
+    """A run's ``history.csv`` rows without their timings (what a resumed run must repeat)."""
+    import csv
+
+    with open(Path(run_dir) / "history.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+
+
+def saved_weights(run_dir) -> list[np.ndarray]:
+    """Every weight of a run's ``model.keras``, as NumPy arrays."""
+    model = keras.saving.load_model(Path(run_dir) / "model.keras")
+    return [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
+
+
 def stop_after(patch: pytest.MonkeyPatch, epoch: int) -> None:
     """Make the checkpointer act as if Ctrl-C came right after epoch ``epoch`` was saved
     (the run then raises ``graft.training.checkpoints.Interrupted``)."""

@@ -10,7 +10,6 @@ not resumed: see the README).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 import graft
-from conftest import SMALL_CLI, stop_after
+from conftest import SMALL_CLI, history_rows, saved_weights, stop_after
 from graft.data import neutral, pipelines
 from graft.data.sources import LabelledFiles
 from graft.training.checkpoints import Interrupted
@@ -231,16 +230,6 @@ def test_only_training_batches_are_augmented(digits_folder, cnn_file, tmp_path, 
 # ---------------------------------------------------------------------------------------
 
 
-def _rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "history.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-
-def _saved_weights(run_dir: Path) -> list[np.ndarray]:
-    model = keras.saving.load_model(run_dir / "model.keras")
-    return [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
-
-
 @off_tensorflow
 @pytest.mark.parametrize(
     ("views", "stop"), [(0, 3), (2, 1)], ids=["images", "cached-views-inside-the-cycle"]
@@ -273,8 +262,8 @@ def test_killed_augmented_run_resumes_exactly(
             graft.train(digits_folder, str(cnn_file), run, **settings, cache_dir=cache, **QUIET)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == stop
     graft.train(digits_folder, resume=run, **QUIET)
-    got, want = _rows(run), _rows(ref)
+    got, want = history_rows(run), history_rows(ref)
     assert [r["epoch"] for r in got] == ["1", "2", "3", "4"]
     assert got == want
-    for a, b in zip(_saved_weights(run), _saved_weights(ref), strict=True):
+    for a, b in zip(saved_weights(run), saved_weights(ref), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -9,13 +9,11 @@ of ``conftest`` at 32 px on 36 digits images.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -23,7 +21,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import graft
-from conftest import SMALL_CLI, stop_after
+from conftest import SMALL_CLI, history_rows, saved_weights, stop_after
 from graft.data import decode, neutral
 from graft.data.order import epoch_order
 from graft.training.checkpoints import Interrupted
@@ -203,16 +201,6 @@ def test_cached_features_give_the_same_head_as_uncached(digits_folder, cnn_file,
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "history.csv", newline="") as f:
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
-
-
-def _saved_weights(run_dir: Path) -> list[np.ndarray]:
-    model = keras.saving.load_model(run_dir / "model.keras")
-    return [np.asarray(keras.ops.convert_to_numpy(w)) for w in model.weights]
-
-
 @pytest.mark.parametrize("cache", [False, True], ids=["images", "cached"])
 def test_killed_run_resumes_exactly(cache, digits_folder, cnn_file, tmp_path, monkeypatch):
     """Stopped after epoch 3 (inside the fine-tuning phase), resumed: the same history and
@@ -231,10 +219,10 @@ def test_killed_run_resumes_exactly(cache, digits_folder, cnn_file, tmp_path, mo
             graft.train(digits_folder, str(cnn_file), run, **settings, **QUIET)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 3
     graft.train(digits_folder, resume=run, **QUIET)
-    got, want = _rows(run), _rows(ref)
+    got, want = history_rows(run), history_rows(ref)
     assert [r["epoch"] for r in got] == ["1", "2", "3", "4"]
     assert got == want
-    for a, b in zip(_saved_weights(run), _saved_weights(ref), strict=True):
+    for a, b in zip(saved_weights(run), saved_weights(ref), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
